@@ -1,0 +1,16 @@
+"""MiSTER-E: a speech + text mixture of experts for emotion recognition in conversations, as a Hugging Face model."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_mister_e import MisterEConfig
+from .modeling_mister_e import MisterEForEmotionRecognition, MisterEOutput, MisterEPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register("mister_e", MisterEConfig)
+AutoModel.register(MisterEConfig, MisterEForEmotionRecognition)
+# `save_pretrained` then writes `auto_map` and copies the code files, so the folder loads with trust_remote_code.
+MisterEConfig.register_for_auto_class()
+MisterEForEmotionRecognition.register_for_auto_class("AutoModel")
+
+__all__ = ["MisterEConfig", "MisterEForEmotionRecognition", "MisterEOutput", "MisterEPreTrainedModel"]

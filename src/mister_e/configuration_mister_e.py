@@ -1,0 +1,217 @@
+"""MiSTER-E model configuration."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+EXPERTS = ("speech", "text", "cross_modal")
+GATE_MODES = ("learned", "mean", *EXPERTS)
+CONTEXT_MODULES = ("conv_gru", "conv", "gru")
+POOLING_MODES = ("mean", "attentive")
+IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
+
+# Keyword arguments that `PreTrainedConfig` itself consumes or writes; anything else that is not a field is a typo.
+_BASE_KWARGS = {
+    "model_type",
+    "name_or_path",
+    "torch_dtype",
+    "output_attentions",
+    "attn_implementation",
+    "experts_implementation",
+    "num_labels",
+    "auto_map",
+    "_commit_hash",
+    "_attn_implementation_internal",
+    "_experts_implementation_internal",
+}
+
+
+@strict
+class MisterEConfig(PreTrainedConfig):
+    r"""
+    Configuration of MiSTER-E, a speech + text mixture of experts for emotion recognition in conversations.
+
+    Defaults are the paper's and the authors' code values (see the project README): a conversation of `N` utterances
+    comes in as one `speech_embed_dim` and one `text_embed_dim` vector per utterance; a speech expert and a text expert
+    (convolutional-recurrent context modules) and a cross-modal co-attention expert each give logits per utterance; a
+    gate mixes the three logit vectors per utterance.
+
+    Args:
+        speech_embed_dim (`int`, *optional*, defaults to 2048):
+            Width of the per-utterance speech embeddings (the stage-1 speech encoder's projection size).
+        text_embed_dim (`int`, *optional*, defaults to 2048):
+            Width of the per-utterance text embeddings (the stage-1 text encoder's projection size).
+        experts (`list[str]`, *optional*, defaults to `("speech", "text", "cross_modal")`):
+            Which experts exist. Ablations switch experts off here.
+        gate_mode (`str`, *optional*, defaults to `"learned"`):
+            `"learned"` (the paper's gate), `"mean"` (plain mean of the available experts) or the name of one expert
+            (its logits alone; the others still train through their own losses).
+        gate_hidden_size (`int`, *optional*, defaults to 10):
+            Hidden width of the gate MLP (`3C -> hidden -> 3`).
+        gate_temperature (`float`, *optional*, defaults to 2.0):
+            Softmax temperature of the learned gate.
+        causal (`bool`, *optional*, defaults to `False`):
+            Online mode: causal convolutions, unidirectional GRUs and causal attention, so the prediction for utterance
+            `t` never depends on utterances after `t`.
+        context_module (`str`, *optional*, defaults to `"conv_gru"`):
+            Context module of the speech and text experts: `"conv_gru"` (the paper's), `"conv"` or `"gru"`.
+        context_dim (`int`, *optional*, defaults to 1024):
+            Channels of each context convolution, output width of the GRU (2 x 512 bidirectional; 1024 when causal)
+            and of the skip projection.
+        conv_kernel_sizes (`list[int]`, *optional*, defaults to `(1, 3, 5)`):
+            Kernel sizes of the parallel context convolutions (odd, so that "same" padding is centred).
+        gru_layers (`int`, *optional*, defaults to 3):
+            Stacked GRU layers of the context module.
+        cross_modal_dim (`int`, *optional*, defaults to 1024):
+            Width both modalities are projected to inside the cross-modal expert.
+        coattention_layers (`int`, *optional*, defaults to 4):
+            Co-attention blocks (cross-attention both ways, then self-attention per modality).
+        attention_dim (`int`, *optional*, defaults to 120):
+            Width of the queries, keys and values of every attention (split over `attention_heads`).
+        attention_heads (`int`, *optional*, defaults to 3):
+            Attention heads.
+        attention_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on attention probabilities.
+        residual_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout on each attention output before the residual sum.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the co-attention post-LayerNorms and of the fusion LayerNorm.
+        fusion_hidden_size (`int`, *optional*, defaults to 1024):
+            Hidden width of the cross-modal expert's classifier (`2 * cross_modal_dim -> hidden -> C`).
+        focal_gamma (`float`, *optional*, defaults to 3.0):
+            Focal-loss exponent of the conversation-level losses.
+        mixture_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the focal loss on the gated mixture.
+        expert_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the focal loss on each enabled expert's own logits.
+        supcon_weight (`float`, *optional*, defaults to 2.0):
+            Weight of the supervised contrastive loss between the cross-modal expert's speech and text vectors.
+        supcon_temperature (`float`, *optional*, defaults to 1.0):
+            Temperature of the supervised contrastive loss.
+        kl_weight (`float`, *optional*, defaults to 0.1):
+            Weight of the symmetric KL divergence that pulls the experts' distributions together.
+        speech_config (`PreTrainedConfig` or `dict`, *optional*):
+            Config of the speech backbone of the stage-1 utterance encoder, when the model runs on raw audio.
+        text_config (`PreTrainedConfig` or `dict`, *optional*):
+            Config of the text backbone of the stage-1 utterance encoder, when the model runs on raw text.
+        speech_pooling (`str`, *optional*, defaults to `"mean"`):
+            Pooling of the speech backbone's frames: `"mean"` or `"attentive"` (attentive statistics pooling).
+        text_pooling (`str`, *optional*, defaults to `"attentive"`):
+            Pooling of the text backbone's tokens.
+        encoder_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout of the utterance classifier heads.
+        encoder_focal_gamma (`float`, *optional*, defaults to 2.0):
+            Focal-loss exponent of stage-1 utterance classification.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation used for the LayerNorm-free linear layers of the utterance heads.
+
+    Labels default to the six IEMOCAP classes (`hap, sad, neu, ang, exc, fru`); pass `id2label` for other sets.
+    """
+
+    model_type = "mister_e"
+    sub_configs_defaults = {
+        "speech_config": SubConfigSpec(config_class=AutoConfig, model_type="wavlm", optional=True),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True),
+    }
+
+    speech_embed_dim: int = 2048
+    text_embed_dim: int = 2048
+    experts: list[str] | tuple[str, ...] = EXPERTS
+    gate_mode: str = "learned"
+    gate_hidden_size: int = 10
+    gate_temperature: float | int = 2.0
+    causal: bool = False
+    context_module: str = "conv_gru"
+    context_dim: int = 1024
+    conv_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5)
+    gru_layers: int = 3
+    cross_modal_dim: int = 1024
+    coattention_layers: int = 4
+    attention_dim: int = 120
+    attention_heads: int = 3
+    attention_dropout: float | int = 0.1
+    residual_dropout: float | int = 0.5
+    layer_norm_eps: float = 1e-6
+    fusion_hidden_size: int = 1024
+    focal_gamma: float | int = 3.0
+    mixture_loss_weight: float | int = 1.0
+    expert_loss_weight: float | int = 1.0
+    supcon_weight: float | int = 2.0
+    supcon_temperature: float | int = 1.0
+    kl_weight: float | int = 0.1
+    speech_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    speech_pooling: str = "mean"
+    text_pooling: str = "attentive"
+    encoder_dropout: float | int = 0.5
+    encoder_focal_gamma: float | int = 2.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
+        if unknown:
+            raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            self.id2label = dict(enumerate(IEMOCAP_LABELS))
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {label: int(i) for i, label in self.id2label.items()}
+        self.experts = list(self.experts)
+        self.conv_kernel_sizes = list(self.conv_kernel_sizes)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: every error names the field at fault."""
+        for name, value in vars(self).items():
+            default = self.__dataclass_fields__.get(name)
+            if default is not None and isinstance(default.default, (int, float)) and not isinstance(default.default, bool):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"`{name}` must be a number, got {value!r}.")
+        _check_choices("experts", self.experts, EXPERTS)
+        if not self.experts or len(set(self.experts)) != len(self.experts):
+            raise ValueError(f"`experts` must name at least one expert, each once, got {self.experts}.")
+        _check_choices("gate_mode", [self.gate_mode], GATE_MODES)
+        if self.gate_mode in EXPERTS and self.gate_mode not in self.experts:
+            raise ValueError(f"`gate_mode={self.gate_mode!r}` names an expert that is not in `experts={self.experts}`.")
+        _check_choices("context_module", [self.context_module], CONTEXT_MODULES)
+        _check_choices("speech_pooling", [self.speech_pooling], POOLING_MODES)
+        _check_choices("text_pooling", [self.text_pooling], POOLING_MODES)
+        for name in ("speech_embed_dim", "text_embed_dim", "context_dim", "gru_layers", "cross_modal_dim",
+                     "coattention_layers", "attention_dim", "attention_heads", "fusion_hidden_size", "gate_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if not self.causal and self.context_module != "conv" and self.context_dim % 2:
+            raise ValueError(f"`context_dim` must be even for a bidirectional GRU (2 directions), got {self.context_dim}.")
+        if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
+            raise ValueError(f"`conv_kernel_sizes` must be positive odd integers, got {self.conv_kernel_sizes}.")
+        if self.attention_dim % self.attention_heads:
+            raise ValueError(
+                f"`attention_dim` ({self.attention_dim}) must be divisible by `attention_heads` ({self.attention_heads})."
+            )
+        for name in ("attention_dropout", "residual_dropout", "encoder_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
+        for name in ("gate_temperature", "supcon_temperature", "layer_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
+        for name in ("focal_gamma", "encoder_focal_gamma", "mixture_loss_weight", "expert_loss_weight",
+                     "supcon_weight", "kl_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        if self.num_labels is None or self.num_labels < 2:
+            raise ValueError(f"`id2label` must name at least 2 classes, got {self.id2label}.")
+
+    @property
+    def expert_mask(self) -> list[bool]:
+        """Which of (speech, text, cross_modal) are enabled, in the fixed order of `expert_logits`/`gate_weights`."""
+        return [expert in self.experts for expert in EXPERTS]
+
+
+def _check_choices(field: str, values, choices) -> None:
+    for value in values:
+        if value not in choices:
+            raise ValueError(f"`{field}` got {value!r}; expected one of {list(choices)}.")
+
+
+__all__ = ["MisterEConfig"]

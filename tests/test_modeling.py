@@ -1,0 +1,405 @@
+"""MiSTER-E conversation model: config, save/load, masking, causality, missing modalities, losses, remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mister_e import MisterEConfig, MisterEForEmotionRecognition
+from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
+
+SPEECH_DIM, TEXT_DIM, NUM_LABELS = 10, 6, 4
+
+
+def tiny_config(**overrides) -> MisterEConfig:
+    sizes = dict(
+        speech_embed_dim=SPEECH_DIM,
+        text_embed_dim=TEXT_DIM,
+        context_dim=8,
+        gru_layers=2,
+        cross_modal_dim=8,
+        coattention_layers=2,
+        attention_dim=6,
+        attention_heads=2,
+        fusion_hidden_size=8,
+        gate_hidden_size=5,
+        id2label={i: f"emotion_{i}" for i in range(NUM_LABELS)},
+    )
+    return MisterEConfig(**{**sizes, **overrides})
+
+
+def tiny_model(**overrides) -> MisterEForEmotionRecognition:
+    torch.manual_seed(0)
+    return MisterEForEmotionRecognition(tiny_config(**overrides)).eval()
+
+
+def conversations(lengths=(5, 3), seed=0):
+    """A padded batch: embeddings, utterance mask and labels (-100 on padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, length = len(lengths), max(lengths)
+    attention_mask = torch.zeros(batch, length, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        attention_mask[i, :n] = 1
+    labels = torch.randint(0, NUM_LABELS, (batch, length), generator=generator).masked_fill(attention_mask == 0, -100)
+    return dict(
+        speech_embeds=torch.randn(batch, length, SPEECH_DIM, generator=generator),
+        text_embeds=torch.randn(batch, length, TEXT_DIM, generator=generator),
+        attention_mask=attention_mask,
+        labels=labels,
+    )
+
+
+# --- config -----------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_the_papers():
+    config = MisterEConfig()
+    assert (config.speech_embed_dim, config.text_embed_dim, config.context_dim) == (2048, 2048, 1024)
+    assert (config.conv_kernel_sizes, config.gru_layers, config.coattention_layers) == ([1, 3, 5], 3, 4)
+    assert (config.attention_dim, config.attention_heads, config.gate_hidden_size, config.gate_temperature) == (120, 3, 10, 2.0)
+    assert (config.focal_gamma, config.supcon_weight, config.kl_weight) == (3.0, 2.0, 0.1)
+    assert list(config.id2label.values()) == ["hap", "sad", "neu", "ang", "exc", "fru"]
+
+
+def test_config_json_round_trip(tmp_path):
+    config = tiny_config(causal=True, experts=["text", "cross_modal"], gate_mode="mean", context_module="gru")
+    config.save_pretrained(tmp_path)
+    reloaded = MisterEConfig.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == config.to_dict()
+    assert reloaded.id2label == {i: f"emotion_{i}" for i in range(NUM_LABELS)}
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mister_e"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("gate_mode", "softmax"),
+        ("experts", ["speach"]),
+        ("experts", []),
+        ("context_module", "lstm"),
+        ("speech_pooling", "max"),
+        ("attention_dim", 7),
+        ("conv_kernel_sizes", [2]),
+        ("residual_dropout", 1.5),
+        ("gate_temperature", 0),
+        ("kl_weight", -1.0),
+        ("context_dim", "wide"),
+        ("gate_temprature", 3.0),
+    ],
+)
+def test_config_rejects_invalid_values_naming_the_field(field, value):
+    with pytest.raises(Exception) as error:
+        tiny_config(**{field: value})
+    assert field in str(error.value)
+
+
+def test_config_rejects_a_single_expert_gate_on_a_disabled_expert():
+    with pytest.raises(Exception, match="gate_mode"):
+        tiny_config(experts=["text"], gate_mode="speech")
+
+
+# --- save / load ------------------------------------------------------------------------------------------------
+
+
+def test_save_load_save_load_gives_identical_logits(tmp_path):
+    model, inputs = tiny_model(), conversations()
+    inputs.pop("labels")
+    model.save_pretrained(tmp_path / "a")
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+    assert not list((tmp_path / "a").glob("*.bin"))
+    first = MisterEForEmotionRecognition.from_pretrained(tmp_path / "a").eval()
+    first.save_pretrained(tmp_path / "b")
+    second = MisterEForEmotionRecognition.from_pretrained(tmp_path / "b").eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        assert torch.equal(first(**inputs).logits, expected)
+        assert torch.equal(second(**inputs).logits, expected)
+
+
+def _assert_initialised(model: MisterEForEmotionRecognition):
+    """Every tensor holds values from our init ranges: uninitialised memory (or the meta device) cannot pass."""
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+            bound = 1 / module.weight[0].numel() ** 0.5
+            assert module.weight.abs().max() <= bound + 1e-6 and module.weight.std() > 0, name
+            assert module.bias.abs().max() <= bound + 1e-6, name
+        elif isinstance(module, torch.nn.GRU):
+            for param in module.parameters():
+                assert param.abs().max() <= 1 / module.hidden_size**0.5 + 1e-6 and param.std() > 0, name
+        elif isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_loading_without_weights_initialises_everything():
+    model = MisterEForEmotionRecognition.from_pretrained(None, config=tiny_config(), state_dict={})
+    _assert_initialised(model)
+
+
+def test_meta_device_init_then_init_weights_initialises_everything():
+    with torch.device("meta"):
+        model = MisterEForEmotionRecognition(tiny_config())
+    assert all(p.is_meta for p in model.parameters())
+    model.to_empty(device="cpu")
+    model.init_weights()
+    _assert_initialised(model)
+
+
+# --- masking, causality, missing modalities ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_invariance(variant, causal):
+    model = tiny_model(context_module=variant, causal=causal)
+    batch = conversations(lengths=(3, 7))
+    with torch.no_grad():
+        batched = model(**batch)
+        alone = model(
+            speech_embeds=batch["speech_embeds"][:1, :3],
+            text_embeds=batch["text_embeds"][:1, :3],
+            attention_mask=batch["attention_mask"][:1, :3],
+            labels=batch["labels"][:1, :3],
+        )
+    torch.testing.assert_close(batched.logits[0, :3], alone.logits[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched.gate_weights[0, :3], alone.gate_weights[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
+def test_causal_mode_never_looks_ahead(variant):
+    model = tiny_model(causal=True, context_module=variant)
+    full = conversations(lengths=(8,))
+    with torch.no_grad():
+        whole = model(speech_embeds=full["speech_embeds"], text_embeds=full["text_embeds"]).logits
+        for t in range(1, 8):
+            prefix = model(speech_embeds=full["speech_embeds"][:, :t], text_embeds=full["text_embeds"][:, :t]).logits
+            torch.testing.assert_close(prefix, whole[:, :t], rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_mode_uses_future_utterances():
+    model = tiny_model(causal=False)
+    full = conversations(lengths=(8,))
+    with torch.no_grad():
+        whole = model(speech_embeds=full["speech_embeds"], text_embeds=full["text_embeds"]).logits
+        prefix = model(speech_embeds=full["speech_embeds"][:, :4], text_embeds=full["text_embeds"][:, :4]).logits
+    assert (prefix - whole[:, :4]).abs().max() > 1e-4
+
+
+def test_text_only_conversation_is_answered_by_the_text_expert():
+    model, batch = tiny_model(), conversations()
+    with torch.no_grad():
+        out = model(text_embeds=batch["text_embeds"], attention_mask=batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    assert torch.equal(out.gate_weights[real], torch.tensor([[0.0, 1.0, 0.0]]).expand(int(real.sum()), 3))
+    torch.testing.assert_close(out.logits[real], out.expert_logits[..., 1, :][real])
+    assert torch.isfinite(out.logits).all()
+    assert (out.gate_weights[~real] == 0).all()
+
+
+def test_utterances_missing_a_modality_renormalise_over_the_other_experts():
+    model, batch = tiny_model(), conversations(lengths=(5,))
+    modality_mask = torch.ones(1, 5, 2, dtype=torch.bool)
+    modality_mask[0, 1, 0] = False  # utterance 1 has no speech
+    modality_mask[0, 3, 1] = False  # utterance 3 has no text
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k != "labels"}, modality_mask=modality_mask)
+        changed = model(
+            speech_embeds=batch["speech_embeds"].index_fill(1, torch.tensor([1]), 9.0),
+            text_embeds=batch["text_embeds"].index_fill(1, torch.tensor([3]), -9.0),
+            attention_mask=batch["attention_mask"],
+            modality_mask=modality_mask,
+        )
+    weights = out.gate_weights[0]
+    torch.testing.assert_close(weights.sum(-1), torch.ones(5))
+    assert weights[1, 0] == 0 and weights[1, 2] == 0 and weights[1, 1] == 1
+    assert weights[3, 1] == 0 and weights[3, 2] == 0 and weights[3, 0] == 1
+    assert (weights[[0, 2, 4]] > 0).all()
+    # What a missing modality's embedding holds never matters.
+    torch.testing.assert_close(out.logits, changed.logits)
+
+
+def test_disabled_experts_get_zero_weight_and_zero_logits():
+    model, batch = tiny_model(experts=["speech", "cross_modal"]), conversations()
+    with torch.no_grad():
+        out = model(**batch)
+    real = batch["attention_mask"].bool()
+    assert (out.gate_weights[..., 1] == 0).all() and (out.expert_logits[..., 1, :] == 0).all()
+    torch.testing.assert_close(out.gate_weights[real].sum(-1), torch.ones(int(real.sum())))
+    assert model.text_expert is None
+
+
+@pytest.mark.parametrize("mode", ["mean", "speech", "text", "cross_modal"])
+def test_fixed_gate_modes(mode):
+    model, batch = tiny_model(gate_mode=mode), conversations()
+    with torch.no_grad():
+        out = model(**batch)
+    real = batch["attention_mask"].bool()
+    expected = torch.full((3,), 1 / 3) if mode == "mean" else F.one_hot(
+        torch.tensor(["speech", "text", "cross_modal"].index(mode)), 3
+    ).float()
+    torch.testing.assert_close(out.gate_weights[real], expected.expand(int(real.sum()), 3))
+    assert model.gate is None
+
+
+def test_single_expert_gate_falls_back_when_its_modality_is_missing():
+    model, batch = tiny_model(gate_mode="speech"), conversations()
+    with torch.no_grad():
+        out = model(text_embeds=batch["text_embeds"], attention_mask=batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    assert torch.equal(out.gate_weights[real][:, 1], torch.ones(int(real.sum())))
+
+
+# --- losses -----------------------------------------------------------------------------------------------------
+
+
+def test_loss_is_finite_and_reaches_every_trainable_parameter():
+    model, batch = tiny_model(), conversations(lengths=(6, 4, 2))
+    model.train()
+    loss = model(**batch).loss
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
+
+
+def test_padding_never_reaches_the_loss():
+    model, batch = tiny_model(), conversations(lengths=(6, 3))
+    pad = batch["attention_mask"] == 0
+    noisy = dict(batch)
+    noisy["speech_embeds"] = batch["speech_embeds"].masked_fill(pad[..., None], 1e3)
+    noisy["text_embeds"] = batch["text_embeds"].masked_fill(pad[..., None], -1e3)
+    with torch.no_grad():
+        clean_out, noisy_out = model(**batch), model(**noisy)
+    torch.testing.assert_close(clean_out.loss, noisy_out.loss)
+    real = ~pad
+    torch.testing.assert_close(clean_out.logits[real], noisy_out.logits[real])
+
+
+def test_unlabelled_utterances_are_out_of_the_supervised_terms():
+    model, batch = tiny_model(kl_weight=0.0), conversations(lengths=(6, 3))
+    relabelled = dict(batch, labels=batch["labels"].clone())
+    relabelled["labels"][0, 2] = -100
+    flipped = dict(relabelled, labels=relabelled["labels"].clone())
+    with torch.no_grad():
+        reference = model(**relabelled).loss
+        for value in range(NUM_LABELS):
+            batch["labels"][0, 2] = value
+            if not torch.isclose(model(**batch).loss, reference):
+                break
+        else:
+            pytest.fail("the label of utterance (0, 2) never changes the loss")
+        flipped["labels"][0, 2] = -100
+        torch.testing.assert_close(model(**flipped).loss, reference)
+
+
+LOSS_WEIGHTS = ("mixture_loss_weight", "expert_loss_weight", "supcon_weight", "kl_weight")
+
+
+def test_every_term_switches_off_by_weight_zero():
+    batch = conversations(lengths=(6, 3))
+    zero_all = {name: 0.0 for name in LOSS_WEIGHTS}
+    with torch.no_grad():
+        assert tiny_model(**zero_all)(**batch).loss == 0
+        terms = {name: tiny_model(**{**zero_all, name: 1.0})(**batch).loss for name in LOSS_WEIGHTS}
+        total = tiny_model(**{name: 1.0 for name in LOSS_WEIGHTS})(**batch).loss
+    assert all(value > 0 for value in terms.values()), terms
+    torch.testing.assert_close(total, sum(terms.values()))
+
+
+def test_supcon_term_equals_the_loss_on_the_returned_representations():
+    model = tiny_model(mixture_loss_weight=0.0, expert_loss_weight=0.0, kl_weight=0.0, supcon_weight=2.0)
+    batch = conversations(lengths=(6, 3))
+    with torch.no_grad():
+        out = model(**batch)
+    real = batch["attention_mask"].bool()
+    features = torch.cat([out.speech_representations[real], out.text_representations[real]])
+    labels = torch.cat([batch["labels"][real]] * 2)
+    torch.testing.assert_close(out.loss, 2.0 * supervised_contrastive_loss(features, labels, 1.0))
+
+
+def test_focal_loss_matches_its_definition():
+    logits, labels = torch.randn(7, 4), torch.randint(0, 4, (7,))
+    mask = torch.tensor([1, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    expected = ((1 - torch.exp(-ce)) ** 3 * ce)[mask].mean()
+    torch.testing.assert_close(focal_loss(logits, labels, mask, 3.0), expected)
+    torch.testing.assert_close(focal_loss(logits, labels, mask, 0.0), ce[mask].mean())
+    assert focal_loss(logits, labels, torch.zeros(7, dtype=torch.bool), 3.0) == 0
+
+
+def test_supervised_contrastive_loss_matches_a_plain_loop():
+    features, labels = torch.randn(9, 5), torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 1])
+    z = F.normalize(features, dim=-1)
+    per_anchor = []
+    for i in range(9):
+        others = [a for a in range(9) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if positives:
+            denominator = torch.logsumexp(torch.stack([z[i] @ z[a] / 0.5 for a in others]), 0)
+            per_anchor.append(-torch.stack([z[i] @ z[p] / 0.5 - denominator for p in positives]).mean())
+    torch.testing.assert_close(supervised_contrastive_loss(features, labels, 0.5), torch.stack(per_anchor).mean())
+
+
+def test_symmetric_kl_matches_torch():
+    p, q = torch.randn(5, 4), torch.randn(5, 4)
+    forward = F.kl_div(F.log_softmax(q, -1), F.log_softmax(p, -1), reduction="none", log_target=True).sum(-1)
+    backward = F.kl_div(F.log_softmax(p, -1), F.log_softmax(q, -1), reduction="none", log_target=True).sum(-1)
+    torch.testing.assert_close(symmetric_kl(p, q), (forward + backward) / 2)
+    torch.testing.assert_close(symmetric_kl(p, p), torch.zeros(5))
+
+
+def test_forward_rejects_bad_inputs():
+    model, batch = tiny_model(), conversations()
+    with pytest.raises(ValueError, match="speech_embeds"):
+        model(attention_mask=batch["attention_mask"])
+    with pytest.raises(ValueError, match=f"width {SPEECH_DIM}"):
+        model(speech_embeds=batch["text_embeds"], attention_mask=batch["attention_mask"])
+    with pytest.raises(TypeError, match="speaker"):
+        model(**batch, speaker_ids=torch.zeros(2, 5))
+
+
+# --- remote code ------------------------------------------------------------------------------------------------
+
+
+def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path):
+    model, batch = tiny_model(causal=True), conversations()
+    batch.pop("labels")
+    model.save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_mister_e.MisterEConfig",
+        "AutoModel": "modeling_mister_e.MisterEForEmotionRecognition",
+    }
+    torch.save(batch, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(**batch).logits, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["mister_e"] = None  # `import mister_e` now fails: only the copied code can serve
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}))
+        try:
+            import mister_e
+        except ImportError:
+            print("REMOTE-CODE-OK")
+        """
+    )
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-CODE-OK" in result.stdout
