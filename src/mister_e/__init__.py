@@ -3,7 +3,13 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_mister_e import MisterEConfig
-from .modeling_mister_e import MisterEForEmotionRecognition, MisterEOutput, MisterEPreTrainedModel
+from .modeling_mister_e import (
+    MisterEForEmotionRecognition,
+    MisterEForUtteranceClassification,
+    MisterEOutput,
+    MisterEPreTrainedModel,
+    MisterEUtteranceOutput,
+)
 
 __version__ = "0.1.0"
 
@@ -13,4 +19,11 @@ AutoModel.register(MisterEConfig, MisterEForEmotionRecognition)
 MisterEConfig.register_for_auto_class()
 MisterEForEmotionRecognition.register_for_auto_class("AutoModel")
 
-__all__ = ["MisterEConfig", "MisterEForEmotionRecognition", "MisterEOutput", "MisterEPreTrainedModel"]
+__all__ = [
+    "MisterEConfig",
+    "MisterEForEmotionRecognition",
+    "MisterEForUtteranceClassification",
+    "MisterEOutput",
+    "MisterEPreTrainedModel",
+    "MisterEUtteranceOutput",
+]

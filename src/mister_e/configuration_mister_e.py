@@ -100,6 +100,9 @@ class MisterEConfig(PreTrainedConfig):
             Pooling of the speech backbone's frames: `"mean"` or `"attentive"` (attentive statistics pooling).
         text_pooling (`str`, *optional*, defaults to `"attentive"`):
             Pooling of the text backbone's tokens.
+        speech_prompt_ids (`list[int]`, *optional*):
+            Token ids of the instruction a speech LLM backbone (Qwen2-Audio) reads after the audio; set by
+            `from_backbones` from the prompt text ("What is the emotion of the person?:" by default).
         encoder_dropout (`float`, *optional*, defaults to 0.5):
             Dropout of the utterance classifier heads.
         encoder_focal_gamma (`float`, *optional*, defaults to 2.0):
@@ -145,6 +148,7 @@ class MisterEConfig(PreTrainedConfig):
     text_config: PreTrainedConfig | dict | None = None
     speech_pooling: str = "mean"
     text_pooling: str = "attentive"
+    speech_prompt_ids: list[int] | None = None
     encoder_dropout: float | int = 0.5
     encoder_focal_gamma: float | int = 2.0
     initializer_range: float = 0.02

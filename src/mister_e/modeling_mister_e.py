@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from itertools import combinations
@@ -10,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput
 
 from .configuration_mister_e import EXPERTS, MisterEConfig
@@ -218,6 +220,125 @@ class MisterEGate(nn.Module):
         return torch.softmax(self.mlp(expert_logits.flatten(-2)) / self.temperature, dim=-1)
 
 
+@dataclass
+class MisterEUtteranceOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        Focal loss (`encoder_focal_gamma`) of each utterance classifier, summed over the encoders present.
+    speech_logits, text_logits (`torch.FloatTensor` of shape `(batch, utterances, num_labels)`, *optional*):
+        Each encoder's own utterance-level logits (zeros where the utterance lacks that modality).
+    speech_embeds, text_embeds (`torch.FloatTensor` of shape `(batch, utterances, embed_dim)`, *optional*):
+        The utterance embeddings (taken before the classifier's ReLU) that the conversation model consumes.
+    """
+
+    loss: torch.FloatTensor | None = None
+    speech_logits: torch.FloatTensor | None = None
+    text_logits: torch.FloatTensor | None = None
+    speech_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+class MisterEAttentiveStatisticsPooling(nn.Module):
+    """`[mu; sigma]` of the valid positions under learned attention weights `softmax(v . tanh(W h + b))`."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.attention = nn.Linear(hidden_size, hidden_size)
+        self.score = nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(torch.tanh(self.attention(hidden))).squeeze(-1)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).unsqueeze(-1)
+        mean = (weights * hidden).sum(1)
+        variance = (weights * hidden.pow(2)).sum(1) - mean.pow(2)
+        return torch.cat([mean, variance.clamp(min=1e-5).sqrt()], dim=-1)
+
+
+class MisterEMeanPooling(nn.Module):
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def backbone_from_config(config: PreTrainedConfig) -> nn.Module:
+    """The backbone a sub-config describes; Whisper contributes its encoder only."""
+    if config.model_type == "whisper":
+        return WhisperEncoder(config)
+    return AutoModel.from_config(config)
+
+
+def backbone_hidden_size(config: PreTrainedConfig) -> int:
+    if config.model_type == "qwen2_audio":
+        return config.text_config.hidden_size
+    return getattr(config, "hidden_size", None) or config.d_model
+
+
+class MisterEUtteranceEncoder(nn.Module):
+    """Backbone -> LayerNorm -> pooling over valid positions -> projection (the embedding) -> utterance classifier.
+
+    Speech backbones: Wav2Vec2-style encoders (Wav2Vec2, HuBERT, WavLM, data2vec-audio) on `input_values`, the Whisper
+    encoder and the Qwen2-Audio speech LLM on `input_features`. Text backbones: any `AutoModel` on `input_ids`
+    (BERT-family encoders, Llama/Qwen2-style decoders).
+    """
+
+    def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None):
+        super().__init__()
+        self.model_type = backbone_config.model_type
+        self.backbone = backbone_from_config(backbone_config)
+        hidden_size = backbone_hidden_size(backbone_config)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
+        self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+        self.register_buffer("prompt_ids", torch.tensor(prompt_ids or [], dtype=torch.long), persistent=False)
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self.backbone_states(inputs, attention_mask)
+        embeds = self.projection(self.pooling(self.norm(hidden), mask))
+        return embeds, self.classifier(embeds)
+
+    def backbone_states(self, inputs, attention_mask):
+        """Last hidden states and the mask of their valid positions."""
+        if self.model_type == "qwen2_audio":
+            return self._speech_llm_states(inputs, attention_mask)
+        if self.model_type == "whisper":
+            hidden = self.backbone(input_features=inputs).last_hidden_state
+            # The encoder's stride-2 convolution halves the mel frames.
+            mask = attention_mask[:, ::2] if attention_mask is not None else None
+        elif hasattr(self.backbone, "_get_feature_vector_attention_mask"):
+            hidden = self.backbone(input_values=inputs, attention_mask=attention_mask).last_hidden_state
+            mask = (
+                self.backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
+                if attention_mask is not None
+                else None
+            )
+        else:
+            hidden = self.backbone(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return hidden, mask.bool()
+
+    def _speech_llm_states(self, features, feature_mask):
+        """Run the language model on `[audio tokens; prompt]`, right-padded, as the authors' speech encoder does."""
+        backbone = self.backbone
+        audio = backbone.multi_modal_projector(backbone.audio_tower(features).last_hidden_state)
+        if feature_mask is None:
+            feature_mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
+        audio_lengths = backbone.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))[1]
+        count, max_audio, width = audio.shape
+        prompt = backbone.get_input_embeddings()(self.prompt_ids).to(audio.dtype)
+        positions = torch.arange(max_audio + len(prompt), device=audio.device)[None, :]
+        in_audio = positions < audio_lengths[:, None]
+        in_prompt = ~in_audio & (positions < audio_lengths[:, None] + len(prompt))
+        embeds = audio.new_zeros(count, positions.shape[1], width)
+        embeds[in_audio] = audio[torch.arange(max_audio, device=audio.device)[None, :] < audio_lengths[:, None]]
+        embeds[in_prompt] = prompt.repeat(count, 1)
+        mask = in_audio | in_prompt
+        hidden = backbone.language_model(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        return hidden, mask
+
+
 class MisterEPreTrainedModel(PreTrainedModel):
     config_class = MisterEConfig
     base_model_prefix = "mister_e"
@@ -241,6 +362,122 @@ class MisterEPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def _build_encoders(self):
+        """Utterance encoders for the modalities whose backbone config is set (stage 1; optional in stage 2)."""
+        config = self.config
+        self.speech_encoder = self.text_encoder = None
+        if config.speech_config is not None:
+            self.speech_encoder = MisterEUtteranceEncoder(
+                config.speech_config, config.speech_embed_dim, config.speech_pooling, config.num_labels,
+                config.encoder_dropout, config.speech_prompt_ids,
+            )
+        if config.text_config is not None:
+            self.text_encoder = MisterEUtteranceEncoder(
+                config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels, config.encoder_dropout
+            )
+
+    def encode_utterances(
+        self,
+        attention_mask: torch.Tensor,
+        modality_mask: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        speech_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> MisterEUtteranceOutput:
+        """Embed the utterance rows of a processor batch and place them on the `(batch, utterances)` grid.
+
+        Rows come in the row-major order of `modality_mask[..., 0]` (speech) and `modality_mask[..., 1]` (text).
+        """
+        attention_mask = attention_mask.bool()
+        if modality_mask is None:
+            modality_mask = torch.stack([attention_mask] * 2, dim=-1)
+        output = MisterEUtteranceOutput()
+        speech_inputs = input_values if input_values is not None else input_features
+        for name, encoder, inputs, mask, column in (
+            ("speech", self.speech_encoder, speech_inputs, speech_attention_mask, 0),
+            ("text", self.text_encoder, input_ids, text_attention_mask, 1),
+        ):
+            if inputs is None:
+                continue
+            if encoder is None:
+                raise ValueError(f"Got {name} inputs but the config has no `{name}_config` for a {name} encoder.")
+            present = modality_mask[..., column].bool() & attention_mask
+            if int(present.sum()) != len(inputs):
+                raise ValueError(
+                    f"{len(inputs)} {name} rows for {int(present.sum())} utterances marked as having {name}."
+                )
+            embeds, logits = encoder(inputs, mask)
+            output[f"{name}_embeds"] = embeds.new_zeros(*present.shape, embeds.shape[-1]).index_put((present,), embeds)
+            output[f"{name}_logits"] = logits.new_zeros(*present.shape, logits.shape[-1]).index_put((present,), logits)
+        return output
+
+
+class MisterEForUtteranceClassification(MisterEPreTrainedModel):
+    """Stage 1: the speech and/or text utterance encoders, each trained alone as an utterance emotion classifier.
+
+    Takes the same batches as the conversation model (a processor's output; context is ignored), so one collator
+    serves both stages. The embeddings it returns are what `mister-e extract` stores for stage 2.
+    """
+
+    def __init__(self, config: MisterEConfig):
+        super().__init__(config)
+        self._build_encoders()
+        if self.speech_encoder is None and self.text_encoder is None:
+            raise ValueError("MisterEForUtteranceClassification needs `speech_config`, `text_config` or both.")
+        self.post_init()
+
+    @classmethod
+    def from_backbones(cls, speech=None, text=None, speech_prompt="What is the emotion of the person?:", dtype=None,
+                       **config_kwargs):
+        """Build around pretrained backbones (local dirs or Hub ids); the heads start from scratch.
+
+        `__init__` builds from a config alone (random backbones), as transformers needs for loading; this is the
+        entry point for a new model. Whisper checkpoints contribute their encoder only.
+        """
+        from transformers import AutoConfig, AutoTokenizer, WhisperModel
+
+        configs = {f"{name}_config": AutoConfig.from_pretrained(path) for name, path in (("speech", speech), ("text", text)) if path}
+        if speech and configs["speech_config"].model_type == "qwen2_audio" and speech_prompt:
+            config_kwargs.setdefault("speech_prompt_ids", AutoTokenizer.from_pretrained(speech)(speech_prompt)["input_ids"])
+        model = cls(MisterEConfig(**configs, **config_kwargs))
+        for path, encoder in ((speech, model.speech_encoder), (text, model.text_encoder)):
+            if path:
+                if encoder.model_type == "whisper":
+                    backbone = WhisperModel.from_pretrained(path, dtype=dtype).get_encoder()
+                else:
+                    backbone = AutoModel.from_pretrained(path, dtype=dtype)
+                encoder.backbone = backbone
+        return model
+
+    def forward(
+        self,
+        attention_mask: torch.Tensor,
+        modality_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        speech_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> MisterEUtteranceOutput:
+        output = self.encode_utterances(
+            attention_mask, modality_mask, input_values, input_features, speech_attention_mask, input_ids,
+            text_attention_mask,
+        )
+        if labels is not None:
+            labelled = (labels != -100) & attention_mask.bool()
+            if modality_mask is None:
+                modality_mask = torch.stack([attention_mask.bool()] * 2, dim=-1)
+            targets = labels.masked_fill(~labelled, 0)
+            output.loss = sum(
+                focal_loss(logits, targets, labelled & modality_mask[..., column].bool(), self.config.encoder_focal_gamma)
+                for logits, column in ((output.speech_logits, 0), (output.text_logits, 1))
+                if logits is not None
+            )
+        return output
+
 
 class MisterEForEmotionRecognition(MisterEPreTrainedModel):
     """MiSTER-E on the per-utterance embeddings of whole conversations: one emotion per utterance.
@@ -255,7 +492,30 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         self.text_expert = MisterEContextModule(config, config.text_embed_dim) if "text" in config.experts else None
         self.cross_modal_expert = MisterECrossModalExpert(config) if "cross_modal" in config.experts else None
         self.gate = MisterEGate(config) if config.gate_mode == "learned" else None
+        self._build_encoders()
         self.post_init()
+
+    @classmethod
+    def from_stages(cls, utterance_model: MisterEForUtteranceClassification, conversation_model):
+        """One end-to-end model (raw audio/text in) from trained stage-1 encoders and a trained stage-2 model."""
+        config = copy.deepcopy(conversation_model.config)
+        source = utterance_model.config
+        for modality in ("speech", "text"):
+            if getattr(utterance_model, f"{modality}_encoder") is None:
+                continue
+            width = f"{modality}_embed_dim"
+            if getattr(config, width) != getattr(source, width):
+                raise ValueError(
+                    f"`{width}` differs: {getattr(source, width)} in the utterance model, "
+                    f"{getattr(config, width)} in the conversation model."
+                )
+            for key in (f"{modality}_config", f"{modality}_pooling"):
+                setattr(config, key, getattr(source, key))
+        config.speech_prompt_ids = source.speech_prompt_ids
+        config.encoder_dropout, config.encoder_focal_gamma = source.encoder_dropout, source.encoder_focal_gamma
+        model = cls(config)
+        model.load_state_dict({**conversation_model.state_dict(), **utterance_model.state_dict()}, strict=True)
+        return model
 
     def forward(
         self,
@@ -264,6 +524,11 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         modality_mask: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        speech_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MisterEOutput:
         r"""
@@ -278,9 +543,21 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
                 Class ids, -100 for padding or unlabelled utterances.
             modality_mask (`torch.BoolTensor` of shape `(batch, utterances, 2)`, *optional*):
                 Whether each utterance has speech (`[..., 0]`) and text (`[..., 1]`). Defaults to what was given.
+            input_values, input_features, speech_attention_mask, input_ids, text_attention_mask (*optional*):
+                Raw utterance rows from `MisterEProcessor`, embedded by the model's own encoders (when the config has
+                `speech_config`/`text_config`) instead of passing `speech_embeds`/`text_embeds`.
         """
         if kwargs:
             raise TypeError(f"MisterEForEmotionRecognition.forward got unexpected inputs {sorted(kwargs)}.")
+        if any(x is not None for x in (input_values, input_features, input_ids)):
+            if attention_mask is None:
+                raise ValueError("Raw utterance inputs need the processor's `attention_mask` (utterances per conversation).")
+            encoded = self.encode_utterances(
+                attention_mask, modality_mask, input_values, input_features, speech_attention_mask, input_ids,
+                text_attention_mask,
+            )
+            speech_embeds = encoded.speech_embeds if encoded.speech_embeds is not None else speech_embeds
+            text_embeds = encoded.text_embeds if encoded.text_embeds is not None else text_embeds
         reference = speech_embeds if speech_embeds is not None else text_embeds
         if reference is None:
             raise ValueError("MiSTER-E needs `speech_embeds`, `text_embeds` or both.")
@@ -383,4 +660,10 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         return loss
 
 
-__all__ = ["MisterEPreTrainedModel", "MisterEForEmotionRecognition", "MisterEOutput"]
+__all__ = [
+    "MisterEPreTrainedModel",
+    "MisterEForUtteranceClassification",
+    "MisterEForEmotionRecognition",
+    "MisterEOutput",
+    "MisterEUtteranceOutput",
+]

@@ -1,0 +1,447 @@
+# Copyright 2026 The MiSTER-E authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Evaluation of MiSTER-E outputs: metrics, reports, modality-robustness curves and seed summaries.
+
+Everything here works on numpy arrays the model already produced, so reports can be rebuilt from saved
+predictions without loading a model. Figures are drawn on `matplotlib.figure.Figure` objects, which render
+with Agg and never touch pyplot's global backend, so importing this module changes nothing for the caller.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import classification_report, confusion_matrix
+
+
+if TYPE_CHECKING:
+    import evaluate
+
+
+ERC_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "erc_metrics.py"
+GATE_NAMES = ("speech", "text", "cross_modal")
+SCALAR_METRICS = ("weighted_f1", "macro_f1", "accuracy", "unweighted_recall")
+ROBUSTNESS_CONDITIONS = ("speech", "text", "either")
+DEFAULT_DROP_PROBABILITIES = tuple(i / 10 for i in range(10))
+
+_IGNORE_INDEX = -100
+# Which modality each robustness condition drops: (speech, text) multipliers of the drop probability.
+_DROPPED_MODALITIES = {"speech": (1.0, 0.0), "text": (0.0, 1.0), "either": (1.0, 1.0)}
+_PREDICTION_COLUMNS = (
+    "dialogue_id",
+    "utterance_id",
+    "label",
+    "predicted_label",
+    "confidence",
+    *(f"gate_{name}" for name in GATE_NAMES),
+)
+
+
+def load_erc_metric(**kwargs: Any) -> evaluate.EvaluationModule:
+    """Load the ERC metric (`metrics/erc_metrics.py`) through `evaluate.load` by file path.
+
+    Loading by path is what keeps this offline: `evaluate.load("f1")` would fetch a script from the Hub. The script
+    ships inside the package, so the same call works from a source checkout and an installed wheel.
+    `keep_in_memory=True` is the default so computing never writes Arrow cache files; `kwargs` go to
+    `evaluate.load`.
+    """
+    # Imported here: `evaluate` pulls in transformers' pipelines, seconds that seed summaries should not pay.
+    import evaluate
+
+    kwargs.setdefault("keep_in_memory", True)
+    return evaluate.load(str(ERC_METRIC_PATH), **kwargs)
+
+
+@functools.cache
+def _shared_metric() -> evaluate.EvaluationModule:
+    """One loaded metric for this module's helpers: each `evaluate.load` hashes and copies the script again."""
+    return load_erc_metric()
+
+
+def compute_metrics(eval_pred: Any, label_names: Sequence[str] | None = None) -> dict[str, float]:
+    """`Trainer` hook; bind the class names with `functools.partial(compute_metrics, label_names=...)`.
+
+    Takes what the Trainer gathers for a conversation model: logits `(..., num_labels)` (the first element when
+    the model also returns gate weights or expert logits) or class ids already reduced by
+    `preprocess_logits_for_metrics`, and labels of any shape padded with -100. Per-class F1 is flattened into
+    `f1_<label>` scalars because the Trainer logs, and selects the best model on, scalars only; select on
+    `metric_for_best_model="weighted_f1"`, the paper's metric.
+    """
+    predictions, labels = eval_pred[0], eval_pred[1]
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.ndim == labels.ndim + 1:
+        predictions = predictions.argmax(-1)
+    scores = _shared_metric().compute(
+        predictions=predictions.reshape(-1), references=labels.reshape(-1), label_names=label_names
+    )
+    per_class = scores.pop("f1_per_class")
+    return {**scores, **{f"f1_{name}": score for name, score in per_class.items()}}
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield `<path>.tmp` and move it onto `path` once written: readers never see a half-written artefact."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    _write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    with _atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+
+
+def _per_expert(values: np.ndarray) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(GATE_NAMES, values)}
+
+
+def _gate_means_per_class(gate_weights: np.ndarray, references: np.ndarray, num_labels: int) -> np.ndarray:
+    """Mean gate weight of each expert per true class, `(num_labels, 3)`; NaN rows for classes absent here."""
+    means = np.full((num_labels, len(GATE_NAMES)), np.nan)
+    for label in np.unique(references):
+        means[label] = gate_weights[references == label].mean(0)
+    return means
+
+
+def _summarize_gates(gate_weights: np.ndarray, references: np.ndarray, label_names: Sequence[str]) -> dict:
+    per_class = _gate_means_per_class(gate_weights, references, len(label_names))
+    dominant = np.bincount(gate_weights.argmax(1), minlength=len(GATE_NAMES)) / len(gate_weights)
+    return {
+        "experts": list(GATE_NAMES),
+        "mean": _per_expert(gate_weights.mean(0)),
+        "std": _per_expert(gate_weights.std(0)),
+        # How often each expert carries the largest weight of an utterance.
+        "dominant_fraction": _per_expert(dominant),
+        # Classes absent from the split are left out rather than written as NaN, which JSON cannot hold.
+        "mean_per_class": {
+            name: _per_expert(means) for name, means in zip(label_names, per_class) if not np.isnan(means).any()
+        },
+    }
+
+
+def _plot_confusion_matrix(matrix: np.ndarray, label_names: Sequence[str]) -> Figure:
+    """Colours are row-normalised (recall per true class) so rare classes stay readable; cells show counts too."""
+    support = matrix.sum(1, keepdims=True)
+    normalised = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)
+    side = 1.5 + 0.8 * len(label_names)
+    figure = Figure(figsize=(side + 1.5, side))
+    axes = figure.add_subplot()
+    image = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="fraction of the true class")
+    for (row, column), count in np.ndenumerate(matrix):
+        share = normalised[row, column]
+        color = "white" if share > 0.5 else "black"
+        axes.text(column, row, f"{count}\n{share:.0%}", ha="center", va="center", fontsize=8, color=color)
+    ticks = range(len(label_names))
+    axes.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="Confusion matrix")
+    axes.set_xticklabels(label_names, rotation=45, ha="right")
+    axes.set_yticklabels(label_names)
+    return figure
+
+
+def _plot_gate_weights(gate_weights: np.ndarray, references: np.ndarray, label_names: Sequence[str]) -> Figure:
+    """Which expert the gate trusts per emotion (grouped bars), and how peaked its choices are (histograms)."""
+    figure = Figure(figsize=(6 + 0.6 * len(label_names), 4))
+    bars, histograms = figure.subplots(1, 2, width_ratios=(2, 1))
+    per_class = np.nan_to_num(_gate_means_per_class(gate_weights, references, len(label_names)))
+    width = 0.8 / len(GATE_NAMES)
+    positions = np.arange(len(label_names))
+    bins = np.linspace(0.0, 1.0, 21)
+    for index, name in enumerate(GATE_NAMES):
+        bars.bar(positions + (index - 1) * width, per_class[:, index], width, label=name)
+        histograms.hist(gate_weights[:, index], bins=bins, histtype="step", linewidth=1.5, label=name)
+    bars.set_xticks(positions)
+    bars.set_xticklabels(label_names, rotation=45, ha="right")
+    bars.set(ylim=(0.0, 1.0), ylabel="mean gate weight", title="Gate weight per true class")
+    bars.legend(title="expert")
+    histograms.set(xlabel="gate weight", ylabel="utterances", title="Gate weight distribution")
+    figure.tight_layout()
+    return figure
+
+
+def _write_predictions_csv(
+    path: Path,
+    predictions: np.ndarray,
+    references: np.ndarray,
+    label_names: Sequence[str],
+    gate_weights: np.ndarray | None,
+    dialogue_ids: np.ndarray | None,
+    utterance_ids: np.ndarray | None,
+    probabilities: np.ndarray | None,
+) -> None:
+    """One row per utterance; optional columns stay empty rather than absent so every CSV has the same header."""
+    num_utterances = len(references)
+    with _atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(_PREDICTION_COLUMNS)
+        for i in range(num_utterances):
+            confidence = "" if probabilities is None else float(probabilities[i, predictions[i]])
+            gates = [""] * len(GATE_NAMES) if gate_weights is None else [float(g) for g in gate_weights[i]]
+            writer.writerow(
+                [
+                    "" if dialogue_ids is None else dialogue_ids[i],
+                    i if utterance_ids is None else utterance_ids[i],
+                    label_names[references[i]],
+                    label_names[predictions[i]],
+                    confidence,
+                    *gates,
+                ]
+            )
+
+
+def write_evaluation_report(
+    output_dir: str | os.PathLike,
+    *,
+    predictions: Sequence[int] | np.ndarray,
+    references: Sequence[int] | np.ndarray,
+    label_names: Sequence[str],
+    gate_weights: np.ndarray | None = None,
+    dialogue_ids: Sequence[Any] | None = None,
+    utterance_ids: Sequence[Any] | None = None,
+    probabilities: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Write the artefacts of one evaluation run to `output_dir` and return what `metrics.json` holds.
+
+    Files: `metrics.json` (scores, counts, raw confusion matrix, gate summary), `classification_report.txt`,
+    `confusion_matrix.png`, `predictions.csv` and, given gate weights, `gate_weights.png`. Each is written to
+    `<name>.tmp` and renamed, so an interrupted run leaves the previous version intact.
+
+    Args:
+        predictions: Predicted class id per utterance, `(N,)`.
+        references: True class id per utterance, `(N,)`; utterances whose reference is -100 (padding) are dropped
+            from every artefact.
+        label_names: Class names in class-id order.
+        gate_weights: Gate weight per utterance for the speech, text and cross-modal experts, `(N, 3)`.
+        dialogue_ids: Conversation of each utterance, `(N,)`.
+        utterance_ids: Identifier of each utterance, `(N,)`; defaults to the row index.
+        probabilities: Class probabilities per utterance, `(N, num_labels)`; the CSV's `confidence` is the
+            probability of the predicted class.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    references = np.asarray(references).reshape(-1)
+    keep = references != _IGNORE_INDEX
+
+    def per_utterance(values: Any) -> np.ndarray | None:
+        if values is None:
+            return None
+        values = np.asarray(values)
+        if len(values) != len(references):
+            raise ValueError(f"Expected one row per utterance ({len(references)}), got {len(values)}.")
+        return values[keep]
+
+    predictions = per_utterance(np.asarray(predictions).reshape(-1))
+    gate_weights, probabilities = per_utterance(gate_weights), per_utterance(probabilities)
+    dialogue_ids, utterance_ids = per_utterance(dialogue_ids), per_utterance(utterance_ids)
+    references = references[keep]
+    label_names = [str(name) for name in label_names]
+    if gate_weights is not None and gate_weights.shape[1:] != (len(GATE_NAMES),):
+        raise ValueError(f"gate_weights must be (N, {len(GATE_NAMES)}), got {gate_weights.shape}.")
+
+    scores = _shared_metric().compute(predictions=predictions, references=references, label_names=label_names)
+    matrix = confusion_matrix(references, predictions, labels=range(len(label_names)))
+    report = {
+        **scores,
+        "num_utterances": len(references),
+        **({"num_dialogues": len(set(dialogue_ids.tolist()))} if dialogue_ids is not None else {}),
+        "label_names": label_names,
+        "support_per_class": dict(zip(label_names, matrix.sum(1).tolist())),
+        "predicted_per_class": dict(zip(label_names, matrix.sum(0).tolist())),
+        # Rows are true classes, columns predicted classes, in label order.
+        "confusion_matrix": matrix.tolist(),
+    }
+    if gate_weights is not None:
+        report["gates"] = _summarize_gates(gate_weights, references, label_names)
+
+    _write_json(output_dir / "metrics.json", report)
+    _write_text(
+        output_dir / "classification_report.txt",
+        classification_report(
+            references,
+            predictions,
+            labels=range(len(label_names)),
+            target_names=label_names,
+            digits=4,
+            zero_division=0,
+        ),
+    )
+    _save_figure(_plot_confusion_matrix(matrix, label_names), output_dir / "confusion_matrix.png")
+    _write_predictions_csv(
+        output_dir / "predictions.csv",
+        predictions,
+        references,
+        label_names,
+        gate_weights,
+        dialogue_ids,
+        utterance_ids,
+        probabilities,
+    )
+    if gate_weights is not None:
+        _save_figure(_plot_gate_weights(gate_weights, references, label_names), output_dir / "gate_weights.png")
+    return report
+
+
+def robustness_curve(
+    predict_fn: Callable[[float, float, int], tuple[Sequence[int], Sequence[int]]],
+    probabilities: Sequence[float] = DEFAULT_DROP_PROBABILITIES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Scores as a modality goes missing at test time, for the three conditions of `ROBUSTNESS_CONDITIONS`.
+
+    `predict_fn(drop_speech_p, drop_text_p, seed)` runs the model with each modality's input dropped with the
+    given probability and returns `(predictions, references)` (-100 references are ignored). Conditions call it
+    with `(p, 0)` for `speech`, `(0, p)` for `text` and `(p, p)` for `either`. How `either` avoids dropping both
+    modalities of one utterance is `predict_fn`'s rule, since only it sees the inputs; one natural rule draws the
+    two drops independently and, when both hit, keeps one modality chosen at random. The same `seed` is passed at
+    every point so the curves share their random draws; a setting seen twice (`p = 0`) runs once.
+
+    Returns:
+        `{"probabilities": [...], "seed": seed, "conditions": {condition: {metric: [score per p]}}}` holding the
+        metrics of `SCALAR_METRICS`.
+    """
+    runs: dict[tuple[float, float], dict[str, Any]] = {}
+
+    def scores(drop_speech_p: float, drop_text_p: float) -> dict[str, Any]:
+        if (drop_speech_p, drop_text_p) not in runs:
+            predictions, references = predict_fn(drop_speech_p, drop_text_p, seed)
+            runs[drop_speech_p, drop_text_p] = _shared_metric().compute(
+                predictions=np.asarray(predictions).reshape(-1), references=np.asarray(references).reshape(-1)
+            )
+        return runs[drop_speech_p, drop_text_p]
+
+    conditions = {}
+    for condition in ROBUSTNESS_CONDITIONS:
+        speech_share, text_share = _DROPPED_MODALITIES[condition]
+        points = [scores(speech_share * p, text_share * p) for p in probabilities]
+        conditions[condition] = {metric: [point[metric] for point in points] for metric in SCALAR_METRICS}
+    return {"probabilities": [float(p) for p in probabilities], "seed": seed, "conditions": conditions}
+
+
+def write_robustness_report(output_dir: str | os.PathLike, curve: Mapping[str, Any]) -> None:
+    """Write a `robustness_curve` result as `robustness.json` and `robustness.png` (weighted F1 and accuracy)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(output_dir / "robustness.json", curve)
+
+    figure = Figure(figsize=(10, 4))
+    for axes, metric in zip(figure.subplots(1, 2), ("weighted_f1", "accuracy")):
+        for condition, scores in curve["conditions"].items():
+            axes.plot(curve["probabilities"], scores[metric], marker="o", label=f"drop {condition}")
+        axes.set(xlabel="drop probability p", ylabel=metric, title=f"{metric} under missing modalities")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    _save_figure(figure, output_dir / "robustness.png")
+
+
+def _flatten_scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def summarize_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and spread of every scalar metric over runs that differ only in their seed.
+
+    The std is the sample std (`ddof=1`): the seeds are a sample of the runs one could have made, and papers
+    report it that way; a single run gets 0.0. Nested mappings (per-class F1, gate summaries) are flattened to
+    `parent/child` keys. Non-numeric values (confusion matrices, label names) and keys missing from any run are
+    skipped.
+
+    Returns:
+        `{metric: {"mean": float, "std": float, "n": int}}`, in the key order of the first run.
+    """
+    if not runs:
+        raise ValueError("summarize_seeds needs at least one run.")
+    flat_runs = [_flatten_scalars(run) for run in runs]
+    summary = {}
+    for key in flat_runs[0]:
+        if all(key in run for run in flat_runs):
+            values = np.array([run[key] for run in flat_runs])
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary[key] = {"mean": float(values.mean()), "std": std, "n": len(values)}
+    return summary
+
+
+def format_seed_table(
+    summaries: Mapping[str, Any],
+    metrics: Sequence[str] = SCALAR_METRICS,
+    *,
+    percent: bool = True,
+    digits: int = 1,
+) -> str:
+    """Markdown table of `mean ± std`: one row per metric, one column per summary (say, per ablation).
+
+    `summaries` maps column names to `summarize_seeds` results; a single result is accepted as is. `percent`
+    scales scores by 100, as ERC papers report them. A metric missing from a summary shows as a dash.
+    """
+    if all(isinstance(value, Mapping) and "mean" in value for value in summaries.values()):
+        summaries = {"mean ± std": summaries}
+    scale = 100.0 if percent else 1.0
+    header = [
+        f"{name} (n={next(iter(summary.values()))['n']})" if summary else name for name, summary in summaries.items()
+    ]
+    lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for metric in metrics:
+        cells = [
+            f"{summary[metric]['mean'] * scale:.{digits}f} ± {summary[metric]['std'] * scale:.{digits}f}"
+            if metric in summary
+            else "–"
+            for summary in summaries.values()
+        ]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "DEFAULT_DROP_PROBABILITIES",
+    "ERC_METRIC_PATH",
+    "GATE_NAMES",
+    "ROBUSTNESS_CONDITIONS",
+    "SCALAR_METRICS",
+    "compute_metrics",
+    "format_seed_table",
+    "load_erc_metric",
+    "robustness_curve",
+    "summarize_seeds",
+    "write_evaluation_report",
+    "write_robustness_report",
+]

@@ -1,0 +1,216 @@
+"""Stage-1 utterance encoders: every backbone family runs, takes LoRA that trains, saves and merges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    Data2VecAudioConfig,
+    HubertConfig,
+    LlamaConfig,
+    Qwen2AudioConfig,
+    Qwen2Config,
+    Wav2Vec2Config,
+    WavLMConfig,
+    WhisperConfig,
+    WhisperModel,
+)
+
+from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
+from mister_e.lora import apply_lora, load_lora, merge_lora
+
+NUM_LABELS, EMBED_DIM = 3, 16
+_SSL = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+    conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+_DECODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=37, vocab_size=100)
+_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=37, decoder_layers=1,
+                decoder_attention_heads=2, decoder_ffn_dim=37, num_mel_bins=80, max_source_positions=30,
+                vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
+SPEECH_BACKBONES = {
+    "wavlm": lambda: WavLMConfig(**_SSL, num_buckets=16, max_bucket_distance=20),
+    "hubert": lambda: HubertConfig(**_SSL),
+    "wav2vec2": lambda: Wav2Vec2Config(**_SSL),
+    "data2vec-audio": lambda: Data2VecAudioConfig(**{**_SSL, "num_conv_pos_embeddings": 5, "conv_pos_kernel_size": 5}),
+    "whisper": lambda: WhisperConfig(**_WHISPER),
+    "qwen2_audio": lambda: Qwen2AudioConfig(
+        audio_config=dict(model_type="qwen2_audio_encoder", d_model=32, encoder_layers=1, encoder_attention_heads=2,
+                          encoder_ffn_dim=37, num_mel_bins=80, max_source_positions=30),
+        text_config=dict(model_type="qwen2", **_DECODER),
+    ),
+}
+TEXT_BACKBONES = {
+    "bert": lambda: BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                               vocab_size=100),
+    "llama": lambda: LlamaConfig(**_DECODER),
+    "qwen2": lambda: Qwen2Config(**_DECODER),
+}
+
+
+def utterance_model(modality: str, family: str, **overrides) -> MisterEForUtteranceClassification:
+    torch.manual_seed(0)
+    backbone = (SPEECH_BACKBONES if modality == "speech" else TEXT_BACKBONES)[family]()
+    extra = {"speech_prompt_ids": [5, 6, 7]} if family == "qwen2_audio" else {}
+    config = MisterEConfig(
+        **{f"{modality}_config": backbone, f"{modality}_embed_dim": EMBED_DIM, "num_labels": NUM_LABELS, **extra,
+           **overrides}
+    )
+    return MisterEForUtteranceClassification(config)
+
+
+def utterance_batch(model: MisterEForUtteranceClassification, seed: int = 0) -> dict:
+    """Two conversations (3 and 2 utterances) with padded rows of raw inputs for whichever encoder exists."""
+    generator = torch.Generator().manual_seed(seed)
+    attention_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    batch = dict(attention_mask=attention_mask, labels=torch.tensor([[0, 1, 2], [2, 1, -100]]))
+    rows = int(attention_mask.sum())
+    if model.speech_encoder is not None:
+        if model.speech_encoder.model_type in ("whisper", "qwen2_audio"):
+            batch["input_features"] = torch.randn(rows, 80, 60, generator=generator)
+            mask = torch.ones(rows, 60, dtype=torch.long)
+            mask[1, 40:] = 0
+        else:
+            batch["input_values"] = torch.randn(rows, 1600, generator=generator)
+            mask = torch.ones(rows, 1600, dtype=torch.long)
+            mask[1, 900:] = 0
+        batch["speech_attention_mask"] = mask
+    if model.text_encoder is not None:
+        batch["input_ids"] = torch.randint(3, 100, (rows, 7), generator=generator)
+        mask = torch.ones(rows, 7, dtype=torch.long)
+        mask[0, 4:] = 0
+        batch["text_attention_mask"] = mask
+    return batch
+
+
+ALL_FAMILIES = [("speech", f) for f in SPEECH_BACKBONES] + [("text", f) for f in TEXT_BACKBONES]
+
+
+@pytest.mark.parametrize("modality, family", ALL_FAMILIES)
+def test_every_family_builds_runs_and_takes_lora_that_trains(modality, family):
+    model = utterance_model(modality, family)
+    batch = utterance_batch(model)
+    out = model(**batch)
+    embeds = out[f"{modality}_embeds"]
+    assert embeds.shape == (2, 3, EMBED_DIM) and out[f"{modality}_logits"].shape == (2, 3, NUM_LABELS)
+    assert (embeds[1, 2] == 0).all() and torch.isfinite(out.loss)
+
+    peft_model = apply_lora(model, modality)
+    lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert lora and set(lora) <= trainable
+    assert all("lora_" in n or f"{modality}_encoder.backbone." not in n for n in trainable), "backbone not frozen"
+    # lora_B starts at zero, so lora_A's gradient is zero until one step has moved B: take that step first.
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    peft_model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    peft_model(**batch).loss.backward()
+    silent = [n for n, p in lora.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
+    head = [n for n in trainable if "modules_to_save" in n]
+    assert head and all(peft_model.get_parameter(n).grad.abs().sum() > 0 for n in head)
+
+
+def test_wavlm_attention_lora_is_the_trap_the_preset_avoids():
+    model = utterance_model("speech", "wavlm")
+    peft_model = apply_lora(model, "speech", target_modules=("q_proj", "k_proj", "v_proj"))
+    batch = utterance_batch(model)
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_" in n]
+    assert grads and all(g is None or g.abs().sum() == 0 for g in grads)
+
+
+def test_unknown_family_without_targets_is_a_clear_error():
+    model = utterance_model("text", "bert")
+    model.text_encoder.model_type = "mystery"
+    with pytest.raises(ValueError, match="mystery"):
+        apply_lora(model, "text")
+    with pytest.raises(ValueError, match="no speech encoder"):
+        apply_lora(model, "speech")
+
+
+@pytest.mark.parametrize("modality, family", [("speech", "wavlm"), ("text", "bert")])
+def test_adapter_and_merged_checkpoints_reproduce_outputs(tmp_path, modality, family):
+    peft_model = apply_lora(utterance_model(modality, family), modality)
+    with torch.no_grad():  # move every LoRA and head weight away from its initial value
+        for name, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    peft_model.eval()
+    batch = utterance_batch(peft_model.base_model.model)
+    batch.pop("labels")
+    with torch.no_grad():
+        expected = peft_model(**batch)[f"{modality}_embeds"]
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_lora(utterance_model(modality, family), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch)[f"{modality}_embeds"], expected)
+
+    merge_lora(reloaded).save_pretrained(tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = MisterEForUtteranceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch)[f"{modality}_embeds"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_from_backbones_loads_pretrained_weights(tmp_path):
+    torch.manual_seed(1)
+    BertModel(TEXT_BACKBONES["bert"]()).save_pretrained(tmp_path / "bert")
+    WhisperModel(SPEECH_BACKBONES["whisper"]()).save_pretrained(tmp_path / "whisper")
+    model = MisterEForUtteranceClassification.from_backbones(
+        speech=tmp_path / "whisper", text=tmp_path / "bert", speech_embed_dim=8, text_embed_dim=8, num_labels=2
+    )
+    bert = BertModel.from_pretrained(tmp_path / "bert")
+    whisper_encoder = WhisperModel.from_pretrained(tmp_path / "whisper").get_encoder()
+    for backbone, reference in ((model.text_encoder.backbone, bert), (model.speech_encoder.backbone, whisper_encoder)):
+        theirs = reference.state_dict()
+        assert all(torch.equal(value, theirs[key]) for key, value in backbone.state_dict().items())
+    assert model.config.text_config.model_type == "bert" and model.config.speech_config.model_type == "whisper"
+
+
+def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
+    stage_one = utterance_model("text", "bert", text_embed_dim=EMBED_DIM)
+    sizes = dict(context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1, attention_dim=4,
+                 attention_heads=2, fusion_hidden_size=8, speech_embed_dim=EMBED_DIM, text_embed_dim=EMBED_DIM,
+                 num_labels=NUM_LABELS)
+    stage_two = MisterEForEmotionRecognition(MisterEConfig(**sizes))
+    model = MisterEForEmotionRecognition.from_stages(stage_one, stage_two).eval()
+    stage_one.eval()
+    batch = utterance_batch(stage_one)
+    batch.pop("labels")
+    with torch.no_grad():
+        end_to_end = model(**batch)
+        extracted = stage_one(**batch).text_embeds
+        two_step = stage_two.eval()(text_embeds=extracted, attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(end_to_end.logits, two_step.logits)
+    assert (end_to_end.gate_weights[batch["attention_mask"].bool()][:, 1] == 1).all()
+
+
+def test_from_stages_rejects_mismatched_embedding_widths():
+    stage_one = utterance_model("text", "bert")
+    stage_two = MisterEForEmotionRecognition(MisterEConfig(text_embed_dim=EMBED_DIM + 1, speech_embed_dim=4,
+                                                           context_dim=8, gru_layers=1, cross_modal_dim=8,
+                                                           coattention_layers=1, attention_dim=4, attention_heads=2,
+                                                           fusion_hidden_size=8, num_labels=NUM_LABELS))
+    with pytest.raises(ValueError, match="text_embed_dim"):
+        MisterEForEmotionRecognition.from_stages(stage_one, stage_two)
+
+
+def test_rows_must_match_the_modality_mask():
+    model = utterance_model("text", "bert")
+    batch = utterance_batch(model)
+    batch["input_ids"] = batch["input_ids"][:-1]
+    batch["text_attention_mask"] = batch["text_attention_mask"][:-1]
+    with pytest.raises(ValueError, match="4 text rows for 5 utterances"):
+        model(**batch)

@@ -1,0 +1,313 @@
+"""Tests of the ERC metric module and the evaluation reports built on it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from mister_e.evaluation import (
+    GATE_NAMES,
+    ROBUSTNESS_CONDITIONS,
+    SCALAR_METRICS,
+    compute_metrics,
+    format_seed_table,
+    load_erc_metric,
+    robustness_curve,
+    summarize_seeds,
+    write_evaluation_report,
+    write_robustness_report,
+)
+
+
+LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _refuse_network(*args, **kwargs):
+    raise OSError("network access attempted during an offline test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory):
+    """No network, Hub offline and HF_HOME in a temp dir, as on a machine that cannot reach the Hub.
+
+    `evaluate` reads HF_HOME when first imported, which happens here unless an earlier test module imported it.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+        patch.setattr(socket.socket, "connect", _refuse_network)
+        yield
+
+
+@pytest.fixture(scope="module")
+def erc_metric():
+    return load_erc_metric()
+
+
+@pytest.fixture
+def random_split():
+    """Predictions that are right about half the time, every class present among the references."""
+    rng = np.random.default_rng(0)
+    references = rng.integers(0, len(LABELS), 300)
+    predictions = np.where(rng.random(300) < 0.5, references, rng.integers(0, len(LABELS), 300))
+    assert set(references) == set(range(len(LABELS)))
+    return predictions, references
+
+
+def test_metric_loads_offline_from_the_package_file(erc_metric):
+    import evaluate
+
+    assert erc_metric.name == "erc_metrics"
+    # evaluate copied the packaged script into its module cache and imported it from there.
+    assert list(Path(evaluate.config.HF_MODULES_CACHE).rglob("erc_metrics.py"))
+
+
+def test_metric_matches_sklearn(erc_metric, random_split):
+    predictions, references = random_split
+    results = erc_metric.compute(predictions=predictions, references=references, label_names=LABELS)
+
+    assert set(results) == {*SCALAR_METRICS, "f1_per_class"}
+    assert results["weighted_f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
+    assert results["macro_f1"] == pytest.approx(f1_score(references, predictions, average="macro"))
+    assert results["accuracy"] == pytest.approx(accuracy_score(references, predictions))
+    assert results["unweighted_recall"] == pytest.approx(balanced_accuracy_score(references, predictions))
+    assert list(results["f1_per_class"]) == LABELS
+    np.testing.assert_allclose(
+        list(results["f1_per_class"].values()), f1_score(references, predictions, average=None)
+    )
+    assert all(isinstance(value, float) and 0.0 <= value <= 1.0 for value in results["f1_per_class"].values())
+
+
+def test_metric_ignores_padding(erc_metric, random_split):
+    predictions, references = random_split
+    padded_predictions = np.concatenate([predictions, np.zeros(40, dtype=int)])
+    padded_references = np.concatenate([references, np.full(40, -100)])
+
+    padded = erc_metric.compute(predictions=padded_predictions, references=padded_references, label_names=LABELS)
+    assert padded == erc_metric.compute(predictions=predictions, references=references, label_names=LABELS)
+
+
+def test_metric_handles_classes_absent_from_the_split(erc_metric):
+    references = np.array([0, 0, 1, 1, 2, 2, 2])
+    predictions = np.array([0, 4, 1, 1, 2, 0, 2])  # class 4 predicted but absent; class 3 never seen at all
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning either
+        results = erc_metric.compute(predictions=predictions, references=references, label_names=LABELS[:5])
+
+    assert list(results["f1_per_class"]) == LABELS[:5]
+    assert results["f1_per_class"]["sadness"] == 0.0
+    assert results["f1_per_class"]["joy"] == 0.0
+    assert results["weighted_f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
+    assert results["macro_f1"] == pytest.approx(f1_score(references, predictions, labels=[0, 1, 2], average="macro"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns that y_pred has a class y_true lacks
+        assert results["unweighted_recall"] == pytest.approx(balanced_accuracy_score(references, predictions))
+
+
+def test_metric_rejects_ids_outside_the_label_set(erc_metric):
+    with pytest.raises(ValueError, match="Class ids"):
+        erc_metric.compute(predictions=[0, 3], references=[0, 1], label_names=LABELS[:3])
+
+
+def test_metric_combines_with_other_local_modules(erc_metric, tmp_path):
+    import evaluate
+
+    script = tmp_path / "mistake_count.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import datasets
+            import evaluate
+
+
+            class MistakeCount(evaluate.Metric):
+                def _info(self):
+                    return evaluate.MetricInfo(
+                        description="", citation="", inputs_description="",
+                        features=datasets.Features(
+                            {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+                        ),
+                    )
+
+                def _compute(self, predictions, references):
+                    return {"mistakes": sum(p != r for p, r in zip(predictions, references))}
+            """
+        )
+    )
+    combined = evaluate.combine([erc_metric, evaluate.load(str(script), keep_in_memory=True)])
+
+    results = combined.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2])
+    assert results["mistakes"] == 1
+    assert results["accuracy"] == pytest.approx(0.75)
+    assert set(results["f1_per_class"]) == {"0", "1", "2"}
+
+
+def test_compute_metrics_takes_trainer_outputs(erc_metric):
+    from transformers import EvalPrediction
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 6, len(LABELS)))
+    labels = rng.integers(0, len(LABELS), (4, 6))
+    labels[2:, 4:] = -100  # shorter conversations padded to the batch length
+    gate_weights = rng.dirichlet(np.ones(3), (4, 6))
+
+    results = compute_metrics(EvalPrediction(predictions=(logits, gate_weights), label_ids=labels), label_names=LABELS)
+
+    expected = erc_metric.compute(
+        predictions=logits.argmax(-1).ravel(), references=labels.ravel(), label_names=LABELS
+    )
+    assert results == {
+        **{name: expected[name] for name in SCALAR_METRICS},
+        **{f"f1_{name}": score for name, score in expected["f1_per_class"].items()},
+    }
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 5_000
+
+
+@pytest.mark.parametrize("with_gates", [True, False])
+def test_write_evaluation_report(tmp_path, random_split, with_gates):
+    predictions, references = random_split
+    num_utterances = len(references)
+    rng = np.random.default_rng(2)
+    gate_weights = rng.dirichlet(np.ones(3), num_utterances)
+    gate_weights[:50, 0] = 0.0  # speech expert unavailable for some utterances
+    probabilities = rng.dirichlet(np.ones(len(LABELS)), num_utterances)
+    dialogue_ids = [f"dia{i // 12}" for i in range(num_utterances)]
+    # Padded rows appended to every input are dropped from every artefact.
+    padding = 5
+
+    report = write_evaluation_report(
+        tmp_path,
+        predictions=np.concatenate([predictions, np.zeros(padding, dtype=int)]),
+        references=np.concatenate([references, np.full(padding, -100)]),
+        label_names=LABELS,
+        gate_weights=np.concatenate([gate_weights, np.zeros((padding, 3))]) if with_gates else None,
+        dialogue_ids=dialogue_ids + ["pad"] * padding,
+        probabilities=np.concatenate([probabilities, np.zeros((padding, len(LABELS)))]),
+    )
+
+    expected_files = {"metrics.json", "classification_report.txt", "confusion_matrix.png", "predictions.csv"}
+    if with_gates:
+        expected_files.add("gate_weights.png")
+    assert {path.name for path in tmp_path.iterdir()} == expected_files  # no `.tmp` left behind
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == report
+    assert {*SCALAR_METRICS, "f1_per_class", "confusion_matrix", "support_per_class"} <= set(metrics)
+    assert metrics["num_utterances"] == num_utterances
+    assert metrics["num_dialogues"] == len(set(dialogue_ids))
+    assert metrics["weighted_f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (len(LABELS), len(LABELS))
+    assert matrix.trace() == (predictions == references).sum()
+    assert list(metrics["support_per_class"].values()) == np.bincount(references).tolist()
+    if with_gates:
+        assert metrics["gates"]["experts"] == list(GATE_NAMES)
+        np.testing.assert_allclose(list(metrics["gates"]["mean"].values()), gate_weights.mean(0))
+        assert set(metrics["gates"]["mean_per_class"]) == set(LABELS)
+        _assert_png(tmp_path / "gate_weights.png")
+    else:
+        assert "gates" not in metrics
+
+    with open(tmp_path / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == num_utterances
+    assert list(rows[0]) == [
+        "dialogue_id",
+        "utterance_id",
+        "label",
+        "predicted_label",
+        "confidence",
+        "gate_speech",
+        "gate_text",
+        "gate_cross_modal",
+    ]
+    assert [row["label"] for row in rows] == [LABELS[i] for i in references]
+    assert [row["predicted_label"] for row in rows] == [LABELS[i] for i in predictions]
+    assert float(rows[3]["confidence"]) == pytest.approx(probabilities[3, predictions[3]])
+    assert rows[13]["dialogue_id"] == "dia1" and rows[13]["utterance_id"] == "13"
+    assert rows[0]["gate_speech"] == ("0.0" if with_gates else "")
+
+    assert "sadness" in (tmp_path / "classification_report.txt").read_text()
+    _assert_png(tmp_path / "confusion_matrix.png")
+
+
+def test_robustness_curve_follows_the_predictor(tmp_path):
+    """A fake model that errs on an utterance once its drop draw falls under the drop rate: text hurts more."""
+    rng = np.random.default_rng(3)
+    references = rng.integers(0, 4, 500)
+    draws = rng.random(500)
+    calls = []
+
+    def predict_fn(drop_speech_p, drop_text_p, seed):
+        calls.append((drop_speech_p, drop_text_p, seed))
+        wrong = draws < 0.3 * drop_speech_p + 0.6 * drop_text_p
+        return np.where(wrong, (references + 1) % 4, references), references
+
+    probabilities = (0.0, 0.2, 0.4, 0.6, 0.8)
+    curve = robustness_curve(predict_fn, probabilities=probabilities, seed=7)
+
+    assert curve["probabilities"] == list(probabilities)
+    assert set(curve["conditions"]) == set(ROBUSTNESS_CONDITIONS)
+    assert len(calls) == 1 + 3 * (len(probabilities) - 1)  # p = 0 runs once for all three conditions
+    assert {seed for *_, seed in calls} == {7}
+    for condition, (speech_share, text_share) in zip(ROBUSTNESS_CONDITIONS, [(0.3, 0.0), (0.0, 0.6), (0.3, 0.6)]):
+        scores = curve["conditions"][condition]
+        expected_accuracy = [1.0 - np.mean(draws < (speech_share + text_share) * p) for p in probabilities]
+        np.testing.assert_allclose(scores["accuracy"], expected_accuracy)
+        assert scores["weighted_f1"][0] == 1.0
+        assert np.all(np.diff(scores["weighted_f1"]) <= 0) and scores["weighted_f1"][-1] < 1.0
+    assert curve["conditions"]["text"]["accuracy"][-1] < curve["conditions"]["speech"]["accuracy"][-1]
+
+    write_robustness_report(tmp_path, curve)
+    assert {path.name for path in tmp_path.iterdir()} == {"robustness.json", "robustness.png"}
+    assert json.loads((tmp_path / "robustness.json").read_text()) == curve
+    _assert_png(tmp_path / "robustness.png")
+
+
+def test_summarize_seeds_matches_numpy():
+    rng = np.random.default_rng(4)
+    runs = [
+        {
+            "weighted_f1": float(rng.random()),
+            "accuracy": float(rng.random()),
+            "f1_per_class": {"joy": float(rng.random()), "anger": float(rng.random())},
+            "label_names": ["joy", "anger"],
+            "confusion_matrix": [[1, 0], [0, 1]],
+        }
+        for _ in range(3)
+    ]
+    summary = summarize_seeds(runs)
+
+    assert list(summary) == ["weighted_f1", "accuracy", "f1_per_class/joy", "f1_per_class/anger"]
+    for key, values in [
+        ("weighted_f1", [run["weighted_f1"] for run in runs]),
+        ("f1_per_class/anger", [run["f1_per_class"]["anger"] for run in runs]),
+    ]:
+        assert summary[key]["mean"] == pytest.approx(np.mean(values))
+        assert summary[key]["std"] == pytest.approx(np.std(values, ddof=1))
+        assert summary[key]["n"] == 3
+    assert summarize_seeds(runs[:1])["accuracy"] == {"mean": runs[0]["accuracy"], "std": 0.0, "n": 1}
+
+    table = format_seed_table({"MiSTER-E": summary, "text only": summarize_seeds(runs[:1])}, metrics=["weighted_f1"])
+    mean, std = summary["weighted_f1"]["mean"] * 100, summary["weighted_f1"]["std"] * 100
+    assert table.splitlines() == [
+        "| metric | MiSTER-E (n=3) | text only (n=1) |",
+        "|---|---|---|",
+        f"| weighted_f1 | {mean:.1f} ± {std:.1f} | {runs[0]['weighted_f1'] * 100:.1f} ± 0.0 |",
+    ]
+    assert "| macro_f1 | – |" in format_seed_table(summary)
