@@ -1,6 +1,6 @@
 """MiSTER-E: a speech + text mixture of experts for emotion recognition in conversations, as a Hugging Face model."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_mister_e import MisterEConfig
 from .modeling_mister_e import (
@@ -10,6 +10,7 @@ from .modeling_mister_e import (
     MisterEPreTrainedModel,
     MisterEUtteranceOutput,
 )
+from .processing_mister_e import MisterEProcessor
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,8 @@ AutoModel.register(MisterEConfig, MisterEForEmotionRecognition)
 # `save_pretrained` then writes `auto_map` and copies the code files, so the folder loads with trust_remote_code.
 MisterEConfig.register_for_auto_class()
 MisterEForEmotionRecognition.register_for_auto_class("AutoModel")
+AutoProcessor.register(MisterEConfig, MisterEProcessor)
+MisterEProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "MisterEConfig",
@@ -25,5 +28,6 @@ __all__ = [
     "MisterEForUtteranceClassification",
     "MisterEOutput",
     "MisterEPreTrainedModel",
+    "MisterEProcessor",
     "MisterEUtteranceOutput",
 ]

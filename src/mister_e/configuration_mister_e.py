@@ -15,6 +15,7 @@ IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
 # Keyword arguments that `PreTrainedConfig` itself consumes or writes; anything else that is not a field is a typo.
 _BASE_KWARGS = {
     "model_type",
+    "use_cache",
     "name_or_path",
     "torch_dtype",
     "output_attentions",

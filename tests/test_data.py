@@ -1,0 +1,468 @@
+"""Dialogue schema and release builders, on miniature fake releases (plus the real files when `shared/` is there)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from datasets import DatasetDict, load_from_disk
+
+from mister_e import data
+from mister_e.data import (
+    IEMOCAP_LABELS,
+    MELD_LABELS,
+    MOSI_LABELS,
+    SPLITS,
+    build_cosmic_pickle,
+    build_iemocap,
+    build_meld,
+    build_meld_csv,
+    build_mosi,
+    load_mosi_acoustic,
+    make_dialogue_dataset,
+    prepare,
+    save_dialogues,
+    validate_dialogues,
+)
+
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+
+
+def write_wav(path: Path) -> None:
+    """0.1 s of noise at 16 kHz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.random.default_rng(0).uniform(-0.1, 0.1, 1600).astype(np.float32), 16000)
+
+
+def write_csv(path: Path, rows: list[list], header: list[str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file, quoting=csv.QUOTE_ALL)
+        writer.writerows([header, *rows] if header else rows)
+
+
+def labels_of(dataset, row=0) -> list[str]:
+    names = dataset.features["labels"].feature.names
+    return [names[label] for label in dataset[row]["labels"]]
+
+
+# --- schema -------------------------------------------------------------------------------------------
+
+
+def test_make_dialogue_dataset_fills_defaults_and_keeps_label_names():
+    dataset = make_dialogue_dataset(
+        [{"dialogue_id": "d1", "texts": ["hi", None], "audio": [None, "/a.wav"], "labels": ["sad", 1]}], ["hap", "sad"]
+    )
+    assert dataset.features["labels"].feature.names == ["hap", "sad"]
+    assert dataset[0] == {
+        "dialogue_id": "d1",
+        "utterance_ids": ["d1_0", "d1_1"],
+        "texts": ["hi", None],
+        "audio": [None, "/a.wav"],
+        "labels": [1, 1],
+        "speakers": [None, None],
+    }
+    validate_dialogues(dataset)
+
+
+@pytest.mark.parametrize(
+    ("conversation", "message"),
+    [
+        ({"dialogue_id": "d1", "texts": [], "labels": []}, "'d1' is empty"),
+        ({"dialogue_id": "d1", "texts": ["a"], "speakers": ["A", "B"], "labels": [0]}, "speakers has 2 entries"),
+        ({"dialogue_id": "d1", "texts": ["a", None], "labels": [0, 1]}, "'d1_1' has neither audio nor text"),
+        ({"dialogue_id": "d1", "texts": ["a"], "labels": [2]}, "label 2, outside 0..1"),
+        ({"dialogue_id": "d1", "texts": ["a"], "labels": ["joy"]}, "unknown label 'joy'"),
+    ],
+)
+def test_bad_dialogues_are_named(conversation, message):
+    with pytest.raises(ValueError, match=message):
+        make_dialogue_dataset([conversation], ["hap", "sad"])
+
+
+def test_embeddings_are_float32_lists_and_required_everywhere():
+    conversation = {"dialogue_id": "d1", "labels": [0], "speech_embeds": [np.ones(3)]}
+    dataset = make_dialogue_dataset([conversation], ["hap"])
+    assert dataset.features["speech_embeds"].feature.feature.dtype == "float32"
+    assert dataset[0]["speech_embeds"] == [[1.0, 1.0, 1.0]]
+    with pytest.raises(ValueError, match="'d2' lacks speech_embeds"):
+        make_dialogue_dataset([conversation, {"dialogue_id": "d2", "texts": ["a"], "labels": [0]}], ["hap"])
+
+
+def test_save_round_trip_is_atomic(tmp_path, monkeypatch):
+    conversation = {"texts": ["a"], "labels": [0]}
+    dialogues = DatasetDict(
+        {split: make_dialogue_dataset([{"dialogue_id": split, **conversation}], ["x"]) for split in SPLITS}
+    )
+    target = tmp_path / "out" / "ds"
+    save_dialogues(dialogues, target)
+    loaded = load_from_disk(str(target))
+    for split in SPLITS:
+        assert loaded[split].to_list() == dialogues[split].to_list()
+    assert loaded["train"].features == dialogues["train"].features
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_dialogues(dialogues, target)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(FileExistsError, match="not a saved dialogue dataset"):
+        save_dialogues(dialogues, tmp_path / "notes", overwrite=True)
+
+    def crash(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_dialogues(dialogues, target, overwrite=True)
+    assert load_from_disk(str(target))["train"][0]["dialogue_id"] == "train"  # the old copy survives
+    assert sorted(path.name for path in target.parent.iterdir()) == ["ds"]  # no staging folder left behind
+
+
+# --- IEMOCAP ------------------------------------------------------------------------------------------
+
+# (start, utterance suffix, label, text); listed out of time order on purpose.
+IEMOCAP_TURNS = [(4.0, "F001", "ang", "Leave me alone."), (1.0, "F000", "neu", "Excuse me."),
+                 (2.5, "M000", "xxx", "Yeah?"), (3.0, "M001", "exc", "Great news!")]  # fmt: skip
+
+
+def make_iemocap(root: Path, dialogues_per_session: int = 1) -> Path:
+    for session in range(1, 6):
+        folder = root / f"Session{session}"
+        for index in range(dialogues_per_session):
+            dialogue = f"Ses0{session}F_impro0{index + 1}"
+            evaluation = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+            transcript = []
+            for start, suffix, label, text in IEMOCAP_TURNS:
+                utterance = f"{dialogue}_{suffix}"
+                evaluation.append(f"[{start:.4f} - {start + 0.5:.4f}]\t{utterance}\t{label}\t[2.5, 2.5, 2.5]")
+                evaluation.append(f"C-E1:\t{label};\t()")
+                transcript.append(f"{utterance} [{start:08.4f}-{start + 0.5:08.4f}]: {text}")
+                write_wav(folder / "sentences" / "wav" / dialogue / f"{utterance}.wav")
+            (folder / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
+            (folder / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
+            (folder / "dialog" / "EmoEvaluation" / f"{dialogue}.txt").write_text("\n".join(evaluation))
+            (folder / "dialog" / "transcriptions" / f"{dialogue}.txt").write_text("\n".join(transcript))
+    return root
+
+
+def test_iemocap(tmp_path):
+    root = make_iemocap(tmp_path / "IEMOCAP")
+    dialogues = build_iemocap(root, validation_dialogues=1, seed=3)
+    assert {split: len(dialogues[split]) for split in SPLITS} == {"train": 3, "validation": 1, "test": 1}
+    assert dialogues["test"][0]["dialogue_id"] == "Ses05F_impro01"
+    assert dialogues["test"].features["labels"].feature.names == IEMOCAP_LABELS
+    row = dialogues["test"][0]
+    # by start time, with the xxx turn left out
+    assert row["utterance_ids"] == ["Ses05F_impro01_F000", "Ses05F_impro01_M001", "Ses05F_impro01_F001"]
+    assert labels_of(dialogues["test"]) == ["neu", "exc", "ang"]
+    assert row["texts"] == ["Excuse me.", "Great news!", "Leave me alone."]
+    assert row["speakers"] == ["F", "M", "F"]
+    assert all(Path(path).is_file() for path in row["audio"])
+    again = build_iemocap(root, validation_dialogues=1, seed=3)
+    assert again["validation"]["dialogue_id"] == dialogues["validation"]["dialogue_id"]
+    with pytest.raises(ValueError, match="validation_dialogues=4"):
+        build_iemocap(root, validation_dialogues=4)
+
+
+def test_iemocap_bad_layouts(tmp_path):
+    root = make_iemocap(tmp_path / "IEMOCAP")
+    (root / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F001.wav").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 15 utterances have no audio .*Ses01F_impro01_F001"):
+        build_iemocap(root, validation_dialogues=1)
+    kept = build_iemocap(root, validation_dialogues=0, allow_missing_audio=True)
+    assert kept["train"][0]["audio"][2] is None and kept["train"][0]["texts"][2] == "Leave me alone."
+
+    labels = root / "Session2/dialog/EmoEvaluation/Ses02F_impro01.txt"
+    original = labels.read_text()
+    labels.write_text(original.replace("\tang\t", "\tbored\t"))
+    with pytest.raises(ValueError, match=r"Ses02F_impro01\.txt:\d+: unknown label 'bored'"):
+        build_iemocap(root, allow_missing_audio=True)
+    labels.write_text(original)
+    shutil.rmtree(root / "Session5")
+    with pytest.raises(FileNotFoundError, match="Session5"):
+        build_iemocap(root)
+
+
+# --- MELD ---------------------------------------------------------------------------------------------
+
+MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
+               "Episode", "StartTime", "EndTime"]  # fmt: skip
+MELD_ROWS = {  # (Dialogue_ID, Utterance_ID, Speaker, Emotion, Utterance); rows out of order, train dia1 has a gap
+    "train": [(1, 2, "Ross", "anger", "No!"), (0, 0, "Chandler", "neutral", "my company’s transition"),
+              (0, 1, "Interviewer", "joy", "Great."), (1, 0, "Rachel", "sadness", "Oh.")],
+    "dev": [(0, 0, "Monica", "surprise", "What?"), (0, 1, "Joey", "fear", "Run.")],
+    "test": [(0, 0, "Phoebe", "disgust", "Eww."), (0, 1, "Ross", "neutral", "Hi.")],
+}  # fmt: skip
+
+
+def make_meld(root: Path) -> Path:
+    for split, rows in MELD_ROWS.items():
+        lines = [[n, text, speaker, emotion, "neutral", d, u, 1, 1, "00:00:01,000", "00:00:02,000"]
+                 for n, (d, u, speaker, emotion, text) in enumerate(rows, start=1)]  # fmt: skip
+        write_csv(root / f"{split}_sent_emo.csv", lines, MELD_HEADER)
+    return root
+
+
+def meld_stems(split: str) -> list[str]:
+    return [f"dia{d}_utt{u}" for d, u, *_ in MELD_ROWS[split]]
+
+
+def test_meld_text_only(tmp_path):
+    dialogues = build_meld(make_meld(tmp_path / "MELD"))
+    assert {split: len(dialogues[split]) for split in SPLITS} == {"train": 2, "validation": 1, "test": 1}
+    row = dialogues["train"][0]
+    assert row["dialogue_id"] == "dia0" and row["utterance_ids"] == ["dia0_utt0", "dia0_utt1"]
+    assert row["texts"] == ["my company’s transition", "Great."]  # mojibake repaired
+    assert row["audio"] == [None, None] and row["speakers"] == ["Chandler", "Interviewer"]
+    assert dialogues["train"][1]["utterance_ids"] == ["dia1_utt0", "dia1_utt2"]
+    assert labels_of(dialogues["train"], 1) == ["sadness", "anger"]
+    assert dialogues["validation"].features["labels"].feature.names == MELD_LABELS
+
+
+def test_meld_pre_extracted_wavs(tmp_path):
+    root = make_meld(tmp_path / "MELD")
+    audio = tmp_path / "wavs"
+    for split, folder in (("train", "train"), ("dev", "dev"), ("test", "output_repeated_splits_test")):
+        for stem in meld_stems(split):
+            write_wav(audio / folder / f"{stem}.wav")
+    dialogues = build_meld(root, audio)
+    expected = [str((audio / "dev" / f"{stem}.wav").resolve()) for stem in meld_stems("dev")]
+    assert dialogues["validation"][0]["audio"] == expected
+    assert all(path for row in dialogues["test"] for path in row["audio"])
+
+    (audio / "dev" / "dia0_utt1.wav").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 8 utterances have no audio .*dia0_utt1.*allow_missing_audio"):
+        build_meld(root, audio)
+    assert build_meld(root, audio, allow_missing_audio=True)["validation"][0]["audio"][1] is None
+    assert build_meld_csv(root)["train"][0]["audio"] == [None, None]
+
+    flat = tmp_path / "flat"
+    write_wav(flat / "dia0_utt0.wav")
+    with pytest.raises(ValueError, match="repeat across splits"):
+        build_meld(root, flat)
+
+
+def test_meld_clips_need_ffmpeg(tmp_path, monkeypatch):
+    root = make_meld(tmp_path / "MELD")
+    for split, folder in data._MELD_CLIP_FOLDERS.items():
+        for stem in meld_stems({"validation": "dev"}.get(split, split)):
+            (root / folder).mkdir(exist_ok=True)
+            (root / folder / f"{stem}.mp4").write_bytes(b"not really a video")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs FFmpeg.*audio_dir"):
+        build_meld(root)
+
+    commands = []
+
+    def fake_ffmpeg(command, **kwargs):
+        commands.append(command)
+        write_wav(Path(command[-1]))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(subprocess, "run", fake_ffmpeg)
+    dialogues = build_meld(root, num_workers=2)
+    assert len(commands) == 8 and commands[0][:2] == ["/usr/bin/ffmpeg", "-nostdin"] and "16000" in commands[0]
+    assert dialogues["test"][0]["audio"][0] == str((root / "wav16k" / "test" / "dia0_utt0.wav").resolve())
+    assert not list((root / "wav16k").rglob(".*"))  # no partial files left
+    build_meld(root)  # a rerun converts nothing
+    assert len(commands) == 8
+
+
+def test_meld_bad_csvs(tmp_path):
+    root = make_meld(tmp_path / "MELD")
+    rows = list(csv.reader(open(root / "dev_sent_emo.csv", encoding="utf-8")))
+    write_csv(root / "dev_sent_emo.csv", [row[:3] + row[4:] for row in rows[1:]], rows[0][:3] + rows[0][4:])
+    with pytest.raises(ValueError, match=r"dev_sent_emo\.csv lacks column\(s\) \['Emotion'\]"):
+        build_meld(root)
+    make_meld(root)
+    write_csv(root / "test_sent_emo.csv", [[1, "Hm.", "Ross", "boredom", "neutral", 0, 0, 1, 1, "", ""]], MELD_HEADER)
+    with pytest.raises(ValueError, match=r"test_sent_emo\.csv row 1: unknown Emotion 'boredom'"):
+        build_meld(root)
+    (root / "train_sent_emo.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train_sent_emo\.csv not found"):
+        build_meld(root)
+
+
+# --- CMU-MOSI -----------------------------------------------------------------------------------------
+
+MOSI_FOLDS = {"train": ["vidA", "vid_B"], "valid": ["vidC"], "test": ["vidD"]}
+# segment id, text, score; vid_B has an underscore in its id, and clip 10 must follow clip 2.
+MOSI_SEGMENTS = [("vidA_10", "IT WAS BAD", -1.4), ("vidA_2", "I LIKED IT", 2.0), ("vid_B_1", "MEH", 0.0),
+                 ("vid_B_2", "GOOD", 0.6), ("vidC_1", "AWFUL", -2.8), ("vidD_1", "FINE", 0.0),
+                 ("vidD_3", "GREAT", 3.0)]  # fmt: skip
+MOSI_HEADER = ["segment_id", "video_id", "clip", "text", "sentiment"]
+
+
+def make_mosi_release(root: Path) -> Path:
+    rows = [[segment, text, 1, int(score >= 0)] for segment, text, score in MOSI_SEGMENTS]
+    write_csv(root / "transcripts.csv", rows)
+    (root / "mosi_standard_folds.json").write_text(json.dumps(MOSI_FOLDS))
+    rng = np.random.default_rng(0)
+    for part, rows_of_part in (("train", [0, 2, 4, 6]), ("test", [1, 3, 5])):
+        write_csv(root / f"text_{part}.csv", [[row, *rng.normal(size=3)] for row in rows_of_part])
+        acoustic = [[*np.full(73, row, float), int(MOSI_SEGMENTS[row][2] >= 0)] for row in rows_of_part]
+        write_csv(root / f"audio_{part}0.csv", acoustic)
+    return root
+
+
+def make_mosi_scores(root: Path, audio: bool = False) -> Path:
+    rows = []
+    for segment, text, score in MOSI_SEGMENTS:
+        video, _, clip = segment.rpartition("_")
+        rows.append([segment, video, clip, text.lower(), score] + ([f"wav/{segment}.wav"] if audio else []))
+        if audio:
+            write_wav(root / "wav" / f"{segment}.wav")
+    write_csv(root / "mosi.csv", rows, MOSI_HEADER + (["audio"] if audio else []))
+    (root / "mosi_standard_folds.json").write_text(json.dumps(MOSI_FOLDS))
+    return root
+
+
+def test_mosi_release_with_acoustic_vectors(tmp_path):
+    root = make_mosi_release(tmp_path / "mosi")
+    dialogues = build_mosi(root, acoustic=True)
+    assert {split: len(dialogues[split]) for split in SPLITS} == {"train": 2, "validation": 1, "test": 1}
+    row = dialogues["train"][0]
+    assert row["dialogue_id"] == "vidA" and row["utterance_ids"] == ["vidA_2", "vidA_10"]
+    assert labels_of(dialogues["train"]) == ["positive", "negative"] and row["speakers"] == ["vidA", "vidA"]
+    assert dialogues["train"][1]["utterance_ids"] == ["vid_B_1", "vid_B_2"]
+    assert row["speech_embeds"] == [[1.0] * 73, [0.0] * 73]  # vidA_2, vidA_10: rows 1 and 0 of transcripts.csv
+    assert dialogues["test"].features["labels"].feature.names == MOSI_LABELS
+    assert len(load_mosi_acoustic(root)) == len(MOSI_SEGMENTS)
+    with pytest.raises(ValueError, match="binary labels only"):
+        build_mosi(root, label_rule="nonzero")
+
+
+@pytest.mark.parametrize(
+    ("rule", "test_labels"), [("nonnegative", ["positive", "positive"]), ("nonzero", ["positive"])]
+)
+def test_mosi_scores_label_rules(tmp_path, rule, test_labels):
+    dialogues = build_mosi(make_mosi_scores(tmp_path / "mosi", audio=True) / "mosi.csv", label_rule=rule)
+    assert labels_of(dialogues["test"]) == test_labels
+    assert labels_of(dialogues["train"], 1) == (["positive", "positive"] if rule == "nonnegative" else ["positive"])
+    assert all(Path(path).is_file() for path in dialogues["test"][0]["audio"])
+
+
+def test_mosi_bad_layouts(tmp_path):
+    root = make_mosi_scores(tmp_path / "mosi")
+    audio = tmp_path / "segments"
+    write_wav(audio / "vidA_2.wav")
+    with pytest.raises(FileNotFoundError, match=r"6 of 7 utterances have no audio"):
+        build_mosi(root, audio_dir=audio)
+    assert build_mosi(root, audio_dir=audio, allow_missing_audio=True)["train"][0]["audio"][0].endswith("vidA_2.wav")
+    with pytest.raises(ValueError, match="label_rule"):
+        build_mosi(root, label_rule="positive")
+    (root / "mosi_standard_folds.json").write_text(json.dumps({**MOSI_FOLDS, "test": []}))
+    with pytest.raises(ValueError, match=r"1 videos are in no fold of .*mosi_standard_folds\.json \(first: vidD"):
+        build_mosi(root)
+    write_csv(root / "mosi.csv", [["vidA_1", "vidA", 1, "hi", 4.5]], MOSI_HEADER)
+    with pytest.raises(ValueError, match=r"mosi\.csv row 1: sentiment must be a number in \[-3, 3\]"):
+        build_mosi(root)
+    write_csv(root / "mosi.csv", [["vidA_1", "vidA", 1, "hi"]], MOSI_HEADER[:-1])
+    with pytest.raises(ValueError, match=r"mosi\.csv lacks column\(s\) \['sentiment'\]"):
+        build_mosi(root)
+    with pytest.raises(FileNotFoundError, match="transcripts.csv"):
+        build_mosi(tmp_path / "nowhere")
+
+
+# --- COSMIC / DialogueRNN pickles ---------------------------------------------------------------------
+
+
+def dump(path: Path, obj) -> Path:
+    path.write_bytes(pickle.dumps(obj))
+    return path
+
+
+def test_cosmic_meld_pickle(tmp_path):
+    one_hot = [[1, 0, 0], [0, 1, 0]]
+    keys = {"train": [0, 1], "validation": [1039], "test": [1153]}
+    speakers = {key: one_hot for keys_ in keys.values() for key in keys_}
+    labels = {0: [0, 4], 1: [3, 6], 1039: [1, 2], 1153: [5, 0]}
+    sentences = {key: ["my company\x92s transition", "ok"] for key in speakers}
+    splits = (keys["train"], keys["test"], keys["validation"])  # the pickle's order
+    path = dump(tmp_path / "meld.pkl", (speakers, labels, labels, sentences, *splits))
+    with pytest.raises(ValueError, match="trust_pickle=True"):
+        build_cosmic_pickle(path)
+    dialogues = build_cosmic_pickle(path, trust_pickle=True)
+    assert dialogues["train"]["dialogue_id"] == ["dia0", "dia1"]
+    assert dialogues["validation"][0]["dialogue_id"] == "dia0"
+    assert dialogues["train"][0]["texts"] == ["my company’s transition", "ok"]
+    assert labels_of(dialogues["test"]) == ["disgust", "neutral"] and dialogues["test"][0]["speakers"] == ["0", "1"]
+
+    del sentences[1039]
+    with pytest.raises(ValueError, match=r"meld\.pkl: dialogue 1039 .* missing from sentences"):
+        build_cosmic_pickle(dump(path, (speakers, labels, labels, sentences, *splits)), trust_pickle=True)
+    with pytest.raises(ValueError, match=r"meld\.pkl: expected a 7-tuple \(speakers, .*\), found 4 items"):
+        build_cosmic_pickle(dump(path, (speakers, labels, labels, sentences)), trust_pickle=True)
+
+
+def test_dialoguernn_iemocap_pickle(tmp_path):
+    videos = [f"Ses0{n}F_impro01" for n in range(1, 6)]
+    ids = {video: [f"{video}_F000", f"{video}_M000"] for video in videos}
+    per_video = lambda value: {video: value for video in videos}  # noqa: E731
+    fields = (ids, per_video(["F", "M"]), per_video([2, 5]), per_video(np.ones((2, 4))), per_video(np.zeros((2, 6))),
+              per_video(np.zeros((2, 8))), per_video(["Hello.", "Go away."]), videos[:4], videos[4:])  # fmt: skip
+    path = dump(tmp_path / "IEMOCAP_features.pkl", fields)
+    dialogues = build_cosmic_pickle(path, "iemocap", trust_pickle=True, validation_dialogues=1)
+    assert {split: len(dialogues[split]) for split in SPLITS} == {"train": 3, "validation": 1, "test": 1}
+    row = dialogues["test"][0]
+    assert row["utterance_ids"] == ids[videos[4]] and labels_of(dialogues["test"]) == ["neu", "fru"]
+    assert row["text_embeds"] == [[1.0] * 4] * 2 and row["speech_embeds"] == [[0.0] * 6] * 2
+    bad = list(fields)
+    bad[2] = per_video([2, 9])
+    with pytest.raises(ValueError, match=r"IEMOCAP_features\.pkl: dialogue 'Ses0\dF_impro01'.*label 9"):
+        build_cosmic_pickle(dump(path, tuple(bad)), "iemocap", trust_pickle=True, validation_dialogues=1)
+
+
+# --- prepare ------------------------------------------------------------------------------------------
+
+
+def test_prepare_saves_and_reports(tmp_path, capsys):
+    root = make_meld(tmp_path / "MELD")
+    dialogues = prepare("meld", root, tmp_path / "prepared")
+    assert load_from_disk(str(tmp_path / "prepared"))["train"].to_list() == dialogues["train"].to_list()
+    report = capsys.readouterr().out
+    assert "neutral" in report and "validation" in report
+    with pytest.raises(FileExistsError):
+        prepare("meld", root, tmp_path / "prepared")
+    with pytest.raises(ValueError, match="unknown dataset 'friends'"):
+        prepare("friends", root, tmp_path / "other")
+
+
+# --- real files (shared/data beside the repository) ---------------------------------------------------
+
+
+def test_real_meld_and_mosi():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    meld = build_meld_csv(SHARED_DATA / "meld")
+    utterances = {split: sum(len(labels) for labels in meld[split]["labels"]) for split in SPLITS}
+    assert utterances == {"train": 9989, "validation": 1109, "test": 2610}
+    assert {split: len(meld[split]) for split in SPLITS} == {"train": 1038, "validation": 114, "test": 280}
+    test_counts = np.bincount([label for labels in meld["test"]["labels"] for label in labels], minlength=7)
+    assert test_counts.tolist() == [1256, 281, 50, 208, 402, 68, 345]
+    train_counts = np.bincount([label for labels in meld["train"]["labels"] for label in labels], minlength=7)
+    assert train_counts.tolist() == [4710, 1205, 268, 683, 1743, 271, 1109]
+
+    cosmic = build_cosmic_pickle(SHARED_DATA / "meld" / "cosmic_meld.pkl", trust_pickle=True)
+    for split in SPLITS:
+        assert cosmic[split].select_columns(["dialogue_id", "texts", "labels"]).to_list() == (
+            meld[split].select_columns(["dialogue_id", "texts", "labels"]).to_list()
+        )
+
+    mosi = build_mosi(SHARED_DATA / "mosi", acoustic=True)
+    assert {split: len(mosi[split]) for split in SPLITS} == {"train": 52, "validation": 10, "test": 31}
+    counts = {split: np.bincount([l for labels in mosi[split]["labels"] for l in labels]).tolist() for split in SPLITS}
+    assert counts == {"train": [552, 732], "validation": [92, 137], "test": [379, 307]}
+    assert len(mosi["test"][0]["speech_embeds"][0]) == 73

@@ -1,0 +1,340 @@
+"""Tests of `MisterEProcessor`: audio reading/resampling, batch layout, crops, errors and save/load."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import transformers.dynamic_module_utils as dynamic_module_utils
+from transformers import AutoProcessor, BertTokenizerFast, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
+
+from mister_e.processing_mister_e import MisterEProcessor
+
+
+SR = 16000
+WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    return BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
+
+
+def wav2vec2_extractor(do_normalize=True):
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=do_normalize, return_attention_mask=True
+    )
+
+
+@pytest.fixture
+def processor(tokenizer):
+    return MisterEProcessor(wav2vec2_extractor(), tokenizer)
+
+
+def tones(sampling_rate, seconds=2.0):
+    """A sum of sines with faded ends, so resampling edge effects stay tiny: the same signal at any rate."""
+    t = np.arange(round(sampling_rate * seconds)) / sampling_rate
+    signal = 0.5 * np.sin(2 * np.pi * 220 * t) + 0.3 * np.sin(2 * np.pi * 1234.5 * t + 0.3)
+    signal += 0.1 * np.sin(2 * np.pi * 3000 * t)
+    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.1)
+    return (signal * fade).astype(np.float32)
+
+
+def array_audio(seconds, value=None, seed=0):
+    samples = round(seconds * SR)
+    array = np.full(samples, value) if value is not None else np.random.default_rng(seed).standard_normal(samples)
+    return {"array": array.astype(np.float32), "sampling_rate": SR}
+
+
+def test_stereo_44k_file_matches_16k_array(processor, tmp_path):
+    path = tmp_path / "stereo.wav"
+    stereo = np.stack([tones(44100), tones(44100)], axis=1)
+    sf.write(path, stereo, 44100, subtype="FLOAT")
+    from_file = processor({"utterances": [{"audio": str(path)}]})
+    from_path_dict = processor({"utterances": [{"audio": {"path": path}}]})
+    from_array = processor({"utterances": [{"audio": tones(SR), "sampling_rate": SR}]})
+    # The 44.1 kHz array, channels first, goes through the in-package resampler instead of soxr.
+    resampled = processor({"utterances": [{"audio": stereo.T, "sampling_rate": 44100}]})
+
+    assert from_file["input_values"].shape == (1, 2 * SR)
+    for output in (from_file, from_path_dict, resampled):
+        torch.testing.assert_close(output["input_values"], from_array["input_values"], atol=2e-4, rtol=0)
+        assert torch.equal(output["speech_attention_mask"], from_array["speech_attention_mask"])
+
+
+def test_whisper_file_matches_array(tokenizer, tmp_path):
+    processor = MisterEProcessor(WhisperFeatureExtractor(), tokenizer)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, np.stack([tones(44100), tones(44100)], axis=1), 44100)
+    from_file = processor({"utterances": [{"audio": path, "text": "hello"}]})
+    from_array = processor({"utterances": [{"audio": {"array": tones(SR), "sampling_rate": SR}, "text": "hello"}]})
+
+    assert from_file["input_features"].shape == (1, 80, 3000)
+    assert from_file["speech_attention_mask"].shape == (1, 3000)
+    assert from_file["speech_attention_mask"].sum() == 2 * SR // processor.feature_extractor.hop_length
+    # 16-bit FLAC quantisation noise shows in the log-mel of the faded ends.
+    torch.testing.assert_close(from_file["input_features"], from_array["input_features"], atol=1e-2, rtol=0)
+    # Whisper-style extractors keep their fixed window in training too.
+    trained = processor({"utterances": [{"audio": path}]}, training=True, generator=0)
+    assert trained["input_features"].shape == (1, 80, 3000)
+
+
+def test_batch_layout_and_row_order(processor, tokenizer):
+    # Audio durations and texts are distinct per utterance so every row can be traced back to its utterance.
+    batch = [
+        {
+            "id": "d0",
+            "utterances": [
+                {"audio": array_audio(1.25), "text": "hello world", "label": 3},
+                {"text": "oh"},
+                {"audio": array_audio(1.5, seed=1), "text": None, "speaker": "A"},
+            ],
+        },
+        {
+            "id": "d1",
+            "utterances": [
+                {"audio": array_audio(2.0, seed=2)},
+                {"audio": array_audio(1.75, seed=3), "text": "yes really fine"},
+            ],
+        },
+    ]
+    out = processor(batch)
+
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert out["attention_mask"].dtype == torch.long
+    assert out["modality_mask"].dtype == torch.bool
+    assert out["modality_mask"].tolist() == [
+        [[True, True], [False, True], [True, False]],
+        [[True, False], [True, True], [False, False]],
+    ]
+    assert out["input_values"].shape == (4, 2 * SR)
+    assert out["input_ids"].shape[0] == out["text_attention_mask"].shape[0] == 3
+    assert "token_type_ids" not in out and "text_token_type_ids" not in out
+
+    # The contract with the model: rows fill `modality_mask[..., m]` in row-major order.
+    durations = torch.zeros(2, 3, dtype=torch.long)
+    durations[out["modality_mask"][..., 0]] = out["speech_attention_mask"].sum(-1)
+    assert durations.tolist() == [[1.25 * SR, 0, 1.5 * SR], [2 * SR, 1.75 * SR, 0]]
+    texts = np.full((2, 3), "", dtype=object)
+    texts[out["modality_mask"][..., 1].numpy()] = tokenizer.batch_decode(out["input_ids"], skip_special_tokens=True)
+    assert texts.tolist() == [["hello world", "oh", ""], ["", "yes really fine", ""]]
+
+
+def test_single_modality_batches_omit_the_other_keys(processor):
+    text_only = processor({"utterances": [{"text": "hello"}, {"text": "no"}]})
+    assert set(text_only) == {"attention_mask", "modality_mask", "input_ids", "text_attention_mask"}
+    speech_only = processor([{"utterances": [{"audio": array_audio(1.0)}]}], return_tensors="np")
+    assert set(speech_only) == {"attention_mask", "modality_mask", "input_values", "speech_attention_mask"}
+    assert isinstance(speech_only["input_values"], np.ndarray)
+
+
+def test_text_truncation(processor):
+    long_text = " ".join(WORDS * 20)
+    assert processor({"utterances": [{"text": long_text}]})["input_ids"].shape == (1, 128)
+    assert processor({"utterances": [{"text": long_text}]}, max_text_length=8)["input_ids"].shape == (1, 8)
+
+
+def test_inference_keeps_the_start_and_pads_short_audio(tokenizer):
+    processor = MisterEProcessor(wav2vec2_extractor(do_normalize=False), tokenizer, max_audio_seconds=2.0)
+    ramp = np.linspace(-1, 1, 3 * SR, dtype=np.float32)
+    short = array_audio(0.25, value=0.5)
+    out = processor({"utterances": [{"audio": {"array": ramp, "sampling_rate": SR}}, {"audio": short}]})
+
+    np.testing.assert_array_equal(out["input_values"][0].numpy(), ramp[: 2 * SR])
+    # Short audio is zero-padded up to `min_audio_seconds` and that padding counts as signal.
+    assert out["speech_attention_mask"].sum(-1).tolist() == [2 * SR, SR]
+    np.testing.assert_array_equal(out["input_values"][1, : SR // 4].numpy(), 0.5)
+    np.testing.assert_array_equal(out["input_values"][1, SR // 4 :].numpy(), 0.0)
+
+
+def test_training_crop_is_random_but_seeded(tokenizer):
+    processor = MisterEProcessor(wav2vec2_extractor(do_normalize=False), tokenizer, train_crop_seconds=2.0)
+    ramp = np.arange(10 * SR, dtype=np.float32) / (10 * SR)
+    batch = {"utterances": [{"audio": {"array": ramp, "sampling_rate": SR}}, {"audio": array_audio(1.5, value=0.5)}]}
+
+    first = processor(batch, training=True, generator=0)
+    again = processor(batch, training=True, generator=np.random.default_rng(0))
+    other = processor(batch, training=True, generator=1)
+
+    assert first["input_values"].shape == (2, 2 * SR)
+    torch.testing.assert_close(first["input_values"], again["input_values"])
+    assert not torch.equal(first["input_values"], other["input_values"])
+    for out in (first, other):
+        window = out["input_values"][0].numpy()
+        start = round(float(window[0]) * 10 * SR)
+        np.testing.assert_allclose(window, ramp[start : start + 2 * SR])
+    # Shorter audio is padded to the crop by the extractor, and that padding is masked.
+    assert first["speech_attention_mask"].sum(-1).tolist() == [2 * SR, 1.5 * SR]
+    # Inference ignores the crop; the crop never exceeds `max_audio_seconds`.
+    assert processor(batch)["input_values"].shape == (2, 10 * SR)
+    assert processor(batch, training=True, max_audio_seconds=1.5)["input_values"].shape == (2, 1.5 * SR)
+
+
+def test_save_load_round_trip_keeps_options(tokenizer, tmp_path):
+    processor = MisterEProcessor(
+        wav2vec2_extractor(),
+        tokenizer,
+        max_audio_seconds=12.0,
+        min_audio_seconds=0.5,
+        train_crop_seconds=3.0,
+        max_text_length=32,
+    )
+    processor.save_pretrained(tmp_path)
+    loaded = MisterEProcessor.from_pretrained(tmp_path)
+
+    assert (loaded.max_audio_seconds, loaded.min_audio_seconds, loaded.train_crop_seconds, loaded.max_text_length) == (
+        12.0,
+        0.5,
+        3.0,
+        32,
+    )
+    assert loaded.feature_extractor.to_dict() == processor.feature_extractor.to_dict()
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+    batch = {"utterances": [{"audio": array_audio(1.2), "text": "okay fine"}]}
+    for key, value in processor(batch).items():
+        torch.testing.assert_close(loaded(batch)[key], value)
+
+
+def test_auto_processor_loads_saved_remote_code(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(MisterEProcessor, "_auto_class", None)
+    MisterEProcessor.register_for_auto_class("AutoProcessor")
+    processor = MisterEProcessor(WhisperFeatureExtractor(), tokenizer, max_text_length=16)
+    processor.save_pretrained(tmp_path / "saved")
+
+    # The copied file must pass transformers' remote-code import check with only these third-party imports.
+    module_file = tmp_path / "saved" / "processing_mister_e.py"
+    assert module_file.is_file()
+    third_party = set(dynamic_module_utils.get_imports(module_file)) - set(sys.stdlib_module_names)
+    assert third_party <= {"numpy", "torch", "transformers"}
+
+    loaded = AutoProcessor.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    assert type(loaded).__name__ == "MisterEProcessor"
+    assert isinstance(loaded.feature_extractor, WhisperFeatureExtractor)
+    assert loaded.max_text_length == 16
+
+
+@pytest.mark.parametrize("bad", [{"max_audio_seconds": 0.5}, {"train_crop_seconds": 0.0}, {"max_text_length": 0}])
+def test_bad_options_raise(processor, tokenizer, bad):
+    with pytest.raises(ValueError):
+        MisterEProcessor(wav2vec2_extractor(), tokenizer, **bad)
+    with pytest.raises(ValueError):
+        processor({"utterances": [{"text": "hello"}]}, **bad)
+
+
+def _conversation(utterance):
+    return {"id": "dia7", "utterances": [{"id": "u0", "text": "hello"}, {"id": "u1", **utterance}]}
+
+
+def test_missing_file_names_path_and_utterance(processor, tmp_path):
+    path = tmp_path / "nowhere.wav"
+    with pytest.raises(FileNotFoundError) as error:
+        processor([{"utterances": [{"text": "hi"}]}, _conversation({"audio": str(path)})])
+    message = str(error.value)
+    assert str(path) in message and "conversation 1 (id='dia7'), utterance 1 (id='u1')" in message
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"RIFF\x00\x00 this is not audio" * 8, "could not read audio file"), (None, "has no samples")],
+    ids=["corrupt", "empty"],
+)
+def test_unreadable_or_empty_file(processor, tmp_path, content, match):
+    path = tmp_path / "clip.wav"
+    if content is None:
+        sf.write(path, np.zeros(0, dtype=np.float32), 44100)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as error:
+        processor(_conversation({"audio": path}))
+    assert str(path) in str(error.value) and "utterance 1 (id='u1')" in str(error.value)
+
+
+def test_non_finite_file(processor, tmp_path):
+    path = tmp_path / "nan.wav"
+    sf.write(path, np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), SR, subtype="FLOAT")
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        processor(_conversation({"audio": str(path)}))
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "utterance, match",
+    [
+        ({"audio": np.zeros(0, dtype=np.float32), "sampling_rate": SR}, "has no samples"),
+        ({"audio": np.array([0.0, np.inf], dtype=np.float32), "sampling_rate": SR}, "NaN or infinite"),
+        ({"audio": {"array": np.array([0.0, np.nan]), "sampling_rate": SR}}, "NaN or infinite"),
+        ({"audio": np.zeros(SR, dtype=np.float32)}, "needs its sampling rate"),
+        ({"audio": {"array": np.zeros(SR)}}, "needs its sampling rate"),
+        ({"audio": np.zeros(SR), "sampling_rate": "16000"}, "positive whole number"),
+        ({"audio": np.zeros(SR), "sampling_rate": np.array([16000.0])}, "positive whole number"),
+        ({"audio": np.zeros(SR), "sampling_rate": -16000}, "positive whole number"),
+        ({"audio": np.zeros(SR), "sampling_rate": 22050.5}, "positive whole number"),
+        ({"audio": np.zeros(SR, dtype=np.int16), "sampling_rate": SR}, "float array"),
+        ({"audio": 3, "sampling_rate": SR}, "float array"),
+        ({"audio": {"sampling_rate": SR}}, "an `array`"),
+        ({"audio": np.zeros((2, 3, SR)), "sampling_rate": SR}, "1-D or 2-D"),
+        ({"audio": np.zeros((16, SR)), "sampling_rate": SR}, "cannot tell channels"),
+        ({"text": 42}, "must be a string"),
+        ({"audio": None, "text": None, "label": 0}, "neither `audio` nor `text`"),
+    ],
+    ids=[
+        "empty-array",
+        "inf-array",
+        "nan-array-dict",
+        "rate-missing",
+        "rate-missing-in-dict",
+        "rate-str",
+        "rate-array",
+        "rate-negative",
+        "rate-fractional",
+        "int-samples",
+        "audio-int",
+        "dict-without-audio",
+        "3d-array",
+        "ambiguous-channels",
+        "text-not-str",
+        "no-modality",
+    ],
+)
+def test_bad_utterance_names_it(processor, utterance, match):
+    with pytest.raises(ValueError, match=match) as error:
+        processor(_conversation(utterance))
+    assert "conversation 0 (id='dia7'), utterance 1 (id='u1')" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "conversations, match",
+    [
+        ([], "empty batch"),
+        ({"id": "dia7", "utterances": []}, r"conversation 0 \(id='dia7'\): the conversation has no utterances"),
+        ({"utterances": "hello"}, "`utterances` must be a list"),
+        ({"dialogue": []}, "`utterances` must be a list"),
+        ("hello", "Expected a conversation dict"),
+        ([{"utterances": [{"text": "hi"}]}, ["hi"]], "conversation 1: expected a dict"),
+        ({"utterances": [{"text": "hi"}, "hi"]}, "conversation 0, utterance 1: an utterance must be a dict"),
+    ],
+    ids=["empty-batch", "empty-conversation", "utterances-str", "no-utterances", "str", "conv-list", "utt-str"],
+)
+def test_bad_batch_structure(processor, conversations, match):
+    with pytest.raises(ValueError, match=match):
+        processor(conversations)
+
+
+def test_path_like_and_os_fspath(processor, tmp_path):
+    path = tmp_path / "mono.wav"
+    sf.write(path, tones(SR), SR, subtype="FLOAT")
+    out = processor({"utterances": [{"audio": path}, {"audio": os.fspath(path)}]})
+    torch.testing.assert_close(out["input_values"][0], out["input_values"][1])

@@ -1,0 +1,384 @@
+"""Training: the collator, stage-2 and stage-1 Trainer runs, accumulation, resumption, evaluation, seeds, recipes."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from datasets import DatasetDict
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallback, Wav2Vec2FeatureExtractor
+
+from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
+from mister_e.data import make_dialogue_dataset
+from mister_e.evaluation import load_erc_metric
+from mister_e.processing_mister_e import MisterEProcessor
+from mister_e.training import (
+    ABLATIONS,
+    MisterEDataCollator,
+    add_evaluate_arguments,
+    add_train_arguments,
+    apply_ablation,
+    drop_modalities,
+    evaluate_model,
+    flatten_utterances,
+    load_recipe,
+    run_evaluate,
+    run_train,
+    train_conversation_model,
+    train_encoder,
+    train_seeds,
+)
+
+LABELS = ["calm", "happy", "sad", "angry"]
+SPEECH_DIM, TEXT_DIM = 10, 6
+SIZES = dict(context_dim=8, gru_layers=2, cross_modal_dim=8, coattention_layers=2, attention_dim=6, attention_heads=2,
+             fusion_hidden_size=8, gate_hidden_size=5)
+# Fast settings: the paper's lr 1e-5 over 100 epochs would take too long here.
+FAST = dict(learning_rate=3e-3, num_train_epochs=2, disable_tqdm=True, use_cpu=True)
+WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]
+
+
+def conversations(count: int, seed: int, prefix: str, lengths=(3, 8), missing: bool = False) -> list[dict]:
+    """Conversations whose label is the argmax of a fixed projection of the text embedding plus half the previous
+    utterance's score (context). Speech embeddings are noise; with `missing`, the first utterance lacks speech and
+    the last lacks text."""
+    projection = np.random.default_rng(123).standard_normal((len(LABELS), TEXT_DIM))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(count):
+        size = int(rng.integers(*lengths))
+        text = rng.standard_normal((size, TEXT_DIM)).astype(np.float32)
+        scores = text @ projection.T
+        scores[1:] += 0.5 * scores[:-1]
+        rows.append(dict(
+            dialogue_id=f"{prefix}{index}", labels=scores.argmax(1).tolist(),
+            speakers=[("A", "B")[i % 2] for i in range(size)],
+            texts=[" ".join(rng.choice(WORDS, 3)) for _ in range(size)],
+            text_embeds=list(text), speech_embeds=list(rng.standard_normal((size, SPEECH_DIM)).astype(np.float32)),
+        ))  # fmt: skip
+        if missing:
+            rows[-1]["speech_embeds"][0] = rows[-1]["text_embeds"][-1] = None
+    return rows
+
+
+def dialogues(count: int, seed: int, prefix: str, lengths=(3, 8)):
+    return make_dialogue_dataset(conversations(count, seed, prefix, lengths), LABELS)
+
+
+def corpus(train=32, validation=12, test=12, **kwargs) -> DatasetDict:
+    return DatasetDict(
+        train=dialogues(train, 0, "train", **kwargs),
+        validation=dialogues(validation, 1, "validation", **kwargs),
+        test=dialogues(test, 2, "test", **kwargs),
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> DatasetDict:
+    return corpus()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab))
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    return MisterEProcessor(Wav2Vec2FeatureExtractor(return_attention_mask=True), tokenizer)
+
+
+# --- collator ------------------------------------------------------------------------------------------------------
+
+
+def test_collator_pads_embeddings_and_masks():
+    rows = conversations(2, 0, "d", lengths=(3, 6), missing=True)
+    lengths = [len(row["labels"]) for row in rows]
+    batch = MisterEDataCollator()(rows)
+
+    assert set(batch) == {"attention_mask", "modality_mask", "labels", "speech_embeds", "text_embeds"}
+    assert batch["speech_embeds"].shape == (2, max(lengths), SPEECH_DIM)
+    assert batch["speech_embeds"].dtype == torch.float32
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    for b, (row, size) in enumerate(zip(rows, lengths)):
+        assert batch["labels"][b, :size].tolist() == row["labels"] and (batch["labels"][b, size:] == -100).all()
+        assert batch["modality_mask"][b, :size, 0].tolist() == [False] + [True] * (size - 1)
+        assert batch["modality_mask"][b, :size, 1].tolist() == [True] * (size - 1) + [False]
+        assert not batch["modality_mask"][b, size:].any()
+        expected = torch.tensor(np.stack(row["text_embeds"][:-1]))
+        torch.testing.assert_close(batch["text_embeds"][b, : size - 1], expected)
+        assert (batch["speech_embeds"][b, 0] == 0).all() and (batch["speech_embeds"][b, size:] == 0).all()
+
+    complete = conversations(2, 0, "d", lengths=(3, 6))
+    text_only = MisterEDataCollator(modalities=("text",))(complete)
+    assert "speech_embeds" not in text_only and not text_only["modality_mask"][..., 0].any()
+    assert text_only["modality_mask"][..., 1].equal(text_only["attention_mask"].bool())
+    with pytest.raises(ValueError, match="none of the columns"):  # the last utterance has speech only
+        MisterEDataCollator(modalities=("text",))(rows)
+
+
+def test_collator_reads_raw_rows_through_the_processor(processor, tmp_path):
+    sf.write(tmp_path / "a.wav", np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    rows = [
+        {"dialogue_id": "x", "texts": ["hello world", None, "no"], "audio": [str(tmp_path / "a.wav")] * 3,
+         "labels": [0, 1, -1], "speakers": ["A", "B", "A"]},
+        {"dialogue_id": "y", "texts": ["yes"], "audio": [None], "labels": [2], "speakers": ["B"]},
+    ]  # fmt: skip
+    batch = MisterEDataCollator(processor)(rows)
+    assert "speakers" not in batch and batch["input_values"].shape[0] == 3 and batch["input_ids"].shape[0] == 3
+    assert batch["modality_mask"].tolist() == [
+        [[True, True], [True, False], [True, True]],
+        [[False, True], [False, False], [False, False]],
+    ]
+    assert batch["labels"].tolist() == [[0, 1, -100], [2, -100, -100]]
+    text_only = MisterEDataCollator(processor, modalities=("text",))([rows[1]])
+    assert "input_values" not in text_only and text_only["input_ids"].shape[0] == 1
+
+
+def test_drop_modalities_never_empties_an_utterance():
+    presence = np.array([[True, True]] * 2000 + [[True, False], [False, True]])
+    assert (drop_modalities(presence, 1.0, 0.0, np.random.default_rng(0))[:2000] == [False, True]).all()
+    either = drop_modalities(presence, 0.6, 0.6, np.random.default_rng(0))
+    assert either.any(-1).all() and (either[-2:] == presence[-2:]).all()
+    lost_speech, lost_text = (~either[:2000]).mean(0)
+    assert abs(lost_speech - 0.3) < 0.05 and abs(lost_text - 0.3) < 0.05
+    # Same seed: the utterances hit at a small p are hit again at a larger one.
+    small, large = (drop_modalities(presence, p, 0.0, np.random.default_rng(1)) for p in (0.2, 0.7))
+    assert (~small[:, 0] <= ~large[:, 0]).all()
+    collated = MisterEDataCollator(modality_dropout=1.0, seed=0)(conversations(3, 0, "d"))
+    real = collated["attention_mask"].bool()
+    assert (collated["modality_mask"][real].sum(-1) == 1).all()
+
+
+# --- stage 2 -------------------------------------------------------------------------------------------------------
+
+
+def test_trainer_learns_a_learnable_task(data, tmp_path):
+    results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "num_train_epochs": 6}, seed=0,
+                                       keep_checkpoints=True)
+
+    references = np.concatenate(data["validation"]["labels"])
+    majority = np.full_like(references, np.bincount(references).argmax())
+    majority_f1 = load_erc_metric().compute(predictions=majority, references=references)["weighted_f1"]
+    chance = max(majority_f1, 1 / len(LABELS))
+    assert results["validation"]["weighted_f1"] > chance + 0.2, (results["validation"], chance)
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["seed"] == 0 and set(saved["test"]) >= {"weighted_f1", "macro_f1", "accuracy", "unweighted_recall",
+                                                         "f1_calm"}
+    assert saved["config"]["id2label"] == {str(i): name for i, name in enumerate(LABELS)}
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "test" / "predictions.csv").is_file()
+    state = json.loads((tmp_path / "checkpoint-24" / "trainer_state.json").read_text())
+    evals = [log["eval_weighted_f1"] for log in state["log_history"] if "eval_weighted_f1" in log]
+    assert len(evals) == 6 and state["best_metric"] == max(evals) == results["validation"]["weighted_f1"]
+    reloaded = MisterEForEmotionRecognition.from_pretrained(tmp_path)
+    assert reloaded.config.speech_embed_dim == SPEECH_DIM and reloaded.config.num_labels == len(LABELS)
+
+
+class _LossLog(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+def test_gradient_accumulation_keeps_the_loss_scale(tmp_path):
+    # Equal lengths, no dropout and no SupCon (whose positives span the whole batch): a micro-batch mean is then a
+    # plain share of the full-batch mean. SGD without clipping, so the step is the gradient itself (Adam's first step
+    # is scale-free and would hide a scale error).
+    data = corpus(train=4, validation=2, test=2, lengths=(5, 6))
+    config = {**SIZES, "supcon_weight": 0.0, "attention_dropout": 0.0, "residual_dropout": 0.0}
+    one_step = dict(max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, eval_strategy="no",
+                    save_strategy="no", load_best_model_at_end=False, logging_strategy="steps", logging_steps=1,
+                    disable_tqdm=True, use_cpu=True)
+    weights, losses = {}, {}
+    for name, batch, steps in (("full", 4, 1), ("accumulated", 2, 2)):
+        log = _LossLog()
+        train_conversation_model(data, tmp_path / name, config, {**one_step, "per_device_train_batch_size": batch,
+                                 "gradient_accumulation_steps": steps}, callbacks=[log], report=False)
+        weights[name], losses[name] = load_file(tmp_path / name / "model.safetensors"), log.losses
+    torch.manual_seed(0)
+    initial = MisterEForEmotionRecognition(MisterEConfig(**config, speech_embed_dim=SPEECH_DIM,
+                                                         text_embed_dim=TEXT_DIM, num_labels=len(LABELS)))
+    moved = [k for k, v in initial.state_dict().items() if not torch.allclose(v, weights["full"][k])]
+    assert moved, "the step changed nothing"
+    for key in weights["full"]:
+        torch.testing.assert_close(weights["accumulated"][key], weights["full"][key], rtol=1e-4, atol=1e-6)
+    assert losses["accumulated"] == pytest.approx(losses["full"], rel=1e-4)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashAfterSave(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash(f"simulated crash after saving step {self.step}")
+
+
+class _Steps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    # Dropout stays on: resuming must restore the random state as well as weights, optimiser and data order.
+    data = corpus(train=8, validation=4, test=2)
+    training = {**FAST, "num_train_epochs": 3, "per_device_train_batch_size": 2, "eval_strategy": "steps",
+                "save_strategy": "steps", "eval_steps": 3, "save_steps": 3}
+    train_conversation_model(data, tmp_path / "straight", SIZES, training, seed=3, report=False, keep_checkpoints=True)
+    with pytest.raises(_Crash):  # step 6 is the middle of the second epoch
+        train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=3, callbacks=[_CrashAfterSave(6)])
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    steps = _Steps()
+    resumed = train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=3, callbacks=[steps],
+                                       report=False, keep_checkpoints=True)
+    assert steps.steps == list(range(7, 13))  # picked up after the last checkpoint, not from scratch
+
+    for checkpoint in ("checkpoint-12", "."):  # the last step, and the selected model
+        straight_weights = load_file(tmp_path / "straight" / checkpoint / "model.safetensors")
+        resumed_weights = load_file(tmp_path / "resumed" / checkpoint / "model.safetensors")
+        for key, value in straight_weights.items():
+            torch.testing.assert_close(resumed_weights[key], value, rtol=0, atol=1e-6)
+    assert resumed == json.loads((tmp_path / "straight" / "results.json").read_text()) | {
+        "best_checkpoint": resumed["best_checkpoint"]}
+
+
+# --- stage 1 -------------------------------------------------------------------------------------------------------
+
+
+def test_stage_one_trains_selects_on_validation_and_merges(data, processor, tmp_path):
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         vocab_size=len(WORDS) + 5)).save_pretrained(tmp_path / "bert")
+    small = DatasetDict({split: part.select(range(3)) for split, part in data.items()})
+    results = train_encoder(
+        small, "text", tmp_path / "run", processor, backbone=tmp_path / "bert",
+        config_overrides={"text_embed_dim": 16}, training_overrides={**FAST, "learning_rate": 1e-3},
+        keep_checkpoints=True,
+    )
+    state = json.loads((tmp_path / "run" / f"checkpoint-{results['best_checkpoint'].split('-')[-1]}" /
+                        "trainer_state.json").read_text())
+    evals = [log["eval_weighted_f1"] for log in state["log_history"] if "eval_weighted_f1" in log]
+    assert state["best_metric"] == max(evals) == results["validation"]["weighted_f1"]
+    assert state["max_steps"] >= 2 and (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+    merged = MisterEForUtteranceClassification.from_pretrained(tmp_path / "run" / "merged")
+    assert merged.text_encoder is not None and merged.speech_encoder is None
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert merged.config.id2label == dict(enumerate(LABELS)) and merged.config.text_embed_dim == 16
+    reloaded = MisterEProcessor.from_pretrained(tmp_path / "run" / "merged")
+    batch = MisterEDataCollator(reloaded, ("text",))(list(flatten_utterances(small["test"], "text")))
+    assert merged(**batch).text_logits.shape[-1] == len(LABELS)
+
+
+# --- evaluation, seeds, recipes ------------------------------------------------------------------------------------
+
+
+def test_evaluate_model_writes_every_artefact(data, tmp_path):
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       id2label=dict(enumerate(LABELS))))
+    model.save_pretrained(tmp_path / "model")
+    data.save_to_disk(tmp_path / "data")
+    args = add_evaluate_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--probabilities", "0", "0.5", "1",
+         "--output-dir", str(tmp_path / "report")])  # fmt: skip
+    result = run_evaluate(args)
+
+    report = tmp_path / "report"
+    for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "predictions.csv",
+                 "gate_weights.png", "robustness.json", "robustness.png"):
+        assert (report / name).is_file(), name
+    with open(report / "predictions.csv") as file:
+        predictions = list(csv.DictReader(file))
+    assert len(predictions) == sum(len(labels) for labels in data["test"]["labels"])
+    assert all(abs(sum(float(row[f"gate_{e}"]) for e in ("speech", "text", "cross_modal")) - 1) < 1e-5
+               for row in predictions)
+    curve = json.loads((report / "robustness.json").read_text())
+    assert curve["probabilities"] == [0.0, 0.5, 1.0] and set(curve["conditions"]) == {"speech", "text", "either"}
+    assert curve["conditions"]["either"]["weighted_f1"][0] == result["metrics"]["weighted_f1"]
+    in_memory = evaluate_model(model, data["test"], tmp_path / "again", robustness=False)
+    assert in_memory["metrics"]["weighted_f1"] == result["metrics"]["weighted_f1"] and in_memory["robustness"] is None
+
+
+def test_train_seeds_summarises_mean_and_std(tmp_path):
+    data = corpus(train=8, validation=4, test=4)
+    recipe = load_recipe("iemocap", {**SIZES, **FAST, "output_dir": str(tmp_path)})
+    summary = train_seeds(recipe, seeds=(0, 1), dataset=data)
+    assert not list((tmp_path / "seed_0").glob("checkpoint-*"))  # a finished run drops its checkpoints
+
+    runs = [json.loads((tmp_path / f"seed_{seed}" / "results.json").read_text()) for seed in (0, 1)]
+    for metric in ("test/weighted_f1", "validation/macro_f1", "test/f1_sad"):
+        split, name = metric.split("/")
+        values = np.array([run[split][name] for run in runs])
+        assert summary[metric]["mean"] == pytest.approx(values.mean())
+        assert summary[metric]["std"] == pytest.approx(values.std(ddof=1))
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["summary"] == summary and written["seeds"] == [0, 1]
+    assert "±" in (tmp_path / "summary.md").read_text()
+    finished = (tmp_path / "seed_0" / "results.json").stat().st_mtime_ns
+    assert train_seeds(recipe, seeds=(0, 1), dataset=data) == summary  # finished seeds are read, not retrained
+    assert (tmp_path / "seed_0" / "results.json").stat().st_mtime_ns == finished
+
+
+def test_recipes_load_and_every_ablation_builds():
+    for name in ("iemocap", "meld", "mosi"):
+        recipe = load_recipe(name)
+        assert recipe["name"] == name and recipe["seeds"] == [0, 1, 2] and recipe["modalities"] == ["speech", "text"]
+        training = recipe["training"]
+        assert (training["learning_rate"], training["num_train_epochs"], training["per_device_train_batch_size"],
+                training["max_grad_norm"], training["weight_decay"]) == (1e-5, 100, 8, 1.0, 0.0)
+        for ablation in ABLATIONS:
+            config = MisterEConfig(**apply_ablation(recipe, ablation)["config"])
+            assert all(getattr(config, key) == value for key, value in ABLATIONS[ablation].items())
+
+    batch = MisterEDataCollator()(conversations(2, 0, "d", missing=True))
+    for ablation, overrides in ABLATIONS.items():  # each trains: a finite loss with gradients
+        torch.manual_seed(0)
+        model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, **overrides, speech_embed_dim=SPEECH_DIM,
+                                                           text_embed_dim=TEXT_DIM, num_labels=len(LABELS)))
+        loss = model(**batch).loss
+        loss.backward()
+        assert torch.isfinite(loss), ablation
+
+    recipe = load_recipe("meld", {"kl_weight": 0.0, "learning_rate": 3e-5, "dataset": "elsewhere",
+                                  "config.gate_mode": "mean", "training.seed": 5})
+    assert recipe["config"] == {"kl_weight": 0.0, "gate_mode": "mean"} and recipe["dataset"] == "elsewhere"
+    assert recipe["training"]["learning_rate"] == 3e-5 and recipe["training"]["seed"] == 5
+    with pytest.raises(ValueError, match="neither"):
+        load_recipe("meld", {"kl_wieght": 0.0})
+    with pytest.raises(ValueError, match="Unknown ablation"):
+        apply_ablation(recipe, "no_everything")
+
+
+def test_train_command_runs_ablations_into_one_table(tmp_path):
+    corpus(train=6, validation=3, test=3).save_to_disk(tmp_path / "data")
+    sets = [f"{key}={value}" for key, value in {**SIZES, **FAST, "num_train_epochs": 1}.items()]
+    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
+        ["--recipe", "mosi", "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs"),
+         "--seeds", "0", "--ablation", "full", "no_kl", "--set", *sets])  # fmt: skip
+    summaries = run_train(args)
+
+    assert set(summaries) == {"full", "no_kl"}
+    no_kl = json.loads((tmp_path / "runs" / "no_kl" / "seed_0" / "results.json").read_text())
+    assert no_kl["config"]["kl_weight"] == 0
+    table = (tmp_path / "runs" / "ablations.md").read_text()
+    assert "| metric | full (n=1) | no_kl (n=1) |" in table and "test/weighted_f1" in table
