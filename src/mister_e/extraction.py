@@ -1,0 +1,200 @@
+"""Stage-1 embedding extraction: every utterance of a dialogue dataset through the trained encoders, resumably.
+
+Utterances are processed in fixed shards in dataset order. Each finished shard is written to the cache folder under a
+temporary name and renamed, so an interrupted run leaves only whole shards, and a rerun computes just the missing ones:
+the result has no duplicates or holes and equals an uninterrupted run (the model runs in eval mode, without crops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, Sequence, Value
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
+
+MODALITIES = ("speech", "text")
+EMBEDDINGS = ("projection", "backbone_mean")
+
+
+def extract_embeddings(
+    dataset: Dataset | DatasetDict,
+    model: MisterEForUtteranceClassification,
+    processor,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 16,
+    shard_size: int = 512,
+    embedding: str = "projection",
+    device: str | torch.device | None = None,
+) -> Dataset | DatasetDict:
+    """Add `speech_embeds` / `text_embeds` columns for the modalities the model has encoders for.
+
+    Args:
+        dataset: Dialogue dataset (one row per conversation with `audio` and `texts` lists), or a `DatasetDict`.
+        model: Stage-1 model; its encoders decide which columns are (re)computed, other columns are kept.
+        processor: `MisterEProcessor` matching the model's backbones.
+        cache_dir: Folder for the finished shards; rerunning with the same folder resumes.
+        batch_size: Utterances per forward pass.
+        shard_size: Utterances per cached shard (the unit of resumption).
+        embedding: `"projection"` (the trained encoder's embedding, taken before the classifier's ReLU) or
+            `"backbone_mean"` (the backbone's last hidden states, mean-pooled: frozen-backbone baselines).
+        device: Where to run the model (defaults to the model's device).
+    """
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"`embedding` must be one of {EMBEDDINGS}, got {embedding!r}.")
+    modalities = [m for m in MODALITIES if getattr(model, f"{m}_encoder") is not None]
+    if not modalities:
+        raise ValueError("The model has no utterance encoder to extract with.")
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict(
+            {
+                split: extract_embeddings(part, model, processor, Path(cache_dir) / split, batch_size, shard_size,
+                                          embedding, device)
+                for split, part in dataset.items()
+            }
+        )
+    cache_dir = Path(cache_dir)
+    _claim_cache(cache_dir, dataset, model, modalities, shard_size, embedding)
+    device = torch.device(device) if device is not None else model.device
+    model.to(device).eval()
+
+    utterances = _flatten(dataset, modalities)
+    shards = range(0, len(utterances), shard_size)
+    with tqdm(total=len(utterances), desc=f"extract {'+'.join(modalities)}", unit="utt") as progress:
+        for start in shards:
+            path = cache_dir / f"shard-{start:09d}.safetensors"
+            if not path.exists():
+                tensors = _embed(utterances[start : start + shard_size], model, processor, modalities, batch_size,
+                                 embedding, device)
+                _atomic_save(tensors, path)
+            progress.update(min(shard_size, len(utterances) - start))
+
+    columns = {m: [] for m in modalities}
+    for start in shards:
+        tensors = load_file(cache_dir / f"shard-{start:09d}.safetensors")
+        for modality in modalities:
+            vectors, present = tensors[modality].tolist(), tensors[f"{modality}_present"].tolist()
+            columns[modality].extend(v if p else None for v, p in zip(vectors, present))
+    if any(len(values) != len(utterances) for values in columns.values()):
+        raise RuntimeError(f"The cache in {cache_dir} does not cover the dataset; delete it and extract again.")
+    return _attach(dataset, columns)
+
+
+def _flatten(dataset: Dataset, modalities) -> list[dict]:
+    """One-utterance conversations in dataset order, holding only the modalities being extracted."""
+    keys = {"speech": "audio", "text": "text"}
+    rows = []
+    for dialogue in dataset.select_columns([c for c in ("dialogue_id", "utterance_ids", "audio", "texts") if c in dataset.column_names]):
+        audio = dialogue.get("audio") or [None] * len(dialogue["utterance_ids"])
+        texts = dialogue.get("texts") or [None] * len(dialogue["utterance_ids"])
+        for utterance_id, path, text in zip(dialogue["utterance_ids"], audio, texts):
+            values = {"speech": path, "text": text}
+            rows.append({"id": f"{dialogue['dialogue_id']}/{utterance_id}",
+                         **{keys[m]: values[m] for m in modalities if values[m] is not None}})
+    return rows
+
+
+@torch.no_grad()
+def _embed(rows, model, processor, modalities, batch_size, embedding, device) -> dict[str, torch.Tensor]:
+    outputs = {m: [] for m in modalities}
+    present = {m: [] for m in modalities}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        # An utterance without any extracted modality (text-only row during speech extraction) is kept as a hole.
+        usable = [row for row in chunk if len(row) > 1]
+        batch = processor([{"id": row["id"], "utterances": [row]} for row in usable]) if usable else None
+        for modality in modalities:
+            has = [any(k in row for k in (("audio",) if modality == "speech" else ("text",))) for row in chunk]
+            present[modality].extend(has)
+            vectors = _modality_vectors(model, batch, modality, embedding, device) if any(has) else None
+            width = _width(model, modality, embedding)
+            filled, cursor = torch.zeros(len(chunk), width), 0
+            for i, flag in enumerate(has):
+                if flag:
+                    filled[i] = vectors[cursor]
+                    cursor += 1
+            outputs[modality].append(filled)
+    tensors = {m: torch.cat(outputs[m]).contiguous() for m in modalities}
+    tensors.update({f"{m}_present": torch.tensor(present[m], dtype=torch.bool) for m in modalities})
+    return tensors
+
+
+def _modality_vectors(model, batch, modality, embedding, device) -> torch.Tensor:
+    """The rows of one modality, in processor order (row-major over the one-utterance conversations)."""
+    encoder = getattr(model, f"{modality}_encoder")
+    if modality == "speech":
+        inputs = batch["input_values"] if "input_values" in batch else batch["input_features"]
+        mask = batch.get("speech_attention_mask")
+    else:
+        inputs, mask = batch["input_ids"], batch["text_attention_mask"]
+    inputs, mask = inputs.to(device), mask.to(device) if mask is not None else None
+    if embedding == "backbone_mean":
+        hidden, valid = encoder.backbone_states(inputs, mask)
+        return MisterEMeanPooling()(hidden, valid).float().cpu()
+    return encoder(inputs, mask)[0].float().cpu()
+
+
+def _width(model, modality, embedding) -> int:
+    encoder = getattr(model, f"{modality}_encoder")
+    return encoder.norm.normalized_shape[0] if embedding == "backbone_mean" else encoder.projection.out_features
+
+
+def _attach(dataset: Dataset, columns: dict[str, list]) -> Dataset:
+    """Regroup the flat utterance vectors by dialogue and (re)place the embedding columns."""
+    lengths = [len(ids) for ids in dataset["utterance_ids"]]
+    for modality, values in columns.items():
+        name = f"{modality}_embeds"
+        grouped, cursor = [], 0
+        for n in lengths:
+            grouped.append(values[cursor : cursor + n])
+            cursor += n
+        if name in dataset.column_names:
+            dataset = dataset.remove_columns(name)
+        dataset = dataset.add_column(name, grouped, feature=Sequence(Sequence(Value("float32"))))
+    return dataset
+
+
+def _claim_cache(cache_dir: Path, dataset, model, modalities, shard_size, embedding) -> None:
+    """Tie the cache folder to this dataset, model and layout, so that a resume never mixes two runs."""
+    weights = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(repr(round(float(param.double().sum()), 6)).encode())
+    manifest = {
+        "dataset": dataset._fingerprint,
+        "utterances": sum(len(ids) for ids in dataset["utterance_ids"]),
+        "model": weights.hexdigest(),
+        "modalities": modalities,
+        "shard_size": shard_size,
+        "embedding": embedding,
+    }
+    path = cache_dir / "manifest.json"
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != manifest:
+            changed = sorted(k for k in manifest if found.get(k) != manifest[k])
+            raise ValueError(f"{cache_dir} holds an extraction with another {', '.join(changed)}; use a new cache dir.")
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(json.dumps(manifest, indent=2), path)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary))
+    os.replace(temporary, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+__all__ = ["extract_embeddings"]

