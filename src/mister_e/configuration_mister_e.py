@@ -16,6 +16,9 @@ IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
 _BASE_KWARGS = {
     "model_type",
     "use_cache",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
     "name_or_path",
     "torch_dtype",
     "output_attentions",

@@ -1,0 +1,142 @@
+"""`mister-e`: prepare datasets, train encoders, extract embeddings, train and evaluate MiSTER-E, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=["iemocap", "meld", "mosi", "cosmic"])
+    parser.add_argument("root", help="Release folder (for `cosmic`: the pickle file).")
+    parser.add_argument("output_dir", help="Where the dialogue DatasetDict is saved.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
+    parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
+    parser.add_argument("--validation-dialogues", type=int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
+    parser.add_argument("--seed", type=int, help="Seed of the held-out validation dialogues (0).")
+    parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted WAVs.")
+    parser.add_argument("--extract-to", help="MELD: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
+    parser.add_argument("--num-workers", type=int, help="MELD: parallel FFmpeg jobs.")
+    parser.add_argument("--text-only", action="store_true", help="MELD: ignore audio (official CSVs alone).")
+    parser.add_argument("--label-rule", choices=["nonnegative", "nonzero"], help="MOSI binary rule for scores.")
+    parser.add_argument("--folds", help="MOSI: standard-folds JSON (default ROOT/mosi_standard_folds.json).")
+    parser.add_argument("--acoustic", action="store_true", help="MOSI: attach the 73-d acoustic vectors as speech.")
+    parser.add_argument("--source", dest="cosmic_dataset", choices=["meld", "iemocap"], help="COSMIC: which pickle.")
+    parser.add_argument("--trust-pickle", action="store_true", help="COSMIC: allow unpickling (runs code from it).")
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from .data import prepare
+
+    options = {
+        "allow_missing_audio": args.allow_missing_audio or None,
+        "validation_dialogues": args.validation_dialogues,
+        "seed": args.seed,
+        "audio_dir": args.audio_dir,
+        "extract_to": args.extract_to,
+        "num_workers": args.num_workers,
+        "audio": False if args.text_only else None,
+        "label_rule": args.label_rule,
+        "folds": args.folds,
+        "acoustic": args.acoustic or None,
+        "dataset": args.cosmic_dataset,
+        "trust_pickle": args.trust_pickle or None,
+    }
+    options = {key: value for key, value in options.items() if value is not None}
+    prepare(args.dataset, args.root, args.output_dir, overwrite=args.overwrite, **options)
+
+
+def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="Dialogue dataset folder (from `mister-e prepare`).")
+    parser.add_argument("--model", required=True, nargs="+",
+                        help="Stage-1 model folder(s) (`train-encoder` output `merged/`), one per modality.")
+    parser.add_argument("--output-dir", required=True, help="Where the dataset with embedding columns is saved.")
+    parser.add_argument("--cache-dir", help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=512, help="Utterances per cached shard.")
+    parser.add_argument("--embedding", choices=["projection", "backbone_mean"], default="projection")
+    parser.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available).")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def _run_extract(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import load_from_disk
+
+    from .data import describe, save_dialogues
+    from .extraction import extract_embeddings
+    from .modeling_mister_e import MisterEForUtteranceClassification
+    from .processing_mister_e import MisterEProcessor
+
+    dataset = load_from_disk(args.dataset)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for model_dir in args.model:
+        model = MisterEForUtteranceClassification.from_pretrained(model_dir)
+        processor = MisterEProcessor.from_pretrained(model_dir)
+        cache = args.cache_dir or f"{args.output_dir.rstrip('/')}.cache"
+        name = "+".join(m for m in ("speech", "text") if getattr(model, f"{m}_encoder") is not None)
+        dataset = extract_embeddings(dataset, model, processor, f"{cache}/{name}", args.batch_size, args.shard_size,
+                                     args.embedding, device)
+    save_dialogues(dataset, args.output_dir, overwrite=args.overwrite)
+    print(f"Saved {args.output_dir}\n{describe(dataset)}")
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="End-to-end model folder (with its processor).")
+    parser.add_argument("conversation", help="A conversation JSON file, or a folder of WAVs with transcripts.txt.")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--device")
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from .predict import predict_file
+
+    print(json.dumps(predict_file(args.model, args.conversation, top_k=args.top_k, device=args.device), indent=2))
+
+
+def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", default="mister-e-quickstart", help="Corpus, model and reports go here.")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _run_quickstart(args: argparse.Namespace) -> None:
+    from .quickstart import quickstart
+
+    quickstart(args.output_dir, epochs=args.epochs, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import training
+
+    parser = argparse.ArgumentParser(prog="mister-e", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, add, run, summary in (
+        ("quickstart", _add_quickstart_arguments, _run_quickstart, "Offline demo: build, train, reload, predict."),
+        ("prepare", _add_prepare_arguments, _run_prepare, "Build a dialogue dataset from a release folder."),
+        ("train-encoder", training.add_train_encoder_arguments, training.run_train_encoder,
+         "Stage 1: LoRA-fine-tune one utterance encoder."),
+        ("extract", _add_extract_arguments, _run_extract, "Add per-utterance embeddings to a dialogue dataset."),
+        ("train", training.add_train_arguments, training.run_train, "Stage 2: train MiSTER-E (seeds, ablations)."),
+        ("evaluate", training.add_evaluate_arguments, training.run_evaluate, "Metrics, plots, robustness curve."),
+        ("predict", _add_predict_arguments, _run_predict, "Predict emotions for a conversation (JSON out)."),
+    ):
+        sub = commands.add_parser(name, help=summary, description=summary)
+        add(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"mister-e {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
