@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +90,53 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device")
 
 
-def _run_predict(args: argparse.Namespace) -> None:
-    from .predict import predict_file
+def read_conversation(path: str | Path) -> dict:
+    """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of WAVs.
 
-    print(json.dumps(predict_file(args.model, args.conversation, top_k=args.top_k, device=args.device), indent=2))
+    In a folder, `transcripts.txt` (one `name<TAB>text` line per utterance, `name` = WAV file stem) gives the order
+    and the texts; without it the WAVs are taken in name order, audio only. A line without a WAV is text only.
+    """
+    path = Path(path)
+    if path.is_dir():
+        wavs = {wav.stem: str(wav) for wav in sorted(path.glob("*.wav"))}
+        transcripts = path / "transcripts.txt"
+        if not transcripts.is_file():
+            if not wavs:
+                raise ValueError(f"{path} has neither WAV files nor transcripts.txt.")
+            return {"id": path.name, "utterances": [{"id": name, "audio": wav} for name, wav in wavs.items()]}
+        utterances = []
+        for number, line in enumerate(transcripts.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                name, tab, text = line.partition("\t")
+                if not tab:
+                    raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
+                utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
+        return {"id": path.name, "utterances": utterances}
+    if not path.is_file():
+        raise FileNotFoundError(f"No conversation file or folder at {path}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    conversation = {"utterances": data} if isinstance(data, list) else data
+    if not isinstance(conversation, dict) or not isinstance(conversation.get("utterances"), list):
+        raise ValueError(f"{path}: expected {{'utterances': [...]}} or a list of utterances.")
+    for utterance in conversation["utterances"]:  # relative audio paths are relative to the JSON file
+        if isinstance(utterance, dict) and isinstance(utterance.get("audio"), str):
+            utterance["audio"] = str(path.parent / utterance["audio"])
+    return conversation
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from transformers import pipeline
+
+    conversation = read_conversation(args.conversation)
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"No model folder at {args.model}.")
+    pipe = pipeline("emotion-recognition-in-conversation", model=args.model, device=args.device)
+    predictions = pipe(conversation, top_k=args.top_k)
+    ids = [u.get("id", i) for i, u in enumerate(conversation["utterances"])]
+    print(json.dumps([{"id": i, **p} for i, p in zip(ids, predictions)], indent=2))
 
 
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
