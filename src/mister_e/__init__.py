@@ -10,6 +10,7 @@ from .modeling_mister_e import (
     MisterEPreTrainedModel,
     MisterEUtteranceOutput,
 )
+from .pipeline_mister_e import MisterEConversationPipeline, register_pipeline
 from .processing_mister_e import MisterEProcessor
 
 __version__ = "0.1.0"
@@ -21,9 +22,11 @@ MisterEConfig.register_for_auto_class()
 MisterEForEmotionRecognition.register_for_auto_class("AutoModel")
 AutoProcessor.register(MisterEConfig, MisterEProcessor)
 MisterEProcessor.register_for_auto_class("AutoProcessor")
+register_pipeline()
 
 __all__ = [
     "MisterEConfig",
+    "MisterEConversationPipeline",
     "MisterEForEmotionRecognition",
     "MisterEForUtteranceClassification",
     "MisterEOutput",

@@ -1,0 +1,294 @@
+# Copyright 2026 The MiSTER-E authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The `"emotion-recognition-in-conversation"` pipeline: conversations in, one emotion per utterance out.
+
+This file may be copied next to a checkpoint as Hub remote code, so it imports only torch, numpy, transformers and
+its sibling modules.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+
+TASK = "emotion-recognition-in-conversation"
+EXPERT_NAMES = ("speech", "text", "cross_modal")
+
+
+class MisterEConversationPipeline(Pipeline):
+    r"""
+    Emotion recognition in conversations with an end-to-end MiSTER-E model (one whose config has `speech_config`
+    and/or `text_config`, e.g. built with [`MisterEForEmotionRecognition.from_stages`]) and its [`MisterEProcessor`].
+
+    ```python
+    import mister_e  # registers the task
+    from transformers import pipeline
+
+    pipe = pipeline("emotion-recognition-in-conversation", model="path/to/checkpoint")
+    pipe({"utterances": [{"audio": "a.wav", "text": "hi"}, {"text": "oh no"}, {"audio": "c.wav"}]})
+    # [{"label": "neu", "score": 0.61, "scores": {"neu": 0.61, ...},
+    #   "expert_weights": {"speech": 0.2, "text": 0.3, "cross_modal": 0.5}}, ...]
+    ```
+
+    The processor is loaded from the model folder with `AutoProcessor` (save it there with
+    `processor.save_pretrained(folder)`), or given as `pipeline(..., processor=MisterEProcessor(...))`, which is
+    required when `model` is a model object rather than a path.
+
+    Inputs: one conversation `{"utterances": [{"audio": ..., "text": ...}, ...]}` (a dict, see [`MisterEProcessor`]
+    for the accepted audio forms) or a list of them. A list is a batch: it returns one result list per conversation.
+    An utterance may lack audio or text; it is then answered from what it has (experts that need the missing
+    modality get weight 0).
+
+    All utterances of a conversation go through the model in one forward pass. With `batch_size=n` (at construction
+    or per call), `n` conversations share one forward pass (padded to the longest one); the default is 1.
+
+    Call options (also accepted at construction):
+
+    - **top_k** (`int`, *optional*): keep only the `k` most likely labels in `scores`. `None` (default) keeps all.
+      `scores` is always sorted from most to least likely.
+    - **max_utterances** (`int`, *optional*): cut longer conversations into consecutive, non-overlapping windows of
+      at most this many utterances, each run as its own conversation: the context an utterance sees is then limited
+      to its window. `None` (default) runs the whole conversation at once, whatever its length (memory grows with
+      the number of utterances and, for audio, with the longest clip).
+
+    Streaming: [`~MisterEConversationPipeline.stream`] predicts each utterance as it arrives, from past context only
+    (needs a model trained with `causal=True`).
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_video_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processor is None:
+            raise ValueError(
+                "MisterEConversationPipeline needs a MisterEProcessor: save it in the model folder "
+                "(`processor.save_pretrained(folder)`) or pass `processor=` to `pipeline(...)`."
+            )
+        config = self.model.config
+        if getattr(config, "speech_config", None) is None and getattr(config, "text_config", None) is None:
+            raise ValueError(
+                "This model has no utterance encoders (neither `speech_config` nor `text_config`): the pipeline needs "
+                "an end-to-end model, e.g. `MisterEForEmotionRecognition.from_stages(utterance_model, model)`."
+            )
+        self.model.eval()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _sanitize_parameters(self, top_k=None, max_utterances=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected options {sorted(kwargs)}.")
+        preprocess_params, postprocess_params = {}, {}
+        if max_utterances is not None:
+            preprocess_params["max_utterances"] = _positive_int("max_utterances", max_utterances)
+        if top_k is not None:
+            postprocess_params["top_k"] = _positive_int("top_k", top_k)
+        return preprocess_params, {}, postprocess_params
+
+    # ------------------------------------------------------------------ calling
+
+    def __call__(self, inputs, *args, batch_size=None, num_workers=None, **kwargs):
+        """Predict the emotion of every utterance of one conversation (dict) or of each of a list of them.
+
+        Returns a list with one dict per utterance for a conversation, and a list of such lists for a list (or a
+        generator of them, lazily, for a generator).
+        """
+        if isinstance(inputs, Mapping):
+            return super().__call__(inputs, *args, **kwargs)
+        if isinstance(inputs, (list, tuple, types.GeneratorType)):
+            batch_size = batch_size if batch_size is not None else (self._batch_size or 1)
+            batch_size = _positive_int("batch_size", batch_size)
+            params = self._merged_params(kwargs)
+            results = self._iterate(inputs, batch_size, params)
+            return results if isinstance(inputs, types.GeneratorType) else list(results)
+        raise ValueError(
+            "Expected a conversation dict `{'utterances': [...]}` or a list of them, got "
+            f"{type(inputs).__name__}. (A list is a batch of conversations, not a list of utterances.)"
+        )
+
+    def _merged_params(self, kwargs):
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        return (
+            {**self._preprocess_params, **preprocess_params},
+            {**self._forward_params, **forward_params},
+            {**self._postprocess_params, **postprocess_params},
+        )
+
+    def _iterate(self, conversations: Iterable, batch_size: int, params) -> Iterator[list[dict]]:
+        chunk = []
+        for conversation in conversations:
+            chunk.append(conversation)
+            if len(chunk) == batch_size:
+                yield from self.run_single(chunk, *params)
+                chunk = []
+        if chunk:
+            yield from self.run_single(chunk, *params)
+
+    # ------------------------------------------------------------------ pipeline steps
+
+    def preprocess(self, inputs, max_utterances=None):
+        single = isinstance(inputs, Mapping)
+        conversations = [inputs] if single else list(inputs)
+        if not conversations:
+            raise ValueError("Got an empty batch: expected at least one conversation.")
+        # Validate (and name the culprit) before windowing, so errors index the caller's conversations.
+        self.processor._as_batch(conversations)
+        windows, counts = [], []
+        for conversation in conversations:
+            utterances = list(conversation["utterances"])
+            step = max_utterances or len(utterances)
+            parts = [utterances[i : i + step] for i in range(0, len(utterances), step)]
+            windows.extend({**conversation, "utterances": part} for part in parts)
+            counts.append(len(parts))
+        if len(windows) == len(conversations):
+            windows = conversations
+        model_inputs = dict(self.processor(windows, return_tensors="pt"))
+        if self.dtype is not None and self.dtype.is_floating_point:
+            for key in ("input_values", "input_features"):
+                if key in model_inputs:
+                    model_inputs[key] = model_inputs[key].to(self.dtype)
+        return {"model_inputs": model_inputs, "windows_per_conversation": counts, "single": single}
+
+    def _forward(self, inputs):
+        model_inputs = inputs["model_inputs"]
+        output = self.model(**model_inputs)
+        return {
+            "logits": output.logits,
+            "gate_weights": output.gate_weights,
+            "attention_mask": model_inputs["attention_mask"],
+            "windows_per_conversation": inputs["windows_per_conversation"],
+            "single": inputs["single"],
+        }
+
+    def postprocess(self, model_outputs, top_k=None):
+        probabilities = model_outputs["logits"].float().softmax(-1)
+        gate_weights = model_outputs["gate_weights"].float()
+        lengths = model_outputs["attention_mask"].sum(-1).tolist()
+        rows = [
+            [self._utterance_result(probabilities[w, i], gate_weights[w, i], top_k) for i in range(int(length))]
+            for w, length in enumerate(lengths)
+        ]
+        results, start = [], 0
+        for count in model_outputs["windows_per_conversation"]:
+            results.append([row for window in rows[start : start + count] for row in window])
+            start += count
+        return results[0] if model_outputs["single"] else results
+
+    def _utterance_result(self, probabilities: torch.Tensor, gate_weights: torch.Tensor, top_k=None) -> dict:
+        id2label = self.model.config.id2label
+        order = probabilities.argsort(descending=True, stable=True).tolist()
+        if top_k is not None:
+            order = order[:top_k]
+        scores = {id2label[i]: float(probabilities[i]) for i in order}
+        return {
+            "label": id2label[order[0]],
+            "score": float(probabilities[order[0]]),
+            "scores": scores,
+            "expert_weights": {name: float(w) for name, w in zip(EXPERT_NAMES, gate_weights.tolist())},
+        }
+
+    # ------------------------------------------------------------------ streaming
+
+    def stream(self, utterances: Iterable[Mapping], top_k: int | None = None) -> Iterator[dict]:
+        """Predict each utterance as it arrives, from it and the utterances before it only.
+
+        Args:
+            utterances (iterable of `dict`):
+                Utterances `{"audio": ..., "text": ...}` in conversation order; may be a live generator.
+            top_k (`int`, *optional*):
+                As in `__call__`.
+
+        Yields:
+            One result dict per utterance (the same schema as `__call__`), as soon as that utterance is read. With a
+            causal model these equal the predictions for the whole conversation run at once (up to float error and
+            audio padding effects of the speech encoder).
+
+        Each utterance is encoded once (its embeddings are cached); then the conversation model re-runs on the
+        cached embeddings of the prefix and its last row is taken: O(t) small-model work at step t, no re-encoding.
+
+        Raises:
+            ValueError: The model was not trained with `causal=True` (its predictions would use future context).
+        """
+        if not getattr(self.model.config, "causal", False):
+            raise ValueError(
+                "Streaming needs a causal model (`config.causal=True`): this model's predictions use future context, "
+                "so they cannot be made utterance by utterance. Call the pipeline on the whole conversation instead."
+            )
+        _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
+        top_k = postprocess_params.get("top_k")
+        speech_rows, text_rows, modality_rows = [], [], []
+        for index, utterance in enumerate(utterances):
+            conversation = {"utterances": [utterance]}
+            if isinstance(utterance, Mapping) and utterance.get("id") is not None:
+                conversation["id"] = utterance["id"]
+            try:
+                model_inputs = dict(self.processor(conversation, return_tensors="pt"))
+            except (ValueError, FileNotFoundError) as err:
+                raise type(err)(f"streamed utterance {index}: {err}") from err
+            with self.device_placement(), torch.no_grad():
+                model_inputs = self._ensure_tensor_on_device(model_inputs, device=self.device)
+                for key in ("input_values", "input_features"):
+                    if key in model_inputs and self.dtype is not None and self.dtype.is_floating_point:
+                        model_inputs[key] = model_inputs[key].to(self.dtype)
+                encoded = self.model.encode_utterances(**model_inputs)
+                modality_mask = model_inputs["modality_mask"][0, 0]
+                speech_rows.append(_row(encoded.get("speech_embeds"), self.model.config.speech_embed_dim, self))
+                text_rows.append(_row(encoded.get("text_embeds"), self.model.config.text_embed_dim, self))
+                modality_rows.append(modality_mask)
+                output = self.model(
+                    speech_embeds=torch.stack(speech_rows)[None],
+                    text_embeds=torch.stack(text_rows)[None],
+                    attention_mask=torch.ones(1, len(modality_rows), dtype=torch.long, device=self.device),
+                    modality_mask=torch.stack(modality_rows)[None],
+                )
+            probabilities = output.logits[0, -1].float().softmax(-1).cpu()
+            yield self._utterance_result(probabilities, output.gate_weights[0, -1].float().cpu(), top_k)
+
+
+def _row(embeds: torch.Tensor | None, width: int, pipe: Pipeline) -> torch.Tensor:
+    """One utterance's embedding from a (1, 1, width) grid, or zeros when the utterance lacks that modality."""
+    if embeds is None:
+        return torch.zeros(width, device=pipe.device, dtype=pipe.dtype if pipe.dtype is not None else torch.float32)
+    return embeds[0, 0]
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return value
+
+
+def register_pipeline() -> None:
+    """Register `"emotion-recognition-in-conversation"` so that `transformers.pipeline(task, model=...)` finds it.
+
+    Idempotent: a second call (e.g. after a module reload) does not re-register the same class.
+    """
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if registered is not None and registered.get("impl") is MisterEConversationPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK, pipeline_class=MisterEConversationPipeline, pt_model=AutoModel, type="multimodal"
+    )
+
+
+__all__ = ["MisterEConversationPipeline", "register_pipeline"]

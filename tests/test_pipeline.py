@@ -1,0 +1,207 @@
+"""The `"emotion-recognition-in-conversation"` pipeline on a tiny end-to-end model (tiny WavLM + tiny BERT)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig, pipeline
+
+import mister_e  # noqa: F401  (registers the model classes)
+from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEProcessor
+from mister_e.pipeline_mister_e import MisterEConversationPipeline, register_pipeline
+
+
+SR = 16000
+TASK = "emotion-recognition-in-conversation"
+LABELS = ["anger", "joy", "neutral", "sadness"]
+WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]
+_SSL = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+    conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=20,
+)
+
+register_pipeline()
+
+
+def tiny_model(causal: bool) -> MisterEForEmotionRecognition:
+    torch.manual_seed(0)
+    config = MisterEConfig(
+        speech_config=WavLMConfig(**_SSL),
+        text_config=BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                               vocab_size=len(WORDS) + 5),
+        speech_embed_dim=12, text_embed_dim=10, context_dim=8, gru_layers=2, cross_modal_dim=8, coattention_layers=2,
+        attention_dim=6, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5, causal=causal,
+        id2label=dict(enumerate(LABELS)),
+    )
+    return MisterEForEmotionRecognition(config).eval()
+
+
+def tiny_processor() -> MisterEProcessor:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
+    extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
+    return MisterEProcessor(extractor, tokenizer, min_audio_seconds=0.2)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    dirs = {}
+    for causal in (False, True):
+        folder = tmp_path_factory.mktemp("causal" if causal else "bidirectional")
+        tiny_model(causal).save_pretrained(folder)
+        tiny_processor().save_pretrained(folder)
+        dirs[causal] = str(folder)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dirs):
+    return pipeline(TASK, model=model_dirs[False], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def causal_pipe(model_dirs):
+    return pipeline(TASK, model=model_dirs[True], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+    """Four 0.5 s clips of different noise (all the same length, so no padding differs between runs)."""
+    folder = tmp_path_factory.mktemp("wavs")
+    paths = []
+    for seed in range(4):
+        path = folder / f"clip{seed}.wav"
+        sf.write(path, 0.3 * np.random.default_rng(seed).standard_normal(SR // 2).astype(np.float32), SR)
+        paths.append(str(path))
+    return paths
+
+
+def conversation(wavs, texts=("hello world", "oh no", "yes really", "okay fine"), audio=True, text=True):
+    return {
+        "utterances": [
+            {**({"audio": wav} if audio else {}), **({"text": t} if text else {})} for wav, t in zip(wavs, texts)
+        ]
+    }
+
+
+def check_schema(result, num_labels=len(LABELS)):
+    assert set(result) == {"label", "score", "scores", "expert_weights"}
+    scores = result["scores"]
+    assert len(scores) == num_labels and set(scores) <= set(LABELS)
+    values = list(scores.values())
+    assert values == sorted(values, reverse=True)
+    assert result["label"] == max(scores, key=scores.get) and result["score"] == scores[result["label"]]
+    assert set(result["expert_weights"]) == {"speech", "text", "cross_modal"}
+    assert sum(result["expert_weights"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(w >= 0 for w in result["expert_weights"].values())
+
+
+def test_loads_from_folder_and_answers_each_utterance(pipe, model_dirs, wavs):
+    assert isinstance(pipe, MisterEConversationPipeline)
+    assert isinstance(pipe.processor, MisterEProcessor)
+    results = pipe(conversation(wavs))
+    assert len(results) == 4
+    for result in results:
+        check_schema(result)
+        assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert all(w > 0 for w in result["expert_weights"].values())
+
+    # The same numbers as the model itself on the processor's output.
+    model = MisterEForEmotionRecognition.from_pretrained(model_dirs[False]).eval()
+    with torch.no_grad():
+        output = model(**pipe.processor(conversation(wavs)))
+    probabilities = output.logits[0].softmax(-1)
+    for i, result in enumerate(results):
+        expected = {LABELS[c]: float(p) for c, p in enumerate(probabilities[i])}
+        assert result["scores"] == pytest.approx(expected, abs=1e-5)
+        assert list(result["expert_weights"].values()) == pytest.approx(output.gate_weights[0, i].tolist(), abs=1e-5)
+
+
+def test_top_k_and_missing_modalities(pipe, wavs):
+    for result in pipe(conversation(wavs), top_k=2):
+        assert len(result["scores"]) == 2 and result["label"] == next(iter(result["scores"]))
+
+    for result in pipe(conversation(wavs, audio=False)):
+        check_schema(result)
+        assert result["expert_weights"]["speech"] == 0 and result["expert_weights"]["cross_modal"] == 0
+        assert result["expert_weights"]["text"] == pytest.approx(1.0)
+    for result in pipe(conversation(wavs, text=False)):
+        check_schema(result)
+        assert result["expert_weights"]["speech"] == pytest.approx(1.0)
+
+    mixed = {"utterances": [{"audio": wavs[0]}, {"text": "oh no"}, {"audio": wavs[1], "text": "fine"}]}
+    weights = [r["expert_weights"] for r in pipe(mixed)]
+    assert weights[0]["text"] == weights[0]["cross_modal"] == 0
+    assert weights[1]["speech"] == weights[1]["cross_modal"] == 0
+    assert all(w > 0 for w in weights[2].values())
+
+    with pytest.raises(ValueError, match="top_k"):
+        pipe(conversation(wavs), top_k=0)
+
+
+def test_batch_equals_one_by_one(pipe, wavs):
+    conversations = [
+        conversation(wavs),
+        conversation(wavs[:2], texts=("no", "really okay")),
+        conversation(wavs[1:], audio=False),
+    ]
+    one_by_one = [pipe(c) for c in conversations]
+    for batch_size in (1, 3):
+        batched = pipe(conversations, batch_size=batch_size)
+        assert len(batched) == 3
+        for got, expected in zip(batched, one_by_one):
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected):
+                assert g["label"] == e["label"]
+                assert g["scores"] == pytest.approx(e["scores"], abs=1e-5)
+                assert g["expert_weights"] == pytest.approx(e["expert_weights"], abs=1e-5)
+    lazy = pipe(c for c in conversations)
+    assert not isinstance(lazy, list)
+    assert [r["label"] for r in list(lazy)[1]] == [r["label"] for r in one_by_one[1]]
+
+
+def test_max_utterances_windows(pipe, wavs):
+    whole = conversation(wavs)
+    windowed = pipe(whole, max_utterances=2)
+    halves = pipe(conversation(wavs[:2], texts=("hello world", "oh no"))) + pipe(
+        conversation(wavs[2:], texts=("yes really", "okay fine"))
+    )
+    assert len(windowed) == 4
+    for got, expected in zip(windowed, halves):
+        assert got["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+
+
+def test_missing_audio_file_is_named(pipe, wavs, tmp_path):
+    missing = str(tmp_path / "nowhere.wav")
+    with pytest.raises(FileNotFoundError, match="nowhere.wav"):
+        pipe({"utterances": [{"audio": wavs[0], "text": "hi"}, {"audio": missing}]})
+    with pytest.raises(FileNotFoundError, match="nowhere.wav"):
+        pipe([conversation(wavs), {"utterances": [{"audio": missing}]}])
+    with pytest.raises(ValueError, match="list of them"):
+        pipe("hello")
+
+
+def test_stream_matches_whole_causal_conversation(causal_pipe, wavs):
+    mixed = {"utterances": [
+        {"audio": wavs[0], "text": "hello world"}, {"text": "oh no"}, {"audio": wavs[1]},
+        {"audio": wavs[2], "text": "okay fine"}, {"audio": wavs[3], "text": "really"},
+    ]}
+    whole = causal_pipe(mixed)
+    streamed = list(causal_pipe.stream(iter(mixed["utterances"])))
+    assert len(streamed) == len(whole)
+    for got, expected in zip(streamed, whole):
+        check_schema(got)
+        assert got["label"] == expected["label"]
+        assert got["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+        assert got["expert_weights"] == pytest.approx(expected["expert_weights"], abs=1e-5)
+    assert len(next(causal_pipe.stream(mixed["utterances"], top_k=1))["scores"]) == 1
+
+
+def test_stream_needs_causal_model(pipe, wavs):
+    with pytest.raises(ValueError, match="causal"):
+        next(pipe.stream(conversation(wavs)["utterances"]))
