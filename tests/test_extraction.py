@@ -117,3 +117,29 @@ def test_real_minilm_loads_offline_and_embeds_a_sentence():
     assert hidden.shape[-1] == 384
     # Real weights: the two sentences differ and each embedding is far from uniform noise.
     assert 0.0 < float(sentence[0] @ sentence[1]) < 0.9
+
+
+def test_raw_conversation_end_to_end_equals_extract_then_stage_two(dataset, model, processor, tmp_path):
+    from mister_e import MisterEForEmotionRecognition
+    from mister_e.training import MisterEDataCollator
+
+    torch.manual_seed(1)
+    stage_two = MisterEForEmotionRecognition(MisterEConfig(
+        speech_embed_dim=8, text_embed_dim=6, context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1,
+        attention_dim=4, attention_heads=2, fusion_hidden_size=8, num_labels=2, id2label={0: "neg", 1: "pos"},
+    )).eval()
+    end_to_end = MisterEForEmotionRecognition.from_stages(model, stage_two).eval()
+    # Utterances of equal length: WavLM's group norm sees padding, so mixed lengths would differ by padding alone.
+    conversation = {"utterances": [{"audio": dataset[3]["audio"][0], "text": t} for t in ("i am happy", "so sad")]
+                                  + [{"text": "not fine"}]}
+    with torch.no_grad():
+        direct = end_to_end(**processor(conversation))
+    rows = make_dialogue_dataset([dict(dialogue_id="x", labels=[0, 1, 0],
+                                       texts=[u["text"] for u in conversation["utterances"]],
+                                       audio=[u.get("audio") for u in conversation["utterances"]])], ["neg", "pos"])
+    embedded = extract_embeddings(rows, model, processor, tmp_path / "cache")
+    batch = MisterEDataCollator()([embedded[0]])
+    with torch.no_grad():
+        two_step = stage_two(**batch)
+    torch.testing.assert_close(direct.logits, two_step.logits, rtol=1e-4, atol=1e-5)
+    assert direct.gate_weights[0, 2].tolist() == [0.0, 1.0, 0.0]
