@@ -24,14 +24,15 @@ import csv
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import classification_report, confusion_matrix
+
+from .utils import atomic_path
 
 
 if TYPE_CHECKING:
@@ -100,19 +101,8 @@ def compute_metrics(eval_pred: Any, label_names: Sequence[str] | None = None) ->
     return {**scores, **{f"f1_{name}": score for name, score in per_class.items()}}
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield `<path>.tmp` and move it onto `path` once written: readers never see a half-written artefact."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_text(path: Path, text: str) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -121,7 +111,7 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
 
 
@@ -205,7 +195,7 @@ def _write_predictions_csv(
 ) -> None:
     """One row per utterance; optional columns stay empty rather than absent so every CSV has the same header."""
     num_utterances = len(references)
-    with _atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(_PREDICTION_COLUMNS)
         for i in range(num_utterances):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
+from .utils import atomic_path
 
 MODALITIES = ("speech", "text")
 EMBEDDINGS = ("projection", "backbone_mean")
@@ -72,7 +73,8 @@ def extract_embeddings(
             if not path.exists():
                 tensors = _embed(utterances[start : start + shard_size], model, processor, modalities, batch_size,
                                  embedding, device)
-                _atomic_save(tensors, path)
+                with atomic_path(path) as temporary:
+                    save_file(tensors, str(temporary))
             progress.update(min(shard_size, len(utterances) - start))
 
     columns = {m: [] for m in modalities}
@@ -182,19 +184,8 @@ def _claim_cache(cache_dir: Path, dataset, model, modalities, shard_size, embedd
             raise ValueError(f"{cache_dir} holds an extraction with another {', '.join(changed)}; use a new cache dir.")
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(json.dumps(manifest, indent=2), path)
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2))
 
 
 __all__ = ["extract_embeddings"]
