@@ -1,0 +1,223 @@
+"""Sharing on the Hub: model card, self-contained folder, and an upload whose files load without the package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from huggingface_hub import HfApi
+from transformers import BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig, pipeline
+
+import mister_e  # noqa: F401  (registers the model classes and the task)
+from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEProcessor
+from mister_e.hub import _ensure_code_files, model_card, push_to_hub, save_for_hub
+
+
+SR = 16000
+TASK = "emotion-recognition-in-conversation"
+LABELS = ["anger", "joy", "neutral", "sadness"]
+WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]
+TEXTS = ["hello world", "oh no", "yes really", "okay fine"]
+_SSL = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+    conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=20,
+)
+EXPECTED_FILES = {
+    "README.md", "config.json", "model.safetensors", "configuration_mister_e.py", "modeling_mister_e.py",
+    "processing_mister_e.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+}
+
+
+def tiny_model() -> MisterEForEmotionRecognition:
+    torch.manual_seed(0)
+    config = MisterEConfig(
+        speech_config=WavLMConfig(**_SSL),
+        text_config=BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                               vocab_size=len(WORDS) + 5),
+        speech_embed_dim=12, text_embed_dim=10, context_dim=8, gru_layers=2, cross_modal_dim=8, coattention_layers=2,
+        attention_dim=6, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5,
+        id2label=dict(enumerate(LABELS)),
+    )
+    return MisterEForEmotionRecognition(config).eval()
+
+
+def tiny_processor() -> MisterEProcessor:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
+    extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
+    return MisterEProcessor(extractor, tokenizer, min_audio_seconds=0.2)
+
+
+def run_results(seed: int, shift: float) -> dict:
+    """A `results.json` as `train_conversation_model` writes it."""
+    scores = {"weighted_f1": 0.60 + shift, "macro_f1": 0.55 + shift, "accuracy": 0.62 + shift,
+              "unweighted_recall": 0.58 + shift, "loss": 1.1 - shift, "epoch": 5.0,
+              **{f"f1_{label}": 0.5 + shift for label in LABELS}}
+    return {"seed": seed, "validation": dict(scores), "test": dict(scores), "best_checkpoint": None, "config": {}}
+
+
+RESULTS = [run_results(0, 0.0), run_results(1, 0.02)]
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wavs")
+    paths = []
+    for seed in range(4):
+        path = folder / f"clip{seed}.wav"
+        sf.write(path, 0.3 * np.random.default_rng(seed).standard_normal(SR // 2).astype(np.float32), SR)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    """`push_to_hub` with the Hub replaced by fakes: returns the calls and a folder holding the committed files."""
+    repo_dir = tmp_path_factory.mktemp("hub_repo")
+    calls = {}
+
+    def fake_create_repo(self, repo_id, *, exist_ok=False, private=None, repo_type=None, **kwargs):
+        calls["create_repo"] = {"repo_id": repo_id, "exist_ok": exist_ok, "private": private, "repo_type": repo_type}
+        return type("RepoUrl", (str,), {"repo_id": repo_id})(f"https://huggingface.co/{repo_id}")
+
+    def fake_create_commit(self, repo_id, operations, *, commit_message, repo_type=None, **kwargs):
+        calls["create_commit"] = {"repo_id": repo_id, "message": commit_message, "repo_type": repo_type,
+                                  "paths": [op.path_in_repo for op in operations], "token": self.token}
+        for op in operations:  # read now: the source folder is temporary
+            source = op.path_or_fileobj
+            data = Path(source).read_bytes() if isinstance(source, (str, Path)) else (
+                source if isinstance(source, bytes) else source.read())
+            target = repo_dir / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return "commit-info"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HfApi, "create_repo", fake_create_repo)
+        patch.setattr(HfApi, "create_commit", fake_create_commit)
+        answer = push_to_hub(tiny_model(), tiny_processor(), "someone/mister-e-tiny", results=RESULTS, private=True,
+                             token="hf_fake", dataset_name="TinyTalk", license="apache-2.0")
+    return answer, calls, repo_dir
+
+
+def test_push_commits_a_safetensors_folder_with_card(pushed):
+    answer, calls, repo_dir = pushed
+    assert answer == "commit-info"
+    assert calls["create_repo"] == {"repo_id": "someone/mister-e-tiny", "exist_ok": True, "private": True,
+                                    "repo_type": "model"}
+    commit = calls["create_commit"]
+    assert commit["repo_id"] == "someone/mister-e-tiny" and commit["token"] == "hf_fake"
+    assert set(commit["paths"]) == EXPECTED_FILES == {p.name for p in repo_dir.iterdir()}
+    assert not any(path.endswith((".bin", ".pt", ".pth", ".pkl")) for path in commit["paths"])
+
+    config = json.loads((repo_dir / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_mister_e.MisterEConfig",
+                                  "AutoModel": "modeling_mister_e.MisterEForEmotionRecognition"}
+    processor_config = json.loads((repo_dir / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_mister_e.MisterEProcessor"
+
+    card = (repo_dir / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "library_name: transformers" in header and "license: apache-2.0" in header
+    for tag in ("emotion-recognition", "audio", "text", "mister-e"):
+        assert f"- {tag}" in header
+    for label in LABELS:
+        assert f"| {label} |" in card
+    assert "2 seeds (0, 1)" in card
+    assert "| test | weighted_f1 | 61.00 ± 1.41 |" in card  # (60, 62) -> 61 ± sample std 1.41
+    assert "| validation | loss | 1.0900 ± 0.0141 |" in card and "| epoch |" not in card
+    assert "Trained on **TinyTalk**" in card and "Speaker identity is never used" in card
+    assert "`wavlm`" in card and "`bert`" in card and "Causal**: False" in card
+    assert 'pipeline("emotion-recognition-in-conversation", model="someone/mister-e-tiny")' in card
+    assert 'AutoModel.from_pretrained("someone/mister-e-tiny", trust_remote_code=True)' in card
+    assert 'AutoProcessor.from_pretrained("someone/mister-e-tiny", trust_remote_code=True)' in card
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["mister_e"] = None  # the package cannot be imported: only the repository's code files
+    import numpy as np, torch
+    from transformers import AutoModel, AutoProcessor
+
+    folder, wavs, texts, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
+    assert not any(name == "mister_e" or name.startswith("mister_e.") for name, m in sys.modules.items() if m)
+    inputs = processor({"utterances": [{"audio": a, "text": t} for a, t in zip(wavs, texts)]}, return_tensors="pt")
+    with torch.no_grad():
+        output = model(**inputs)
+    np.save(out, output.logits[0].numpy())
+    print(json.dumps(model.config.id2label))
+    """
+)
+
+
+def test_uploaded_files_load_without_package_and_match_pipeline(pushed, wavs, tmp_path):
+    _, _, repo_dir = pushed
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    logits_path = tmp_path / "logits.npy"
+    done = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(repo_dir), json.dumps(wavs), json.dumps(TEXTS), str(logits_path)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {str(i): label for i, label in enumerate(LABELS)}
+    probabilities = torch.from_numpy(np.load(logits_path)).softmax(-1)
+
+    pipe = pipeline(TASK, model=str(repo_dir), device="cpu")
+    assert type(pipe.model) is MisterEForEmotionRecognition  # the package's class, not the remote copy
+    results = pipe({"utterances": [{"audio": a, "text": t} for a, t in zip(wavs, TEXTS)]})
+    assert len(results) == len(TEXTS) == probabilities.shape[0]
+    for result, row in zip(results, probabilities):
+        assert result["label"] == LABELS[int(row.argmax())]
+        assert result["score"] == pytest.approx(float(row.max()), abs=1e-5)
+        assert [result["scores"][label] for label in LABELS] == pytest.approx(row.tolist(), abs=1e-5)
+
+
+def test_card_from_single_run_and_seed_summary():
+    model = tiny_model()
+    single = model_card(model, RESULTS[0])
+    assert "One training run: 1 seed (0)" in single and "| test | accuracy | 62.00 |" in single and "±" not in single
+    assert "license: other" in single and "<user>/<model>" in single
+
+    summary = {"recipe": {"name": "tiny", "modalities": ["speech", "text"], "modality_dropout": 0.1},
+               "seeds": [3, 4, 5],
+               "summary": {"test/macro_f1": {"mean": 0.5, "std": 0.01, "n": 3}}}
+    card = model_card(model, summary, training_data="Sessions 1-4 train, 5 test.")
+    assert "3 seeds (3, 4, 5)" in card and "| test | macro_f1 | 50.00 ± 1.00 |" in card
+    assert "Sessions 1-4 train, 5 test." in card and "recipe `tiny`" in card and "modality dropout 0.1" in card
+
+    bare = model_card(model, {"test/accuracy": {"mean": 0.7, "std": 0.0, "n": 1}})
+    assert "| test | accuracy | 70.00 |" in bare
+    assert "No scores were given" in model_card(model)
+    with pytest.raises(ValueError, match="no `test`/`validation`"):
+        model_card(model, {"seed": 0})
+
+
+def test_save_for_hub_restores_missing_processor_code(tmp_path):
+    folder = save_for_hub(tiny_model(), tiny_processor(), tmp_path / "out")
+    assert EXPECTED_FILES <= {p.name for p in folder.iterdir()}
+    (folder / "processing_mister_e.py").unlink()
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    del processor_config["auto_map"]
+    (folder / "processor_config.json").write_text(json.dumps(processor_config))
+    _ensure_code_files(folder)
+    assert (folder / "processing_mister_e.py").read_text() == Path(mister_e.processing_mister_e.__file__).read_text()
+    restored = json.loads((folder / "processor_config.json").read_text())
+    assert restored["auto_map"]["AutoProcessor"] == "processing_mister_e.MisterEProcessor"
+    with pytest.raises(ValueError, match="processor"):
+        save_for_hub(tiny_model(), None, tmp_path / "other")
