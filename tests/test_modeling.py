@@ -403,3 +403,25 @@ def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-CODE-OK" in result.stdout
+
+
+@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
+def test_step_by_step_equals_the_whole_causal_conversation(variant):
+    model = tiny_model(causal=True, context_module=variant)
+    full = conversations(lengths=(7,))
+    modality_mask = torch.ones(1, 7, 2, dtype=torch.bool)
+    modality_mask[0, 2, 0] = modality_mask[0, 5, 1] = False
+    with torch.no_grad():
+        whole = model(speech_embeds=full["speech_embeds"], text_embeds=full["text_embeds"], modality_mask=modality_mask)
+        state = None
+        for t in range(7):
+            out, state = model.step(full["speech_embeds"][:, t], full["text_embeds"][:, t], modality_mask[:, t], state)
+            torch.testing.assert_close(out.logits[:, 0], whole.logits[:, t], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out.gate_weights[:, 0], whole.gate_weights[:, t], rtol=1e-5, atol=1e-5)
+    # Constant-size recurrent state: the convolution buffer never grows.
+    assert state["speech"]["inputs"].shape[1] == (4 if variant != "gru" else 0)
+
+
+def test_step_refuses_a_bidirectional_model():
+    with pytest.raises(ValueError, match="causal"):
+        tiny_model().step(text_embeds=torch.randn(1, TEXT_DIM))

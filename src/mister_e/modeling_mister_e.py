@@ -113,6 +113,21 @@ class MisterEContextModule(nn.Module):
             hidden = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=inputs.shape[1])[0]
         return self.classifier(hidden + self.skip(inputs))
 
+    def step(self, inputs: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """Causal mode, one new utterance `(batch, dim)`: the last inputs feed the convolutions, the GRU carries on."""
+        if state is None:
+            history = max(self.kernel_sizes, default=1) - 1
+            state = {"inputs": inputs.new_zeros(inputs.shape[0], history, inputs.shape[-1]), "gru": None}
+        window = torch.cat([state["inputs"], inputs[:, None]], dim=1)
+        hidden = inputs
+        if self.convs:
+            hidden = sum(F.relu(conv(window[:, -k:].transpose(1, 2)))[..., 0] for conv, k in zip(self.convs, self.kernel_sizes))
+        gru_state = state["gru"]
+        if self.gru is not None:
+            output, gru_state = self.gru(hidden[:, None], gru_state)
+            hidden = output[:, 0]
+        return self.classifier(hidden + self.skip(inputs)), {"inputs": window[:, 1:], "gru": gru_state}
+
     def _padding(self, kernel_size: int) -> tuple[int, int]:
         if self.causal:
             return kernel_size - 1, 0
@@ -133,21 +148,31 @@ class MisterEAttention(nn.Module):
         self.out_proj = nn.Linear(config.attention_dim, config.cross_modal_dim)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = queries.shape
-        q, k, v = (
-            proj(x).view(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)
-            for proj, x in ((self.q_proj, queries), (self.k_proj, keys), (self.v_proj, keys))
-        )
+        q, k, v = self._heads(self.q_proj(queries)), self._heads(self.k_proj(keys)), self._heads(self.v_proj(keys))
         allowed = key_mask[:, None, None, :]
         if self.causal:
-            allowed = allowed & torch.ones(length, keys.shape[1], dtype=torch.bool, device=keys.device).tril()
+            ones = torch.ones(queries.shape[1], keys.shape[1], dtype=torch.bool, device=keys.device)
+            allowed = allowed & ones.tril()
+        return self._attend(q, k, v, allowed)
+
+    def step(self, query, key, key_mask, cache):
+        """One new position `(batch, 1, width)` against all earlier ones; `cache` holds their projected keys/values."""
+        k, v, mask = self._heads(self.k_proj(key)), self._heads(self.v_proj(key)), key_mask
+        if cache is not None:
+            k, v, mask = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2), torch.cat([cache[2], mask], 1)
+        return self._attend(self._heads(self.q_proj(query)), k, v, mask[:, None, None, :]), (k, v, mask)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def _attend(self, q, k, v, allowed):
         # A query with no key to look at (a text-only conversation's speech side, say) gets a zero output.
         has_key = allowed.any(-1, keepdim=True)
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed | ~has_key, dropout_p=self.dropout if self.training else 0.0
         )
-        attended = (attended * has_key).transpose(1, 2).reshape(batch, length, -1)
-        return self.out_proj(attended)
+        attended = (attended * has_key).transpose(1, 2)
+        return self.out_proj(attended.reshape(*attended.shape[:2], -1))
 
 
 class MisterEAttentionSublayer(nn.Module):
@@ -161,6 +186,10 @@ class MisterEAttentionSublayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(hidden + self.dropout(self.attention(hidden, context, context_mask)))
+
+    def step(self, hidden, context, context_mask, cache):
+        attended, cache = self.attention.step(hidden, context, context_mask, cache)
+        return self.layer_norm(hidden + self.dropout(attended)), cache
 
 
 class MisterECoAttentionLayer(nn.Module):
@@ -176,6 +205,14 @@ class MisterECoAttentionLayer(nn.Module):
     def forward(self, speech, text, speech_mask, text_mask):
         speech, text = self.speech_cross(speech, text, text_mask), self.text_cross(text, speech, speech_mask)
         return self.speech_self(speech, speech, speech_mask), self.text_self(text, text, text_mask)
+
+    def step(self, speech, text, speech_mask, text_mask, caches: dict):
+        """The new position of each stream; `caches` (one per attention, updated in place) hold the earlier ones."""
+        new_speech, caches["speech_cross"] = self.speech_cross.step(speech, text, text_mask, caches.get("speech_cross"))
+        new_text, caches["text_cross"] = self.text_cross.step(text, speech, speech_mask, caches.get("text_cross"))
+        new_speech, caches["speech_self"] = self.speech_self.step(new_speech, new_speech, speech_mask, caches.get("speech_self"))
+        new_text, caches["text_self"] = self.text_self.step(new_text, new_text, text_mask, caches.get("text_self"))
+        return new_speech, new_text
 
 
 class MisterECrossModalExpert(nn.Module):
@@ -198,6 +235,17 @@ class MisterECrossModalExpert(nn.Module):
         speech, text = self.speech_proj(speech_embeds), self.text_proj(text_embeds)
         for layer in self.layers:
             speech, text = layer(speech, text, speech_mask, text_mask)
+        return self._classify(speech, text, speech_embeds, text_embeds)
+
+    def step(self, speech_embeds, text_embeds, speech_mask, text_mask, state: list | None):
+        """Causal mode, one new utterance per conversation (`(batch, 1, dim)` inputs, `(batch, 1)` masks)."""
+        state = state if state is not None else [{} for _ in self.layers]
+        speech, text = self.speech_proj(speech_embeds), self.text_proj(text_embeds)
+        for layer, caches in zip(self.layers, state):
+            speech, text = layer.step(speech, text, speech_mask, text_mask, caches)
+        return *self._classify(speech, text, speech_embeds, text_embeds), state
+
+    def _classify(self, speech, text, speech_embeds, text_embeds):
         speech = speech + self.speech_skip(speech_embeds)
         text = text + self.text_skip(text_embeds)
         logits = self.classifier(self.layer_norm(torch.cat([text, speech], dim=-1)))
@@ -574,8 +622,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         speech_embeds = self._masked_inputs(speech_embeds, has_speech, self.config.speech_embed_dim, reference)
         text_embeds = self._masked_inputs(text_embeds, has_text, self.config.text_embed_dim, reference)
 
-        available = torch.stack([has_speech, has_text, has_speech & has_text], dim=-1)
-        available &= torch.tensor(self.config.expert_mask, device=available.device)
+        available = self._available(has_speech, has_text)
         expert_logits = reference.new_zeros(batch, length, len(EXPERTS), self.config.num_labels)
         speech_representations = text_representations = None
         if self.speech_expert is not None:
@@ -586,10 +633,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             expert_logits[:, :, CROSS_MODAL], speech_representations, text_representations = self.cross_modal_expert(
                 speech_embeds, text_embeds, has_speech, has_text
             )
-        expert_logits = expert_logits * available[..., None]
-
-        gate_weights = self._gate_weights(expert_logits, available)
-        logits = (gate_weights[..., None] * expert_logits).sum(-2)
+        expert_logits, gate_weights, logits = self._mix(expert_logits, available)
 
         loss = None
         if labels is not None:
@@ -603,6 +647,65 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             speech_representations=speech_representations,
             text_representations=text_representations,
         )
+
+    def step(
+        self,
+        speech_embeds: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        state: dict | None = None,
+    ) -> tuple[MisterEOutput, dict]:
+        """Online inference for a causal model: one new utterance per conversation, from the carried `state`.
+
+        Takes `(batch, dim)` embeddings and a `(batch, 2)` modality mask; returns the new utterance's outputs (with an
+        utterance axis of 1) and the state to pass with the next utterance. Convolutions keep their last inputs, the
+        GRUs their hidden state and every attention its projected keys and values, so a step costs the same work at
+        any position except the attention dot products over earlier utterances. Equals `forward` on the whole prefix.
+        """
+        if not self.config.causal:
+            raise ValueError("`step` needs a causal model (`config.causal=True`); use `forward` on whole conversations.")
+        reference = speech_embeds if speech_embeds is not None else text_embeds
+        if reference is None:
+            raise ValueError("MiSTER-E needs `speech_embeds`, `text_embeds` or both.")
+        if modality_mask is None:
+            present = [speech_embeds is not None, text_embeds is not None]
+            modality_mask = torch.tensor(present, device=reference.device).expand(reference.shape[0], 2)
+        has_speech, has_text = modality_mask[:, :1].bool(), modality_mask[:, 1:].bool()
+        speech_embeds = self._masked_inputs(speech_embeds, has_speech[:, 0], self.config.speech_embed_dim, reference)
+        text_embeds = self._masked_inputs(text_embeds, has_text[:, 0], self.config.text_embed_dim, reference)
+        state = dict(state or {})
+        expert_logits = reference.new_zeros(reference.shape[0], 1, len(EXPERTS), self.config.num_labels)
+        speech_representations = text_representations = None
+        if self.speech_expert is not None:
+            logits, state["speech"] = self.speech_expert.step(speech_embeds, state.get("speech"))
+            expert_logits[:, 0, SPEECH] = logits
+        if self.text_expert is not None:
+            logits, state["text"] = self.text_expert.step(text_embeds, state.get("text"))
+            expert_logits[:, 0, TEXT] = logits
+        if self.cross_modal_expert is not None:
+            logits, speech_representations, text_representations, state["cross_modal"] = self.cross_modal_expert.step(
+                speech_embeds[:, None], text_embeds[:, None], has_speech, has_text, state.get("cross_modal")
+            )
+            expert_logits[:, :, CROSS_MODAL] = logits
+        expert_logits, gate_weights, logits = self._mix(expert_logits, self._available(has_speech, has_text))
+        output = MisterEOutput(
+            logits=logits,
+            expert_logits=expert_logits,
+            gate_weights=gate_weights,
+            speech_representations=speech_representations,
+            text_representations=text_representations,
+        )
+        return output, state
+
+    def _available(self, has_speech: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
+        """Which experts can answer each utterance: enabled, and given the modalities they need."""
+        available = torch.stack([has_speech, has_text, has_speech & has_text], dim=-1)
+        return available & torch.tensor(self.config.expert_mask, device=available.device)
+
+    def _mix(self, expert_logits, available):
+        expert_logits = expert_logits * available[..., None]
+        gate_weights = self._gate_weights(expert_logits, available)
+        return expert_logits, gate_weights, (gate_weights[..., None] * expert_logits).sum(-2)
 
     @staticmethod
     def _masked_inputs(embeds, present, width, reference):

@@ -223,8 +223,9 @@ class MisterEConversationPipeline(Pipeline):
             causal model these equal the predictions for the whole conversation run at once (up to float error and
             audio padding effects of the speech encoder).
 
-        Each utterance is encoded once (its embeddings are cached); then the conversation model re-runs on the
-        cached embeddings of the prefix and its last row is taken: O(t) small-model work at step t, no re-encoding.
+        Each utterance is encoded once, and the conversation model takes one step from its carried state (convolution
+        buffer, GRU states, cached attention keys/values; `MisterEForEmotionRecognition.step`): the same work at
+        every position except the attention dot products over earlier utterances, never a rerun of the history.
 
         Raises:
             ValueError: The model was not trained with `causal=True` (its predictions would use future context).
@@ -236,7 +237,7 @@ class MisterEConversationPipeline(Pipeline):
             )
         _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")
-        speech_rows, text_rows, modality_rows = [], [], []
+        state = None
         for index, utterance in enumerate(utterances):
             conversation = {"utterances": [utterance]}
             if isinstance(utterance, Mapping) and utterance.get("id") is not None:
@@ -251,25 +252,21 @@ class MisterEConversationPipeline(Pipeline):
                     if key in model_inputs and self.dtype is not None and self.dtype.is_floating_point:
                         model_inputs[key] = model_inputs[key].to(self.dtype)
                 encoded = self.model.encode_utterances(**model_inputs)
-                modality_mask = model_inputs["modality_mask"][0, 0]
-                speech_rows.append(_row(encoded.get("speech_embeds"), self.model.config.speech_embed_dim, self))
-                text_rows.append(_row(encoded.get("text_embeds"), self.model.config.text_embed_dim, self))
-                modality_rows.append(modality_mask)
-                output = self.model(
-                    speech_embeds=torch.stack(speech_rows)[None],
-                    text_embeds=torch.stack(text_rows)[None],
-                    attention_mask=torch.ones(1, len(modality_rows), dtype=torch.long, device=self.device),
-                    modality_mask=torch.stack(modality_rows)[None],
+                output, state = self.model.step(
+                    speech_embeds=_row(encoded.get("speech_embeds"), self.model.config.speech_embed_dim, self),
+                    text_embeds=_row(encoded.get("text_embeds"), self.model.config.text_embed_dim, self),
+                    modality_mask=model_inputs["modality_mask"][:, 0],
+                    state=state,
                 )
             probabilities = output.logits[0, -1].float().softmax(-1).cpu()
             yield self._utterance_result(probabilities, output.gate_weights[0, -1].float().cpu(), top_k)
 
 
 def _row(embeds: torch.Tensor | None, width: int, pipe: Pipeline) -> torch.Tensor:
-    """One utterance's embedding from a (1, 1, width) grid, or zeros when the utterance lacks that modality."""
+    """One utterance's `(1, width)` embedding from a (1, 1, width) grid, or zeros when it lacks that modality."""
     if embeds is None:
-        return torch.zeros(width, device=pipe.device, dtype=pipe.dtype if pipe.dtype is not None else torch.float32)
-    return embeds[0, 0]
+        return torch.zeros(1, width, device=pipe.device, dtype=pipe.dtype if pipe.dtype is not None else torch.float32)
+    return embeds[:, 0]
 
 
 def _positive_int(name: str, value) -> int:
