@@ -14,49 +14,19 @@ import pytest
 import soundfile as sf
 import torch
 from huggingface_hub import HfApi
-from transformers import BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig, pipeline
+from tiny_end_to_end import LABELS, SR, TASK, tiny_model, tiny_processor
+from transformers import pipeline
 
+from mister_e import MisterEForEmotionRecognition
 import mister_e  # noqa: F401  (registers the model classes and the task)
-from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEProcessor
 from mister_e.hub import _ensure_code_files, model_card, push_to_hub, save_for_hub
 
 
-SR = 16000
-TASK = "emotion-recognition-in-conversation"
-LABELS = ["anger", "joy", "neutral", "sadness"]
-WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]
 TEXTS = ["hello world", "oh no", "yes really", "okay fine"]
-_SSL = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
-    conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=20,
-)
 EXPECTED_FILES = {
     "README.md", "config.json", "model.safetensors", "configuration_mister_e.py", "modeling_mister_e.py",
     "processing_mister_e.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
 }
-
-
-def tiny_model() -> MisterEForEmotionRecognition:
-    torch.manual_seed(0)
-    config = MisterEConfig(
-        speech_config=WavLMConfig(**_SSL),
-        text_config=BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                               vocab_size=len(WORDS) + 5),
-        speech_embed_dim=12, text_embed_dim=10, context_dim=8, gru_layers=2, cross_modal_dim=8, coattention_layers=2,
-        attention_dim=6, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5,
-        id2label=dict(enumerate(LABELS)),
-    )
-    return MisterEForEmotionRecognition(config).eval()
-
-
-def tiny_processor() -> MisterEProcessor:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
-    extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True, return_attention_mask=True
-    )
-    return MisterEProcessor(extractor, tokenizer, min_audio_seconds=0.2)
 
 
 def run_results(seed: int, shift: float) -> dict:
