@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from huggingface_hub import HfApi
-from tiny_end_to_end import LABELS, SR, TASK, tiny_model, tiny_processor
+from tiny_end_to_end import LABELS, TASK, tiny_model, tiny_processor, write_clips
 from transformers import pipeline
 
 from mister_e import MisterEForEmotionRecognition
@@ -42,13 +41,7 @@ RESULTS = [run_results(0, 0.0), run_results(1, 0.02)]
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("wavs")
-    paths = []
-    for seed in range(4):
-        path = folder / f"clip{seed}.wav"
-        sf.write(path, 0.3 * np.random.default_rng(seed).standard_normal(SR // 2).astype(np.float32), SR)
-        paths.append(str(path))
-    return paths
+    return write_clips(tmp_path_factory.mktemp("wavs"))
 
 
 @pytest.fixture(scope="module")

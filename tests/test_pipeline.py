@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from tiny_end_to_end import LABELS, SR, TASK, tiny_model, tiny_processor
+from tiny_end_to_end import LABELS, TASK, tiny_model, tiny_processor, write_clips
 from transformers import pipeline
 
 from mister_e import MisterEForEmotionRecognition, MisterEProcessor
@@ -40,14 +38,7 @@ def causal_pipe(model_dirs):
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory):
-    """Four 0.5 s clips of different noise (all the same length, so no padding differs between runs)."""
-    folder = tmp_path_factory.mktemp("wavs")
-    paths = []
-    for seed in range(4):
-        path = folder / f"clip{seed}.wav"
-        sf.write(path, 0.3 * np.random.default_rng(seed).standard_normal(SR // 2).astype(np.float32), SR)
-        paths.append(str(path))
-    return paths
+    return write_clips(tmp_path_factory.mktemp("wavs"))
 
 
 def conversation(wavs, texts=("hello world", "oh no", "yes really", "okay fine"), audio=True, text=True):

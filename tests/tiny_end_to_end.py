@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 import torch
 from transformers import BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig
 
@@ -38,3 +42,13 @@ def tiny_processor() -> MisterEProcessor:
         feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True, return_attention_mask=True
     )
     return MisterEProcessor(extractor, tokenizer, min_audio_seconds=0.2)
+
+
+def write_clips(folder: Path, count: int = 4) -> list[str]:
+    """`count` 0.5 s clips of different noise, all the same length (so no padding differs between runs)."""
+    paths = []
+    for seed in range(count):
+        path = folder / f"clip{seed}.wav"
+        sf.write(path, 0.3 * np.random.default_rng(seed).standard_normal(SR // 2).astype(np.float32), SR)
+        paths.append(str(path))
+    return paths

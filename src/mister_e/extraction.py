@@ -21,6 +21,8 @@ from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPoo
 from .utils import atomic_path
 
 MODALITIES = ("speech", "text")
+# The key of each modality's input in a processor utterance.
+INPUT_KEYS = {"speech": "audio", "text": "text"}
 EMBEDDINGS = ("projection", "backbone_mean")
 
 
@@ -90,7 +92,6 @@ def extract_embeddings(
 
 def _flatten(dataset: Dataset, modalities) -> list[dict]:
     """One-utterance conversations in dataset order, holding only the modalities being extracted."""
-    keys = {"speech": "audio", "text": "text"}
     rows = []
     for dialogue in dataset.select_columns([c for c in ("dialogue_id", "utterance_ids", "audio", "texts") if c in dataset.column_names]):
         audio = dialogue.get("audio") or [None] * len(dialogue["utterance_ids"])
@@ -98,7 +99,7 @@ def _flatten(dataset: Dataset, modalities) -> list[dict]:
         for utterance_id, path, text in zip(dialogue["utterance_ids"], audio, texts):
             values = {"speech": path, "text": text}
             rows.append({"id": f"{dialogue['dialogue_id']}/{utterance_id}",
-                         **{keys[m]: values[m] for m in modalities if values[m] is not None}})
+                         **{INPUT_KEYS[m]: values[m] for m in modalities if values[m] is not None}})
     return rows
 
 
@@ -112,7 +113,7 @@ def _embed(rows, model, processor, modalities, batch_size, embedding, device) ->
         usable = [row for row in chunk if len(row) > 1]
         batch = processor([{"id": row["id"], "utterances": [row]} for row in usable]) if usable else None
         for modality in modalities:
-            has = [any(k in row for k in (("audio",) if modality == "speech" else ("text",))) for row in chunk]
+            has = [INPUT_KEYS[modality] in row for row in chunk]
             present[modality].extend(has)
             vectors = _modality_vectors(model, batch, modality, embedding, device) if any(has) else None
             width = _width(model, modality, embedding)
