@@ -1,4 +1,5 @@
-"""`mister-e`: prepare datasets, train encoders, extract embeddings, train and evaluate MiSTER-E, predict, demo."""
+"""`mister-e`: prepare datasets, train encoders, extract embeddings, train and evaluate MiSTER-E, predict, demo, plan
+paper-scale runs."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def _run_extract(args: argparse.Namespace) -> None:
     from .extraction import extract_embeddings
     from .modeling_mister_e import MisterEForUtteranceClassification
     from .processing_mister_e import MisterEProcessor
+    from .utils import process_state
 
     dataset = load_from_disk(args.dataset)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,8 +81,9 @@ def _run_extract(args: argparse.Namespace) -> None:
         name = "+".join(m for m in ("speech", "text") if getattr(model, f"{m}_encoder") is not None)
         dataset = extract_embeddings(dataset, model, processor, f"{cache}/{name}", args.batch_size, args.shard_size,
                                      args.embedding, device)
-    save_dialogues(dataset, args.output_dir, overwrite=args.overwrite)
-    print(f"Saved {args.output_dir}\n{describe(dataset)}")
+    if process_state().is_main_process:  # under torchrun every process holds the whole dataset; one saves it
+        save_dialogues(dataset, args.output_dir, overwrite=args.overwrite)
+        print(f"Saved {args.output_dir}\n{describe(dataset)}")
 
 
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +154,23 @@ def _run_quickstart(args: argparse.Namespace) -> None:
     quickstart(args.output_dir, epochs=args.epochs, seed=args.seed)
 
 
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=8, help="Utterances per GPU and step.")
+    parser.add_argument("--text-tokens", type=int, default=128, help="Tokens per text utterance (the spec's maximum).")
+    parser.add_argument("--speech-seconds", type=float, default=5.0, help="Training crop of a speech utterance.")
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 8])
+    parser.add_argument("--json", help="Also write the plan, with per-kind memory breakdowns, to this JSON file.")
+
+
+def _run_plan(args: argparse.Namespace) -> None:
+    from .scale import format_plan, paper_scale_plan
+
+    plan = paper_scale_plan(args.batch_size, args.text_tokens, args.speech_seconds, gpus=tuple(args.gpus))
+    print(format_plan(plan))
+    if args.json:
+        Path(args.json).write_text(json.dumps(plan, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import training
 
@@ -161,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("prepare", _add_prepare_arguments, _run_prepare, "Build a dialogue dataset from a release folder."),
         ("train-encoder", training.add_train_encoder_arguments, training.run_train_encoder,
          "Stage 1: LoRA-fine-tune one utterance encoder."),
+        ("plan", _add_plan_arguments, _run_plan,
+         "Paper-scale parameter counts and per-GPU training memory, without weights."),
         ("extract", _add_extract_arguments, _run_extract, "Add per-utterance embeddings to a dialogue dataset."),
         ("train", training.add_train_arguments, training.run_train, "Stage 2: train MiSTER-E (seeds, ablations)."),
         ("evaluate", training.add_evaluate_arguments, training.run_evaluate, "Metrics, plots, robustness curve."),

@@ -3,6 +3,11 @@
 Utterances are processed in fixed shards in dataset order. Each finished shard is written to the cache folder under a
 temporary name and renamed, so an interrupted run leaves only whole shards, and a rerun computes just the missing ones:
 the result has no duplicates or holes and equals an uninterrupted run (the model runs in eval mode, without crops).
+
+Under `torchrun` / `accelerate launch` the missing shards are dealt out in rounds, one shard per process: each process
+embeds its shard, the main process gathers the round and writes it, so the cache has one writer and the same shards as
+a single-process run. Every process then reads the whole cache and returns the whole dataset (a shared filesystem is
+assumed, as for Trainer checkpoints).
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict, Sequence, Value
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
-from .utils import atomic_path
+from .utils import atomic_path, process_state
 
 MODALITIES = ("speech", "text")
 # The key of each modality's input in a processor utterance.
@@ -47,7 +55,8 @@ def extract_embeddings(
         shard_size: Utterances per cached shard (the unit of resumption).
         embedding: `"projection"` (the trained encoder's embedding, taken before the classifier's ReLU) or
             `"backbone_mean"` (the backbone's last hidden states, mean-pooled: frozen-backbone baselines).
-        device: Where to run the model (defaults to the model's device).
+        device: Where to run the model (defaults to the model's device); under a launcher `"cuda"` is each process's
+            own GPU.
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"`embedding` must be one of {EMBEDDINGS}, got {embedding!r}.")
@@ -63,31 +72,44 @@ def extract_embeddings(
             }
         )
     cache_dir = Path(cache_dir)
-    _claim_cache(cache_dir, dataset, model, modalities, shard_size, embedding)
+    state = process_state()
+    manifest = _manifest(dataset, model, modalities, shard_size, embedding)
+    if state.is_main_process:
+        _claim_cache(cache_dir, manifest)
     device = torch.device(device) if device is not None else model.device
     model.to(device).eval()
 
     utterances = _flatten(dataset, modalities)
     shards = range(0, len(utterances), shard_size)
-    with tqdm(total=len(utterances), desc=f"extract {'+'.join(modalities)}", unit="utt") as progress:
-        for start in shards:
-            path = cache_dir / f"shard-{start:09d}.safetensors"
-            if not path.exists():
-                tensors = _embed(utterances[start : start + shard_size], model, processor, modalities, batch_size,
-                                 embedding, device)
-                with atomic_path(path) as temporary:
-                    save_file(tensors, str(temporary))
-            progress.update(min(shard_size, len(utterances) - start))
+    sizes = {start: min(shard_size, len(utterances) - start) for start in shards}
+    missing = [start for start in shards if not _shard_path(cache_dir, start).exists()]
+    with tqdm(total=len(utterances), initial=len(utterances) - sum(sizes[start] for start in missing),
+              desc=f"extract {'+'.join(modalities)}", unit="utt", disable=not state.is_main_process) as progress:
+        for first in range(0, len(missing), state.num_processes):
+            round_starts = missing[first : first + state.num_processes]
+            own = round_starts[state.process_index : state.process_index + 1]  # one shard, none in a short round
+            embedded = gather_object([_embed(utterances[start : start + shard_size], model, processor, modalities,
+                                             batch_size, embedding, device) for start in own])
+            if state.is_main_process:
+                for start, tensors in zip(round_starts, embedded):
+                    with atomic_path(_shard_path(cache_dir, start)) as temporary:
+                        save_file(tensors, str(temporary))
+            progress.update(sum(sizes[start] for start in round_starts))
+    state.wait_for_everyone()
 
-    columns = {m: [] for m in modalities}
-    for start in shards:
-        tensors = load_file(cache_dir / f"shard-{start:09d}.safetensors")
-        for modality in modalities:
-            vectors, present = tensors[modality].tolist(), tensors[f"{modality}_present"].tolist()
-            columns[modality].extend(v if p else None for v, p in zip(vectors, present))
-    if any(len(values) != len(utterances) for values in columns.values()):
+    shard_tensors = [load_file(_shard_path(cache_dir, start)) for start in shards]
+    columns = {
+        m: (np.concatenate([t[m].numpy() for t in shard_tensors]),
+            np.concatenate([t[f"{m}_present"].numpy() for t in shard_tensors]))
+        for m in modalities
+    }
+    if any(len(present) != len(utterances) for _, present in columns.values()):
         raise RuntimeError(f"The cache in {cache_dir} does not cover the dataset; delete it and extract again.")
-    return _attach(dataset, columns)
+    return _attach(dataset, columns, json.dumps(manifest, sort_keys=True))
+
+
+def _shard_path(cache_dir: Path, start: int) -> Path:
+    return cache_dir / f"shard-{start:09d}.safetensors"
 
 
 def _flatten(dataset: Dataset, modalities) -> list[dict]:
@@ -148,28 +170,32 @@ def _width(model, modality, embedding) -> int:
     return encoder.norm.normalized_shape[0] if embedding == "backbone_mean" else encoder.projection.out_features
 
 
-def _attach(dataset: Dataset, columns: dict[str, list]) -> Dataset:
-    """Regroup the flat utterance vectors by dialogue and (re)place the embedding columns."""
-    lengths = [len(ids) for ids in dataset["utterance_ids"]]
-    for modality, values in columns.items():
+def _attach(dataset: Dataset, columns: dict[str, tuple[np.ndarray, np.ndarray]], key: str) -> Dataset:
+    """Regroup the flat utterance vectors (`(vectors, present)` per modality) by dialogue and (re)place the embedding
+    columns. Built as Arrow arrays, with a fingerprint derived from the extraction's `key`: as Python lists, 13k
+    utterances x 2048 floats take seconds to convert and far longer to hash."""
+    lengths = np.fromiter((len(ids) for ids in dataset["utterance_ids"]), dtype=np.int64)
+    dialogue_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    for modality, (vectors, present) in columns.items():
         name = f"{modality}_embeds"
-        grouped, cursor = [], 0
-        for n in lengths:
-            grouped.append(values[cursor : cursor + n])
-            cursor += n
+        utterance_offsets = np.concatenate([[0], np.cumsum(present * vectors.shape[1])]).astype(np.int32)
+        utterances = pa.ListArray.from_arrays(pa.array(utterance_offsets), pa.array(vectors[present].reshape(-1)),
+                                              mask=pa.array(~present))
         if name in dataset.column_names:
             dataset = dataset.remove_columns(name)
-        dataset = dataset.add_column(name, grouped, feature=Sequence(Sequence(Value("float32"))))
+        fingerprint = hashlib.sha256(f"{dataset._fingerprint}/{name}/{key}".encode()).hexdigest()[:32]
+        dataset = dataset.add_column(name, pa.ListArray.from_arrays(dialogue_offsets, utterances),
+                                     feature=Sequence(Sequence(Value("float32"))), new_fingerprint=fingerprint)
     return dataset
 
 
-def _claim_cache(cache_dir: Path, dataset, model, modalities, shard_size, embedding) -> None:
-    """Tie the cache folder to this dataset, model and layout, so that a resume never mixes two runs."""
+def _manifest(dataset, model, modalities, shard_size, embedding) -> dict:
+    """What a cache folder holds: this dataset, model and layout, so that a resume never mixes two runs."""
     weights = hashlib.sha256()
     for name, param in sorted(model.state_dict().items()):
         weights.update(name.encode())
         weights.update(repr(round(float(param.double().sum()), 6)).encode())
-    manifest = {
+    return {
         "dataset": dataset._fingerprint,
         "utterances": sum(len(ids) for ids in dataset["utterance_ids"]),
         "model": weights.hexdigest(),
@@ -177,6 +203,10 @@ def _claim_cache(cache_dir: Path, dataset, model, modalities, shard_size, embedd
         "shard_size": shard_size,
         "embedding": embedding,
     }
+
+
+def _claim_cache(cache_dir: Path, manifest: dict) -> None:
+    """Tie the cache folder to `manifest`, or check that it already holds the same extraction."""
     path = cache_dir / "manifest.json"
     if path.exists():
         found = json.loads(path.read_text())

@@ -329,10 +329,10 @@ class MisterEUtteranceEncoder(nn.Module):
     (BERT-family encoders, Llama/Qwen2-style decoders).
     """
 
-    def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None):
+    def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None, backbone=None):
         super().__init__()
         self.model_type = backbone_config.model_type
-        self.backbone = backbone_from_config(backbone_config)
+        self.backbone = backbone if backbone is not None else backbone_from_config(backbone_config)
         hidden_size = backbone_hidden_size(backbone_config)
         self.norm = nn.LayerNorm(hidden_size)
         self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
@@ -342,11 +342,14 @@ class MisterEUtteranceEncoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, mask = self.backbone_states(inputs, attention_mask)
-        embeds = self.projection(self.pooling(self.norm(hidden), mask))
+        # A bf16/fp16 (or quantized) backbone feeds a head that trains in its own dtype, fp32 by default.
+        embeds = self.projection(self.pooling(self.norm(hidden.to(self.norm.weight.dtype)), mask))
         return embeds, self.classifier(embeds)
 
     def backbone_states(self, inputs, attention_mask):
         """Last hidden states and the mask of their valid positions."""
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.backbone.dtype)
         if self.model_type == "qwen2_audio":
             return self._speech_llm_states(inputs, attention_mask)
         if self.model_type == "whisper":
@@ -374,6 +377,9 @@ class MisterEUtteranceEncoder(nn.Module):
         if feature_mask is None:
             feature_mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
         audio_lengths = backbone.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))[1]
+        # The tower reads a fixed 30 s window; the language model needs only the batch's longest audio (a 5 s crop is
+        # 125 of the 750 positions), which cuts its activations and compute to match.
+        audio = audio[:, : int(audio_lengths.max())]
         count, max_audio, width = audio.shape
         prompt = backbone.get_input_embeddings()(self.prompt_ids).to(audio.dtype)
         positions = torch.arange(max_audio + len(prompt), device=audio.device)[None, :]
@@ -393,6 +399,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
     main_input_name = "attention_mask"
     # `forward(**kwargs)`-free: the loss is a per-utterance mean, so Trainer must scale it for accumulation itself.
     accepts_loss_kwargs = False
+    # `gradient_checkpointing_enable` walks every submodule, so it reaches the backbones' own checkpointed layers.
+    supports_gradient_checkpointing = True
     _no_split_modules = ["MisterEContextModule", "MisterECoAttentionLayer"]
 
     def _init_weights(self, module):
@@ -410,18 +418,22 @@ class MisterEPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
-    def _build_encoders(self):
-        """Utterance encoders for the modalities whose backbone config is set (stage 1; optional in stage 2)."""
+    def _build_encoders(self, speech_backbone=None, text_backbone=None):
+        """Utterance encoders for the modalities whose backbone config is set (stage 1; optional in stage 2).
+
+        A given backbone module is used as is; otherwise one is built (randomly initialised) from its config.
+        """
         config = self.config
         self.speech_encoder = self.text_encoder = None
         if config.speech_config is not None:
             self.speech_encoder = MisterEUtteranceEncoder(
                 config.speech_config, config.speech_embed_dim, config.speech_pooling, config.num_labels,
-                config.encoder_dropout, config.speech_prompt_ids,
+                config.encoder_dropout, config.speech_prompt_ids, speech_backbone,
             )
         if config.text_config is not None:
             self.text_encoder = MisterEUtteranceEncoder(
-                config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels, config.encoder_dropout
+                config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels, config.encoder_dropout,
+                backbone=text_backbone,
             )
 
     def encode_utterances(
@@ -469,35 +481,44 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
     serves both stages. The embeddings it returns are what `mister-e extract` stores for stage 2.
     """
 
-    def __init__(self, config: MisterEConfig):
+    def __init__(self, config: MisterEConfig, speech_backbone: nn.Module | None = None,
+                 text_backbone: nn.Module | None = None):
         super().__init__(config)
-        self._build_encoders()
+        self._build_encoders(speech_backbone, text_backbone)
         if self.speech_encoder is None and self.text_encoder is None:
             raise ValueError("MisterEForUtteranceClassification needs `speech_config`, `text_config` or both.")
         self.post_init()
 
     @classmethod
     def from_backbones(cls, speech=None, text=None, speech_prompt="What is the emotion of the person?:", dtype=None,
-                       **config_kwargs):
+                       backbone_kwargs=None, **config_kwargs):
         """Build around pretrained backbones (local dirs or Hub ids); the heads start from scratch.
 
         `__init__` builds from a config alone (random backbones), as transformers needs for loading; this is the
-        entry point for a new model. Whisper checkpoints contribute their encoder only.
+        entry point for a new model. Whisper checkpoints contribute their encoder only. The backbones load first and
+        are handed to `__init__`, so no random copy of a multi-billion-parameter backbone is ever allocated.
+
+        Args:
+            dtype (`torch.dtype` or `str`, *optional*):
+                dtype of the backbones (float32 when `None`). The heads are built in float32 whatever it is, so a
+                bfloat16 backbone with LoRA trains float32 heads and adapters.
+            backbone_kwargs (`dict`, *optional*):
+                Further `from_pretrained` arguments of the backbones, e.g. `quantization_config` and `device_map`.
         """
         from transformers import AutoConfig, AutoTokenizer, WhisperModel
 
-        configs = {f"{name}_config": AutoConfig.from_pretrained(path) for name, path in (("speech", speech), ("text", text)) if path}
+        paths = {name: path for name, path in (("speech", speech), ("text", text)) if path}
+        configs = {f"{name}_config": AutoConfig.from_pretrained(path) for name, path in paths.items()}
         if speech and configs["speech_config"].model_type == "qwen2_audio" and speech_prompt:
             config_kwargs.setdefault("speech_prompt_ids", AutoTokenizer.from_pretrained(speech)(speech_prompt)["input_ids"])
-        model = cls(MisterEConfig(**configs, **config_kwargs))
-        for path, encoder in ((speech, model.speech_encoder), (text, model.text_encoder)):
-            if path:
-                if encoder.model_type == "whisper":
-                    backbone = WhisperModel.from_pretrained(path, dtype=dtype).get_encoder()
-                else:
-                    backbone = AutoModel.from_pretrained(path, dtype=dtype)
-                encoder.backbone = backbone
-        return model
+        backbones = {}
+        for name, path in paths.items():
+            loading = {"dtype": dtype, **(backbone_kwargs or {})}
+            if configs[f"{name}_config"].model_type == "whisper":
+                backbones[f"{name}_backbone"] = WhisperModel.from_pretrained(path, **loading).get_encoder()
+            else:
+                backbones[f"{name}_backbone"] = AutoModel.from_pretrained(path, **loading)
+        return cls(MisterEConfig(**configs, **config_kwargs), **backbones)
 
     def forward(
         self,

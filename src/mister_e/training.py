@@ -20,6 +20,12 @@ Gradient accumulation: the models set `accepts_loss_kwargs = False`, so Trainer 
 the number of micro-batches it accumulates (`training_step`) and never passes `num_items_in_batch`. The accumulated
 gradient is therefore the mean of the micro-batch means, equal to the full batch's when the micro-batches hold as many
 labelled utterances each (tests/test_training.py checks this); the authors' code divided twice.
+
+Multi-process runs (`torchrun`, `accelerate launch`): Trainer does DDP, and DDP averages the per-process mean losses,
+which again equals the global batch mean when every process holds as many labelled utterances. Everything written after
+training (selected model, merged encoder, test report, `results.json`, summaries) comes from the main process; the
+others wait for it in `_finish` and return its results, so they never start a next seed early or read a half-written
+file. The output folders must be on a filesystem every process sees, as Trainer's checkpoints already require.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -64,6 +71,7 @@ from .modeling_mister_e import (
     MisterEOutput,
     MisterEUtteranceOutput,
 )
+from .utils import launched_on_cpu, process_state
 
 
 logger = logging.get_logger(__name__)
@@ -343,14 +351,18 @@ def build_trainer(
     processor: Any = None,
     callbacks: Sequence[TrainerCallback] | None = None,
 ) -> MisterETrainer:
-    """The Trainer of both stages: validation-only selection, label-aware metrics, seeded data order."""
+    """The Trainer of both stages: validation-only selection, label-aware metrics, seeded data order.
+
+    Launched as several processes on a machine without CUDA, `use_cpu` defaults to True: it makes them one DDP run.
+    """
     if "validation" not in dataset:
         raise ValueError(f"Model selection needs a `validation` split; got {list(dataset)}.")
     args = TrainingArguments(
         output_dir=str(output_dir),
         seed=seed,
         data_seed=seed,
-        **{"dataloader_pin_memory": torch.cuda.is_available(), **training_arguments, **_TRAINER_REQUIRED},
+        **{"dataloader_pin_memory": torch.cuda.is_available(), "use_cpu": launched_on_cpu(), **training_arguments,
+           **_TRAINER_REQUIRED},
     )
     return MisterETrainer(
         model=model,
@@ -390,12 +402,19 @@ def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -
     return scores
 
 
-def _finish(output_dir: Path, results: Mapping[str, Any], keep_checkpoints: bool) -> None:
-    """Write `results.json`, which marks the run finished; only then are its checkpoints dead weight."""
-    _write_json(output_dir / "results.json", results)
-    if not keep_checkpoints:
-        for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-            shutil.rmtree(checkpoint)
+def _finish(trainer: MisterETrainer, results: dict[str, Any], keep_checkpoints: bool) -> dict[str, Any]:
+    """Write `results.json`, which marks the run finished; only then are its checkpoints dead weight.
+
+    The main process writes; every process returns the main process's `results` once they are written (a barrier
+    under a launcher).
+    """
+    if trainer.is_world_process_zero():
+        output_dir = Path(trainer.args.output_dir)
+        _write_json(output_dir / "results.json", results)
+        if not keep_checkpoints:
+            for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                shutil.rmtree(checkpoint)
+    return broadcast_object_list([results])[0]
 
 
 def label_names(dataset: Dataset) -> list[str]:
@@ -471,11 +490,10 @@ def train_conversation_model(
         "config": json.loads(trainer.model.config.to_json_string()),
     }
     trainer.save_model(str(output_dir))
-    if report and "test" in dataset:
+    if report and "test" in dataset and trainer.is_world_process_zero():  # a single-process pass, no collectives
         evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False, processor=processor,
                        modalities=modalities, batch_size=trainer.args.per_device_eval_batch_size)
-    _finish(output_dir, results, keep_checkpoints)
-    return results
+    return _finish(trainer, results, keep_checkpoints)
 
 
 _SUMMARY_METRICS = [f"test/{metric}" for metric in SCALAR_METRICS] + [f"validation/{m}" for m in SCALAR_METRICS]
@@ -512,11 +530,12 @@ def train_seeds(
     scores = {seed: {split: run[split] for split in ("validation", "test") if split in run}
               for seed, run in runs.items()}
     summary = summarize_seeds(list(scores.values()))
-    _write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary, "runs": scores})
-    names = [f"test/f1_{name}" for name in label_names(dataset["train"])]
-    title = f"# {recipe.get('name', 'MiSTER-E')}{' / ' + recipe['ablation'] if recipe.get('ablation') else ''}"
-    table = format_seed_table(summary, _SUMMARY_METRICS + names)
-    _write_text(output_dir / "summary.md", f"{title}\n\nSeeds {seeds}.\n\n{table}")
+    if process_state().is_main_process:
+        _write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary, "runs": scores})
+        names = [f"test/f1_{name}" for name in label_names(dataset["train"])]
+        title = f"# {recipe.get('name', 'MiSTER-E')}{' / ' + recipe['ablation'] if recipe.get('ablation') else ''}"
+        table = format_seed_table(summary, _SUMMARY_METRICS + names)
+        _write_text(output_dir / "summary.md", f"{title}\n\nSeeds {seeds}.\n\n{table}")
     return summary
 
 
@@ -551,9 +570,10 @@ def run_ablations(
                           keep_checkpoints=keep_checkpoints)
         for name in names
     }
-    _write_json(output_dir / "ablations.json", summaries)
-    _write_text(output_dir / "ablations.md", f"# {recipe.get('name', 'MiSTER-E')} ablations\n\n"
-                + format_seed_table(summaries, _SUMMARY_METRICS))
+    if process_state().is_main_process:
+        _write_json(output_dir / "ablations.json", summaries)
+        _write_text(output_dir / "ablations.md", f"# {recipe.get('name', 'MiSTER-E')} ablations\n\n"
+                    + format_seed_table(summaries, _SUMMARY_METRICS))
     return summaries
 
 
@@ -574,6 +594,7 @@ def train_encoder(
     dtype: torch.dtype | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
     keep_checkpoints: bool = False,
+    load_in_bits: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one utterance encoder with LoRA as an utterance emotion classifier (stage 1).
 
@@ -586,9 +607,13 @@ def train_encoder(
             given.
         lora: `apply_lora` overrides (`r`, `lora_alpha`, `lora_dropout`, `target_modules`) over `LORA_DEFAULTS`.
         config_overrides: `MisterEConfig` fields for a new model (`<modality>_embed_dim`, pooling, dropout, ...).
-        training_overrides: `TrainingArguments` fields over `ENCODER_TRAINING_DEFAULTS`.
+        training_overrides: `TrainingArguments` fields over `ENCODER_TRAINING_DEFAULTS`; `gradient_checkpointing`
+            recomputes the backbone's layers in backward, `bf16`/`fp16` turn on autocast.
+        dtype: dtype of a new model's backbone (float32 when `None`); its heads and the LoRA weights train in float32.
+        load_in_bits: 4 (QLoRA, NF4) or 8 to quantize a new model's backbone with bitsandbytes on the GPU; fails
+            before any weight loads without bitsandbytes or a CUDA GPU.
     """
-    from .lora import apply_lora, merge_lora  # peft is needed here only.
+    from .lora import apply_lora, load_lora, merge_lora  # peft is needed here only.
 
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
@@ -598,9 +623,16 @@ def train_encoder(
         if backbone is None:
             raise ValueError("Pass a `backbone` to build the encoder from, or a `model`.")
         labels = {"id2label": dict(enumerate(label_names(dataset["train"])))}
-        model = MisterEForUtteranceClassification.from_backbones(
-            **{modality: str(backbone)}, dtype=dtype, **{**labels, **(config_overrides or {})}
-        )
+        build = functools.partial(MisterEForUtteranceClassification.from_backbones, **{modality: str(backbone)},
+                                  **{**labels, **(config_overrides or {})})
+        quantization = None
+        if load_in_bits:
+            from .scale import prepare_quantized_backbones, quantization_kwargs
+
+            quantization = quantization_kwargs(load_in_bits, dtype)
+        model = build(dtype=dtype, backbone_kwargs=quantization)
+        if load_in_bits:
+            prepare_quantized_backbones(model)
     peft_model = apply_lora(model, modality, **(lora or {}))
     utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
     trainer = build_trainer(
@@ -609,14 +641,16 @@ def train_encoder(
     )
     results = {"seed": seed, "modality": modality, **_fit(trainer, ("validation", "test"), utterances),
                "best_checkpoint": trainer.state.best_model_checkpoint}
-    trainer.model.save_pretrained(output_dir / "adapter")
-    merged = merge_lora(trainer.model)
-    merged.save_pretrained(output_dir / "merged")
-    if processor is not None:
-        processor.save_pretrained(output_dir / "merged")
-    results["config"] = json.loads(merged.config.to_json_string())
-    _finish(output_dir, results, keep_checkpoints)
-    return results
+    if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
+        trainer.model.save_pretrained(output_dir / "adapter")
+        # Merged into quantized weights the adapters would be re-quantized: merge into a bf16 copy of the backbone.
+        trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter") if load_in_bits else trainer.model
+        merged = merge_lora(trained)
+        merged.save_pretrained(output_dir / "merged")
+        if processor is not None:
+            processor.save_pretrained(output_dir / "merged")
+        results["config"] = json.loads(merged.config.to_json_string())
+    return _finish(trainer, results, keep_checkpoints)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
@@ -815,6 +849,13 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 8 speech, 32 text).")
     parser.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05 speech, 0.1 text).")
     parser.add_argument("--lora-targets", nargs="+", help="LoRA target modules (default: the family's preset).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype the backbone loads in; heads and LoRA weights train in float32 whatever it is. "
+                             "Autocast is Trainer's: --set bf16=true (or fp16=true).")
+    parser.add_argument("--load-in-bits", type=int, choices=[4, 8],
+                        help="Quantize the backbone (4: QLoRA, NF4); needs bitsandbytes and a CUDA GPU.")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="Recompute the backbone's layer activations in backward: less memory, slower steps.")
     _add_common_arguments(parser)
     return parser
 
@@ -851,10 +892,14 @@ def run_train_encoder(args: argparse.Namespace) -> dict[str, Any]:
         if route[0] not in sections:
             raise ValueError(f"--set {key}: train-encoder takes MisterEConfig and TrainingArguments fields only.")
         sections[route[0]][route[1]] = value
+    if args.gradient_checkpointing:
+        # transformers 5.2x renamed it `activation_checkpointing`, keeping the old name as a deprecated alias.
+        new = "activation_checkpointing" in _TRAINING_FIELDS
+        sections["training"]["activation_checkpointing" if new else "gradient_checkpointing"] = True
     results = train_encoder(
         load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
         config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
-        keep_checkpoints=args.keep_checkpoints,
+        dtype=getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints, load_in_bits=args.load_in_bits,
     )
     print(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
     return results

@@ -6,6 +6,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
 @contextmanager
@@ -19,4 +24,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path"]
+def launched_on_cpu() -> bool:
+    """Whether a launcher (`torchrun`, `accelerate launch`) started this process among several on a machine without
+    CUDA: accelerate, and so Trainer, then needs `cpu=True` (`use_cpu=True`) to join them into one gloo run; otherwise
+    each process believes it is alone, trains alone and writes the same files as the others."""
+    import torch  # here, not above: evaluation imports this module and stays free of torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def process_state() -> PartialState:
+    """accelerate's `PartialState` of this process: rank, barriers and gathers under a launcher, one main process
+    otherwise."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=launched_on_cpu())
+
+
+__all__ = ["atomic_path", "launched_on_cpu", "process_state"]

@@ -1,0 +1,90 @@
+"""Embedding extraction over MELD with the real all-MiniLM-L6-v2, against the bare encoder forward on the same batches.
+
+    python bench/extraction_speed.py           # all 13,708 MELD utterances: bench/results/extraction_speed.json
+    python bench/extraction_speed.py --quick   # 1,000 utterances, harness check, nothing written
+
+`extract_embeddings` (processor, forward, pooling + projection, safetensors shards, dataset columns) runs on the
+official MELD CSVs; the "bare forward" is `AutoModel(**tokens)` alone on the same batches (same utterances, order,
+batch size and padding), tokenised beforehand and untimed. The two alternate, twice each, and the faster pass of each
+is kept: the machine is shared, so the ratio is the figure to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import concatenate_datasets, disable_progress_bars
+from transformers import AutoModel, AutoTokenizer, Wav2Vec2FeatureExtractor
+
+from mister_e import MisterEForUtteranceClassification, MisterEProcessor
+from mister_e.backbones import packaged_minilm
+from mister_e.data import build_meld_csv
+from mister_e.extraction import extract_embeddings
+
+ROOT = Path(__file__).resolve().parent
+BATCH_SIZE = 64
+PASSES = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    disable_progress_bars()
+    os.environ["TQDM_DISABLE"] = "1"
+    minilm = packaged_minilm()
+    meld = build_meld_csv(args.data / "meld")
+    dialogues = concatenate_datasets([meld[split] for split in ("train", "validation", "test")])
+    if args.quick:
+        dialogues = dialogues.select(range(100))
+    texts = [text for row in dialogues["texts"] for text in row]
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    processor = MisterEProcessor(Wav2Vec2FeatureExtractor(), tokenizer)
+    model = MisterEForUtteranceClassification.from_backbones(text=minilm, text_embed_dim=384).eval()
+    bare = AutoModel.from_pretrained(minilm).eval()
+    # The batches extraction makes: dataset order, BATCH_SIZE utterances, padded to the longest, truncated as there.
+    batches = [tokenizer(texts[i : i + BATCH_SIZE], padding=True, truncation=True, max_length=processor.max_text_length,
+                         return_tensors="pt", return_token_type_ids=False) for i in range(0, len(texts), BATCH_SIZE)]
+
+    def extraction() -> float:
+        with tempfile.TemporaryDirectory() as cache:
+            start = time.perf_counter()
+            extract_embeddings(dialogues, model, processor, cache, batch_size=BATCH_SIZE, shard_size=512)
+            return time.perf_counter() - start
+
+    @torch.inference_mode()
+    def forward() -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            bare(**batch)
+        return time.perf_counter() - start
+
+    timings = {"extraction": [], "bare_forward": []}
+    for _ in range(PASSES):
+        timings["extraction"].append(extraction())
+        timings["bare_forward"].append(forward())
+    best = {name: min(values) for name, values in timings.items()}
+    results = {
+        "utterances": len(texts),
+        "batch_size": BATCH_SIZE,
+        "threads": torch.get_num_threads(),
+        "seconds": timings,
+        "extraction_utterances_per_s": len(texts) / best["extraction"],
+        "bare_forward_utterances_per_s": len(texts) / best["bare_forward"],
+        "extraction_over_bare_forward": best["extraction"] / best["bare_forward"],
+    }
+    print(json.dumps(results, indent=2))
+    if not args.quick:
+        (ROOT / "results" / "extraction_speed.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
