@@ -1,15 +1,18 @@
-"""Stage-1 smoke run at mid size: bf16 backbone, fp32 LoRA and heads, gradient checkpointing, on a GPU.
+r"""Stage-1 smoke run at mid size: bf16 backbone, fp32 LoRA and heads, gradient checkpointing, on a GPU.
 
     python bench/stage1_smoke.py                      # CUDA: Qwen2-0.5B-sized text + WavLM-base-sized speech
     python bench/stage1_smoke.py --no-gradient-checkpointing --output bench/results/stage1_smoke_no_gc.json
+    python bench/stage1_smoke.py --modalities text --text-backbone llama-3.1-8b \
+        --output bench/results/stage1_smoke_llama8b.json   # the paper's text LLM architecture, 16 GB in bf16
     python bench/stage1_smoke.py --tiny               # tiny configs on CPU, seconds: checks the harness
 
 Each encoder is trained alone, as in stage 1, on synthetic utterances whose label the model can learn (the text's
 second token id, the pitch of a noisy tone): randomly initialised backbones built from configs (no weights, no Hub),
 LoRA with the package's presets, AdamW. Reports steps/s, utterances/s, peak GPU memory, the first and last loss, the
 dtypes of backbone, LoRA and head parameters, whether every LoRA parameter got a gradient in some step (WavLM's
-LayerDrop skips layers in a given step), and, for the decoder text backbone, `mister_e.scale`'s activation estimate
-beside the measured activation memory. Writes bench/results/stage1_smoke.json (stage1_smoke_tiny.json with --tiny).
+LayerDrop skips layers in a given step), and, for the decoder text backbone, `mister_e.scale`'s estimates of the
+activations and of the peak beside the measured ones. Writes bench/results/stage1_smoke.json (stage1_smoke_tiny.json
+with --tiny). Needs what the package needs: transformers >= 5.20 (5.17 lacks the `SubConfigSpec` the config uses).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from transformers import Qwen2Config, WavLMConfig
 
 from mister_e import MisterEConfig, MisterEForUtteranceClassification
 from mister_e.lora import apply_lora
-from mister_e.scale import activation_bytes
+from mister_e.scale import CUDA_CONTEXT_GIB, GIB, paper_backbone_config, parameter_sizes, training_memory
 
 NUM_LABELS, SAMPLE_RATE = 6, 16000
 # Qwen2-0.5B's architecture (494 M parameters) and WavLM-base-plus's (the package's default speech backbone).
@@ -75,12 +78,18 @@ def dtypes(named_parameters, keep) -> list[str]:
 
 def run(modality: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
-    backbone_config = (Qwen2Config(**(TINY_TEXT if args.tiny else TEXT_CONFIG)) if modality == "text"
-                       else WavLMConfig(**(TINY_SPEECH if args.tiny else SPEECH_CONFIG)))
-    config = MisterEConfig(**{f"{modality}_config": backbone_config, f"{modality}_embed_dim": 16 if args.tiny else 2048},
+    if modality == "speech":
+        backbone_config = WavLMConfig(**(TINY_SPEECH if args.tiny else SPEECH_CONFIG))
+    elif args.tiny or args.text_backbone == "qwen2-0.5b":
+        backbone_config = Qwen2Config(**(TINY_TEXT if args.tiny else TEXT_CONFIG))
+    else:
+        backbone_config = paper_backbone_config("text")
+    width = 16 if args.tiny else 2048
+    config = MisterEConfig(**{f"{modality}_config": backbone_config, f"{modality}_embed_dim": width},
                            num_labels=NUM_LABELS)
-    # Built on the CPU and moved: some backbones create parameters the device context does not reach.
-    model = MisterEForUtteranceClassification(config).to(device)
+    with device:  # initialised where it trains: an 8B backbone builds in seconds on a GPU
+        model = MisterEForUtteranceClassification(config)
+    model.to(device)  # what the device context does not reach (WavLM's `torch.Tensor(...)` parameter)
     encoder = getattr(model, f"{modality}_encoder")
     encoder.backbone.to(torch.bfloat16)
     backbone_parameters = sum(p.numel() for p in encoder.backbone.parameters())
@@ -105,10 +114,9 @@ def run(modality: str, args, device: torch.device) -> dict:
     unused = torch.zeros((), dtype=torch.bool, device=device)
 
     def step(batch) -> float:
-        nonlocal reached
         loss = peft_model(**batch).loss
         loss.backward()
-        reached |= torch.stack([unused if p.grad is None else p.grad.ne(0).any() for p in lora.values()])
+        reached.logical_or_(torch.stack([unused if p.grad is None else p.grad.ne(0).any() for p in lora.values()]))
         optimizer.step()
         return loss.item()
 
@@ -153,13 +161,13 @@ def run(modality: str, args, device: torch.device) -> dict:
     }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
-        result.update(peak_gpu_memory_gib=peak / 2**30, resident_gpu_memory_gib=resident / 2**30,
-                      measured_activations_gib=(peak - resident) / 2**30)
+        result.update(peak_gpu_memory_gib=peak / GIB, resident_gpu_memory_gib=resident / GIB,
+                      measured_activations_gib=(peak - resident) / GIB)
     if modality == "text":
-        lora_inputs = sum(m.in_features for m in encoder.backbone.modules() if hasattr(m, "lora_A"))
-        estimate = activation_bytes(backbone_config, lora_inputs, True, args.batch_size * size,
-                                    args.gradient_checkpointing)
-        result["estimated_activations_gib"] = estimate / 2**30
+        estimate = training_memory(parameter_sizes(peft_model, modality), backbone_config, args.batch_size * size,
+                                   "bf16", args.gradient_checkpointing, 1, "single")
+        result["estimated_activations_gib"] = estimate["activations"] / GIB
+        result["estimated_peak_gib"] = estimate["total"] / GIB - CUDA_CONTEXT_GIB  # the allocator does not see it
     return result
 
 
@@ -168,13 +176,15 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny configs (for CPU): checks the harness")
     parser.add_argument("--device", help="default: cuda when available (cpu with --tiny)")
     parser.add_argument("--modalities", nargs="+", choices=["text", "speech"], default=["text", "speech"])
+    parser.add_argument("--text-backbone", choices=["qwen2-0.5b", "llama-3.1-8b"], default="qwen2-0.5b",
+                        help="architecture of the random text backbone (the paper's Llama-3.1-8B: 16 GB of GPU memory)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--speech-seconds", type=float, default=5.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
-    parser.add_argument("--output", help="default: bench/results/stage1_smoke.json (stage1_smoke_tiny.json with --tiny)")
+    parser.add_argument("--output", help="default: bench/results/stage1_smoke[_tiny].json")
     args = parser.parse_args()
     if args.tiny:
         args.steps = 6 if args.steps == parser.get_default("steps") else args.steps

@@ -237,7 +237,8 @@ def test_paper_scale_plan_counts_parameters_without_weights(plan):
 
 def test_paper_scale_memory_falls_with_each_saving(plan):
     for encoder in plan["encoders"].values():
-        gib = {(r["weights"], r["gradient_checkpointing"], r["gpus"], r["strategy"]): r["gib"] for r in encoder["memory"]}
+        gib = {(r["weights"], r["gradient_checkpointing"], r["gpus"], r["strategy"]): r["gib"]
+               for r in encoder["memory"]}
         assert 20 < gib["bf16", False, 1, "single"] < 40  # 15 GB of bf16 weights, then activations
         for weights in ("bf16", "4bit"):
             assert gib[weights, True, 1, "single"] < gib[weights, False, 1, "single"]

@@ -432,8 +432,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
             )
         if config.text_config is not None:
             self.text_encoder = MisterEUtteranceEncoder(
-                config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels, config.encoder_dropout,
-                backbone=text_backbone,
+                config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels,
+                config.encoder_dropout, backbone=text_backbone,
             )
 
     def encode_utterances(

@@ -7,7 +7,6 @@ weights, applies the authors' LoRA settings and estimates the training memory pe
 
 from __future__ import annotations
 
-import math
 from importlib.util import find_spec
 from typing import Any
 
@@ -104,23 +103,25 @@ def _language_model_config(config: PreTrainedConfig) -> PreTrainedConfig:
 
 
 def activation_bytes(config: PreTrainedConfig, lora_inputs: int, lora_dropout: bool, tokens: int,
-                     checkpointing: bool) -> float:
+                     checkpointing: bool, element_bytes: int = 2) -> float:
     """Activations a LoRA training step keeps for backward through a Llama/Qwen2-style decoder.
 
-    Per token and layer, in 16 bits: the two norms' inputs and outputs, q, k, v, the attention output (SDPA keeps no
-    score matrix) and the MLP's gate, up, activation and product: `2 (6h + 2h_kv + 4i)` bytes. Frozen linears keep no
-    input; each LoRA linear keeps its input cast to fp32 (`lora_inputs` is the sum of their input widths over all
-    layers), plus a dropout mask. With checkpointing, only each layer's 16-bit input stays, and one layer is recomputed
-    at a time.
+    Per token and layer: the two norms' inputs and outputs, q, k, v, the attention output (SDPA keeps no score matrix)
+    and the MLP's gate, up, activation and product, `6h + 2h_kv + 4i` elements of `element_bytes` (2 for a bf16
+    backbone; 4 after peft's k-bit preparation, whose fp32 embeddings and norms keep the residual stream in fp32).
+    Frozen linears keep no input; each LoRA linear keeps its input in fp32 (`lora_inputs` is the sum of their input
+    widths over all layers), plus a dropout mask. With checkpointing, only each layer's input stays, and one layer is
+    recomputed at a time.
     """
     config = _language_model_config(config)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     hidden, kv = config.hidden_size, getattr(config, "num_key_value_heads", heads) * head_dim
     layers = config.num_hidden_layers
-    layer = 2 * (6 * hidden + 2 * kv + 4 * config.intermediate_size) + (4 + lora_dropout) * lora_inputs / layers
+    layer = element_bytes * (6 * hidden + 2 * kv + 4 * config.intermediate_size)
+    layer += (4 + lora_dropout) * lora_inputs / layers
     if checkpointing:
-        return tokens * (layers * 2 * hidden + layer)
+        return tokens * (layers * element_bytes * hidden + layer)
     return tokens * layers * layer
 
 
@@ -128,8 +129,11 @@ def _count(module: nn.Module, frozen_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if not (frozen_only and p.requires_grad))
 
 
-def _sizes(peft_model, modality: str) -> dict[str, int]:
-    """Parameter counts of one LoRA-wrapped encoder, split the way memory is spent on them."""
+def parameter_sizes(peft_model, modality: str) -> dict[str, int]:
+    """Parameter counts of one LoRA-wrapped encoder, split the way memory is spent on them.
+
+    Count an unquantized (or meta) model: a 4-bit weight holds two values per stored element.
+    """
     backbone = getattr(peft_model.base_model.model, f"{modality}_encoder").backbone
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     lora = _count(backbone) - _count(backbone, frozen_only=True)
@@ -165,7 +169,8 @@ def training_memory(sizes: dict[str, int], config: PreTrainedConfig, tokens: int
         memory["frozen_weights"] = frozen / gpus
         memory["trainable_states"] = states / gpus
         memory["communication"] = 2 * sizes["embeddings"] + 2 * layer_bytes
-    memory["activations"] = activation_bytes(config, sizes["lora_inputs"], lora_dropout, tokens, checkpointing)
+    memory["activations"] = activation_bytes(config, sizes["lora_inputs"], lora_dropout, tokens, checkpointing,
+                                             element_bytes=2 if weights == "bf16" else 4)
     memory["cuda_context"] = CUDA_CONTEXT_GIB * GIB
     memory["total"] = sum(memory.values())
     return memory
@@ -187,7 +192,7 @@ def paper_scale_plan(batch_size: int = 8, text_tokens: int = 128, speech_seconds
             model = MisterEForUtteranceClassification(config)
             total = _count(model)
             peft_model = apply_lora(model, modality)
-        sizes = _sizes(peft_model, modality)
+        sizes = parameter_sizes(peft_model, modality)
         if modality == "speech":
             tower = peft_model.base_model.model.speech_encoder.backbone.audio_tower
             frames = torch.tensor(int(speech_seconds * MEL_FRAMES_PER_SECOND))
@@ -241,21 +246,21 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"  parameters      {encoder['total'] / 1e9:7.3f} B  (backbone {encoder['backbone'] / 1e9:.3f} B; the "
             f"checkpoint's {encoder['checkpoint_lm_head'] / 1e9:.3f} B LM head is not loaded: "
             f"{(encoder['backbone'] + encoder['checkpoint_lm_head']) / 1e9:.3f} B with it)",
-            f"  trainable       {encoder['trainable'] / 1e6:7.2f} M  = LoRA {encoder['lora'] / 1e6:.2f} M (r={lora['r']}, "
-            f"alpha={lora['lora_alpha']:g}, dropout={lora['lora_dropout']:g} on {', '.join(targets)}) + heads "
-            f"{encoder['heads'] / 1e6:.2f} M",
+            f"  trainable       {encoder['trainable'] / 1e6:7.2f} M  = LoRA {encoder['lora'] / 1e6:.2f} M "
+            f"(r={lora['r']}, alpha={lora['lora_alpha']:g}, dropout={lora['lora_dropout']:g} on {', '.join(targets)})"
+            f" + heads {encoder['heads'] / 1e6:.2f} M",
             f"  training memory per GPU, GiB, {plan['batch_size']} utterances x {encoder['tokens_per_utterance']} "
             "tokens per GPU and step:",
             f"    {'weights':<8}{'checkpointing':<15}{header}",
         ]
+        gib = {(r["weights"], r["gradient_checkpointing"], r["gpus"], r["strategy"]): r["gib"]
+               for r in encoder["memory"]}
         for weights in ("bf16", "4bit"):
             for checkpointing in (False, True):
                 cells = ""
                 for n, strategy in columns:
-                    row = next(r for r in encoder["memory"] if (r["weights"], r["gradient_checkpointing"], r["gpus"],
-                                                                 r["strategy"]) == (weights, checkpointing, n, strategy))
-                    cell = "n/a" if weights == "4bit" and strategy == "fsdp" else f"{row['gib']:.1f}"
-                    cells += f"{cell:>10}"
+                    size = gib[weights, checkpointing, n, strategy]
+                    cells += f"{'n/a' if weights == '4bit' and strategy == 'fsdp' else f'{size:.1f}':>10}"
                 lines.append(f"    {weights:<8}{'on' if checkpointing else 'off':<15}{cells}")
         lines.append("")
     stage2 = plan["conversation_model"]
@@ -267,12 +272,13 @@ def format_plan(plan: dict[str, Any]) -> str:
         "- weights: frozen backbone in bf16 (2 B/param) or NF4 with double quantization (~0.52 B/param for linear",
         "  weights, the rest upcast to fp32 by peft's k-bit preparation); LoRA and heads in fp32 with fp32 grads and",
         "  two AdamW moments (16 B/param), plus the frozen originals of the heads that peft trains copies of;",
-        "- activations: Llama/Qwen2 decoder layers in 16 bits with SDPA/flash attention (no score matrix), LoRA",
-        "  inputs kept in fp32 with dropout masks; the frozen audio tower keeps none; checkpointing keeps one 16-bit",
-        "  input per layer and recomputes one layer at a time; the batch is per GPU (global batch = GPUs x "
-        f"{plan['batch_size']});",
+        "- activations: Llama/Qwen2 decoder layers with SDPA/flash attention (no score matrix), in bf16, or in fp32",
+        "  with 4-bit weights (peft's k-bit preparation upcasts embeddings and norms); LoRA inputs kept in fp32 with",
+        "  dropout masks; the frozen audio tower keeps none; checkpointing keeps each layer's input and recomputes",
+        f"  one layer at a time; the batch is per GPU (global batch = GPUs x {plan['batch_size']});",
         "- DDP replicates everything and adds fp32 gradient buckets; FSDP/ZeRO-3 shards weights, grads and optimizer",
-        f"  states and gathers the embeddings and two layers at a time; +{CUDA_CONTEXT_GIB:g} GiB CUDA context per GPU;",
+        "  states and gathers the embeddings and two layers at a time;",
+        f"- +{CUDA_CONTEXT_GIB:g} GiB CUDA context per GPU;",
         "- 4-bit with FSDP (n/a) needs bnb_4bit_quant_storage and no fp32 upcast, which this code does not set up:",
         "  use 4-bit on one GPU or with DDP.",
     ]
@@ -285,6 +291,7 @@ __all__ = [
     "format_plan",
     "paper_backbone_config",
     "paper_scale_plan",
+    "parameter_sizes",
     "prepare_quantized_backbones",
     "quantization_kwargs",
     "training_memory",

@@ -617,6 +617,8 @@ def train_encoder(
 
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
+    if load_in_bits and model is not None:
+        raise ValueError("`load_in_bits` quantizes the backbone of a new model: pass `backbone`, not `model`.")
     output_dir = Path(output_dir)
     set_seed(seed)
     if model is None:
@@ -643,8 +645,9 @@ def train_encoder(
                "best_checkpoint": trainer.state.best_model_checkpoint}
     if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
         trainer.model.save_pretrained(output_dir / "adapter")
-        # Merged into quantized weights the adapters would be re-quantized: merge into a bf16 copy of the backbone.
-        trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter") if load_in_bits else trainer.model
+        trained = trainer.model
+        if load_in_bits:  # merged into quantized weights the adapters would be re-quantized: use a bf16 backbone
+            trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter")
         merged = merge_lora(trained)
         merged.save_pretrained(output_dir / "merged")
         if processor is not None:
@@ -849,9 +852,10 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 8 speech, 32 text).")
     parser.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05 speech, 0.1 text).")
     parser.add_argument("--lora-targets", nargs="+", help="LoRA target modules (default: the family's preset).")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                        help="dtype the backbone loads in; heads and LoRA weights train in float32 whatever it is. "
-                             "Autocast is Trainer's: --set bf16=true (or fp16=true).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="dtype the backbone loads in (default float32; the compute dtype of a quantized one, "
+                             "default bfloat16); heads and LoRA weights train in float32 whatever it is. Autocast is "
+                             "the Trainer's: --set bf16=true (or fp16=true).")
     parser.add_argument("--load-in-bits", type=int, choices=[4, 8],
                         help="Quantize the backbone (4: QLoRA, NF4); needs bitsandbytes and a CUDA GPU.")
     parser.add_argument("--gradient-checkpointing", action="store_true",
@@ -899,7 +903,8 @@ def run_train_encoder(args: argparse.Namespace) -> dict[str, Any]:
     results = train_encoder(
         load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
         config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
-        dtype=getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints, load_in_bits=args.load_in_bits,
+        dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
+        load_in_bits=args.load_in_bits,
     )
     print(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
     return results
