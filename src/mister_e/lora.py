@@ -9,7 +9,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from .modeling_mister_e import MisterEForUtteranceClassification
 
 _SSL_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
-_DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The authors' text LLM recipe: peft's default targets for decoder LLMs, the attention's q/v projections.
+_DECODER_TARGETS = ("q_proj", "v_proj")
 _BERT_TARGETS = ("query", "key", "value", "dense")
 
 LORA_TARGETS: dict[str, tuple[str, ...]] = {

@@ -280,7 +280,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         "  states and gathers the embeddings and two layers at a time;",
         f"- +{CUDA_CONTEXT_GIB:g} GiB CUDA context per GPU;",
         "- 4-bit with FSDP (n/a) needs bnb_4bit_quant_storage and no fp32 upcast, which this code does not set up:",
-        "  use 4-bit on one GPU or with DDP.",
+        "  use 4-bit on one GPU or with DDP;",
+        "- FSDP columns are what sharding would save: `mister-e train-encoder` itself supports one GPU and DDP only",
+        "  (the adapters are merged on the main process after training, which needs the full weights there).",
     ]
     return "\n".join(lines)
 

@@ -831,10 +831,10 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if args.ablation:
         names = list(ABLATIONS) if "all" in args.ablation else args.ablation
         summaries = run_ablations(recipe, names, keep_checkpoints=args.keep_checkpoints)
-        print(format_seed_table(summaries, _SUMMARY_METRICS))
+        _print_once(format_seed_table(summaries, _SUMMARY_METRICS))
         return summaries
     summary = train_seeds(recipe, keep_checkpoints=args.keep_checkpoints)
-    print(format_seed_table(summary, _SUMMARY_METRICS))
+    _print_once(format_seed_table(summary, _SUMMARY_METRICS))
     return summary
 
 
@@ -906,8 +906,14 @@ def run_train_encoder(args: argparse.Namespace) -> dict[str, Any]:
         dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
         load_in_bits=args.load_in_bits,
     )
-    print(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
+    _print_once(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
     return results
+
+
+def _print_once(text: str) -> None:
+    """Print from the main process only: under a launcher every process holds the same results."""
+    if process_state().is_main_process:
+        print(text)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
