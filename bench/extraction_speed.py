@@ -1,7 +1,7 @@
 """Embedding extraction over MELD with the real all-MiniLM-L6-v2, against the bare encoder forward on the same batches.
 
     python bench/extraction_speed.py           # all 13,708 MELD utterances: bench/results/extraction_speed.json
-    python bench/extraction_speed.py --quick   # 1,000 utterances, harness check, nothing written
+    python bench/extraction_speed.py --quick   # ~500 utterances, one pass, harness check, nothing written
 
 `extract_embeddings` (processor, forward, pooling + projection, safetensors shards, dataset columns) runs on the
 official MELD CSVs; the "bare forward" is `AutoModel(**tokens)` alone on the same batches (same utterances, order,
@@ -43,7 +43,7 @@ def main() -> None:
     meld = build_meld_csv(args.data / "meld")
     dialogues = concatenate_datasets([meld[split] for split in ("train", "validation", "test")])
     if args.quick:
-        dialogues = dialogues.select(range(100))
+        dialogues = dialogues.select(range(50))
     texts = [text for row in dialogues["texts"] for text in row]
 
     tokenizer = AutoTokenizer.from_pretrained(minilm)
@@ -68,7 +68,7 @@ def main() -> None:
         return time.perf_counter() - start
 
     timings = {"extraction": [], "bare_forward": []}
-    for _ in range(PASSES):
+    for _ in range(1 if args.quick else PASSES):
         timings["extraction"].append(extraction())
         timings["bare_forward"].append(forward())
     best = {name: min(values) for name, values in timings.items()}
