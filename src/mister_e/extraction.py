@@ -73,7 +73,8 @@ def extract_embeddings(
         )
     cache_dir = Path(cache_dir)
     state = process_state()
-    manifest = _manifest(dataset, model, modalities, shard_size, embedding)
+    lengths = np.fromiter((len(ids) for ids in dataset["utterance_ids"]), dtype=np.int64, count=len(dataset))
+    manifest = _manifest(dataset, int(lengths.sum()), model, modalities, shard_size, embedding)
     if state.is_main_process:
         _claim_cache(cache_dir, manifest)
     device = torch.device(device) if device is not None else model.device
@@ -105,7 +106,7 @@ def extract_embeddings(
     }
     if any(len(present) != len(utterances) for _, present in columns.values()):
         raise RuntimeError(f"The cache in {cache_dir} does not cover the dataset; delete it and extract again.")
-    return _attach(dataset, columns, json.dumps(manifest, sort_keys=True))
+    return _attach(dataset, lengths, columns, json.dumps(manifest, sort_keys=True))
 
 
 def _shard_path(cache_dir: Path, start: int) -> Path:
@@ -170,11 +171,11 @@ def _width(model, modality, embedding) -> int:
     return encoder.norm.normalized_shape[0] if embedding == "backbone_mean" else encoder.projection.out_features
 
 
-def _attach(dataset: Dataset, columns: dict[str, tuple[np.ndarray, np.ndarray]], key: str) -> Dataset:
+def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], key: str
+            ) -> Dataset:
     """Regroup the flat utterance vectors (`(vectors, present)` per modality) by dialogue and (re)place the embedding
     columns. Built as Arrow arrays, with a fingerprint derived from the extraction's `key`: as Python lists, 13k
     utterances x 2048 floats take seconds to convert and far longer to hash."""
-    lengths = np.fromiter((len(ids) for ids in dataset["utterance_ids"]), dtype=np.int64)
     dialogue_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     for modality, (vectors, present) in columns.items():
         name = f"{modality}_embeds"
@@ -189,7 +190,7 @@ def _attach(dataset: Dataset, columns: dict[str, tuple[np.ndarray, np.ndarray]],
     return dataset
 
 
-def _manifest(dataset, model, modalities, shard_size, embedding) -> dict:
+def _manifest(dataset, utterances: int, model, modalities, shard_size, embedding) -> dict:
     """What a cache folder holds: this dataset, model and layout, so that a resume never mixes two runs."""
     weights = hashlib.sha256()
     for name, param in sorted(model.state_dict().items()):
@@ -197,7 +198,7 @@ def _manifest(dataset, model, modalities, shard_size, embedding) -> dict:
         weights.update(repr(round(float(param.double().sum()), 6)).encode())
     return {
         "dataset": dataset._fingerprint,
-        "utterances": sum(len(ids) for ids in dataset["utterance_ids"]),
+        "utterances": utterances,
         "model": weights.hexdigest(),
         "modalities": modalities,
         "shard_size": shard_size,
