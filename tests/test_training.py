@@ -20,6 +20,7 @@ from mister_e.evaluation import load_erc_metric
 from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.training import (
     ABLATIONS,
+    _parse_sets,
     MisterEDataCollator,
     add_evaluate_arguments,
     add_train_arguments,
@@ -382,3 +383,10 @@ def test_train_command_runs_ablations_into_one_table(tmp_path):
     assert no_kl["config"]["kl_weight"] == 0
     table = (tmp_path / "runs" / "ablations.md").read_text()
     assert "| metric | full (n=1) | no_kl (n=1) |" in table and "test/weighted_f1" in table
+
+
+def test_set_values_get_their_types():
+    sets = _parse_sets(["learning_rate=1e-5", "warmup=1.0e-3", "experts=[text]", "bf16=true", "name=meld", "seed=3"])
+    assert sets == {"learning_rate": 1e-5, "warmup": 1e-3, "experts": ["text"], "bf16": True, "name": "meld", "seed": 3}
+    with pytest.raises(ValueError, match="key=value"):
+        _parse_sets(["learning_rate"])

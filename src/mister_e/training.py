@@ -790,13 +790,20 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
 
 
 def _parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """`key=value` pairs; values are YAML, so `0.1`, `true`, `[speech]` get their types."""
+    """`key=value` pairs; values are YAML, so `0.1`, `true`, `[speech]` get their types, and so does `1e-5`, which
+    YAML 1.1 reads as a string (it wants `1.0e-5`)."""
     overrides = {}
     for pair in pairs or ():
-        key, separator, value = pair.partition("=")
+        key, separator, text = pair.partition("=")
         if not separator or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}.")
-        overrides[key.strip()] = yaml.safe_load(value)
+        value = yaml.safe_load(text)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        overrides[key.strip()] = value
     return overrides
 
 
