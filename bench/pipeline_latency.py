@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    repeats = 2 if args.quick else 10
+    repeats = 1 if args.quick else 10
     with tempfile.TemporaryDirectory() as folder:
         model, processor, conversation = build(Path(folder))
         pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor)
