@@ -1,7 +1,7 @@
 """Pipeline inference on one 20-utterance conversation (WAV files + transcripts), against the backbones' own forward.
 
     python bench/pipeline_latency.py           # bench/results/pipeline_latency.json
-    python bench/pipeline_latency.py --quick   # fewer repeats, nothing written
+    python bench/pipeline_latency.py --quick   # one repeat, short clips, nothing written
 
 End-to-end model: the real all-MiniLM-L6-v2 text encoder, a small randomly initialised WavLM speech encoder (4 layers,
 hidden 256, the standard 7-layer convolutional front end; no speech weights ship offline) and a paper-size
@@ -38,7 +38,7 @@ SENTENCES = ["I can't believe you did that!", "Oh, that's wonderful news.", "Wha
              "Why would you say that to me?", "Okay, fine.", "I'm so sorry for your loss, really."]
 
 
-def build(folder: Path):
+def build(folder: Path, seconds: tuple[float, float] = (2, 4)):
     torch.manual_seed(0)
     minilm = packaged_minilm()
     encoders = MisterEForUtteranceClassification.from_backbones(text=minilm)
@@ -52,7 +52,7 @@ def build(folder: Path):
     utterances = []
     for i in range(UTTERANCES):
         path = folder / f"utt{i:02d}.wav"
-        sf.write(path, 0.1 * rng.standard_normal(int(16000 * rng.uniform(2, 4))).astype(np.float32), 16000)
+        sf.write(path, 0.1 * rng.standard_normal(int(16000 * rng.uniform(*seconds))).astype(np.float32), 16000)
         utterances.append({"audio": str(path), "text": SENTENCES[i % len(SENTENCES)]})
     return model, processor, {"utterances": utterances}
 
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.quick else 10
     with tempfile.TemporaryDirectory() as folder:
-        model, processor, conversation = build(Path(folder))
+        model, processor, conversation = build(Path(folder), (0.5, 1) if args.quick else (2, 4))
         pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor)
         transcripts = {"utterances": [{"text": u["text"]} for u in conversation["utterances"]]}
         results = {"utterances": UTTERANCES, "threads": torch.get_num_threads()}
