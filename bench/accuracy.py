@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from mister_e import MisterEForUtteranceClassification, MisterEProcessor
 from mister_e.backbones import packaged_minilm
-from mister_e.data import build_meld_csv, build_mosi
+from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds
 from mister_e.evaluation import summarize_seeds
 from mister_e.extraction import extract_embeddings
 from mister_e.training import evaluate_model, run_ablations, train_conversation_model, train_encoder
@@ -218,18 +218,8 @@ def standardize_speech(dataset: DatasetDict) -> DatasetDict:
 
 
 def release_folds(root: Path, path: Path) -> Path:
-    """The bc-LSTM release's own speaker-independent split as a folds file; validation = every 6th train video."""
-    import csv
-
-    with open(root / "transcripts.csv", newline="") as handle:
-        videos = [row[0].rsplit("_", 1)[0] for row in csv.reader(handle)]
-    folds = {}
-    for part in ("train", "test"):
-        with open(root / f"text_{part}.csv", newline="") as handle:
-            folds[part] = sorted({videos[int(float(row[0]))] for row in csv.reader(handle)})
-    folds["valid"] = folds["train"][::MOSI_RELEASE_VALIDATION_EVERY]
-    folds["train"] = [video for video in folds["train"] if video not in folds["valid"]]
-    path.write_text(json.dumps(folds, indent=1))
+    """The release's own split as a folds file (`mosi_release_folds`)."""
+    path.write_text(json.dumps(mosi_release_folds(root, MOSI_RELEASE_VALIDATION_EVERY), indent=1))
     return path
 
 

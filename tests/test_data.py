@@ -27,6 +27,7 @@ from mister_e.data import (
     build_mosi,
     load_mosi_acoustic,
     make_dialogue_dataset,
+    mosi_release_folds,
     prepare,
     save_dialogues,
     validate_dialogues,
@@ -344,6 +345,22 @@ def test_mosi_release_with_acoustic_vectors(tmp_path):
         build_mosi(root, label_rule="nonzero")
 
 
+
+def test_mosi_release_folds(tmp_path):
+    root = make_mosi_release(tmp_path / "mosi")
+    with pytest.raises(ValueError, match=r"videos in both text_train\.csv and text_test\.csv \(first: vidA, vidD"):
+        mosi_release_folds(root)  # the fixture's release mixes videos across its parts
+    write_csv(root / "text_train.csv", [[row, 0.0] for row in (0, 1, 2, 3, 4)])
+    write_csv(root / "text_test.csv", [[row, 0.0] for row in (5, 6)])
+    folds = mosi_release_folds(root, validation_every=2)
+    assert folds == {"train": ["vidC"], "test": ["vidD"], "valid": ["vidA", "vid_B"]}
+    (root / "release_folds.json").write_text(json.dumps(folds))
+    dialogues = build_mosi(root, folds=root / "release_folds.json")
+    assert [dialogues[split]["dialogue_id"] for split in SPLITS] == [["vidC"], ["vidA", "vid_B"], ["vidD"]]
+    write_csv(root / "text_test.csv", [[9, 0.0]])
+    with pytest.raises(ValueError, match=r"text_test\.csv: a row number is outside transcripts\.csv"):
+        mosi_release_folds(root)
+
 @pytest.mark.parametrize(
     ("rule", "test_labels"), [("nonnegative", ["positive", "positive"]), ("nonzero", ["positive"])]
 )
@@ -466,3 +483,5 @@ def test_real_meld_and_mosi():
     counts = {split: np.bincount([l for labels in mosi[split]["labels"] for l in labels]).tolist() for split in SPLITS}
     assert counts == {"train": [552, 732], "validation": [92, 137], "test": [379, 307]}
     assert len(mosi["test"][0]["speech_embeds"][0]) == 73
+    release = mosi_release_folds(SHARED_DATA / "mosi")
+    assert {fold: len(videos) for fold, videos in release.items()} == {"train": 51, "test": 31, "valid": 11}

@@ -411,6 +411,29 @@ def load_mosi_acoustic(root: str | os.PathLike) -> dict[str, np.ndarray]:
     return vectors
 
 
+def mosi_release_folds(root: str | os.PathLike, validation_every: int = 6) -> dict[str, list[str]]:
+    """The bc-LSTM release's own speaker-independent split as folds for `build_mosi(folds=...)` (written as JSON).
+
+    Train and test videos come from ``text_{train,test}.csv`` column 0 (row numbers into ``transcripts.csv``). The
+    release has no validation split: every `validation_every`-th train video (sorted by id) becomes ``valid``.
+    """
+    root = Path(root)
+    videos = [segment["dialogue_id"] for segment in _mosi_release_segments(root / "transcripts.csv")]
+    folds = {}
+    for part in ("train", "test"):
+        path = root / f"text_{part}.csv"
+        rows = _read_matrix(path)[:, 0].astype(int)
+        if not all(0 <= row < len(videos) for row in rows):
+            raise ValueError(f"{path}: a row number is outside transcripts.csv")
+        folds[part] = sorted({videos[row] for row in rows})
+    shared = sorted(set(folds["train"]) & set(folds["test"]))
+    if shared:
+        raise ValueError(f"{root}: videos in both text_train.csv and text_test.csv (first: {', '.join(shared[:5])})")
+    folds["valid"] = folds["train"][::validation_every]
+    folds["train"] = [video for video in folds["train"] if video not in folds["valid"]]
+    return folds
+
+
 def build_cosmic_pickle(
     path: str | os.PathLike,
     dataset: str = "meld",
@@ -812,6 +835,7 @@ __all__ = [
     "dialogue_features",
     "load_mosi_acoustic",
     "make_dialogue_dataset",
+    "mosi_release_folds",
     "prepare",
     "save_dialogues",
     "validate_dialogues",
