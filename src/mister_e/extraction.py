@@ -179,6 +179,10 @@ def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.n
     dialogue_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     for modality, (vectors, present) in columns.items():
         name = f"{modality}_embeds"
+        values = int(present.sum()) * vectors.shape[1]
+        if values > np.iinfo(np.int32).max:  # int32 offsets would wrap around silently
+            raise ValueError(f"{name}: {values} floats exceed the 2**31 values of one Arrow list array; "
+                             "extract the dataset in smaller parts (e.g. `dataset.shard`) and concatenate them.")
         utterance_offsets = np.concatenate([[0], np.cumsum(present * vectors.shape[1])]).astype(np.int32)
         utterances = pa.ListArray.from_arrays(pa.array(utterance_offsets), pa.array(vectors[present].reshape(-1)),
                                               mask=pa.array(~present))
