@@ -15,16 +15,22 @@ import soundfile as sf
 from datasets import DatasetDict, load_from_disk
 
 from mister_e import data
+from mister_e.cli import PREPARE_DATASETS, main
 from mister_e.data import (
+    BUILDERS,
+    EMODB_LABELS,
+    EMODB_TRANSCRIPTS,
     IEMOCAP_LABELS,
     MELD_LABELS,
     MOSI_LABELS,
     SPLITS,
     build_cosmic_pickle,
+    build_emodb,
     build_iemocap,
     build_meld,
     build_meld_csv,
     build_mosi,
+    emodb_folds,
     load_mosi_acoustic,
     make_dialogue_dataset,
     mosi_release_folds,
@@ -442,6 +448,122 @@ def test_dialoguernn_iemocap_pickle(tmp_path):
         build_cosmic_pickle(dump(path, tuple(bad)), "iemocap", trust_pickle=True, validation_dialogues=1)
 
 
+# --- EmoDB -------------------------------------------------------------------------------------------
+
+EMODB_LETTERS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "N": "neutral",
+                 "T": "sadness"}  # fmt: skip
+# Three speakers, all seven letters; each speaker reads a01Fa a01Wa a01Wb a05Ld b01Ea b10Nb (listed out of order).
+EMODB_STEMS = [f"{speaker}{rest}" for speaker in ("03", "08", "16")
+               for rest in ("b10Nb", "a01Wb", "a05Ld", "a01Wa", "b01Ea", "a01Fa")] + ["08a02Ac", "16b03Ta"]  # fmt: skip
+
+
+def make_emodb(root: Path, layout: str = "flat") -> Path:
+    folder = root / "wav" if layout == "wav" else root
+    for stem in EMODB_STEMS:
+        write_wav(folder / f"{stem}.wav")
+    (folder / "notes.txt").write_text("not audio")
+    return root
+
+
+def flat(dataset, column: str) -> list:
+    return [value for values in dataset[column] for value in values]
+
+
+@pytest.mark.parametrize("layout", ["flat", "wav"])
+def test_emodb_reads_everything_from_file_names(tmp_path, layout):
+    root = make_emodb(tmp_path / "emodb", layout)
+    folder = (root / "wav" if layout == "wav" else root).resolve()
+    dialogues = build_emodb(root)
+    assert dialogues["test"].features["labels"].feature.names == EMODB_LABELS
+    # defaults: the first speaker is test, the next one validation; one conversation per speaker at size 10
+    assert [dialogues[split]["dialogue_id"] for split in SPLITS] == [["16-000"], ["08-000"], ["03-000"]]
+    assert dialogues["test"][0]["utterance_ids"] == ["03a01Fa", "03a01Wa", "03a01Wb", "03a05Ld", "03b01Ea", "03b10Nb"]
+    ids = [utterance for split in SPLITS for utterance in flat(dialogues[split], "utterance_ids")]
+    assert sorted(ids) == sorted(EMODB_STEMS)
+    for split in SPLITS:
+        names = dialogues[split].features["labels"].feature.names
+        for utterance, label, text, audio, speaker in zip(
+            *(flat(dialogues[split], column) for column in ("utterance_ids", "labels", "texts", "audio", "speakers"))
+        ):
+            assert names[label] == EMODB_LETTERS[utterance[5]]
+            assert text == EMODB_TRANSCRIPTS[utterance[2:5]] and speaker == utterance[:2]
+            assert audio == str(folder / f"{utterance}.wav")
+    assert dialogues["test"][0]["texts"][0] == "Der Lappen liegt auf dem Eisschrank."
+    assert EMODB_TRANSCRIPTS["b01"] == "Was sind denn das für Tüten, die da unter dem Tisch stehen?"
+    assert len(EMODB_TRANSCRIPTS) == 10
+    assert {label for split in SPLITS for label in flat(dialogues[split], "labels")} == set(range(7))
+
+
+def test_emodb_speaker_independent_folds(tmp_path):
+    root = make_emodb(tmp_path / "emodb")
+    assert emodb_folds(["16", "03", "08", "03"]) == [("03", "08"), ("08", "16"), ("16", "03")]
+    for test, validation in emodb_folds(["03", "08", "16"]):
+        dialogues = build_emodb(root, test_speaker=test, validation_speaker=validation)
+        speakers = {split: set(flat(dialogues[split], "speakers")) for split in SPLITS}
+        assert speakers["test"] == {test} and speakers["validation"] == {validation}
+        assert speakers["train"] == {"03", "08", "16"} - {test, validation}
+    explicit = build_emodb(root, test_speaker="16", validation_speaker="03")
+    assert set(flat(explicit["train"], "speakers")) == {"08"}
+    assert set(flat(build_emodb(root, test_speaker="16")["validation"], "speakers")) == {"03"}  # cyclic
+    with pytest.raises(ValueError, match="at least 3 speakers"):
+        emodb_folds(["03", "08"])
+
+
+def test_emodb_conversations_are_chunks_of_one_speaker(tmp_path):
+    root = make_emodb(tmp_path / "emodb")
+    validation = build_emodb(root, conversation_size=3)["validation"]
+    assert validation["dialogue_id"] == ["08-000", "08-001", "08-002"]
+    assert validation["utterance_ids"] == [["08a01Fa", "08a01Wa", "08a01Wb"], ["08a02Ac", "08a05Ld", "08b01Ea"],
+                                           ["08b10Nb"]]  # fmt: skip
+    alone = build_emodb(root, conversation_size=1)["validation"]
+    assert alone["dialogue_id"] == [f"08-{index:03d}" for index in range(7)]
+    assert alone["utterance_ids"] == [[utterance] for utterance in flat(validation, "utterance_ids")]
+    with pytest.raises(ValueError, match="conversation_size must be at least 1, got 0"):
+        build_emodb(root, conversation_size=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("03a01F.wav", r"03a01F\.wav is not named SSTTTEv\.wav"),
+        ("03a01Xa.wav", r"03a01Xa\.wav has unknown emotion letter 'X'"),
+        ("03c01Wa.wav", r"03c01Wa\.wav has unknown text code 'c01'"),
+    ],
+)
+def test_emodb_bad_file_names_are_named(tmp_path, name, message):
+    root = make_emodb(tmp_path / "emodb")
+    write_wav(root / name)
+    with pytest.raises(ValueError, match=message):
+        build_emodb(root)
+
+
+def test_emodb_bad_speakers_and_empty_folders(tmp_path):
+    root = make_emodb(tmp_path / "emodb")
+    with pytest.raises(ValueError, match=r"unknown test_speaker '99'; .* has speakers 03, 08, 16"):
+        build_emodb(root, test_speaker="99")
+    with pytest.raises(ValueError, match="unknown validation_speaker '3'"):
+        build_emodb(root, validation_speaker="3")
+    with pytest.raises(ValueError, match="'08' cannot be both test and validation speaker"):
+        build_emodb(root, test_speaker="08", validation_speaker="08")
+    (tmp_path / "empty" / "wav").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no WAV files in .*empty/wav"):
+        build_emodb(tmp_path / "empty")
+
+
+def test_emodb_through_the_cli(tmp_path, capsys):
+    assert PREPARE_DATASETS == tuple(sorted(BUILDERS))
+    root = make_emodb(tmp_path / "emodb", "wav")
+    arguments = ["--test-speaker", "08", "--validation-speaker", "16", "--conversation-size", "2"]
+    assert main(["prepare", "emodb", str(root), str(tmp_path / "out"), *arguments]) == 0
+    dialogues = load_from_disk(str(tmp_path / "out"))
+    assert [len(ids) for ids in dialogues["test"]["utterance_ids"]] == [2, 2, 2, 1]
+    assert set(flat(dialogues["test"], "speakers")) == {"08"} and set(flat(dialogues["train"], "speakers")) == {"03"}
+    assert "happiness" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", "emodb", str(tmp_path / "empty"), str(tmp_path / "out2")]) == 2
+    assert "empty" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
 # --- prepare ------------------------------------------------------------------------------------------
 
 
@@ -485,3 +607,23 @@ def test_real_meld_and_mosi():
     assert len(mosi["test"][0]["speech_embeds"][0]) == 73
     release = mosi_release_folds(SHARED_DATA / "mosi")
     assert {fold: len(videos) for fold, videos in release.items()} == {"train": 51, "test": 31, "valid": 11}
+
+
+def test_real_emodb():
+    if not (SHARED_DATA / "emodb").is_dir():
+        pytest.skip(f"{SHARED_DATA / 'emodb'} not present")
+    dialogues = build_emodb(SHARED_DATA / "emodb")
+    labels = [label for split in SPLITS for label in flat(dialogues[split], "labels")]
+    assert len(labels) == 339
+    assert dict(zip(EMODB_LABELS, np.bincount(labels).tolist())) == {
+        "anger": 84, "boredom": 50, "disgust": 22, "fear": 42, "happiness": 46, "neutral": 56, "sadness": 39
+    }  # fmt: skip
+    speakers = sorted({speaker for split in SPLITS for speaker in flat(dialogues[split], "speakers")})
+    assert speakers == ["03", "08", "09", "10", "11", "12", "13"]
+    folds = emodb_folds(speakers)
+    assert len(folds) == 7 and sorted(test for test, _ in folds) == speakers
+    for test, validation in folds:
+        fold = build_emodb(SHARED_DATA / "emodb", test, validation)
+        seen = {split: set(flat(fold[split], "speakers")) for split in SPLITS}
+        assert seen["test"] == {test} and seen["validation"] == {validation}
+        assert seen["train"] == set(speakers) - {test, validation}

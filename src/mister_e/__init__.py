@@ -1,8 +1,9 @@
 """MiSTER-E: a speech + text mixture of experts for emotion recognition in conversations, as a Hugging Face model."""
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
 
-from .configuration_mister_e import MisterEConfig
+from .configuration_mister_e import MisterEConfig, MisterEOpenSmileConfig
+from .feature_extraction_mister_e import MisterEFunctionalsFeatureExtractor
 from .modeling_mister_e import (
     MisterEForEmotionRecognition,
     MisterEForUtteranceClassification,
@@ -21,6 +22,8 @@ AutoModel.register(MisterEConfig, MisterEForEmotionRecognition)
 MisterEConfig.register_for_auto_class()
 MisterEForEmotionRecognition.register_for_auto_class("AutoModel")
 AutoProcessor.register(MisterEConfig, MisterEProcessor)
+AutoFeatureExtractor.register(MisterEOpenSmileConfig, MisterEFunctionalsFeatureExtractor)
+MisterEFunctionalsFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 MisterEProcessor.register_for_auto_class("AutoProcessor")
 register_pipeline()
 
@@ -29,6 +32,8 @@ __all__ = [
     "MisterEConversationPipeline",
     "MisterEForEmotionRecognition",
     "MisterEForUtteranceClassification",
+    "MisterEFunctionalsFeatureExtractor",
+    "MisterEOpenSmileConfig",
     "MisterEOutput",
     "MisterEPreTrainedModel",
     "MisterEProcessor",

@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 
+# `sorted(data.BUILDERS)`, spelled out so that `--help` need not import `datasets` (a test keeps them equal).
+PREPARE_DATASETS = ("cosmic", "emodb", "iemocap", "meld", "mosi")
+
+
 def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=["iemocap", "meld", "mosi", "cosmic"])
+    parser.add_argument("dataset", choices=PREPARE_DATASETS)
     parser.add_argument("root", help="Release folder (for `cosmic`: the pickle file).")
     parser.add_argument("output_dir", help="Where the dialogue DatasetDict is saved.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
@@ -26,6 +30,9 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acoustic", action="store_true", help="MOSI: attach the 73-d acoustic vectors as speech.")
     parser.add_argument("--source", dest="cosmic_dataset", choices=["meld", "iemocap"], help="COSMIC: which pickle.")
     parser.add_argument("--trust-pickle", action="store_true", help="COSMIC: allow unpickling (runs code from it).")
+    parser.add_argument("--test-speaker", help="EmoDB: the held-out test speaker, e.g. 03 (the first one).")
+    parser.add_argument("--validation-speaker", help="EmoDB: the validation speaker (the one after the test speaker).")
+    parser.add_argument("--conversation-size", type=int, help="EmoDB: utterances per conversation (10); 1 = no context")
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
@@ -44,6 +51,9 @@ def _run_prepare(args: argparse.Namespace) -> None:
         "acoustic": args.acoustic or None,
         "dataset": args.cosmic_dataset,
         "trust_pickle": args.trust_pickle or None,
+        "test_speaker": args.test_speaker,
+        "validation_speaker": args.validation_speaker,
+        "conversation_size": args.conversation_size,
     }
     options = {key: value for key, value in options.items() if value is not None}
     prepare(args.dataset, args.root, args.output_dir, overwrite=args.overwrite, **options)
@@ -89,6 +99,10 @@ def _run_extract(args: argparse.Namespace) -> None:
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="End-to-end model folder (with its processor).")
     parser.add_argument("conversation", help="A conversation JSON file, or a folder of WAVs with transcripts.txt.")
+    parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR",
+                        help="With a stage-2 `--model` (from `mister-e train`): a stage-1 encoder folder "
+                             "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
+                             "once per modality.")
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--device")
 
@@ -136,7 +150,14 @@ def _run_predict(args: argparse.Namespace) -> None:
     conversation = read_conversation(args.conversation)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"No model folder at {args.model}.")
-    pipe = pipeline("emotion-recognition-in-conversation", model=args.model, device=args.device)
+    model = args.model
+    if args.encoders:
+        from .assembly import join_stages
+
+        model, processor = join_stages(args.model, args.encoders)
+        pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor, device=args.device)
+    else:
+        pipe = pipeline("emotion-recognition-in-conversation", model=model, device=args.device)
     predictions = pipe(conversation, top_k=args.top_k)
     ids = [u.get("id", i) for i, u in enumerate(conversation["utterances"])]
     print(json.dumps([{"id": i, **p} for i, p in zip(ids, predictions)], indent=2))
@@ -198,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ImportError, ValueError) as error:
         print(f"mister-e {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -11,6 +11,10 @@ GATE_MODES = ("learned", "mean", *EXPERTS)
 CONTEXT_MODULES = ("conv_gru", "conv", "gru")
 POOLING_MODES = ("mean", "attentive")
 IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
+# openSMILE functionals sets (name -> width): the field's standard light-weight speech representations.
+OPENSMILE_FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
+# How a backbone argument names openSMILE functionals instead of a checkpoint: `opensmile:<feature set>`.
+OPENSMILE_PREFIX = "opensmile:"
 
 # Keyword arguments that `PreTrainedConfig` itself consumes or writes; anything else that is not a field is a typo.
 _BASE_KWARGS = {
@@ -30,6 +34,54 @@ _BASE_KWARGS = {
     "_attn_implementation_internal",
     "_experts_implementation_internal",
 }
+
+
+@strict
+class MisterEOpenSmileConfig(PreTrainedConfig):
+    r"""
+    A speech "backbone" of hand-crafted openSMILE functionals: one fixed-width vector of acoustic statistics per
+    utterance, computed by `MisterEFunctionalsFeatureExtractor` (the `opensmile` package, an optional extra). The
+    encoder built on it standardises the vector with training-split statistics held in the model, then projects it.
+
+    Args:
+        feature_set (`str`, *optional*, defaults to `"ComParE_2016"`):
+            `"ComParE_2016"` (6373 functionals) or `"eGeMAPSv02"` (88).
+        feature_dropout (`float`, *optional*, defaults to 0.2):
+            Dropout on the standardised functionals before the projection (many, correlated inputs; small corpora).
+    """
+
+    model_type = "opensmile"
+
+    feature_set: str = "ComParE_2016"
+    feature_dropout: float | int = 0.2
+
+    def validate_architecture(self):
+        _check_choices("feature_set", [self.feature_set], OPENSMILE_FEATURE_SETS)
+        if not 0 <= self.feature_dropout < 1:
+            raise ValueError(f"`feature_dropout` must be in [0, 1), got {self.feature_dropout}.")
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of one functionals vector."""
+        return OPENSMILE_FEATURE_SETS[self.feature_set]
+
+    @classmethod
+    def from_backbone_name(cls, name: str) -> "MisterEOpenSmileConfig | None":
+        """The config a backbone argument `opensmile:<feature set>` names, or `None` for any other name."""
+        if not str(name).startswith(OPENSMILE_PREFIX):
+            return None
+        feature_set = str(name)[len(OPENSMILE_PREFIX):]
+        if feature_set not in OPENSMILE_FEATURE_SETS:
+            raise ValueError(
+                f"Unknown openSMILE feature set {feature_set!r} in {name!r}; expected one of "
+                f"{[OPENSMILE_PREFIX + key for key in OPENSMILE_FEATURE_SETS]}."
+            )
+        return cls(feature_set=feature_set)
+
+
+# Registered here, where the config is defined, so that a checkpoint's `speech_config` loads through `AutoConfig`
+# both from the installed package and from the remote-code copy of this file.
+AutoConfig.register(MisterEOpenSmileConfig.model_type, MisterEOpenSmileConfig, exist_ok=True)
 
 
 @strict
@@ -222,4 +274,4 @@ def _check_choices(field: str, values, choices) -> None:
             raise ValueError(f"`{field}` got {value!r}; expected one of {list(choices)}.")
 
 
-__all__ = ["MisterEConfig"]
+__all__ = ["MisterEConfig", "MisterEOpenSmileConfig"]

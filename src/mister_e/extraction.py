@@ -168,7 +168,7 @@ def _modality_vectors(model, batch, modality, embedding, device) -> torch.Tensor
 
 def _width(model, modality, embedding) -> int:
     encoder = getattr(model, f"{modality}_encoder")
-    return encoder.norm.normalized_shape[0] if embedding == "backbone_mean" else encoder.projection.out_features
+    return encoder.hidden_size if embedding == "backbone_mean" else encoder.projection.out_features
 
 
 def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], key: str

@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput
 
-from .configuration_mister_e import EXPERTS, MisterEConfig
+from .configuration_mister_e import EXPERTS, MisterEConfig, MisterEOpenSmileConfig
 
 SPEECH, TEXT, CROSS_MODAL = range(3)
 
@@ -321,6 +321,51 @@ def backbone_hidden_size(config: PreTrainedConfig) -> int:
     return getattr(config, "hidden_size", None) or config.d_model
 
 
+class MisterEFeatureStandardizer(nn.Module):
+    """`(x - mean) / std` with training-split statistics held as buffers: saved and reloaded with the model, applied
+    identically in training and inference, and never recomputed from the data seen at inference."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.to(self.mean.dtype) - self.mean) / self.std
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        """Take the statistics of `features` `(rows, width)`; a constant column gets std 1 (it is only shifted)."""
+        features = features.to(torch.float64)
+        std = features.std(0, unbiased=False)
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(torch.where(std > 1e-8 * features.abs().amax(0).clamp(min=1), std, torch.ones_like(std)))
+
+
+class MisterEFunctionalsEncoder(nn.Module):
+    """openSMILE functionals -> standardisation (training-split statistics) -> dropout -> projection (the embedding)
+    -> utterance classifier: the head of `MisterEUtteranceEncoder` on a fixed vector instead of a backbone's frames."""
+
+    model_type = MisterEOpenSmileConfig.model_type
+
+    def __init__(self, backbone_config: MisterEOpenSmileConfig, embed_dim, num_labels, dropout):
+        super().__init__()
+        self.hidden_size = backbone_config.hidden_size
+        self.standardizer = MisterEFeatureStandardizer(self.hidden_size)
+        self.feature_dropout = nn.Dropout(backbone_config.feature_dropout)
+        self.projection = nn.Linear(self.hidden_size, embed_dim)
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = self.projection(self.feature_dropout(self.standardizer(inputs)))
+        return embeds, self.classifier(embeds)
+
+    def backbone_states(self, inputs, attention_mask):
+        """The standardised functionals as one frame per utterance (the frozen-features baseline's input)."""
+        standardized = self.standardizer(inputs)[:, None]
+        return standardized, torch.ones(standardized.shape[:2], dtype=torch.bool, device=standardized.device)
+
+
 class MisterEUtteranceEncoder(nn.Module):
     """Backbone -> LayerNorm -> pooling over valid positions -> projection (the embedding) -> utterance classifier.
 
@@ -333,7 +378,7 @@ class MisterEUtteranceEncoder(nn.Module):
         super().__init__()
         self.model_type = backbone_config.model_type
         self.backbone = backbone if backbone is not None else backbone_from_config(backbone_config)
-        hidden_size = backbone_hidden_size(backbone_config)
+        hidden_size = self.hidden_size = backbone_hidden_size(backbone_config)
         self.norm = nn.LayerNorm(hidden_size)
         self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
         self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
@@ -417,6 +462,9 @@ class MisterEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, MisterEFeatureStandardizer):
+            init.zeros_(module.mean)
+            init.ones_(module.std)
 
     def _build_encoders(self, speech_backbone=None, text_backbone=None):
         """Utterance encoders for the modalities whose backbone config is set (stage 1; optional in stage 2).
@@ -425,7 +473,11 @@ class MisterEPreTrainedModel(PreTrainedModel):
         """
         config = self.config
         self.speech_encoder = self.text_encoder = None
-        if config.speech_config is not None:
+        if isinstance(config.speech_config, MisterEOpenSmileConfig):
+            self.speech_encoder = MisterEFunctionalsEncoder(
+                config.speech_config, config.speech_embed_dim, config.num_labels, config.encoder_dropout
+            )
+        elif config.speech_config is not None:
             self.speech_encoder = MisterEUtteranceEncoder(
                 config.speech_config, config.speech_embed_dim, config.speech_pooling, config.num_labels,
                 config.encoder_dropout, config.speech_prompt_ids, speech_backbone,
@@ -494,6 +546,9 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
                        backbone_kwargs=None, **config_kwargs):
         """Build around pretrained backbones (local dirs or Hub ids); the heads start from scratch.
 
+        `speech="opensmile:ComParE_2016"` (or `"opensmile:eGeMAPSv02"`) builds a speech encoder on openSMILE
+        functionals instead of a network: its standardisation statistics are fitted by stage-1 training.
+
         `__init__` builds from a config alone (random backbones), as transformers needs for loading; this is the
         entry point for a new model. Whisper checkpoints contribute their encoder only. The backbones load first and
         are handed to `__init__`, so no random copy of a multi-billion-parameter backbone is ever allocated.
@@ -508,7 +563,11 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
         from transformers import AutoConfig, AutoTokenizer, WhisperModel
 
         paths = {name: path for name, path in (("speech", speech), ("text", text)) if path}
-        configs = {f"{name}_config": AutoConfig.from_pretrained(path) for name, path in paths.items()}
+        configs = {}
+        if speech and (functionals := MisterEOpenSmileConfig.from_backbone_name(speech)) is not None:
+            configs["speech_config"] = functionals  # computed features: nothing to load
+            del paths["speech"]
+        configs.update({f"{name}_config": AutoConfig.from_pretrained(path) for name, path in paths.items()})
         if speech and configs["speech_config"].model_type == "qwen2_audio" and speech_prompt:
             config_kwargs.setdefault("speech_prompt_ids", AutoTokenizer.from_pretrained(speech)(speech_prompt)["input_ids"])
         backbones = {}

@@ -382,10 +382,10 @@ class MisterEProcessor(ProcessorMixin):
             **padding,
         )
         main_input_name = extractor.model_input_names[0]
-        return {
-            main_input_name: features[main_input_name],
-            "speech_attention_mask": features["attention_mask"].astype(np.int64),
-        }
+        data = {main_input_name: features[main_input_name]}
+        if "attention_mask" in features:  # one vector per utterance (openSMILE functionals) needs no mask
+            data["speech_attention_mask"] = features["attention_mask"].astype(np.int64)
+        return data
 
 
 __all__ = ["MisterEProcessor"]

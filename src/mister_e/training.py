@@ -68,6 +68,7 @@ from .evaluation import (
 from .modeling_mister_e import (
     MisterEForEmotionRecognition,
     MisterEForUtteranceClassification,
+    MisterEFunctionalsEncoder,
     MisterEOutput,
     MisterEUtteranceOutput,
 )
@@ -635,25 +636,46 @@ def train_encoder(
         model = build(dtype=dtype, backbone_kwargs=quantization)
         if load_in_bits:
             prepare_quantized_backbones(model)
-    peft_model = apply_lora(model, modality, **(lora or {}))
     utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
+    functionals = isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder)
+    if functionals:  # no network to adapt: the standardisation is fitted on train, then the head trains fully
+        fit_functionals_statistics(model, processor, utterances["train"])
     trainer = build_trainer(
-        peft_model, utterances, output_dir, MisterEDataCollator(processor, (modality,)),
-        {**ENCODER_TRAINING_DEFAULTS, **(training_overrides or {})}, seed, f"{modality}_logits", processor, callbacks,
+        model if functionals else apply_lora(model, modality, **(lora or {})), utterances, output_dir,
+        MisterEDataCollator(processor, (modality,)), {**ENCODER_TRAINING_DEFAULTS, **(training_overrides or {})},
+        seed, f"{modality}_logits", processor, callbacks,
     )
     results = {"seed": seed, "modality": modality, **_fit(trainer, ("validation", "test"), utterances),
                "best_checkpoint": trainer.state.best_model_checkpoint}
     if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
-        trainer.model.save_pretrained(output_dir / "adapter")
-        trained = trainer.model
-        if load_in_bits:  # merged into quantized weights the adapters would be re-quantized: use a bf16 backbone
-            trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter")
-        merged = merge_lora(trained)
+        merged = trainer.model
+        if not functionals:
+            trainer.model.save_pretrained(output_dir / "adapter")
+            trained = trainer.model
+            if load_in_bits:  # merged into quantized weights the adapters would be re-quantized: use a bf16 backbone
+                trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter")
+            merged = merge_lora(trained)
         merged.save_pretrained(output_dir / "merged")
         if processor is not None:
             processor.save_pretrained(output_dir / "merged")
         results["config"] = json.loads(merged.config.to_json_string())
     return _finish(trainer, results, keep_checkpoints)
+
+
+@torch.no_grad()
+def fit_functionals_statistics(model: MisterEForUtteranceClassification, processor: Any, utterances: Dataset,
+                               batch_size: int = 64) -> None:
+    """Fit the speech functionals encoder's standardisation on the training utterances (`flatten_utterances` rows);
+    the statistics then travel inside the model and are never recomputed at inference."""
+    paths = [audio[0] for audio in utterances[_RAW_COLUMNS["speech"]]]
+    if not paths:
+        raise ValueError("The training split has no utterance with audio to fit the functionals' statistics on.")
+    features = [
+        processor([{"id": path, "utterances": [{"audio": path}]} for path in paths[start : start + batch_size]])[
+            "input_features"]
+        for start in range(0, len(paths), batch_size)
+    ]
+    model.speech_encoder.standardizer.fit(torch.cat(features))
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
@@ -849,7 +871,9 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     """Arguments of `mister-e train-encoder` (stage 1)."""
     parser.add_argument("--dataset", required=True, help="Dialogue DatasetDict folder (audio paths and texts).")
     parser.add_argument("--modality", required=True, choices=MODALITIES)
-    parser.add_argument("--backbone", help="Backbone folder or Hub id (default: the package's default per modality).")
+    parser.add_argument("--backbone", help="Backbone folder or Hub id (default: the package's default per modality); "
+                                           "for speech also opensmile:ComParE_2016 or opensmile:eGeMAPSv02 "
+                                           "(openSMILE functionals, extra `mister-e[opensmile]`).")
     parser.add_argument("--processor", help="Saved MisterEProcessor folder (default: built from the backbone).")
     parser.add_argument("--tokenizer", help="Text tokenizer stored in the processor of a speech encoder "
                                             "(default: the default text backbone's).")
@@ -876,10 +900,14 @@ def _processor_for(modality: str, backbone: str, tokenizer: str | None):
     from transformers import AutoFeatureExtractor, AutoTokenizer, Wav2Vec2FeatureExtractor
 
     from .backbones import DEFAULT_TEXT_BACKBONE, resolve_backbone
+    from .configuration_mister_e import MisterEOpenSmileConfig
+    from .feature_extraction_mister_e import MisterEFunctionalsFeatureExtractor
     from .processing_mister_e import MisterEProcessor
 
     if modality == "speech":
-        feature_extractor = AutoFeatureExtractor.from_pretrained(backbone)
+        functionals = MisterEOpenSmileConfig.from_backbone_name(backbone)
+        feature_extractor = (MisterEFunctionalsFeatureExtractor(functionals.feature_set) if functionals
+                             else AutoFeatureExtractor.from_pretrained(backbone))
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer or DEFAULT_TEXT_BACKBONE))
     else:
         feature_extractor, tokenizer = Wav2Vec2FeatureExtractor(), AutoTokenizer.from_pretrained(backbone)
@@ -964,6 +992,7 @@ __all__ = [
     "build_trainer",
     "drop_modalities",
     "evaluate_model",
+    "fit_functionals_statistics",
     "flatten_utterances",
     "label_names",
     "last_checkpoint",

@@ -1,0 +1,200 @@
+"""The openSMILE functionals speech encoder: features, standardisation held in the model, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from datasets import load_from_disk
+from transformers import BertTokenizerFast, pipeline
+
+from mister_e import (
+    MisterEForUtteranceClassification,
+    MisterEFunctionalsFeatureExtractor,
+    MisterEProcessor,
+    feature_extraction_mister_e,
+)
+from mister_e.assembly import join_stages
+from mister_e.cli import main
+
+opensmile = pytest.importorskip("opensmile")  # the extra `mister-e[opensmile]`, installed by the test command
+
+SR = 16000
+
+
+def voice(sampling_rate: int, seconds: float = 1.5, f0: float = 180.0, loudness: float = 0.2) -> np.ndarray:
+    """A harmonic tone with vibrato and a loudness contour: voiced enough for pitch and spectral descriptors."""
+    t = np.arange(int(sampling_rate * seconds)) / sampling_rate
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 3 * t))) / sampling_rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2
+    return (loudness * envelope * sum(np.sin(k * phase) / k for k in range(1, 8))).astype(np.float32)
+
+
+def tokenizer() -> BertTokenizerFast:
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "der", "lappen", "das", "will", "sie"]
+    return BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+
+
+def functionals_processor(feature_set: str = "eGeMAPSv02") -> MisterEProcessor:
+    return MisterEProcessor(MisterEFunctionalsFeatureExtractor(feature_set), tokenizer())
+
+
+def features(processor: MisterEProcessor, path) -> np.ndarray:
+    return processor({"utterances": [{"audio": str(path)}]}, return_tensors="np")["input_features"][0]
+
+
+@pytest.mark.parametrize("feature_set, width", [("eGeMAPSv02", 88), ("ComParE_2016", 6373)])
+def test_functionals_equal_opensmile_on_the_same_file(tmp_path, feature_set, width):
+    sf.write(tmp_path / "a.wav", voice(SR), SR)
+    ours = features(functionals_processor(feature_set), tmp_path / "a.wav")
+    smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    reference = smile.process_file(str(tmp_path / "a.wav")).to_numpy(np.float32)[0]
+    assert ours.shape == (width,)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("feature_set", ["eGeMAPSv02", "ComParE_2016"])
+def test_stereo_44k_file_gives_nearly_the_features_of_its_16k_mono_version(tmp_path, feature_set):
+    sf.write(tmp_path / "mono16k.wav", voice(SR), SR)
+    wave = voice(44100)
+    sf.write(tmp_path / "stereo44k.wav", np.stack([wave, 0.9 * wave], axis=1), 44100)
+    processor = functionals_processor(feature_set)
+    mono, stereo = features(processor, tmp_path / "mono16k.wav"), features(processor, tmp_path / "stereo44k.wav")
+    assert not np.array_equal(mono, stereo)  # really two different files
+    assert np.corrcoef(np.log1p(np.abs(mono)), np.log1p(np.abs(stereo)))[0, 1] > 0.995
+    relative = np.abs(mono - stereo) / (np.abs(mono) + np.abs(stereo) + 1e-6)
+    assert np.median(relative) < 0.02
+
+
+def test_in_memory_arrays_and_files_agree(tmp_path):
+    sf.write(tmp_path / "a.wav", voice(SR), SR, subtype="FLOAT")  # no 16-bit rounding between the two
+    processor = functionals_processor()
+    from_array = processor({"utterances": [{"audio": {"array": voice(SR), "sampling_rate": SR}}]},
+                           return_tensors="np")["input_features"][0]
+    np.testing.assert_allclose(from_array, features(processor, tmp_path / "a.wav"), rtol=1e-4, atol=1e-4)
+
+
+def test_without_the_extra_the_error_names_it(tmp_path, monkeypatch, capsys):
+    sf.write(tmp_path / "a.wav", voice(SR), SR)
+    monkeypatch.setitem(sys.modules, "opensmile", None)  # `import opensmile` now raises ImportError
+    monkeypatch.setattr(feature_extraction_mister_e, "_smiles", {})
+    monkeypatch.setattr(feature_extraction_mister_e, "_cache", type(feature_extraction_mister_e._cache)())
+    with pytest.raises(ImportError, match=r'pip install "mister-e\[opensmile\]"'):
+        features(functionals_processor(), tmp_path / "a.wav")
+    dataset = tmp_path / "emodb"
+    write_emodb(tmp_path / "release")
+    assert main(["prepare", "emodb", str(tmp_path / "release"), str(dataset)]) == 0
+    code = main(["train-encoder", "--dataset", str(dataset), "--modality", "speech",
+                 "--backbone", "opensmile:eGeMAPSv02", "--output-dir", str(tmp_path / "encoder")])
+    assert code == 2 and "mister-e[opensmile]" in capsys.readouterr().err
+
+
+def test_unknown_feature_set_is_named():
+    with pytest.raises(ValueError, match="opensmile:GeMAPS"):
+        MisterEForUtteranceClassification.from_backbones(speech="opensmile:GeMAPS")
+    with pytest.raises(ValueError, match="feature_set"):
+        MisterEFunctionalsFeatureExtractor("GeMAPS")
+
+
+def test_too_short_audio_is_an_error_not_nan():
+    extractor = MisterEFunctionalsFeatureExtractor("eGeMAPSv02")
+    with pytest.raises(ValueError, match="waveform 1: .*undefined for 100 samples"):
+        extractor([voice(SR), voice(SR)[:100]], sampling_rate=SR)
+
+
+def test_save_load_keeps_standardisation_and_predictions_bit_identical(tmp_path):
+    paths = []
+    for i, f0 in enumerate((120.0, 180.0, 260.0)):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        sf.write(paths[-1], voice(SR, f0=f0, loudness=0.05 * (i + 1)), SR)
+    processor = functionals_processor()
+    torch.manual_seed(0)
+    model = MisterEForUtteranceClassification.from_backbones(speech="opensmile:eGeMAPSv02", speech_embed_dim=16)
+    batch = processor([{"utterances": [{"audio": path}]} for path in paths])
+    model.speech_encoder.standardizer.fit(batch["input_features"])
+    standardized = model.speech_encoder.standardizer(batch["input_features"])
+    assert torch.allclose(standardized.mean(0), torch.zeros(88), atol=1e-4)
+    model.eval().save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+
+    reloaded = MisterEForUtteranceClassification.from_pretrained(tmp_path / "model").eval()
+    reloaded_batch = MisterEProcessor.from_pretrained(tmp_path / "model")([{"utterances": [{"audio": p}]} for p in paths])
+    for name in ("mean", "std"):
+        assert torch.equal(getattr(reloaded.speech_encoder.standardizer, name),
+                           getattr(model.speech_encoder.standardizer, name))
+    assert not torch.equal(reloaded.speech_encoder.standardizer.std, torch.ones(88))  # fitted, not defaults
+    with torch.no_grad():
+        assert torch.equal(model(**batch).speech_logits, reloaded(**reloaded_batch).speech_logits)
+
+
+# --- the CLI end to end on WAV files ---------------------------------------------------------------------------------
+
+EMOTIONS = {"W": (260.0, 0.3), "T": (110.0, 0.05), "N": (170.0, 0.12)}  # letter -> (pitch, loudness)
+
+
+def write_emodb(folder, speakers=("03", "08", "09", "10"), texts=("a01", "a02")) -> None:
+    """A miniature EmoDB release: pitch and loudness tell the three emotions apart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s, speaker in enumerate(speakers):
+        for text in texts:
+            for letter, (f0, loudness) in EMOTIONS.items():
+                for version in "ab":
+                    wave = voice(SR, seconds=1.2, f0=f0 * (1 + 0.05 * s), loudness=loudness)
+                    sf.write(folder / f"{speaker}{text}{letter}{version}.wav", wave, SR)
+
+
+def test_cli_train_encoder_extract_train_predict_on_wavs(tmp_path, capsys):
+    write_emodb(tmp_path / "release")
+    dataset = tmp_path / "emodb"
+    assert main(["prepare", "emodb", str(tmp_path / "release"), str(dataset), "--conversation-size", "4"]) == 0
+    assert main(["train-encoder", "--dataset", str(dataset), "--modality", "speech",
+                 "--backbone", "opensmile:eGeMAPSv02", "--output-dir", str(tmp_path / "encoder"),
+                 "--set", "num_train_epochs=3", "speech_embed_dim=16"]) == 0
+    encoder_dir = tmp_path / "encoder" / "merged"
+    encoder = MisterEForUtteranceClassification.from_pretrained(encoder_dir)
+    # The statistics are the training split's, computed once by stage 1 and saved with the model.
+    train = load_from_disk(str(dataset))["train"]
+    processor = MisterEProcessor.from_pretrained(encoder_dir)
+    train_features = torch.cat([
+        processor([{"utterances": [{"audio": path}]} for path in row])["input_features"] for row in train["audio"]
+    ]).double()
+    assert torch.allclose(encoder.speech_encoder.standardizer.mean.double(), train_features.mean(0), rtol=1e-4)
+
+    assert main(["extract", "--dataset", str(dataset), "--model", str(encoder_dir),
+                 "--output-dir", str(tmp_path / "embedded")]) == 0
+    embedded = load_from_disk(str(tmp_path / "embedded"))
+    assert np.asarray(embedded["train"][0]["speech_embeds"]).shape == (4, 16)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps({
+        "dataset": str(tmp_path / "embedded"), "output_dir": str(tmp_path / "runs"), "seeds": [0],
+        "modalities": ["speech"],
+        "config": {"experts": ["speech"], "context_dim": 8, "gru_layers": 1},
+        "training": {"num_train_epochs": 2, "learning_rate": 1e-3},
+    }))
+    assert main(["train", "--recipe", str(recipe)]) == 0
+
+    wavs = tmp_path / "conversation"
+    wavs.mkdir()
+    for i, letter in enumerate("WTN"):
+        sf.write(wavs / f"utt{i}.wav", voice(44100, f0=EMOTIONS[letter][0], loudness=EMOTIONS[letter][1]), 44100)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "runs" / "seed_0"), "--encoder", str(encoder_dir),
+                 str(wavs)]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert [p["id"] for p in predictions] == ["utt0", "utt1", "utt2"]
+    assert all(p["label"] in ("anger", "sadness", "neutral") and p["expert_weights"]["speech"] == 1.0
+               for p in predictions)
+
+    # The joined model saved as one folder answers through the pipeline, as `predict` did.
+    model, joined = join_stages(tmp_path / "runs" / "seed_0", [encoder_dir])
+    model.save_pretrained(tmp_path / "end-to-end")
+    joined.save_pretrained(tmp_path / "end-to-end")
+    pipe = pipeline("emotion-recognition-in-conversation", model=str(tmp_path / "end-to-end"))
+    answers = pipe({"utterances": [{"audio": str(wavs / f"utt{i}.wav")} for i in range(3)]})
+    assert [a["label"] for a in answers] == [p["label"] for p in predictions]
+    assert [a["score"] for a in answers] == pytest.approx([p["score"] for p in predictions], abs=1e-6)
