@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of BENCHMARKS.md. `bench/run.sh` refreshes bench/results/ (hours on 2 cores: the accuracy runs);
 # `bench/run.sh --quick` only checks that the harnesses still run (a few minutes) and writes nothing.
-# Needs ../shared/data (MELD CSVs, CMU-MOSI release) beside the project, or pass nothing and set DATA=<folder>.
+# Needs ../shared/data (MELD CSVs, CMU-MOSI release, EmoDB) beside the project, or pass nothing and set DATA=<folder>.
 set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1
@@ -10,4 +10,5 @@ python stage2_speed.py "$@"
 python streaming_latency.py "$@"
 python pipeline_latency.py "$@"
 python extraction_speed.py "${data[@]}" "$@"
+python functionals_speed.py "${data[@]}" "$@"
 python accuracy.py "${data[@]}" "$@"

@@ -198,3 +198,55 @@ def test_cli_train_encoder_extract_train_predict_on_wavs(tmp_path, capsys):
     answers = pipe({"utterances": [{"audio": str(wavs / f"utt{i}.wav")} for i in range(3)]})
     assert [a["label"] for a in answers] == [p["label"] for p in predictions]
     assert [a["score"] for a in answers] == pytest.approx([p["score"] for p in predictions], abs=1e-6)
+
+
+REMOTE_SCRIPT = """
+import json, sys
+sys.modules["mister_e"] = None  # only the folder's code files
+import numpy as np, torch
+from transformers import AutoModel, AutoProcessor
+
+folder, wavs, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor.feature_extractor).__module__.startswith("transformers_modules.")
+assert "opensmile" not in sys.modules  # loading needs no extra; computing features does
+with torch.no_grad():
+    logits = model(**processor({"utterances": [{"audio": w, "text": "der lappen"} for w in wavs]})).logits
+np.save(out, logits[0].numpy())
+"""
+
+
+def test_functionals_model_loads_as_remote_code_without_the_package(tmp_path):
+    import subprocess
+
+    from transformers import BertConfig
+
+    from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEOpenSmileConfig
+
+    wavs = []
+    for i, f0 in enumerate((120.0, 240.0)):
+        wavs.append(str(tmp_path / f"{i}.wav"))
+        sf.write(wavs[-1], voice(SR, f0=f0), SR)
+    torch.manual_seed(0)
+    config = MisterEConfig(
+        speech_config=MisterEOpenSmileConfig(feature_set="eGeMAPSv02"),
+        text_config=BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                               vocab_size=10),
+        speech_embed_dim=8, text_embed_dim=8, context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1,
+        attention_dim=4, attention_heads=2, fusion_hidden_size=8, id2label={0: "a", 1: "b"},
+    )
+    model = MisterEForEmotionRecognition(config).eval()
+    processor = functionals_processor()
+    inputs = processor({"utterances": [{"audio": w, "text": "der lappen"} for w in wavs]})
+    model.speech_encoder.standardizer.fit(inputs["input_features"] + torch.randn(2, 88))
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "feature_extraction_mister_e.py").is_file()
+
+    done = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "model"), json.dumps(wavs),
+                           str(tmp_path / "logits.npy")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with torch.no_grad():
+        expected = model(**inputs).logits[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-6)

@@ -163,6 +163,19 @@ class MisterEConfig(PreTrainedConfig):
             Dropout of the utterance classifier heads.
         encoder_focal_gamma (`float`, *optional*, defaults to 2.0):
             Focal-loss exponent of stage-1 utterance classification.
+        standardize_inputs (`bool`, *optional*, defaults to `False`):
+            Standardise each modality's embeddings with training-split statistics held in the model (buffers fitted
+            by `train_conversation_model`, saved with the weights, used by `forward`, `step` and the pipeline alike).
+            Off in the paper (LLM embeddings); on in the `small` recipe, for embeddings of tiny, uneven scales.
+        input_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on every expert's input embeddings (not in the paper).
+        context_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout inside the context modules, on the convolutions' output and on the GRU's (not in the paper, whose
+            context module has none).
+        gate_holdout_fraction (`float`, *optional*, defaults to 0.0):
+            Fraction of the training conversations held out from the experts' losses; the gate learns from those
+            alone (mixture loss on detached expert logits). 0 is the paper's joint training, where the gate sees the
+            experts' predictions on data they fit, and so trusts an expert that merely memorised its training set.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation used for the LayerNorm-free linear layers of the utterance heads.
 
@@ -207,6 +220,10 @@ class MisterEConfig(PreTrainedConfig):
     speech_prompt_ids: list[int] | None = None
     encoder_dropout: float | int = 0.5
     encoder_focal_gamma: float | int = 2.0
+    standardize_inputs: bool = False
+    input_dropout: float | int = 0.0
+    context_dropout: float | int = 0.0
+    gate_holdout_fraction: float | int = 0.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -249,7 +266,8 @@ class MisterEConfig(PreTrainedConfig):
             raise ValueError(
                 f"`attention_dim` ({self.attention_dim}) must be divisible by `attention_heads` ({self.attention_heads})."
             )
-        for name in ("attention_dropout", "residual_dropout", "encoder_dropout"):
+        for name in ("attention_dropout", "residual_dropout", "encoder_dropout", "input_dropout", "context_dropout",
+                     "gate_holdout_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
         for name in ("gate_temperature", "supcon_temperature", "layer_norm_eps"):

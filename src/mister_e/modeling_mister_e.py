@@ -99,19 +99,20 @@ class MisterEContextModule(nn.Module):
             )
         self.skip = nn.Linear(input_dim, config.context_dim)
         self.classifier = nn.Linear(config.context_dim, config.num_labels)
+        self.dropout = nn.Dropout(config.context_dropout)
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = inputs
         if self.convs:
             channels_first = inputs.transpose(1, 2)
-            hidden = sum(
+            hidden = self.dropout(sum(
                 F.relu(conv(F.pad(channels_first, self._padding(k)))) for conv, k in zip(self.convs, self.kernel_sizes)
-            ).transpose(1, 2)
+            ).transpose(1, 2))
         if self.gru is not None:
             lengths = attention_mask.sum(1).clamp(min=1).cpu()
             packed = pack_padded_sequence(hidden, lengths, batch_first=True, enforce_sorted=False)
             hidden = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=inputs.shape[1])[0]
-        return self.classifier(hidden + self.skip(inputs))
+        return self.classifier(self.dropout(hidden) + self.skip(inputs))
 
     def step(self, inputs: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         """Causal mode, one new utterance `(batch, dim)`: the last inputs feed the convolutions, the GRU carries on."""
@@ -121,12 +122,14 @@ class MisterEContextModule(nn.Module):
         window = torch.cat([state["inputs"], inputs[:, None]], dim=1)
         hidden = inputs
         if self.convs:
-            hidden = sum(F.relu(conv(window[:, -k:].transpose(1, 2)))[..., 0] for conv, k in zip(self.convs, self.kernel_sizes))
+            hidden = self.dropout(sum(
+                F.relu(conv(window[:, -k:].transpose(1, 2)))[..., 0] for conv, k in zip(self.convs, self.kernel_sizes)
+            ))
         gru_state = state["gru"]
         if self.gru is not None:
             output, gru_state = self.gru(hidden[:, None], gru_state)
             hidden = output[:, 0]
-        return self.classifier(hidden + self.skip(inputs)), {"inputs": window[:, 1:], "gru": gru_state}
+        return self.classifier(self.dropout(hidden) + self.skip(inputs)), {"inputs": window[:, 1:], "gru": gru_state}
 
     def _padding(self, kernel_size: int) -> tuple[int, int]:
         if self.causal:
@@ -473,7 +476,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
         """
         config = self.config
         self.speech_encoder = self.text_encoder = None
-        if isinstance(config.speech_config, MisterEOpenSmileConfig):
+        # By model type, not class: a remote-code copy of the config module holds its own class object.
+        if getattr(config.speech_config, "model_type", None) == MisterEOpenSmileConfig.model_type:
             self.speech_encoder = MisterEFunctionalsEncoder(
                 config.speech_config, config.speech_embed_dim, config.num_labels, config.encoder_dropout
             )
@@ -620,6 +624,13 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         self.text_expert = MisterEContextModule(config, config.text_embed_dim) if "text" in config.experts else None
         self.cross_modal_expert = MisterECrossModalExpert(config) if "cross_modal" in config.experts else None
         self.gate = MisterEGate(config) if config.gate_mode == "learned" else None
+        # Training-split statistics of each modality's embeddings (`train_conversation_model` fits them), so that
+        # `forward`, `step` and the pipeline all see the inputs the experts were trained on.
+        self.speech_standardizer = self.text_standardizer = None
+        if config.standardize_inputs:
+            self.speech_standardizer = MisterEFeatureStandardizer(config.speech_embed_dim)
+            self.text_standardizer = MisterEFeatureStandardizer(config.text_embed_dim)
+        self.input_dropout = nn.Dropout(config.input_dropout)
         self._build_encoders()
         self.post_init()
 
@@ -657,6 +668,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         speech_attention_mask: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         text_attention_mask: torch.Tensor | None = None,
+        gate_holdout: torch.Tensor | None = None,
         **kwargs,
     ) -> MisterEOutput:
         r"""
@@ -674,6 +686,10 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             input_values, input_features, speech_attention_mask, input_ids, text_attention_mask (*optional*):
                 Raw utterance rows from `MisterEProcessor`, embedded by the model's own encoders (when the config has
                 `speech_config`/`text_config`) instead of passing `speech_embeds`/`text_embeds`.
+            gate_holdout (`torch.BoolTensor` of shape `(batch,)`, *optional*):
+                Training only (`config.gate_holdout_fraction`): conversations held out from the experts' losses. The
+                mixture loss is taken on them alone, from detached expert logits, so the gate learns how far to trust
+                each expert from predictions on conversations the experts never fit.
         """
         if kwargs:
             raise TypeError(f"MisterEForEmotionRecognition.forward got unexpected inputs {sorted(kwargs)}.")
@@ -699,8 +715,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             )
         has_speech = modality_mask[..., 0].bool() & attention_mask
         has_text = modality_mask[..., 1].bool() & attention_mask
-        speech_embeds = self._masked_inputs(speech_embeds, has_speech, self.config.speech_embed_dim, reference)
-        text_embeds = self._masked_inputs(text_embeds, has_text, self.config.text_embed_dim, reference)
+        speech_embeds = self._prepared_inputs("speech", speech_embeds, has_speech, reference)
+        text_embeds = self._prepared_inputs("text", text_embeds, has_text, reference)
 
         available = self._available(has_speech, has_text)
         expert_logits = reference.new_zeros(batch, length, len(EXPERTS), self.config.num_labels)
@@ -718,7 +734,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self._loss(logits, expert_logits, available, labels, attention_mask,
-                              speech_representations, text_representations, has_speech, has_text)
+                              speech_representations, text_representations, has_speech, has_text, gate_holdout)
         return MisterEOutput(
             loss=loss,
             logits=logits,
@@ -751,8 +767,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             present = [speech_embeds is not None, text_embeds is not None]
             modality_mask = torch.tensor(present, device=reference.device).expand(reference.shape[0], 2)
         has_speech, has_text = modality_mask[:, :1].bool(), modality_mask[:, 1:].bool()
-        speech_embeds = self._masked_inputs(speech_embeds, has_speech[:, 0], self.config.speech_embed_dim, reference)
-        text_embeds = self._masked_inputs(text_embeds, has_text[:, 0], self.config.text_embed_dim, reference)
+        speech_embeds = self._prepared_inputs("speech", speech_embeds, has_speech[:, 0], reference)
+        text_embeds = self._prepared_inputs("text", text_embeds, has_text[:, 0], reference)
         state = dict(state or {})
         expert_logits = reference.new_zeros(reference.shape[0], 1, len(EXPERTS), self.config.num_labels)
         speech_representations = text_representations = None
@@ -787,14 +803,18 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         gate_weights = self._gate_weights(expert_logits, available)
         return expert_logits, gate_weights, (gate_weights[..., None] * expert_logits).sum(-2)
 
-    @staticmethod
-    def _masked_inputs(embeds, present, width, reference):
-        """Zero the embeddings of padded and missing utterances (or make zeros for a modality not given at all)."""
+    def _prepared_inputs(self, modality, embeds, present, reference):
+        """Standardised (when the config says so), dropped out in training, and zero for padded and missing
+        utterances (or zeros for a modality not given at all)."""
+        width = getattr(self.config, f"{modality}_embed_dim")
         if embeds is None:
             return reference.new_zeros(*present.shape, width)
         if embeds.shape[-1] != width:
-            raise ValueError(f"Expected embeddings of width {width}, got shape {tuple(embeds.shape)}.")
-        return embeds * present[..., None]
+            raise ValueError(f"Expected {modality} embeddings of width {width}, got shape {tuple(embeds.shape)}.")
+        standardizer = getattr(self, f"{modality}_standardizer")
+        if standardizer is not None:
+            embeds = standardizer(embeds).to(embeds.dtype)
+        return self.input_dropout(embeds) * present[..., None]
 
     def _gate_weights(self, expert_logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         mode = self.config.gate_mode
@@ -811,23 +831,31 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         return torch.where(total > 0, weights / total.clamp(min=torch.finfo(total.dtype).tiny), fallback)
 
     def _loss(self, logits, expert_logits, available, labels, attention_mask,
-              speech_representations, text_representations, has_speech, has_text):
+              speech_representations, text_representations, has_speech, has_text, gate_holdout=None):
         config = self.config
         labelled = (labels != -100) & attention_mask
         labels = labels.masked_fill(~labelled, 0)
+        # Rows the experts learn from, and rows the mixture (so the gate) learns from: all of them in the paper's
+        # joint training; disjoint conversations with a gate hold-out.
+        expert_rows = mixture_rows = labelled
+        if gate_holdout is not None:
+            held_out = gate_holdout.bool()[:, None] & attention_mask
+            expert_rows, mixture_rows = labelled & ~held_out, labelled & held_out
+            detached = expert_logits.detach()
+            logits = (self._gate_weights(detached, available)[..., None] * detached).sum(-2)
         loss = logits.new_zeros(())
         if config.mixture_loss_weight:
             loss = loss + config.mixture_loss_weight * focal_loss(
-                logits, labels, labelled & available.any(-1), config.focal_gamma
+                logits, labels, mixture_rows & available.any(-1), config.focal_gamma
             )
         enabled = [i for i, on in enumerate(config.expert_mask) if on]
         if config.expert_loss_weight:
             loss = loss + config.expert_loss_weight * sum(
-                focal_loss(expert_logits[:, :, i], labels, labelled & available[..., i], config.focal_gamma)
+                focal_loss(expert_logits[:, :, i], labels, expert_rows & available[..., i], config.focal_gamma)
                 for i in enabled
             )
         if config.supcon_weight and speech_representations is not None:
-            speech_rows, text_rows = labelled & has_speech, labelled & has_text
+            speech_rows, text_rows = expert_rows & has_speech, expert_rows & has_text
             features = torch.cat([speech_representations[speech_rows], text_representations[text_rows]])
             loss = loss + config.supcon_weight * supervised_contrastive_loss(
                 features, torch.cat([labels[speech_rows], labels[text_rows]]), config.supcon_temperature
@@ -837,6 +865,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             kl = logits.new_zeros(())
             for i, j in pairs:
                 both = available[..., i] & available[..., j]
+                if gate_holdout is not None:
+                    both = both & ~held_out
                 if both.any():
                     kl = kl + symmetric_kl(expert_logits[:, :, i][both], expert_logits[:, :, j][both]).mean()
             loss = loss + config.kl_weight * kl / len(pairs)

@@ -48,7 +48,7 @@ import yaml
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -82,6 +82,8 @@ MODALITIES = ("speech", "text")
 _RAW_COLUMNS = {"speech": "audio", "text": "texts"}
 _EMBED_COLUMNS = {"speech": "speech_embeds", "text": "text_embeds"}
 _IGNORE_INDEX = -100
+# Per-conversation flag of the training split: held out from the experts' losses, for the gate (`gate_holdout_fraction`).
+GATE_HOLDOUT_COLUMN = "gate_holdout"
 
 # Named config overrides of the paper's ablations; `run_ablations` trains each into its own folder.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -127,7 +129,10 @@ ENCODER_TRAINING_DEFAULTS: dict[str, Any] = {
 }
 # Trainer settings the dialogue batches need whatever a recipe says (stack notes).
 _TRAINER_REQUIRED = {"remove_unused_columns": False, "label_names": ["labels"]}
-_RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality_dropout", "config", "training")
+_RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality_dropout", "gate_learning_rate",
+                "early_stopping_patience", "config", "training")
+# Recipe keys that go to `train_conversation_model` as they are, and their defaults (the paper's behaviour).
+_RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_stopping_patience": None}
 _TRAINING_FIELDS = frozenset(field.name for field in dataclasses.fields(TrainingArguments) if field.init)
 _OUTPUT_KEYS = frozenset(
     field.name for output in (MisterEOutput, MisterEUtteranceOutput) for field in dataclasses.fields(output)
@@ -233,6 +238,8 @@ class MisterEDataCollator:
             row_labels = torch.as_tensor(row["labels"], dtype=torch.long)
             labels[b, : len(row_labels)] = row_labels.masked_fill(row_labels < 0, _IGNORE_INDEX)
         batch["labels"] = labels
+        if GATE_HOLDOUT_COLUMN in features[0]:
+            batch[GATE_HOLDOUT_COLUMN] = torch.tensor([bool(row[GATE_HOLDOUT_COLUMN]) for row in features])
         return batch
 
     def _batch_generator(self, raw: bool) -> np.random.Generator | None:
@@ -321,9 +328,27 @@ class MisterETrainer(Trainer):
             stage-1 encoder); every other output stays out of the gathered predictions.
     """
 
-    def __init__(self, *args, prediction_key: str = "logits", **kwargs):
+    def __init__(self, *args, prediction_key: str = "logits", gate_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.prediction_key = prediction_key
+        self.gate_learning_rate = gate_learning_rate
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the gate's parameters in a group of their own at `gate_learning_rate`: Adam moves
+        a weight by about the learning rate per step, so a gate trained at the experts' rate barely leaves its
+        initial, near-uniform weights within a schedule that is long enough for the experts."""
+        optimizer = super().create_optimizer(model)
+        if self.gate_learning_rate is None or getattr(optimizer, "_gate_group", False):
+            return optimizer
+        gate = {id(param) for name, param in (model or self.model).named_parameters() if name.startswith("gate.")}
+        for group in list(optimizer.param_groups):
+            params = [param for param in group["params"] if id(param) in gate]
+            if params:
+                group["params"] = [param for param in group["params"] if id(param) not in gate]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": params,
+                                           "lr": self.gate_learning_rate})
+        optimizer._gate_group = True
+        return optimizer
 
     def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
         # Every loader of Trainer 5.x is built here; `is_training` tells the training loader from the others.
@@ -351,6 +376,7 @@ def build_trainer(
     prediction_key: str = "logits",
     processor: Any = None,
     callbacks: Sequence[TrainerCallback] | None = None,
+    gate_learning_rate: float | None = None,
 ) -> MisterETrainer:
     """The Trainer of both stages: validation-only selection, label-aware metrics, seeded data order.
 
@@ -375,6 +401,7 @@ def build_trainer(
         compute_metrics=functools.partial(compute_metrics, label_names=label_names(dataset["train"])),
         callbacks=list(callbacks or []),
         prediction_key=prediction_key,
+        gate_learning_rate=gate_learning_rate,
     )
 
 
@@ -452,6 +479,8 @@ def train_conversation_model(
     callbacks: Sequence[TrainerCallback] | None = None,
     report: bool = True,
     keep_checkpoints: bool = False,
+    gate_learning_rate: float | None = None,
+    early_stopping_patience: int | None = None,
 ) -> dict[str, Any]:
     """Train MiSTER-E (stage 2) on a dialogue `DatasetDict`, select on validation, score on test, save.
 
@@ -467,7 +496,14 @@ def train_conversation_model(
         config_overrides: `MisterEConfig` fields over the paper's defaults; labels and embedding widths come from the
             data.
         training_overrides: `TrainingArguments` fields over `CONVERSATION_TRAINING_DEFAULTS`.
-        seed: Seeds model initialisation, data order (`data_seed`) and every random draw of training.
+        seed: Seeds model initialisation, data order (`data_seed`), the gate's held-out conversations and every
+            random draw of training.
+        gate_learning_rate: Learning rate of the gate's own optimizer group (default: the experts').
+        early_stopping_patience: Stop after this many evaluations without a better validation weighted F1.
+
+    With `config.standardize_inputs`, the input statistics are fitted on the training split's embeddings first; with
+    `config.gate_holdout_fraction`, that fraction of the training conversations (drawn with `seed`) is held out from
+    the experts' losses for the gate.
     """
     output_dir = Path(output_dir)
     set_seed(seed)
@@ -479,10 +515,15 @@ def train_conversation_model(
             )
         config = MisterEConfig(**{**_data_config(dataset["train"]), **(config_overrides or {})})
         model = MisterEForEmotionRecognition(config)
+    fit_input_statistics(model, dataset["train"])
+    if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
+        dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)
+    if early_stopping_patience:
+        callbacks = [*(callbacks or []), EarlyStoppingCallback(early_stopping_patience)]
     collator = MisterEDataCollator(processor, modalities, modality_dropout)
     trainer = build_trainer(
         model, dataset, output_dir, collator, {**CONVERSATION_TRAINING_DEFAULTS, **(training_overrides or {})}, seed,
-        "logits", processor, callbacks,
+        "logits", processor, callbacks, gate_learning_rate,
     )
     results = {
         "seed": seed,
@@ -495,6 +536,32 @@ def train_conversation_model(
         evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False, processor=processor,
                        modalities=modalities, batch_size=trainer.args.per_device_eval_batch_size)
     return _finish(trainer, results, keep_checkpoints)
+
+
+@torch.no_grad()
+def fit_input_statistics(model: MisterEForEmotionRecognition, train: Dataset) -> None:
+    """Fit the model's input standardizers (`config.standardize_inputs`) on the embeddings of the training split's
+    utterances that have each modality; modalities without an embedding column keep the identity."""
+    for modality, column in _EMBED_COLUMNS.items():
+        standardizer = getattr(model, f"{modality}_standardizer", None)
+        if standardizer is None or column not in train.column_names:
+            continue
+        vectors = [np.asarray(vector, dtype=np.float32) for batch in train.select_columns(column).iter(256)
+                   for row in batch[column] for vector in row if vector is not None]
+        if vectors:
+            standardizer.fit(torch.from_numpy(np.stack(vectors)))
+
+
+def with_gate_holdout(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+    """The dataset with the training split's `gate_holdout` column: `fraction` of its conversations (at least one,
+    never all), drawn with `seed`, whose utterances only the gate learns from."""
+    train = dataset["train"]
+    if len(train) < 2:
+        raise ValueError("A gate hold-out needs at least 2 training conversations; set `gate_holdout_fraction=0`.")
+    count = min(max(round(fraction * len(train)), 1), len(train) - 1)
+    held_out = np.zeros(len(train), dtype=bool)
+    held_out[np.random.default_rng(seed).choice(len(train), count, replace=False)] = True
+    return DatasetDict({**dataset, "train": train.add_column(GATE_HOLDOUT_COLUMN, held_out.tolist())})
 
 
 _SUMMARY_METRICS = [f"test/{metric}" for metric in SCALAR_METRICS] + [f"validation/{m}" for m in SCALAR_METRICS]
@@ -526,7 +593,8 @@ def train_seeds(
         else:
             runs[seed] = train_conversation_model(
                 dataset, run_dir, recipe["config"], recipe["training"], seed, recipe["modalities"],
-                recipe["modality_dropout"], callbacks=callbacks, keep_checkpoints=keep_checkpoints,
+                callbacks=callbacks, keep_checkpoints=keep_checkpoints,
+                **{key: recipe.get(key, default) for key, default in _RECIPE_OPTIONS.items()},
             )
     scores = {seed: {split: run[split] for split in ("validation", "test") if split in run}
               for seed, run in runs.items()}
@@ -792,7 +860,7 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
         if not path.is_file():
             available = sorted(p.name.removesuffix(".yaml") for p in path.parent.iterdir())
             raise ValueError(f"No recipe named {name_or_path!r}; packaged recipes: {available}.")
-    recipe = {"modalities": list(MODALITIES), "modality_dropout": 0.0, "config": {}, "training": {},
+    recipe = {"modalities": list(MODALITIES), **_RECIPE_OPTIONS, "config": {}, "training": {},
               **(yaml.safe_load(path.read_text()) or {})}
     for key, value in (overrides or {}).items():
         *sections, field = _route(key)
@@ -993,6 +1061,7 @@ __all__ = [
     "drop_modalities",
     "evaluate_model",
     "fit_functionals_statistics",
+    "fit_input_statistics",
     "flatten_utterances",
     "label_names",
     "last_checkpoint",
@@ -1004,4 +1073,5 @@ __all__ = [
     "train_conversation_model",
     "train_encoder",
     "train_seeds",
+    "with_gate_holdout",
 ]

@@ -1,0 +1,90 @@
+"""openSMILE functionals through `mister-e extract` against calling `opensmile` directly on the same files (EmoDB).
+
+    python bench/functionals_speed.py           # all 339 EmoDB files, both feature sets: bench/results/functionals_speed.json
+    python bench/functionals_speed.py --quick   # 20 files, one pass, harness check, nothing written
+
+"Direct" is `opensmile.Smile(feature_set, Functionals).process_file(path)` per file, at the file's own rate (22.05 kHz
+here). "Extract" is `extract_embeddings` with a functionals speech encoder, the code `mister-e extract` runs: the
+processor reads the file with soundfile, resamples it to 16 kHz with soxr, computes the functionals, the encoder
+standardises and projects them, and the shards and dataset columns are written. The per-process memo of functionals
+is emptied before every pass, so each pass computes every file. The two alternate, twice each; the faster pass of
+each is kept (the machine is shared, so the ratio is the figure to read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import opensmile
+import torch
+from datasets import concatenate_datasets, disable_progress_bars
+from transformers import BertTokenizerFast
+
+from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatureExtractor, MisterEProcessor
+from mister_e import feature_extraction_mister_e
+from mister_e.data import build_emodb
+from mister_e.extraction import extract_embeddings
+
+ROOT = Path(__file__).resolve().parent
+FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
+PASSES = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    disable_progress_bars()
+    os.environ["TQDM_DISABLE"] = "1"
+    emodb = build_emodb(args.data / "emodb", conversation_size=10)
+    dialogues = concatenate_datasets([emodb[split] for split in ("train", "validation", "test")])
+    if args.quick:
+        dialogues = dialogues.select(range(2))
+    paths = [path for row in dialogues["audio"] for path in row]
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])})
+
+    results = {"files": len(paths), "threads": torch.get_num_threads()}
+    for feature_set in FEATURE_SETS:
+        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                                feature_level=opensmile.FeatureLevel.Functionals)
+        processor = MisterEProcessor(MisterEFunctionalsFeatureExtractor(feature_set), tokenizer)
+        model = MisterEForUtteranceClassification.from_backbones(speech=f"opensmile:{feature_set}").eval()
+
+        def direct() -> float:
+            start = time.perf_counter()
+            for path in paths:
+                smile.process_file(path)
+            return time.perf_counter() - start
+
+        def extraction() -> float:
+            feature_extraction_mister_e._cache.clear()
+            with tempfile.TemporaryDirectory() as cache:
+                start = time.perf_counter()
+                extract_embeddings(dialogues, model, processor, cache, batch_size=16, shard_size=512)
+                return time.perf_counter() - start
+
+        direct()  # warm-up: the first call loads openSMILE's configuration
+        timings = {"extraction": [], "direct": []}
+        for _ in range(1 if args.quick else PASSES):
+            timings["extraction"].append(extraction())
+            timings["direct"].append(direct())
+        best = {name: min(values) for name, values in timings.items()}
+        results[feature_set] = {
+            "seconds": timings,
+            "extraction_files_per_s": len(paths) / best["extraction"],
+            "direct_files_per_s": len(paths) / best["direct"],
+            "extraction_over_direct": best["extraction"] / best["direct"],
+        }
+    print(json.dumps(results, indent=2))
+    if not args.quick:
+        (ROOT / "results" / "functionals_speed.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
