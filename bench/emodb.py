@@ -30,7 +30,7 @@ from transformers import AutoTokenizer
 from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatureExtractor, MisterEProcessor
 from mister_e.data import build_emodb, emodb_folds
 from mister_e.extraction import extract_embeddings
-from mister_e.training import train_conversation_model, train_encoder
+from mister_e.training import speech_features, train_conversation_model, train_encoder
 
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 CONVERSATION_SIZE = 10
@@ -103,9 +103,7 @@ def logistic_regression(dataset: DatasetDict, processor, num_labels: int) -> lis
 
 
 def functionals(processor, split) -> np.ndarray:
-    paths = [path for row in split["audio"] for path in row]
-    return np.concatenate([processor([{"utterances": [{"audio": p}]} for p in paths[i : i + 64]],
-                                     return_tensors="np")["input_features"] for i in range(0, len(paths), 64)])
+    return speech_features(processor, [path for row in split["audio"] for path in row]).numpy()
 
 
 def train_stage_one(dataset, output_dir: Path, processor, feature_set: str, seed: int, quick: bool) -> None:

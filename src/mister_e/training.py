@@ -730,6 +730,16 @@ def train_encoder(
     return _finish(trainer, results, keep_checkpoints)
 
 
+def speech_features(processor: Any, paths: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """The processor's speech features of audio files, `(len(paths), width)` for one-vector-per-utterance extractors
+    (openSMILE functionals), computed in batches of one-utterance conversations."""
+    return torch.cat([
+        processor([{"id": path, "utterances": [{"audio": path}]} for path in paths[start : start + batch_size]])[
+            "input_features"]
+        for start in range(0, len(paths), batch_size)
+    ])
+
+
 @torch.no_grad()
 def fit_functionals_statistics(model: MisterEForUtteranceClassification, processor: Any, utterances: Dataset,
                                batch_size: int = 64) -> None:
@@ -738,12 +748,7 @@ def fit_functionals_statistics(model: MisterEForUtteranceClassification, process
     paths = [audio[0] for audio in utterances[_RAW_COLUMNS["speech"]]]
     if not paths:
         raise ValueError("The training split has no utterance with audio to fit the functionals' statistics on.")
-    features = [
-        processor([{"id": path, "utterances": [{"audio": path}]} for path in paths[start : start + batch_size]])[
-            "input_features"]
-        for start in range(0, len(paths), batch_size)
-    ]
-    model.speech_encoder.standardizer.fit(torch.cat(features))
+    model.speech_encoder.standardizer.fit(speech_features(processor, paths, batch_size))
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
@@ -1070,6 +1075,7 @@ __all__ = [
     "run_evaluate",
     "run_train",
     "run_train_encoder",
+    "speech_features",
     "train_conversation_model",
     "train_encoder",
     "train_seeds",
