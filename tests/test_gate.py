@@ -51,10 +51,11 @@ def test_standardisation_is_applied_saved_and_used_by_step(tmp_path):
 
     model.save_pretrained(tmp_path)
     reloaded = MisterEForEmotionRecognition.from_pretrained(tmp_path).eval()
-    assert torch.equal(reloaded.text_standardizer.std, model.text_standardizer.std)
-    with torch.no_grad():
-        assert torch.equal(reloaded(speech_embeds=inputs[0], text_embeds=inputs[1]).logits,
-                           model(speech_embeds=inputs[0], text_embeds=inputs[1]).logits)
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[key], loaded[key]) for key in saved)
+    with torch.no_grad():  # same weights; CPU GRU kernels may differ in the last bits between calls
+        assert torch.allclose(reloaded(speech_embeds=inputs[0], text_embeds=inputs[1]).logits,
+                              model(speech_embeds=inputs[0], text_embeds=inputs[1]).logits, rtol=0, atol=1e-6)
 
 
 def test_missing_and_padded_utterances_stay_zero_after_standardisation():
