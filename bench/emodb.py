@@ -8,7 +8,10 @@ Per fold (test speaker; the next speaker in sorted order is validation, the othe
 * (b) MiSTER-E speech-only on the ComParE encoder's embeddings, with conversation context (one speaker's recordings in
   file-name order, chunks of `CONVERSATION_SIZE`) and without (every utterance its own conversation);
 * (c) full MiSTER-E: the same speech embeddings plus frozen MiniLM embeddings of the German transcripts, which carry no
-  emotion (every sentence is read in every emotion), so the gate should learn to ignore the text expert.
+  emotion (every sentence is read in every emotion), so the gate should learn to ignore the text expert;
+* the plain BiGRU baseline (`baselines.py`) on the embeddings of (b, context) and of (c).
+
+Stage 2 is the `small` recipe, unchanged, as on every data set of `bench/accuracy.py`.
 
 Weighted F1 and unweighted recall (UAR) per fold (mean ± std over folds and seeds) and pooled over the 7 test
 speakers (summed confusion matrices, then averaged over seeds); the gate's mean test weight per expert.
@@ -32,6 +35,8 @@ from mister_e.data import build_emodb, emodb_folds
 from mister_e.extraction import extract_embeddings
 from mister_e.training import speech_features, train_conversation_model, train_encoder
 
+import baselines
+
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 CONVERSATION_SIZE = 10
 # Stage 1 on functionals: chosen on the validation speakers (mean validation weighted F1 over folds, seeds 0-1):
@@ -40,18 +45,17 @@ CONVERSATION_SIZE = 10
 ENCODER_TRAINING = dict(learning_rate=1e-3, num_train_epochs=40, per_device_train_batch_size=32,
                         per_device_eval_batch_size=64, weight_decay=0.01, save_total_limit=1)
 ENCODER_EMBED_DIM = 256
-STAGE_TWO = dict(context_dim=64, gru_layers=1, cross_modal_dim=64, coattention_layers=2, attention_dim=32,
-                 attention_heads=2, fusion_hidden_size=64)
-STAGE_TWO_TRAINING = dict(learning_rate=1e-3, num_train_epochs=30, per_device_train_batch_size=4,
-                          save_total_limit=1)
+# MiSTER-E runs: the `small` recipe of bench/accuracy.py, as for every data set.
 MODELS = {  # name -> (conversation size, modalities, experts)
     "speech_only/context": (CONVERSATION_SIZE, ["speech"], ["speech"]),
     "speech_only/no_context": (1, ["speech"], ["speech"]),
     "full/context": (CONVERSATION_SIZE, ["speech", "text"], ["speech", "text", "cross_modal"]),
 }
+# The plain BiGRU baseline, on the same embeddings as the MiSTER-E run it sits beside.
+BIGRU_BASELINES = {"speech_only/context": "bigru/speech", "full/context": "bigru/full"}
 
 
-def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm) -> dict:
+def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm, small_recipe) -> dict:
     speakers = sorted({path.name[:2] for path in root.glob("*.wav")} | {p.name[:2] for p in root.glob("wav/*.wav")})
     folds = emodb_folds(speakers)[:2] if quick else emodb_folds(speakers)
     tokenizer = AutoTokenizer.from_pretrained(minilm)
@@ -85,9 +89,15 @@ def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm
                 embedded = extract_embeddings(source, encoders["ComParE_2016"], processors["ComParE_2016"],
                                               work / fold / f"seed_{seed}" / f"speech-cache-{model.replace('/', '-')}")
                 run_dir = work / fold / f"seed_{seed}" / model.replace("/", "-")
-                metrics = stage_two(embedded, run_dir, experts, modalities, seed, quick)
+                metrics = stage_two(embedded, run_dir, small_recipe(quick, **{"config.experts": experts}), seed,
+                                    modalities)
                 rows.setdefault(model, []).append({"fold": fold, "seed": seed, "matrix": metrics["confusion_matrix"],
                                                    "gates": metrics.get("gates", {}).get("mean")})
+                if model in BIGRU_BASELINES:
+                    baseline_dir = run_dir.with_name(f"bigru-{model.split('/')[0]}")
+                    baseline = baselines.run_bigru(embedded, baseline_dir, seed, quick)
+                    rows.setdefault(BIGRU_BASELINES[model], []).append(
+                        {"fold": fold, "seed": seed, "matrix": baseline["test"]["confusion_matrix"]})
     return {"labels": list(labels), "folds": [list(f) for f in folds], "runs": {k: summarize(v) for k, v in rows.items()}}
 
 
@@ -121,12 +131,13 @@ def encoder_confusion(model, processor, split, num_labels: int) -> list[list[int
     return confusion_matrix(np.concatenate(split["labels"]), predicted, labels=range(num_labels)).tolist()
 
 
-def stage_two(dataset, output_dir: Path, experts, modalities, seed: int, quick: bool) -> dict:
-    """One stage-2 run (reused when finished); its test report's confusion matrix and gate summary."""
+def stage_two(dataset, output_dir: Path, recipe: dict, seed: int, modalities) -> dict:
+    """One stage-2 run of the recipe (reused when finished); its test report's confusion matrix and gate summary."""
     report = output_dir / "test" / "metrics.json"
     if not (output_dir / "results.json").is_file():
-        training = {**STAGE_TWO_TRAINING, "num_train_epochs": 1} if quick else STAGE_TWO_TRAINING
-        train_conversation_model(dataset, output_dir, {**STAGE_TWO, "experts": experts}, training, seed, modalities)
+        train_conversation_model(dataset, output_dir, recipe["config"], recipe["training"], seed, modalities,
+                                 gate_learning_rate=recipe["gate_learning_rate"],
+                                 early_stopping_patience=recipe["early_stopping_patience"])
     return json.loads(report.read_text())
 
 
@@ -161,6 +172,8 @@ NAMES = {
     "reference_lr/ComParE_2016": "(d) reference: ComParE + logistic regression",
     "stage1/eGeMAPSv02": "(a) stage-1 functionals encoder, eGeMAPS",
     "stage1/ComParE_2016": "(a) stage-1 functionals encoder, ComParE",
+    "bigru/speech": "BiGRU baseline, speech embeddings, context",
+    "bigru/full": "BiGRU baseline, speech + text embeddings, context",
     "speech_only/no_context": "(b) MiSTER-E speech-only, no context",
     "speech_only/context": "(b) MiSTER-E speech-only, context",
     "full/context": "(c) full MiSTER-E (+ emotion-free German text), context",

@@ -165,3 +165,34 @@ def test_gate_learns_to_drop_a_noise_expert(tmp_path):
         output = model.eval()(**test)
     text_expert = (output.expert_logits[:, :, 1].argmax(-1) == labels).float().mean().item()
     assert metrics["accuracy"] >= text_expert - 0.03 and text_expert > 0.6  # chance: 1/3
+
+
+def test_probability_mixture_is_the_log_of_the_weighted_expert_probabilities():
+    model = tiny(mixture_space="probabilities").eval()
+    mask = torch.tensor([[1, 1, 1, 0]])
+    modality = torch.tensor([[[True, True], [False, True], [True, False], [False, False]]])
+    with torch.no_grad():
+        output = model(speech_embeds=torch.randn(1, 4, 6), text_embeds=torch.randn(1, 4, 5), attention_mask=mask,
+                       modality_mask=modality)
+    expected = (output.gate_weights[..., None] * output.expert_logits.softmax(-1)).sum(-2).log()
+    assert torch.allclose(output.logits[:, :3], expected[:, :3], atol=1e-6)
+    assert torch.allclose(output.logits[:, :3].exp().sum(-1), torch.ones(1, 3), atol=1e-6)  # a distribution
+    # An utterance without speech: the experts that need it get weight 0 and the text expert alone answers.
+    assert torch.allclose(output.gate_weights[0, 1], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.allclose(output.logits[0, 1], output.expert_logits[0, 1, 1].log_softmax(-1), atol=1e-6)
+    assert torch.isfinite(output.logits).all()  # the padded utterance included
+
+
+def test_probability_mixture_rewards_the_gate_for_trusting_the_right_expert():
+    """The mixture loss's gradient pushes the gate's weight towards the expert that gives the label most probability,
+    whatever the scale of the other experts' logits (in logit space a large-logit expert dominates instead)."""
+    model = tiny(mixture_space="probabilities")
+    expert_logits = torch.zeros(1, 3, 3, 3)
+    expert_logits[..., 0, :] = torch.tensor([-20.0, 20.0, 0.0])  # speech: confident and wrong
+    expert_logits[..., 1, :] = torch.tensor([2.0, 0.0, 0.0])  # text: right, mildly
+    available = torch.ones(1, 3, 3, dtype=torch.bool)
+    weights = torch.full((1, 3, 3), 1 / 3, requires_grad=True)
+    loss = -model._mixture(weights, expert_logits).log_softmax(-1)[..., 0].mean()
+    loss.backward()
+    assert (weights.grad[..., 1] < weights.grad[..., 0]).all()  # descending the loss moves weight to text
+    assert torch.isfinite(model._mix(expert_logits, available)[2]).all()

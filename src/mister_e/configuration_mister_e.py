@@ -9,6 +9,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 EXPERTS = ("speech", "text", "cross_modal")
 GATE_MODES = ("learned", "mean", *EXPERTS)
 CONTEXT_MODULES = ("conv_gru", "conv", "gru")
+MIXTURE_SPACES = ("logits", "probabilities")
 POOLING_MODES = ("mean", "attentive")
 IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
 # openSMILE functionals sets (name -> width): the field's standard light-weight speech representations.
@@ -108,6 +109,11 @@ class MisterEConfig(PreTrainedConfig):
             Hidden width of the gate MLP (`3C -> hidden -> 3`).
         gate_temperature (`float`, *optional*, defaults to 2.0):
             Softmax temperature of the learned gate.
+        mixture_space (`str`, *optional*, defaults to `"logits"`):
+            What the gate weighs: `"logits"` (the paper: the weighted sum of the experts' raw logits, where an
+            expert's say depends on its logit scale as much as on its weight) or `"probabilities"` (a classic mixture
+            of experts, `log(sum_i w_i softmax(l_i))`: the weights alone set each expert's say, and the mixture
+            likelihood rewards the gate for trusting the expert that is right).
         causal (`bool`, *optional*, defaults to `False`):
             Online mode: causal convolutions, unidirectional GRUs and causal attention, so the prediction for utterance
             `t` never depends on utterances after `t`.
@@ -194,6 +200,7 @@ class MisterEConfig(PreTrainedConfig):
     gate_mode: str = "learned"
     gate_hidden_size: int = 10
     gate_temperature: float | int = 2.0
+    mixture_space: str = "logits"
     causal: bool = False
     context_module: str = "conv_gru"
     context_dim: int = 1024
@@ -251,6 +258,7 @@ class MisterEConfig(PreTrainedConfig):
         _check_choices("gate_mode", [self.gate_mode], GATE_MODES)
         if self.gate_mode in EXPERTS and self.gate_mode not in self.experts:
             raise ValueError(f"`gate_mode={self.gate_mode!r}` names an expert that is not in `experts={self.experts}`.")
+        _check_choices("mixture_space", [self.mixture_space], MIXTURE_SPACES)
         _check_choices("context_module", [self.context_module], CONTEXT_MODULES)
         _check_choices("speech_pooling", [self.speech_pooling], POOLING_MODES)
         _check_choices("text_pooling", [self.text_pooling], POOLING_MODES)

@@ -801,7 +801,14 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
     def _mix(self, expert_logits, available):
         expert_logits = expert_logits * available[..., None]
         gate_weights = self._gate_weights(expert_logits, available)
-        return expert_logits, gate_weights, (gate_weights[..., None] * expert_logits).sum(-2)
+        return expert_logits, gate_weights, self._mixture(gate_weights, expert_logits)
+
+    def _mixture(self, gate_weights, expert_logits):
+        """The gated mixture's logits: weighted raw logits (the paper), or the log of the weighted probabilities."""
+        if self.config.mixture_space == "logits":
+            return (gate_weights[..., None] * expert_logits).sum(-2)
+        probabilities = (gate_weights[..., None] * expert_logits.softmax(-1)).sum(-2)
+        return probabilities.clamp(min=torch.finfo(probabilities.dtype).tiny).log()
 
     def _prepared_inputs(self, modality, embeds, present, reference):
         """Standardised (when the config says so), dropped out in training, and zero for padded and missing
@@ -842,7 +849,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             held_out = gate_holdout.bool()[:, None] & attention_mask
             expert_rows, mixture_rows = labelled & ~held_out, labelled & held_out
             detached = expert_logits.detach()
-            logits = (self._gate_weights(detached, available)[..., None] * detached).sum(-2)
+            logits = self._mixture(self._gate_weights(detached, available), detached)
         loss = logits.new_zeros(())
         if config.mixture_loss_weight:
             loss = loss + config.mixture_loss_weight * focal_loss(

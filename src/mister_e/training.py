@@ -92,6 +92,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "text_only": {"experts": ["text"]},
     "cross_modal_only": {"experts": ["cross_modal"]},
     "no_gate": {"gate_mode": "mean"},
+    "logit_mixture": {"mixture_space": "logits"},
     "no_supcon": {"supcon_weight": 0.0},
     "no_kl": {"kl_weight": 0.0},
     "conv_only": {"context_module": "conv"},
@@ -485,8 +486,9 @@ def train_conversation_model(
     """Train MiSTER-E (stage 2) on a dialogue `DatasetDict`, select on validation, score on test, save.
 
     Reruns with the same `output_dir` resume from its newest complete checkpoint. Writes the selected model
-    (`model.safetensors`, `config.json`) and `results.json` (validation and test scores, seed, config) to `output_dir`
-    and, with `report`, the test split's evaluation artefacts to `output_dir/test` (see `evaluate_model`). Once
+    (`model.safetensors`, `config.json`) and `results.json` (validation and test scores, seed, config; with `report`
+    also the mean test gate weight per expert, `test.gate`) to `output_dir` and, with `report`, the test split's
+    evaluation artefacts to `output_dir/test` (see `evaluate_model`). Once
     `results.json` is written the checkpoints (about 1 GB each at the paper's sizes) are deleted, unless
     `keep_checkpoints`.
 
@@ -533,8 +535,11 @@ def train_conversation_model(
     }
     trainer.save_model(str(output_dir))
     if report and "test" in dataset and trainer.is_world_process_zero():  # a single-process pass, no collectives
-        evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False, processor=processor,
-                       modalities=modalities, batch_size=trainer.args.per_device_eval_batch_size)
+        metrics = evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False,
+                                 processor=processor, modalities=modalities,
+                                 batch_size=trainer.args.per_device_eval_batch_size)["metrics"]
+        if "gates" in metrics:  # which expert the selected model trusts, on average
+            results["test"]["gate"] = metrics["gates"]["mean"]
     return _finish(trainer, results, keep_checkpoints)
 
 

@@ -1,0 +1,120 @@
+"""The validation search that chose the `small` recipe (`src/mister_e/recipes/small.yaml`). Test scores are never read.
+
+    python bench/search_small_recipe.py                 # every candidate, then bench/results/search_small_recipe.*
+    python bench/search_small_recipe.py --grid gate     # one grid (run grids in parallel processes, then all again)
+
+Two grids over the recipe, each on the data sets where it matters, on the frozen-MiniLM embeddings `bench/accuracy.py`
+prepares (run it first, or `--quick` there, for `runs/bench-accuracy/*/dataset`):
+
+* `gate`: how the gate learns (mixture space, held-out conversations, its learning rate), on CMU-MOSI standard folds and
+  release split (speech + text), seeds 0-2;
+* `experts`: how the experts train (focal exponent, learning rate, dropout), on MELD-7 text only, seeds 0-1.
+
+Each candidate is scored by its mean validation weighted F1 over data sets and seeds; finished runs are reused. The
+grids' `base` pins the first recipe's values of the settings searched by the other grid, so a rerun repeats the search
+that was made rather than searching around its outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from datasets import disable_progress_bars, load_from_disk
+from transformers.utils import logging as hf_logging
+
+from mister_e.training import load_recipe, train_conversation_model
+
+ROOT = Path(__file__).resolve().parent
+DATASETS = {"mosi-standard": "mosi/standard", "mosi-release": "mosi/release", "meld": "meld/frozen"}
+# grid -> data sets, seeds, candidates: name -> overrides of small.yaml (`load_recipe` keys)
+GRIDS = {
+    "gate": {
+        "datasets": ("mosi-standard", "mosi-release"), "seeds": (0, 1, 2),
+        # Searched at the same time as the experts grid, so with the experts' first settings.
+        "base": {"focal_gamma": 3.0, "input_dropout": 0.2, "context_dropout": 0.3},
+        "candidates": {
+            "paper-gate": {"mixture_space": "logits", "gate_holdout_fraction": 0.0, "gate_learning_rate": None},
+            "logits-holdout": {"mixture_space": "logits", "gate_holdout_fraction": 0.2, "gate_learning_rate": 3e-2},
+            "probabilities-joint": {"mixture_space": "probabilities", "gate_holdout_fraction": 0.0,
+                                    "gate_learning_rate": 3e-2},
+            "probabilities-holdout": {"mixture_space": "probabilities", "gate_holdout_fraction": 0.2,
+                                      "gate_learning_rate": 1e-1},
+            "probabilities-holdout-0.1": {"mixture_space": "probabilities", "gate_holdout_fraction": 0.1,
+                                          "gate_learning_rate": 1e-1},
+        },
+    },
+    "experts": {
+        "datasets": ("meld",), "seeds": (0, 1),
+        "base": {"input_dropout": 0.2, "context_dropout": 0.3},  # the first recipe's dropout
+        "candidates": {
+            "focal-3": {"focal_gamma": 3.0},
+            "focal-1": {"focal_gamma": 1.0},
+            "focal-0": {"focal_gamma": 0.0},
+            "focal-1-lr-1e-4": {"focal_gamma": 1.0, "training.learning_rate": 1e-4},
+            "focal-1-dropout-0.5": {"focal_gamma": 1.0, "input_dropout": 0.3, "context_dropout": 0.5},
+        },
+    },
+}
+def run(work: Path, dataset_name: str, candidate: str, overrides: dict, seed: int) -> float:
+    """Validation weighted F1 of one run (trained once, then read back)."""
+    output_dir = work / "search" / dataset_name / candidate / f"seed_{seed}"
+    if not (output_dir / "results.json").is_file():
+        dataset = load_from_disk(str(work / DATASETS[dataset_name] / "dataset"))
+        recipe = load_recipe("small", overrides)
+        modalities = recipe["modalities"]
+        if "speech_embeds" not in dataset["train"].column_names:
+            modalities, recipe["config"]["experts"] = ["text"], ["text"]
+        train_conversation_model(dataset, output_dir, recipe["config"], recipe["training"], seed, modalities,
+                                 report=False, gate_learning_rate=recipe["gate_learning_rate"],
+                                 early_stopping_patience=recipe["early_stopping_patience"])
+    return json.loads((output_dir / "results.json").read_text())["validation"]["weighted_f1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "bench-accuracy")
+    parser.add_argument("--grid", nargs="+", choices=list(GRIDS), default=list(GRIDS))
+    args = parser.parse_args()
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    results = {}
+    for grid_name in args.grid:
+        grid = GRIDS[grid_name]
+        scores = {candidate: {name: [run(args.work, name, candidate, {**grid.get("base", {}), **overrides}, seed)
+                                     for seed in grid["seeds"]]
+                              for name in grid["datasets"]}
+                  for candidate, overrides in grid["candidates"].items()}
+        means = {candidate: float(np.mean([v for values in by_data.values() for v in values]))
+                 for candidate, by_data in scores.items()}
+        results[grid_name] = {"datasets": list(grid["datasets"]), "seeds": list(grid["seeds"]),
+                              "candidates": grid["candidates"], "validation_weighted_f1": scores, "mean": means,
+                              "chosen": max(means, key=means.get)}
+    path = ROOT / "results" / "search_small_recipe.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    results = {**previous, **results}
+    path.write_text(json.dumps(results, indent=2))
+    (ROOT / "results" / "search_small_recipe.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for grid_name, result in results.items():
+        names = result["datasets"]
+        lines += [f"### `{grid_name}` grid: validation weighted F1 (%), seeds {result['seeds']}\n",
+                  "| candidate | overrides | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 3) + "|"]
+        for candidate, by_data in result["validation_weighted_f1"].items():
+            overrides = ", ".join(f"{k}={v}" for k, v in result["candidates"][candidate].items())
+            chosen = " (chosen)" if candidate == result["chosen"] else ""
+            lines.append(f"| {candidate}{chosen} | {overrides} | "
+                         + " | ".join(f"{100 * np.mean(by_data[n]):.1f} ± {100 * np.std(by_data[n], ddof=1):.1f}"
+                                      for n in names) + f" | {100 * result['mean'][candidate]:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
