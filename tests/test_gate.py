@@ -147,13 +147,14 @@ def test_fit_input_statistics_uses_present_training_vectors():
         assert torch.allclose(standardizer.std.double(), torch.from_numpy(vectors.std(0)), atol=1e-4)
 
 
-def test_gate_learns_to_drop_a_noise_expert(tmp_path):
+@pytest.mark.parametrize("gate", [{}, {"gate_holdout_fraction": 0.2}], ids=["small-recipe", "held-out-gate"])
+def test_gate_learns_to_drop_a_noise_expert(tmp_path, gate):
     """Speech is pure noise: on held-out test conversations the gate gives it < 0.1 and the mixture is as good as the
-    clean text expert, within the small recipe's budget."""
+    clean text expert, within the small recipe's budget (as it is, and with a held-out gate)."""
     recipe = load_recipe("small")
     dataset = synthetic(np.random.default_rng(0), sizes=(60, 12, 20))
     train_conversation_model(
-        dataset, tmp_path / "run", {**recipe["config"], **TINY}, {**recipe["training"], "num_train_epochs": 15},
+        dataset, tmp_path / "run", {**recipe["config"], **TINY, **gate}, {**recipe["training"], "num_train_epochs": 15},
         seed=0, gate_learning_rate=recipe["gate_learning_rate"], report=False,
     )
     model = MisterEForEmotionRecognition.from_pretrained(tmp_path / "run")

@@ -42,7 +42,7 @@ SPEECH_FUNCTIONALS = "eGeMAPSv02"
 
 
 def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30, seed: int = 0) -> dict:
-    from .training import train_conversation_model, train_encoder
+    from .training import load_recipe, train_conversation_model, train_encoder
 
     disable_progress_bars()
     output_dir = Path(output_dir)
@@ -85,9 +85,12 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
         embedded = extract_embeddings(embedded, model, processor, output_dir / "cache" / modality)
 
     print("[4/5] Stage 2: training MiSTER-E on whole conversations ...")
+    recipe = load_recipe("small")  # the recipe for small encoders, at demo widths
     results = train_conversation_model(
-        embedded, output_dir / "conversation-model", config_overrides=STAGE_TWO_SIZES, seed=seed,
-        training_overrides={"num_train_epochs": epochs, "learning_rate": 1e-3, "per_device_train_batch_size": 8},
+        embedded, output_dir / "conversation-model", config_overrides={**recipe["config"], **STAGE_TWO_SIZES},
+        seed=seed, gate_learning_rate=recipe["gate_learning_rate"],
+        training_overrides={**recipe["training"], "num_train_epochs": epochs, "learning_rate": 1e-3,
+                            "per_device_train_batch_size": 8},
     )
     conversation_model = MisterEForEmotionRecognition.from_pretrained(output_dir / "conversation-model")
     end_to_end = MisterEForEmotionRecognition.from_stages(stage_one["speech"], conversation_model)

@@ -1,0 +1,98 @@
+"""State-dict keys are a public contract: checkpoints saved by earlier versions must keep loading and predicting.
+
+`tests/fixtures/checkpoints/` holds tiny checkpoints saved by the code of their day, with the logits they gave on
+fixed inputs (`expected.json`). `python tests/test_checkpoints.py NAME` saves a new one (never overwrite an old one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEProcessor
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
+SR = 16000
+
+
+def conversation() -> dict:
+    """Four utterances, one without audio and one without text, as deterministic waveforms (no RNG)."""
+    time = np.arange(SR // 2) / SR
+    tones = [np.sin(2 * np.pi * f * time) * (0.2 + 0.1 * i) for i, f in enumerate((220.0, 330.0, 440.0, 550.0))]
+    texts = ["hello world", "oh really", None, "yes okay fine"]
+    audio = [{"array": tone.astype(np.float32), "sampling_rate": SR} for tone in tones]
+    audio[1] = None
+    return {"utterances": [{"audio": clip, "text": text} for clip, text in zip(audio, texts)]}
+
+
+def embeddings(config: MisterEConfig) -> dict:
+    """Fixed stage-2 inputs: two conversations of 5 and 3 utterances, the second with its last text missing."""
+    grid = torch.arange(2 * 5 * max(config.speech_embed_dim, config.text_embed_dim), dtype=torch.float32)
+    values = torch.sin(grid * 0.37).reshape(2, 5, -1) * 3
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    modality_mask = attention_mask[..., None].repeat(1, 1, 2).bool()
+    modality_mask[1, 2, 1] = False
+    return {"speech_embeds": values[..., :config.speech_embed_dim], "text_embeds": values[..., :config.text_embed_dim],
+            "attention_mask": attention_mask, "modality_mask": modality_mask}
+
+
+def predict(folder: Path) -> tuple[MisterEForEmotionRecognition, dict]:
+    model, info = MisterEForEmotionRecognition.from_pretrained(folder, output_loading_info=True)
+    model.eval()
+    with torch.no_grad():
+        if (folder / "processor_config.json").is_file() or (folder / "tokenizer_config.json").is_file():
+            output = model(**MisterEProcessor.from_pretrained(folder)(conversation()))
+        else:
+            output = model(**embeddings(model.config))
+    return info, {"logits": output.logits.tolist(), "gate_weights": output.gate_weights.tolist()}
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in FIXTURES.iterdir()) if FIXTURES.is_dir() else [])
+def test_saved_checkpoint_loads_and_predicts_as_it_did(name):
+    folder = FIXTURES / name
+    info, outputs = predict(folder)
+    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    expected = json.loads((folder / "expected.json").read_text())
+    for key, values in expected.items():
+        torch.testing.assert_close(torch.tensor(outputs[key]), torch.tensor(values), rtol=1e-4, atol=1e-5)
+
+
+def test_every_fixture_was_found():
+    assert {"end-to-end-v0.1", "stage-two-small-v0.1"} <= {path.name for path in FIXTURES.iterdir()}
+
+
+def save_fixture(name: str) -> None:
+    """Save the tiny end-to-end model (WavLM + BERT encoders, with processor) or a stage-2 model of the `small`
+    recipe's kind (input standardisers, probability mixture), and the logits it gives now."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_end_to_end import tiny_model, tiny_processor
+
+    folder = FIXTURES / name
+    if folder.exists():
+        raise SystemExit(f"{folder} exists: fixtures are history, never overwritten.")
+    if name.startswith("end-to-end"):
+        model, processor = tiny_model(), tiny_processor()
+    else:
+        torch.manual_seed(0)
+        model = MisterEForEmotionRecognition(MisterEConfig(
+            speech_embed_dim=6, text_embed_dim=5, context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1,
+            attention_dim=4, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5, standardize_inputs=True,
+            mixture_space="probabilities", id2label={0: "a", 1: "b", 2: "c"})).eval()
+        model.speech_standardizer.fit(torch.linspace(-3, 5, 60).reshape(10, 6))
+        model.text_standardizer.fit(torch.cos(torch.arange(50.0)).reshape(10, 5))
+        processor = None
+    model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    for code in folder.glob("*.py"):  # remote code travels with Hub folders; the package loads these
+        code.unlink()
+    (folder / "expected.json").write_text(json.dumps(predict(folder)[1]))
+
+
+if __name__ == "__main__":
+    save_fixture(sys.argv[1])
