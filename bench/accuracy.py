@@ -34,7 +34,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from datasets import DatasetDict, disable_progress_bars, load_from_disk
 from transformers import AutoTokenizer, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging

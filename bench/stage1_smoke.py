@@ -10,7 +10,7 @@ Each encoder is trained alone, as in stage 1, on synthetic utterances whose labe
 second token id, the pitch of a noisy tone): randomly initialised backbones built from configs (no weights, no Hub),
 LoRA with the package's presets, AdamW. Reports steps/s, utterances/s, peak GPU memory, the first and last loss, the
 dtypes of backbone, LoRA and head parameters, whether every LoRA parameter got a gradient in some step (WavLM's
-LayerDrop skips layers in a given step), and, for the decoder text backbone, `mister_e.scale`'s estimates of the
+LayerDrop skips layers in a given step), and, for the decoder text backbone, `mister_e.training.memory_plan`'s estimates of the
 activations and of the peak beside the measured ones. Writes bench/results/stage1_smoke.json (stage1_smoke_tiny.json
 with --tiny). Needs what the package needs: transformers >= 5.20 (5.17 lacks the `SubConfigSpec` the config uses).
 """
@@ -29,8 +29,8 @@ import transformers
 from transformers import Qwen2Config, WavLMConfig
 
 from mister_e import MisterEConfig, MisterEForUtteranceClassification
-from mister_e.lora import apply_lora
-from mister_e.scale import CUDA_CONTEXT_GIB, GIB, paper_backbone_config, parameter_sizes, training_memory
+from mister_e.training.lora import apply_lora
+from mister_e.training.memory_plan import CUDA_CONTEXT_GIB, GIB, paper_backbone_config, parameter_sizes, training_memory
 
 NUM_LABELS, SAMPLE_RATE = 6, 16000
 # Qwen2-0.5B's architecture (494 M parameters) and WavLM-base-plus's (the package's default speech backbone).

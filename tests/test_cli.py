@@ -13,12 +13,30 @@ import soundfile as sf
 from mister_e.cli import build_parser, main, read_conversation
 
 
+VERBS = ("quickstart", "prepare", "train-encoder", "plan", "extract", "train", "evaluate", "predict")
+
+
 def test_every_command_is_wired():
     parser = build_parser()
-    for command in ("quickstart", "prepare", "train-encoder", "extract", "train", "evaluate", "predict"):
+    assert set(parser._subparsers._group_actions[0].choices) == set(VERBS)
+    for command in VERBS:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0
+
+
+def test_help_does_not_import_the_training_stack():
+    """`--help` of every verb, in a fresh process: no Trainer, `datasets` or peft (they cost seconds to import)."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from mister_e.cli import main\n"
+        f"for argv in [['--help'], *[[verb, '--help'] for verb in {VERBS!r}]]:\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in ('transformers.trainer', 'datasets', 'peft') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_prepare_fails_cleanly_naming_the_missing_release(tmp_path, capsys):

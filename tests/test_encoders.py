@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
-from mister_e.lora import apply_lora, load_lora, merge_lora
+from mister_e.training.lora import apply_lora, load_lora, merge_lora
 
 NUM_LABELS, EMBED_DIM = 3, 16
 _SSL = dict(

@@ -19,8 +19,8 @@ from transformers import LlamaModel, TrainerCallback, WavLMModel
 
 from mister_e import MisterEForUtteranceClassification
 from mister_e.cli import main
-from mister_e.lora import apply_lora
-from mister_e.scale import paper_scale_plan
+from mister_e.training.lora import apply_lora
+from mister_e.training.memory_plan import paper_scale_plan
 from mister_e.training import train_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_train_encoder_checkpoints_a_bfloat16_backbone_under_autocast(tmp_path):
 
 @pytest.mark.parametrize("has_bitsandbytes, missing", [(False, ["bitsandbytes", "CUDA GPU"]), (True, ["CUDA GPU"])])
 def test_quantized_loading_names_what_is_missing_before_loading(monkeypatch, tmp_path, has_bitsandbytes, missing):
-    monkeypatch.setattr("mister_e.scale.find_spec", lambda name: object() if has_bitsandbytes else None)
+    monkeypatch.setattr("mister_e.training.quantization.find_spec", lambda name: object() if has_bitsandbytes else None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     data = corpus(train=2, validation=2, test=2)
     # The backbone folder does not exist: loading anything would fail differently.
@@ -155,7 +155,7 @@ def test_train_encoder_command_routes_memory_options(monkeypatch, tmp_path, caps
         return {}
 
     monkeypatch.setattr(training, "train_encoder", fake_train_encoder)
-    monkeypatch.setattr(training, "load_from_disk", lambda path: None)
+    monkeypatch.setattr("datasets.load_from_disk", lambda path: None)
     arguments = ["train-encoder", "--dataset", "d", "--modality", "text", "--backbone", str(tmp_path),
                  "--processor", str(tmp_path / "processor"), "--output-dir", "o", "--dtype", "bfloat16",
                  "--gradient-checkpointing", "--set", "bf16=true", "--load-in-bits", "4"]
@@ -212,7 +212,7 @@ def _lora(config, r, targets):
 
 
 def test_paper_scale_plan_counts_parameters_without_weights(plan):
-    from mister_e.scale import PAPER_BACKBONES
+    from mister_e.training.memory_plan import PAPER_BACKBONES
 
     assert plan["seconds"] < 30
     speech, text = plan["encoders"]["speech"], plan["encoders"]["text"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -17,20 +16,17 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallba
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from mister_e.data import make_dialogue_dataset
 from mister_e.evaluation import load_erc_metric
+from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
+from mister_e.recipes import parse_sets
 from mister_e.training import (
     ABLATIONS,
-    _parse_sets,
     MisterEDataCollator,
-    add_evaluate_arguments,
-    add_train_arguments,
     apply_ablation,
     drop_modalities,
     evaluate_model,
     flatten_utterances,
     load_recipe,
-    run_evaluate,
-    run_train,
     train_conversation_model,
     train_encoder,
     train_seeds,
@@ -299,10 +295,8 @@ def test_evaluate_model_writes_every_artefact(data, tmp_path):
                                                        id2label=dict(enumerate(LABELS))))
     model.save_pretrained(tmp_path / "model")
     data.save_to_disk(tmp_path / "data")
-    args = add_evaluate_arguments(argparse.ArgumentParser()).parse_args(
-        ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--probabilities", "0", "0.5", "1",
-         "--output-dir", str(tmp_path / "report")])  # fmt: skip
-    result = run_evaluate(args)
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
+                 "--probabilities", "0", "0.5", "1", "--output-dir", str(tmp_path / "report")]) == 0
 
     report = tmp_path / "report"
     for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "predictions.csv",
@@ -315,9 +309,10 @@ def test_evaluate_model_writes_every_artefact(data, tmp_path):
                for row in predictions)
     curve = json.loads((report / "robustness.json").read_text())
     assert curve["probabilities"] == [0.0, 0.5, 1.0] and set(curve["conditions"]) == {"speech", "text", "either"}
-    assert curve["conditions"]["either"]["weighted_f1"][0] == result["metrics"]["weighted_f1"]
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert curve["conditions"]["either"]["weighted_f1"][0] == metrics["weighted_f1"]
     in_memory = evaluate_model(model, data["test"], tmp_path / "again", robustness=False)
-    assert in_memory["metrics"]["weighted_f1"] == result["metrics"]["weighted_f1"] and in_memory["robustness"] is None
+    assert in_memory["metrics"]["weighted_f1"] == metrics["weighted_f1"] and in_memory["robustness"] is None
 
 
 def test_train_seeds_summarises_mean_and_std(tmp_path):
@@ -373,12 +368,10 @@ def test_recipes_load_and_every_ablation_builds():
 def test_train_command_runs_ablations_into_one_table(tmp_path):
     corpus(train=6, validation=3, test=3).save_to_disk(tmp_path / "data")
     sets = [f"{key}={value}" for key, value in {**SIZES, **FAST, "num_train_epochs": 1}.items()]
-    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
-        ["--recipe", "mosi", "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs"),
-         "--seeds", "0", "--ablation", "full", "no_kl", "--set", *sets])  # fmt: skip
-    summaries = run_train(args)
+    assert main(["train", "--recipe", "mosi", "--dataset", str(tmp_path / "data"), "--output-dir",
+                 str(tmp_path / "runs"), "--seeds", "0", "--ablation", "full", "no_kl", "--set", *sets]) == 0
 
-    assert set(summaries) == {"full", "no_kl"}
+    assert set(json.loads((tmp_path / "runs" / "ablations.json").read_text())) == {"full", "no_kl"}
     no_kl = json.loads((tmp_path / "runs" / "no_kl" / "seed_0" / "results.json").read_text())
     assert no_kl["config"]["kl_weight"] == 0
     table = (tmp_path / "runs" / "ablations.md").read_text()
@@ -386,7 +379,7 @@ def test_train_command_runs_ablations_into_one_table(tmp_path):
 
 
 def test_set_values_get_their_types():
-    sets = _parse_sets(["learning_rate=1e-5", "warmup=1.0e-3", "experts=[text]", "bf16=true", "name=meld", "seed=3"])
+    sets = parse_sets(["learning_rate=1e-5", "warmup=1.0e-3", "experts=[text]", "bf16=true", "name=meld", "seed=3"])
     assert sets == {"learning_rate": 1e-5, "warmup": 1e-3, "experts": ["text"], "bf16": True, "name": "meld", "seed": 3}
     with pytest.raises(ValueError, match="key=value"):
-        _parse_sets(["learning_rate"])
+        parse_sets(["learning_rate"])

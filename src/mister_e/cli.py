@@ -1,5 +1,9 @@
 """`mister-e`: prepare datasets, train encoders, extract embeddings, train and evaluate MiSTER-E, predict, demo, plan
-paper-scale runs."""
+paper-scale runs.
+
+Every verb lives here. Training, data and extraction code is imported only inside the verb that runs, so `--help`
+and `predict` start without the Trainer, `datasets` or peft.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .configuration_mister_e import MODALITIES
+from .recipes import ABLATIONS, load_recipe, parse_sets, route, training_fields
 
 # `sorted(data.BUILDERS)`, spelled out so that `--help` need not import `datasets` (a test keeps them equal).
 PREPARE_DATASETS = ("cosmic", "emodb", "iemocap", "meld", "mosi")
@@ -163,6 +169,147 @@ def _run_predict(args: argparse.Namespace) -> None:
     print(json.dumps([{"id": i, **p} for i, p in zip(ids, predictions)], indent=2))
 
 
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="Keep the Trainer checkpoints of finished runs (deleted by default to save disk).")
+    parser.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="Override a MisterEConfig or TrainingArguments field (e.g. kl_weight=0.0, learning_rate=3e-5).",
+    )
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mister-e train` (stage 2)."""
+    parser.add_argument("--recipe", required=True, help="Packaged recipe (iemocap, meld, mosi, small) or a YAML file.")
+    parser.add_argument("--dataset", help="Dialogue DatasetDict folder with embedding columns (overrides the recipe).")
+    parser.add_argument("--output-dir", help="Where runs go (overrides the recipe).")
+    parser.add_argument("--seeds", type=int, nargs="+", help="Seeds to train (default: the recipe's).")
+    parser.add_argument("--ablation", nargs="+", choices=[*ABLATIONS, "all"],
+                        help="Train these ablations (or all) into <output-dir>/<name> and write one table.")
+    parser.add_argument("--modalities", nargs="+", choices=MODALITIES, help="Modalities to feed (default: both).")
+    _add_common_arguments(parser)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .evaluation import format_seed_table
+    from .training import run_ablations, train_seeds
+    from .training.stage_two import SUMMARY_METRICS
+
+    overrides = parse_sets(args.overrides)
+    for key in ("dataset", "output_dir", "seeds", "modalities"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    recipe = load_recipe(args.recipe, overrides)
+    if args.ablation:
+        names = list(ABLATIONS) if "all" in args.ablation else args.ablation
+        summaries = run_ablations(recipe, names, keep_checkpoints=args.keep_checkpoints)
+        _print_once(format_seed_table(summaries, SUMMARY_METRICS))
+        return
+    _print_once(format_seed_table(train_seeds(recipe, keep_checkpoints=args.keep_checkpoints), SUMMARY_METRICS))
+
+
+def _add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mister-e train-encoder` (stage 1)."""
+    parser.add_argument("--dataset", required=True, help="Dialogue DatasetDict folder (audio paths and texts).")
+    parser.add_argument("--modality", required=True, choices=MODALITIES)
+    parser.add_argument("--backbone", help="Backbone folder or Hub id (default: the package's default per modality); "
+                                           "for speech also opensmile:ComParE_2016 or opensmile:eGeMAPSv02 "
+                                           "(openSMILE functionals, extra `mister-e[opensmile]`).")
+    parser.add_argument("--processor", help="Saved MisterEProcessor folder (default: built from the backbone).")
+    parser.add_argument("--tokenizer", help="Text tokenizer stored in the processor of a speech encoder "
+                                            "(default: the default text backbone's).")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora-r", type=int, help="LoRA rank (default: 16 speech, 8 text).")
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 8 speech, 32 text).")
+    parser.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05 speech, 0.1 text).")
+    parser.add_argument("--lora-targets", nargs="+", help="LoRA target modules (default: the family's preset).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="dtype the backbone loads in (default float32; the compute dtype of a quantized one, "
+                             "default bfloat16); heads and LoRA weights train in float32 whatever it is. Autocast is "
+                             "the Trainer's: --set bf16=true (or fp16=true).")
+    parser.add_argument("--load-in-bits", type=int, choices=[4, 8],
+                        help="Quantize the backbone (4: QLoRA, NF4); needs bitsandbytes and a CUDA GPU.")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="Recompute the backbone's layer activations in backward: less memory, slower steps.")
+    _add_common_arguments(parser)
+
+
+def _run_train_encoder(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import load_from_disk
+
+    from .backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
+    from .processing_mister_e import MisterEProcessor
+    from .training import train_encoder
+    from .training.stage_one import processor_for
+
+    default = DEFAULT_SPEECH_BACKBONE if args.modality == "speech" else DEFAULT_TEXT_BACKBONE
+    backbone = resolve_backbone(args.backbone or default)
+    processor = (MisterEProcessor.from_pretrained(args.processor) if args.processor
+                 else processor_for(args.modality, backbone, args.tokenizer))
+    lora = {key: value for key, value in (("r", args.lora_r), ("lora_alpha", args.lora_alpha),
+                                          ("lora_dropout", args.lora_dropout), ("target_modules", args.lora_targets))
+            if value is not None}
+    sections = {"config": {}, "training": {}}
+    for key, value in parse_sets(args.overrides).items():
+        section = route(key)
+        if section[0] not in sections:
+            raise ValueError(f"--set {key}: train-encoder takes MisterEConfig and TrainingArguments fields only.")
+        sections[section[0]][section[1]] = value
+    if args.gradient_checkpointing:
+        # transformers 5.2x renamed it `activation_checkpointing`, keeping the old name as a deprecated alias.
+        new = "activation_checkpointing" in training_fields()
+        sections["training"]["activation_checkpointing" if new else "gradient_checkpointing"] = True
+    results = train_encoder(
+        load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
+        config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
+        dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
+        load_in_bits=args.load_in_bits,
+    )
+    _print_once(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
+
+
+def _print_once(text: str) -> None:
+    """Print from the main process only: under a launcher every process holds the same results."""
+    from .utils import process_state
+
+    if process_state().is_main_process:
+        print(text)
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mister-e evaluate`."""
+    parser.add_argument("--model", required=True, help="Folder of a trained conversation model.")
+    parser.add_argument("--dataset", required=True, help="Dialogue DatasetDict folder.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--output-dir", help="Where the report goes (default: <model>/evaluation/<split>).")
+    parser.add_argument("--no-robustness", dest="robustness", action="store_false",
+                        help="Skip the missing-modality robustness curve.")
+    parser.add_argument("--probabilities", type=float, nargs="+",
+                        help="Drop probabilities of the robustness curve (default: 0.0, 0.1, ..., 0.9).")
+    parser.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the robustness curve's random drops.")
+    parser.add_argument("--device", help="Where to run the model (default: cuda when available, else cpu).")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import load_from_disk
+
+    from .evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
+    from .training import evaluate_model
+
+    output_dir = args.output_dir or Path(args.model) / "evaluation" / args.split
+    result = evaluate_model(
+        args.model, load_from_disk(args.dataset)[args.split], output_dir, robustness=args.robustness,
+        probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities, batch_size=args.batch_size, seed=args.seed,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    )
+    print(json.dumps({metric: result["metrics"][metric] for metric in SCALAR_METRICS}, indent=2))
+
+
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="mister-e-quickstart", help="Corpus, model and reports go here.")
     parser.add_argument("--epochs", type=int, default=30)
@@ -184,7 +331,7 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> None:
-    from .scale import format_plan, paper_scale_plan
+    from .training.memory_plan import format_plan, paper_scale_plan
 
     plan = paper_scale_plan(args.batch_size, args.text_tokens, args.speech_seconds, gpus=tuple(args.gpus))
     print(format_plan(plan))
@@ -193,20 +340,18 @@ def _run_plan(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import training
-
     parser = argparse.ArgumentParser(prog="mister-e", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, add, run, summary in (
         ("quickstart", _add_quickstart_arguments, _run_quickstart, "Offline demo: build, train, reload, predict."),
         ("prepare", _add_prepare_arguments, _run_prepare, "Build a dialogue dataset from a release folder."),
-        ("train-encoder", training.add_train_encoder_arguments, training.run_train_encoder,
+        ("train-encoder", _add_train_encoder_arguments, _run_train_encoder,
          "Stage 1: LoRA-fine-tune one utterance encoder."),
         ("plan", _add_plan_arguments, _run_plan,
          "Paper-scale parameter counts and per-GPU training memory, without weights."),
         ("extract", _add_extract_arguments, _run_extract, "Add per-utterance embeddings to a dialogue dataset."),
-        ("train", training.add_train_arguments, training.run_train, "Stage 2: train MiSTER-E (seeds, ablations)."),
-        ("evaluate", training.add_evaluate_arguments, training.run_evaluate, "Metrics, plots, robustness curve."),
+        ("train", _add_train_arguments, _run_train, "Stage 2: train MiSTER-E (seeds, ablations)."),
+        ("evaluate", _add_evaluate_arguments, _run_evaluate, "Metrics, plots, robustness curve."),
         ("predict", _add_predict_arguments, _run_predict, "Predict emotions for a conversation (JSON out)."),
     ):
         sub = commands.add_parser(name, help=summary, description=summary)

@@ -7,6 +7,7 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 EXPERTS = ("speech", "text", "cross_modal")
+MODALITIES = ("speech", "text")
 GATE_MODES = ("learned", "mean", *EXPERTS)
 CONTEXT_MODULES = ("conv_gru", "conv", "gru")
 MIXTURE_SPACES = ("logits", "probabilities")

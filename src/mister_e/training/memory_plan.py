@@ -1,4 +1,4 @@
-"""Paper-scale stage 1 within memory: quantized (QLoRA) backbones, and a weight-free plan of parameters and memory.
+"""The paper-scale memory plan (`mister-e plan`): parameters and per-GPU training memory of stage 1, without weights.
 
 `paper_scale_plan` builds the stage-1 encoders around the paper's LLM backbones (Qwen2-Audio-7B-Instruct for speech,
 Llama-3.1-8B-Instruct for text) on the meta device from the configs below, so it needs neither the Hub nor the 30 GB of
@@ -7,17 +7,16 @@ weights, applies the authors' LoRA settings and estimates the training memory pe
 
 from __future__ import annotations
 
-from importlib.util import find_spec
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .configuration_mister_e import MisterEConfig
+from ..configuration_mister_e import MisterEConfig
+from ..modeling_mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from .lora import LORA_DEFAULTS, LORA_TARGETS, apply_lora
-from .modeling_mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 
 # The structural fields of the checkpoints' config.json files (offline copies: the Hub is not needed for a plan).
 PAPER_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -53,43 +52,6 @@ NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 TRAINABLE_BYTES_PER_PARAM = 16
 CUDA_CONTEXT_GIB = 1.0
 GIB = 2**30
-
-
-def quantization_kwargs(bits: int, compute_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """`from_pretrained` arguments that load a backbone in 4-bit NF4 (QLoRA) or 8-bit on this process's GPU.
-
-    Raises, naming what is missing, before any weight loads: bitsandbytes quantizes on CUDA GPUs only.
-    """
-    if bits not in (4, 8):
-        raise ValueError(f"Quantized loading takes 4 or 8 bits, got {bits!r}.")
-    missing = [what for what, present in (("the `bitsandbytes` package (pip install bitsandbytes)",
-                                            find_spec("bitsandbytes") is not None),
-                                           ("a CUDA GPU", torch.cuda.is_available())) if not present]
-    if missing:
-        raise ValueError(f"{bits}-bit loading of the backbone (QLoRA) needs {' and '.join(missing)}; "
-                         "load it in bfloat16 instead (`--dtype bfloat16`).")
-    from accelerate import PartialState
-
-    if bits == 4:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
-    else:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    # Each data-parallel process holds its whole copy on its own GPU.
-    return {"quantization_config": config, "device_map": {"": PartialState().local_process_index}}
-
-
-def prepare_quantized_backbones(model: MisterEForUtteranceClassification) -> MisterEForUtteranceClassification:
-    """peft's k-bit preparation of each quantized backbone: frozen, with its unquantized weights upcast to fp32.
-
-    Checkpointing stays the Trainer's to switch on (`gradient_checkpointing`), as for any other backbone.
-    """
-    from peft import prepare_model_for_kbit_training
-
-    for encoder in (model.speech_encoder, model.text_encoder):
-        if encoder is not None:
-            prepare_model_for_kbit_training(encoder.backbone, use_gradient_checkpointing=False)
-    return model
 
 
 def paper_backbone_config(modality: str) -> PreTrainedConfig:
@@ -294,7 +256,5 @@ __all__ = [
     "paper_backbone_config",
     "paper_scale_plan",
     "parameter_sizes",
-    "prepare_quantized_backbones",
-    "quantization_kwargs",
     "training_memory",
 ]

@@ -6,7 +6,7 @@ import re
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from .modeling_mister_e import MisterEForUtteranceClassification
+from ..modeling_mister_e import MisterEForUtteranceClassification
 
 _SSL_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 # The authors' text LLM recipe: peft's default targets for decoder LLMs, the attention's q/v projections.

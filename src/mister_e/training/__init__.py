@@ -1,0 +1,59 @@
+"""Training and evaluation of MiSTER-E with the 🤗 `Trainer`.
+
+- `collator`: dialogue rows -> batches, for both stages (stage 1 sees one-utterance conversations).
+- `trainer`: the Trainer class and factory, resuming, finishing a run (`results.json`, then checkpoints deleted).
+- `stage_one`: an utterance encoder fine-tuned as an emotion classifier (`lora`, `quantization` beside it).
+- `stage_two`: MiSTER-E on dialogues of embeddings; over seeds; the ablations of `mister_e.recipes`.
+- `evaluate`: a trained model's report and robustness curve on a split.
+- `memory_plan`: parameters and per-GPU memory of the paper-scale stage 1, without weights (`mister-e plan`).
+
+Everything public is importable from `mister_e.training`.
+"""
+
+from ..configuration_mister_e import MODALITIES
+from ..recipes import ABLATIONS, load_recipe
+from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator, drop_modalities, flatten_utterances
+from .evaluate import evaluate_model
+from .stage_one import fit_functionals_statistics, speech_features, train_encoder
+from .stage_two import (
+    apply_ablation,
+    fit_input_statistics,
+    run_ablations,
+    train_conversation_model,
+    train_seeds,
+    with_gate_holdout,
+)
+from .trainer import (
+    CONVERSATION_TRAINING_DEFAULTS,
+    ENCODER_TRAINING_DEFAULTS,
+    MisterETrainer,
+    build_trainer,
+    label_names,
+    last_checkpoint,
+)
+
+__all__ = [
+    "ABLATIONS",
+    "CONVERSATION_TRAINING_DEFAULTS",
+    "ENCODER_TRAINING_DEFAULTS",
+    "GATE_HOLDOUT_COLUMN",
+    "MODALITIES",
+    "MisterEDataCollator",
+    "MisterETrainer",
+    "apply_ablation",
+    "build_trainer",
+    "drop_modalities",
+    "evaluate_model",
+    "fit_functionals_statistics",
+    "fit_input_statistics",
+    "flatten_utterances",
+    "label_names",
+    "last_checkpoint",
+    "load_recipe",
+    "run_ablations",
+    "speech_features",
+    "train_conversation_model",
+    "train_encoder",
+    "train_seeds",
+    "with_gate_holdout",
+]

@@ -1,0 +1,102 @@
+"""Scoring a trained conversation model on a split: predictions, the report files, the robustness curve."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from ..configuration_mister_e import MODALITIES
+from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
+from ..modeling_mister_e import MisterEForEmotionRecognition
+from .collator import _EMBED_COLUMNS, MisterEDataCollator
+from .trainer import label_names
+
+
+@torch.inference_mode()
+def _predict(model, dataset: Dataset, collator: MisterEDataCollator, batch_size: int, desc: str) -> dict:
+    """Per-utterance logits, gate weights and labels of a split, padding removed."""
+    model.eval()
+    outputs = {key: [] for key in ("logits", "gate_weights", "labels", "dialogue_ids", "utterance_ids")}
+    for batch_rows in tqdm(dataset.iter(batch_size), total=-(-len(dataset) // batch_size), desc=desc, unit="batch"):
+        rows = [dict(zip(batch_rows, values)) for values in zip(*batch_rows.values())]
+        batch = collator(rows)
+        labels = batch.pop("labels")
+        mask = batch["attention_mask"].bool()
+        output = model(**{key: value.to(model.device) for key, value in batch.items()})
+        outputs["logits"].append(output.logits.float().cpu()[mask])
+        outputs["gate_weights"].append(output.gate_weights.float().cpu()[mask])
+        outputs["labels"].append(labels[mask])
+        for row in rows:
+            size = len(row["labels"])
+            outputs["dialogue_ids"].extend([row.get("dialogue_id")] * size)
+            outputs["utterance_ids"].extend(row.get("utterance_ids") or range(size))
+    return {key: torch.cat(values).numpy() if key in ("logits", "gate_weights", "labels") else np.asarray(values)
+            for key, values in outputs.items()}
+
+
+def evaluate_model(
+    model: MisterEForEmotionRecognition | str | os.PathLike,
+    dataset: Dataset,
+    output_dir: str | os.PathLike,
+    robustness: bool = True,
+    probabilities: Sequence[float] = DEFAULT_DROP_PROBABILITIES,
+    processor: Any = None,
+    modalities: Sequence[str] = MODALITIES,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Score a conversation model on one split and write its report (and modality-robustness curve).
+
+    Writes `write_evaluation_report`'s artefacts (metrics, per-class report, confusion matrix, per-utterance CSV with
+    the three gate weights, gate plots) to `output_dir`; with `robustness`, also `robustness.json`/`.png`: scores when
+    speech, text or either is dropped from each utterance with probability `p` in `probabilities` at test time
+    (`drop_modalities`: never both modalities, never an utterance's only one).
+
+    Returns:
+        `{"metrics": <metrics.json>, "robustness": <curve or None>}`.
+    """
+    if not isinstance(model, PreTrainedModel):
+        path = model
+        model = MisterEForEmotionRecognition.from_pretrained(path)
+        if processor is None and not any(column in dataset.column_names for column in _EMBED_COLUMNS.values()):
+            from ..processing_mister_e import MisterEProcessor
+
+            processor = MisterEProcessor.from_pretrained(path)
+    if device is not None:
+        model.to(device)
+    collator = MisterEDataCollator(processor, modalities)
+    predicted = _predict(model, dataset, collator, batch_size, "evaluate")
+    logits = torch.from_numpy(predicted["logits"])
+    metrics = write_evaluation_report(
+        output_dir,
+        predictions=logits.argmax(-1).numpy(),
+        references=predicted["labels"],
+        label_names=label_names(dataset),
+        gate_weights=predicted["gate_weights"],
+        dialogue_ids=predicted["dialogue_ids"],
+        utterance_ids=predicted["utterance_ids"],
+        probabilities=logits.softmax(-1).numpy(),
+    )
+    curve = None
+    if robustness:
+
+        def predict_fn(drop_speech_p: float, drop_text_p: float, seed: int):
+            dropped = dataclasses.replace(collator, modality_dropout=(drop_speech_p, drop_text_p), seed=seed)
+            desc = f"robustness p=({drop_speech_p:.2f}, {drop_text_p:.2f})"
+            run = _predict(model, dataset, dropped, batch_size, desc)
+            return run["logits"].argmax(-1), run["labels"]
+
+        curve = robustness_curve(predict_fn, probabilities, seed)
+        write_robustness_report(output_dir, curve)
+    return {"metrics": metrics, "robustness": curve}
+
+

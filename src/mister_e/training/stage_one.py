@@ -1,0 +1,143 @@
+"""Stage 1: one utterance encoder fine-tuned (LoRA; or a functionals head trained whole) as an utterance emotion
+classifier, then merged into a plain model for `mister-e extract`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import TrainerCallback, set_seed
+
+from ..configuration_mister_e import MODALITIES
+from ..modeling_mister_e import MisterEForUtteranceClassification, MisterEFunctionalsEncoder
+from .collator import _RAW_COLUMNS, MisterEDataCollator, flatten_utterances
+from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
+
+
+def train_encoder(
+    dataset: DatasetDict,
+    modality: str,
+    output_dir: str | os.PathLike,
+    processor: Any,
+    backbone: str | os.PathLike | None = None,
+    model: MisterEForUtteranceClassification | None = None,
+    lora: Mapping[str, Any] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    training_overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    keep_checkpoints: bool = False,
+    load_in_bits: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune one utterance encoder with LoRA as an utterance emotion classifier (stage 1).
+
+    Each labelled utterance with `modality` is a one-utterance conversation; the loss is the model's focal loss.
+    The adapters of the epoch with the best validation weighted F1 go to `output_dir/adapter`; merged into the
+    backbone they give a plain model (`output_dir/merged`, with `processor`) for `mister-e extract`.
+
+    Args:
+        backbone: Local folder or Hub id (resolved by the caller) of the pretrained backbone, unless `model` is
+            given.
+        lora: `apply_lora` overrides (`r`, `lora_alpha`, `lora_dropout`, `target_modules`) over `LORA_DEFAULTS`.
+        config_overrides: `MisterEConfig` fields for a new model (`<modality>_embed_dim`, pooling, dropout, ...).
+        training_overrides: `TrainingArguments` fields over `ENCODER_TRAINING_DEFAULTS`; `gradient_checkpointing`
+            recomputes the backbone's layers in backward, `bf16`/`fp16` turn on autocast.
+        dtype: dtype of a new model's backbone (float32 when `None`); its heads and the LoRA weights train in float32.
+        load_in_bits: 4 (QLoRA, NF4) or 8 to quantize a new model's backbone with bitsandbytes on the GPU; fails
+            before any weight loads without bitsandbytes or a CUDA GPU.
+    """
+    from .lora import apply_lora, load_lora, merge_lora  # peft is needed here only.
+
+    if modality not in MODALITIES:
+        raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
+    if load_in_bits and model is not None:
+        raise ValueError("`load_in_bits` quantizes the backbone of a new model: pass `backbone`, not `model`.")
+    output_dir = Path(output_dir)
+    set_seed(seed)
+    if model is None:
+        if backbone is None:
+            raise ValueError("Pass a `backbone` to build the encoder from, or a `model`.")
+        labels = {"id2label": dict(enumerate(label_names(dataset["train"])))}
+        build = functools.partial(MisterEForUtteranceClassification.from_backbones, **{modality: str(backbone)},
+                                  **{**labels, **(config_overrides or {})})
+        quantization = None
+        if load_in_bits:
+            from .quantization import prepare_quantized_backbones, quantization_kwargs
+
+            quantization = quantization_kwargs(load_in_bits, dtype)
+        model = build(dtype=dtype, backbone_kwargs=quantization)
+        if load_in_bits:
+            prepare_quantized_backbones(model)
+    utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
+    functionals = isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder)
+    if functionals:  # no network to adapt: the standardisation is fitted on train, then the head trains fully
+        fit_functionals_statistics(model, processor, utterances["train"])
+    trainer = build_trainer(
+        model if functionals else apply_lora(model, modality, **(lora or {})), utterances, output_dir,
+        MisterEDataCollator(processor, (modality,)), {**ENCODER_TRAINING_DEFAULTS, **(training_overrides or {})},
+        seed, f"{modality}_logits", processor, callbacks,
+    )
+    results = {"seed": seed, "modality": modality, **_fit(trainer, ("validation", "test"), utterances),
+               "best_checkpoint": trainer.state.best_model_checkpoint}
+    if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
+        merged = trainer.model
+        if not functionals:
+            trainer.model.save_pretrained(output_dir / "adapter")
+            trained = trainer.model
+            if load_in_bits:  # merged into quantized weights the adapters would be re-quantized: use a bf16 backbone
+                trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter")
+            merged = merge_lora(trained)
+        merged.save_pretrained(output_dir / "merged")
+        if processor is not None:
+            processor.save_pretrained(output_dir / "merged")
+        results["config"] = json.loads(merged.config.to_json_string())
+    return _finish(trainer, results, keep_checkpoints)
+
+
+def speech_features(processor: Any, paths: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """The processor's speech features of audio files, `(len(paths), width)` for one-vector-per-utterance extractors
+    (openSMILE functionals), computed in batches of one-utterance conversations."""
+    return torch.cat([
+        processor([{"id": path, "utterances": [{"audio": path}]} for path in paths[start : start + batch_size]])[
+            "input_features"]
+        for start in range(0, len(paths), batch_size)
+    ])
+
+
+@torch.no_grad()
+def fit_functionals_statistics(model: MisterEForUtteranceClassification, processor: Any, utterances: Dataset,
+                               batch_size: int = 64) -> None:
+    """Fit the speech functionals encoder's standardisation on the training utterances (`flatten_utterances` rows);
+    the statistics then travel inside the model and are never recomputed at inference."""
+    paths = [audio[0] for audio in utterances[_RAW_COLUMNS["speech"]]]
+    if not paths:
+        raise ValueError("The training split has no utterance with audio to fit the functionals' statistics on.")
+    model.speech_encoder.standardizer.fit(speech_features(processor, paths, batch_size))
+
+
+def processor_for(modality: str, backbone: str, tokenizer: str | None):
+    """A `MisterEProcessor` for one encoder: the backbone's own preprocessing, a stand-in for the other modality."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer, Wav2Vec2FeatureExtractor
+
+    from ..backbones import DEFAULT_TEXT_BACKBONE, resolve_backbone
+    from ..configuration_mister_e import MisterEOpenSmileConfig
+    from ..feature_extraction_mister_e import MisterEFunctionalsFeatureExtractor
+    from ..processing_mister_e import MisterEProcessor
+
+    if modality == "speech":
+        functionals = MisterEOpenSmileConfig.from_backbone_name(backbone)
+        feature_extractor = (MisterEFunctionalsFeatureExtractor(functionals.feature_set) if functionals
+                             else AutoFeatureExtractor.from_pretrained(backbone))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer or DEFAULT_TEXT_BACKBONE))
+    else:
+        feature_extractor, tokenizer = Wav2Vec2FeatureExtractor(), AutoTokenizer.from_pretrained(backbone)
+    return MisterEProcessor(feature_extractor, tokenizer)
+
+

@@ -1,0 +1,227 @@
+"""Stage 2: MiSTER-E on dialogues of utterance embeddings; over seeds, and the paper's ablations."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+from transformers.utils import logging
+
+from ..configuration_mister_e import MODALITIES, MisterEConfig
+from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
+from ..modeling_mister_e import MisterEForEmotionRecognition
+from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
+from ..utils import process_state
+from .collator import _EMBED_COLUMNS, GATE_HOLDOUT_COLUMN, MisterEDataCollator
+from .evaluate import evaluate_model
+from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
+
+logger = logging.get_logger(__name__)
+
+def _data_config(dataset: Dataset) -> dict[str, Any]:
+    """Config fields the data decides: labels, and the width of each embedding column present."""
+    fields = {"id2label": dict(enumerate(label_names(dataset)))}
+    for modality, column in _EMBED_COLUMNS.items():
+        if column in dataset.column_names:
+            for row in dataset.select_columns(column):  # row by row: the column can be gigabytes as Python lists
+                width = next((len(vector) for vector in row[column] if vector is not None), None)
+                if width is not None:
+                    fields[f"{modality}_embed_dim"] = width
+                    break
+    return fields
+
+
+
+
+def train_conversation_model(
+    dataset: DatasetDict,
+    output_dir: str | os.PathLike,
+    config_overrides: Mapping[str, Any] | None = None,
+    training_overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    modalities: Sequence[str] = MODALITIES,
+    modality_dropout: float = 0.0,
+    model: MisterEForEmotionRecognition | None = None,
+    processor: Any = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    report: bool = True,
+    keep_checkpoints: bool = False,
+    gate_learning_rate: float | None = None,
+    early_stopping_patience: int | None = None,
+) -> dict[str, Any]:
+    """Train MiSTER-E (stage 2) on a dialogue `DatasetDict`, select on validation, score on test, save.
+
+    Reruns with the same `output_dir` resume from its newest complete checkpoint. Writes the selected model
+    (`model.safetensors`, `config.json`) and `results.json` (validation and test scores, seed, config; with `report`
+    also the mean test gate weight per expert, `test.gate`) to `output_dir` and, with `report`, the test split's
+    evaluation artefacts to `output_dir/test` (see `evaluate_model`). Once
+    `results.json` is written the checkpoints (about 1 GB each at the paper's sizes) are deleted, unless
+    `keep_checkpoints`.
+
+    Args:
+        dataset: Splits `train`, `validation` and optionally `test`, with embedding columns (or raw columns and a
+            `model` with utterance encoders plus its `processor`).
+        config_overrides: `MisterEConfig` fields over the paper's defaults; labels and embedding widths come from the
+            data.
+        training_overrides: `TrainingArguments` fields over `CONVERSATION_TRAINING_DEFAULTS`.
+        seed: Seeds model initialisation, data order (`data_seed`), the gate's held-out conversations and every
+            random draw of training.
+        gate_learning_rate: Learning rate of the gate's own optimizer group (default: the experts').
+        early_stopping_patience: Stop after this many evaluations without a better validation weighted F1.
+
+    With `config.standardize_inputs`, the input statistics are fitted on the training split's embeddings first; with
+    `config.gate_holdout_fraction`, that fraction of the training conversations (drawn with `seed`) is held out from
+    the experts' losses for the gate.
+    """
+    output_dir = Path(output_dir)
+    set_seed(seed)
+    if model is None:
+        if not set(_EMBED_COLUMNS.values()) & set(dataset["train"].column_names):
+            raise ValueError(
+                "The dataset has no `speech_embeds`/`text_embeds` columns: extract them first (`mister-e extract`), "
+                "or pass a `model` with utterance encoders and its `processor`."
+            )
+        config = MisterEConfig(**{**_data_config(dataset["train"]), **(config_overrides or {})})
+        model = MisterEForEmotionRecognition(config)
+    fit_input_statistics(model, dataset["train"])
+    if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
+        dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)
+    if early_stopping_patience:
+        callbacks = [*(callbacks or []), EarlyStoppingCallback(early_stopping_patience)]
+    collator = MisterEDataCollator(processor, modalities, modality_dropout)
+    trainer = build_trainer(
+        model, dataset, output_dir, collator, {**CONVERSATION_TRAINING_DEFAULTS, **(training_overrides or {})}, seed,
+        "logits", processor, callbacks, gate_learning_rate,
+    )
+    results = {
+        "seed": seed,
+        **_fit(trainer, ("validation", "test"), dataset),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "config": json.loads(trainer.model.config.to_json_string()),
+    }
+    trainer.save_model(str(output_dir))
+    if report and "test" in dataset and trainer.is_world_process_zero():  # a single-process pass, no collectives
+        metrics = evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False,
+                                 processor=processor, modalities=modalities,
+                                 batch_size=trainer.args.per_device_eval_batch_size)["metrics"]
+        if "gates" in metrics:  # which expert the selected model trusts, on average
+            results["test"]["gate"] = metrics["gates"]["mean"]
+    return _finish(trainer, results, keep_checkpoints)
+
+
+@torch.no_grad()
+def fit_input_statistics(model: MisterEForEmotionRecognition, train: Dataset) -> None:
+    """Fit the model's input standardizers (`config.standardize_inputs`) on the embeddings of the training split's
+    utterances that have each modality; modalities without an embedding column keep the identity."""
+    for modality, column in _EMBED_COLUMNS.items():
+        standardizer = getattr(model, f"{modality}_standardizer", None)
+        if standardizer is None or column not in train.column_names:
+            continue
+        vectors = [np.asarray(vector, dtype=np.float32) for batch in train.select_columns(column).iter(256)
+                   for row in batch[column] for vector in row if vector is not None]
+        if vectors:
+            standardizer.fit(torch.from_numpy(np.stack(vectors)))
+
+
+def with_gate_holdout(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+    """The dataset with the training split's `gate_holdout` column: `fraction` of its conversations (at least one,
+    never all), drawn with `seed`, whose utterances only the gate learns from."""
+    train = dataset["train"]
+    if len(train) < 2:
+        raise ValueError("A gate hold-out needs at least 2 training conversations; set `gate_holdout_fraction=0`.")
+    count = min(max(round(fraction * len(train)), 1), len(train) - 1)
+    held_out = np.zeros(len(train), dtype=bool)
+    held_out[np.random.default_rng(seed).choice(len(train), count, replace=False)] = True
+    return DatasetDict({**dataset, "train": train.add_column(GATE_HOLDOUT_COLUMN, held_out.tolist())})
+
+
+SUMMARY_METRICS = [f"test/{metric}" for metric in SCALAR_METRICS] + [f"validation/{m}" for m in SCALAR_METRICS]
+
+
+def train_seeds(
+    recipe: str | os.PathLike | Mapping[str, Any],
+    seeds: Sequence[int] | None = None,
+    dataset: DatasetDict | None = None,
+    output_dir: str | os.PathLike | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    keep_checkpoints: bool = False,
+) -> dict[str, Any]:
+    """Train a recipe once per seed into `output_dir/seed_<k>` and summarise the seeds (mean ± sample std).
+
+    A seed whose `results.json` exists is not trained again, and an unfinished one resumes, so an interrupted
+    multi-seed run is continued by running the same command. Writes `summary.json` and `summary.md`.
+    """
+    recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
+    seeds = list(recipe["seeds"] if seeds is None else seeds)
+    dataset = load_from_disk(str(recipe["dataset"])) if dataset is None else dataset
+    output_dir = Path(output_dir or recipe["output_dir"])
+    runs = {}
+    for seed in seeds:
+        run_dir = output_dir / f"seed_{seed}"
+        if (run_dir / "results.json").is_file():
+            logger.warning(f"Seed {seed} already trained: reading {run_dir / 'results.json'}.")
+            runs[seed] = json.loads((run_dir / "results.json").read_text())
+        else:
+            runs[seed] = train_conversation_model(
+                dataset, run_dir, recipe["config"], recipe["training"], seed, recipe["modalities"],
+                callbacks=callbacks, keep_checkpoints=keep_checkpoints,
+                **{key: recipe.get(key, default) for key, default in RECIPE_OPTIONS.items()},
+            )
+    scores = {seed: {split: run[split] for split in ("validation", "test") if split in run}
+              for seed, run in runs.items()}
+    summary = summarize_seeds(list(scores.values()))
+    if process_state().is_main_process:
+        _write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary, "runs": scores})
+        names = [f"test/f1_{name}" for name in label_names(dataset["train"])]
+        title = f"# {recipe.get('name', 'MiSTER-E')}{' / ' + recipe['ablation'] if recipe.get('ablation') else ''}"
+        table = format_seed_table(summary, SUMMARY_METRICS + names)
+        _write_text(output_dir / "summary.md", f"{title}\n\nSeeds {seeds}.\n\n{table}")
+    return summary
+
+
+def apply_ablation(recipe: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The recipe with one of `ABLATIONS` applied to its model config."""
+    if name not in ABLATIONS:
+        raise ValueError(f"Unknown ablation {name!r}; expected one of {list(ABLATIONS)}.")
+    recipe = copy.deepcopy(dict(recipe))
+    recipe["config"] = {**recipe["config"], **ABLATIONS[name]}
+    recipe["ablation"] = name
+    return recipe
+
+
+def run_ablations(
+    recipe: str | os.PathLike | Mapping[str, Any],
+    names: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    dataset: DatasetDict | None = None,
+    output_dir: str | os.PathLike | None = None,
+    keep_checkpoints: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Train every ablation (all of `ABLATIONS` by default) over the seeds into `output_dir/<name>`, then write one
+    table, `ablations.md` (a column per ablation), and `ablations.json`."""
+    recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
+    names = list(ABLATIONS if names is None else names)
+    for name in names:
+        apply_ablation(recipe, name)  # Reject a typo before hours of training.
+    dataset = load_from_disk(str(recipe["dataset"])) if dataset is None else dataset
+    output_dir = Path(output_dir or recipe["output_dir"])
+    summaries = {
+        name: train_seeds(apply_ablation(recipe, name), seeds, dataset, output_dir / name,
+                          keep_checkpoints=keep_checkpoints)
+        for name in names
+    }
+    if process_state().is_main_process:
+        _write_json(output_dir / "ablations.json", summaries)
+        _write_text(output_dir / "ablations.md", f"# {recipe.get('name', 'MiSTER-E')} ablations\n\n"
+                    + format_seed_table(summaries, SUMMARY_METRICS))
+    return summaries
+
+

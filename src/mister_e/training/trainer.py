@@ -1,0 +1,204 @@
+"""🤗 `Trainer` plumbing shared by both stages: the trainer class, its factory, resuming, and finishing a run.
+
+Gradient accumulation: the models set `accepts_loss_kwargs = False`, so Trainer 5.23 divides every micro-batch loss by
+the number of micro-batches it accumulates (`training_step`) and never passes `num_items_in_batch`. The accumulated
+gradient is therefore the mean of the micro-batch means, equal to the full batch's when the micro-batches hold as many
+labelled utterances each (tests/test_training.py checks this); the authors' code divided twice.
+
+Multi-process runs (`torchrun`, `accelerate launch`): Trainer does DDP, and DDP averages the per-process mean losses,
+which again equals the global batch mean when every process holds as many labelled utterances. Everything written after
+training (selected model, merged encoder, test report, `results.json`, summaries) comes from the main process; the
+others wait for it in `_finish` and return its results, so they never start a next seed early or read a half-written
+file. The output folders must be on a filesystem every process sees, as Trainer's checkpoints already require.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from ..evaluation import _write_json, compute_metrics
+from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
+from ..utils import launched_on_cpu
+from .collator import MisterEDataCollator
+
+logger = logging.get_logger(__name__)
+# Stage 2 as in the authors' code: Adam (AdamW without weight decay is the same update), lr 1e-5 held constant,
+# 8 conversations a batch, 100 epochs, grad-norm clip 1.0. Selection on validation weighted F1, every epoch.
+CONVERSATION_TRAINING_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 1e-5,
+    "num_train_epochs": 100,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "optim": "adamw_torch",
+    "weight_decay": 0.0,
+    "lr_scheduler_type": "constant",
+    "max_grad_norm": 1.0,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "weighted_f1",
+    "greater_is_better": True,
+    "report_to": "none",
+}
+# Stage 1 (spec): AdamW lr 1e-5 (torch's default weight decay 0.01), text 20 epochs of 8 utterances.
+ENCODER_TRAINING_DEFAULTS: dict[str, Any] = {
+    **CONVERSATION_TRAINING_DEFAULTS,
+    "num_train_epochs": 20,
+    "weight_decay": 0.01,
+    "logging_strategy": "steps",
+    "logging_steps": 50,
+}
+# Trainer settings the dialogue batches need whatever a recipe says (stack notes).
+_TRAINER_REQUIRED = {"remove_unused_columns": False, "label_names": ["labels"]}
+_OUTPUT_KEYS = frozenset(
+    field.name for output in (MisterEOutput, MisterEUtteranceOutput) for field in dataclasses.fields(output)
+)
+
+
+
+
+class MisterETrainer(Trainer):
+    """`Trainer` whose evaluation batches carry no training randomness and whose predictions are one logits tensor.
+
+    Args:
+        prediction_key: Output field handed to `compute_metrics` (`"logits"` for stage 2, `"<modality>_logits"` for a
+            stage-1 encoder); every other output stays out of the gathered predictions.
+    """
+
+    def __init__(self, *args, prediction_key: str = "logits", gate_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prediction_key = prediction_key
+        self.gate_learning_rate = gate_learning_rate
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the gate's parameters in a group of their own at `gate_learning_rate`: Adam moves
+        a weight by about the learning rate per step, so a gate trained at the experts' rate barely leaves its
+        initial, near-uniform weights within a schedule that is long enough for the experts."""
+        optimizer = super().create_optimizer(model)
+        if self.gate_learning_rate is None or getattr(optimizer, "_gate_group", False):
+            return optimizer
+        gate = {id(param) for name, param in (model or self.model).named_parameters() if name.startswith("gate.")}
+        for group in list(optimizer.param_groups):
+            params = [param for param in group["params"] if id(param) in gate]
+            if params:
+                group["params"] = [param for param in group["params"] if id(param) not in gate]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": params,
+                                           "lr": self.gate_learning_rate})
+        optimizer._gate_group = True
+        return optimizer
+
+    def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
+        # Every loader of Trainer 5.x is built here; `is_training` tells the training loader from the others.
+        collator = self.data_collator
+        dropout = collator.modality_dropout if is_training else 0.0
+        self.data_collator = dataclasses.replace(collator, training=is_training, modality_dropout=dropout)
+        try:
+            return super()._get_dataloader(*args, is_training=is_training, **kwargs)
+        finally:
+            self.data_collator = collator
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if ignore_keys is None:
+            ignore_keys = sorted(_OUTPUT_KEYS - {self.prediction_key})
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def build_trainer(
+    model: PreTrainedModel,
+    dataset: DatasetDict,
+    output_dir: str | os.PathLike,
+    collator: MisterEDataCollator,
+    training_arguments: Mapping[str, Any],
+    seed: int = 0,
+    prediction_key: str = "logits",
+    processor: Any = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    gate_learning_rate: float | None = None,
+) -> MisterETrainer:
+    """The Trainer of both stages: validation-only selection, label-aware metrics, seeded data order.
+
+    Launched as several processes on a machine without CUDA, `use_cpu` defaults to True: it makes them one DDP run.
+    """
+    if "validation" not in dataset:
+        raise ValueError(f"Model selection needs a `validation` split; got {list(dataset)}.")
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        **{"dataloader_pin_memory": torch.cuda.is_available(), "use_cpu": launched_on_cpu(), **training_arguments,
+           **_TRAINER_REQUIRED},
+    )
+    return MisterETrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["validation"],
+        processing_class=processor,
+        compute_metrics=functools.partial(compute_metrics, label_names=label_names(dataset["train"])),
+        callbacks=list(callbacks or []),
+        prediction_key=prediction_key,
+        gate_learning_rate=gate_learning_rate,
+    )
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """Newest complete checkpoint: Trainer writes `trainer_state.json` last, so a folder without it was cut short."""
+    folders = Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+    complete = [f for f in folders if f.name.split("-")[-1].isdigit() and (f / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda f: int(f.name.split("-")[-1]))) if complete else None
+
+
+def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -> dict[str, dict[str, float]]:
+    """Train (resuming from the newest checkpoint), then score the selected model on each split."""
+    checkpoint = last_checkpoint(trainer.args.output_dir)
+    if checkpoint:
+        logger.warning(f"Resuming from {checkpoint}.")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    scores = {}
+    for split in splits:
+        if split in dataset:
+            metrics = trainer.evaluate(dataset[split], metric_key_prefix=split)
+            scores[split] = {
+                key.removeprefix(f"{split}_"): value
+                for key, value in metrics.items()
+                if key.startswith(f"{split}_") and not key.endswith(("_runtime", "_per_second"))
+            }
+    return scores
+
+
+def _finish(trainer: MisterETrainer, results: dict[str, Any], keep_checkpoints: bool) -> dict[str, Any]:
+    """Write `results.json`, which marks the run finished; only then are its checkpoints dead weight.
+
+    The main process writes; every process returns the main process's `results` once they are written (a barrier
+    under a launcher).
+    """
+    if trainer.is_world_process_zero():
+        output_dir = Path(trainer.args.output_dir)
+        _write_json(output_dir / "results.json", results)
+        if not keep_checkpoints:
+            for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                shutil.rmtree(checkpoint)
+    return broadcast_object_list([results])[0]
+
+
+def label_names(dataset: Dataset) -> list[str]:
+    """Class names from the dataset's `ClassLabel` features: the label set is the data's, not the recipe's."""
+    return list(dataset.features["labels"].feature.names)
+
+
