@@ -18,6 +18,8 @@ OPENSMILE_FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
 # How a backbone argument names openSMILE functionals instead of a checkpoint: `opensmile:<feature set>`.
 OPENSMILE_PREFIX = "opensmile:"
 
+# Fields of earlier versions that nothing read; saved configs that have them still load.
+_RETIRED_FIELDS = ("initializer_range",)
 # Keyword arguments that `PreTrainedConfig` itself consumes or writes; anything else that is not a field is a typo.
 _BASE_KWARGS = {
     "model_type",
@@ -183,8 +185,6 @@ class MisterEConfig(PreTrainedConfig):
             Fraction of the training conversations held out from the experts' losses; the gate learns from those
             alone (mixture loss on detached expert logits). 0 is the paper's joint training, where the gate sees the
             experts' predictions on data they fit, and so trusts an expert that merely memorised its training set.
-        initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation used for the LayerNorm-free linear layers of the utterance heads.
 
     Labels default to the six IEMOCAP classes (`hap, sad, neu, ang, exc, fru`); pass `id2label` for other sets.
     """
@@ -232,9 +232,10 @@ class MisterEConfig(PreTrainedConfig):
     input_dropout: float | int = 0.0
     context_dropout: float | int = 0.0
     gate_holdout_fraction: float | int = 0.0
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        for retired in _RETIRED_FIELDS:  # in configs saved by earlier versions, never read
+            kwargs.pop(retired, None)
         unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
         if unknown:
             raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")

@@ -32,6 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import classification_report, confusion_matrix
 
+from .configuration_mister_e import EXPERTS
 from .utils import atomic_path
 
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 
 ERC_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "erc_metrics.py"
-GATE_NAMES = ("speech", "text", "cross_modal")
+GATE_NAMES = EXPERTS  # one gate weight per expert, in the model's order
 SCALAR_METRICS = ("weighted_f1", "macro_f1", "accuracy", "unweighted_recall")
 ROBUSTNESS_CONDITIONS = ("speech", "text", "either")
 DEFAULT_DROP_PROBABILITIES = tuple(i / 10 for i in range(10))

@@ -27,9 +27,10 @@ import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .configuration_mister_e import EXPERTS
+
 
 TASK = "emotion-recognition-in-conversation"
-EXPERT_NAMES = ("speech", "text", "cross_modal")
 
 
 class MisterEConversationPipeline(Pipeline):
@@ -204,7 +205,7 @@ class MisterEConversationPipeline(Pipeline):
             "label": id2label[order[0]],
             "score": float(probabilities[order[0]]),
             "scores": scores,
-            "expert_weights": {name: float(w) for name, w in zip(EXPERT_NAMES, gate_weights.tolist())},
+            "expert_weights": {name: float(w) for name, w in zip(EXPERTS, gate_weights.tolist())},
         }
 
     # ------------------------------------------------------------------ streaming
