@@ -42,13 +42,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from . import configuration_mister_e, modeling_mister_e, processing_mister_e
 from .evaluation import SCALAR_METRICS, summarize_seeds
 from .pipeline_mister_e import TASK
 
 
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 TAGS = ["emotion-recognition", "audio", "text", "mister-e"]
 # What a self-contained (remote-code) checkpoint folder must hold besides the weights.
 CODE_FILES = {
@@ -163,8 +164,9 @@ def model_card(
     pipeline_tag: str | None = None,
     datasets: Sequence[str] | None = None,
 ) -> str:
-    """The `README.md` model card of a MiSTER-E model: YAML metadata, then labels, model summary, training data,
-    metrics (with seeds), intended use, limitations and how to load it.
+    """The `README.md` model card of a MiSTER-E model: `templates/model_card.md` (YAML metadata, then labels, model
+    summary, training data, metrics with seeds, intended use, limitations and how to load it) filled in from the model's
+    config and the scores.
 
     Args:
         model: A `MisterEForEmotionRecognition` (only its `config` and parameter count are read).
@@ -206,35 +208,30 @@ def model_card(
         metrics=sorted({_HUB_METRICS[name] for name in metric_names}) or None,
     )
 
-    # --- labels
-    label_lines = ["| id | label |", "|---|---|"] + [f"| {i} | {label} |" for i, label in sorted(id2label.items())]
-
-    # --- model summary
     experts = list(getattr(config, "experts", ()))
     summary = [
-        f"- **Experts**: {', '.join(experts)} (a speech expert, a text expert and a cross-modal expert exist in the "
+        f"**Experts**: {', '.join(experts)} (a speech expert, a text expert and a cross-modal expert exist in the "
         "full model; ablations switch some off).",
-        f"- **Gate**: `{config.gate_mode}`"
+        f"**Gate**: `{config.gate_mode}`"
         + (" (a learned gate weighs the experts per utterance)" if config.gate_mode == "learned" else ""),
-        f"- **Causal**: {bool(config.causal)} — "
+        f"**Causal**: {bool(config.causal)} — "
         + ("each prediction uses the current and past utterances only, so it can run online (streaming)."
            if config.causal else "each prediction uses the whole conversation (past and future utterances)."),
-        f"- **Context module**: `{getattr(config, 'context_module', 'conv_gru')}`",
+        f"**Context module**: `{getattr(config, 'context_module', 'conv_gru')}`",
     ]
     for modality, backbone in backbones.items():
         if backbone is None:
-            summary.append(f"- **{modality.capitalize()} backbone**: none (this model takes precomputed "
+            summary.append(f"**{modality.capitalize()} backbone**: none (this model takes precomputed "
                            f"{modality} embeddings)")
         else:
             model_type, name = backbone
             origin = f" (from `{name}`)" if name else ""
-            summary.append(f"- **{modality.capitalize()} backbone**: `{model_type}`{origin}")
+            summary.append(f"**{modality.capitalize()} backbone**: `{model_type}`{origin}")
     try:
-        summary.append(f"- **Parameters**: {model.num_parameters():,}")
+        summary.append(f"**Parameters**: {model.num_parameters():,}")
     except Exception:  # noqa: BLE001  (a card must not fail over a count)
         pass
 
-    # --- training data
     if dataset_name or training_data or recipe:
         data_lines = []
         if dataset_name:
@@ -252,67 +249,13 @@ def model_card(
         data_text = "\n\n".join(data_lines)
     else:
         data_text = "[More information needed: the corpus, its splits and how its labels were mapped.]"
-    domain = dataset_name or "its training data"
 
-    has_speech = backbones["speech"] is not None
-    has_text = backbones["text"] is not None
-    sections = [
-        f"# {title}",
-        "MiSTER-E is a speech + text mixture of experts for **emotion recognition in conversations**: given the "
-        "utterances of a conversation (audio and/or transcript), it predicts one emotion per utterance, using the "
-        "conversational context.",
-        "## Labels",
-        "\n".join(label_lines),
-        "## Model summary",
-        "\n".join(summary),
-        "## Training data",
-        data_text,
-        "## Metrics",
-        metrics_text,
-        "## Intended use",
-        "Research on emotion recognition in conversations: predicting, for each utterance of a dialogue, one of the "
-        f"labels above from its audio{' and/or' if has_speech and has_text else ''} transcript and the surrounding "
-        "utterances. Outputs are per-utterance probabilities and the weight each expert received.",
-        "Not intended for decisions about individuals (hiring, surveillance, health, law enforcement) or for "
-        "inferring emotions of people who have not consented.",
-        "## Limitations",
-        "\n".join([
-            "- **Speaker identity is never used**: the model sees no speaker ids or turn labels, only the order of "
-            "the utterances; it cannot tell who speaks unless the audio or words reveal it.",
-            f"- **Domain**: trained on {domain}. Expect lower accuracy on other languages, recording conditions, "
-            "spontaneous vs. acted speech, and label sets or annotation schemes other than the one above.",
-            "- **Missing modalities**: an utterance may lack audio or text. Experts that need the missing modality get "
-            "weight 0 and the prediction comes from the remaining ones (text only, or speech only); such utterances "
-            "are usually less accurate than those with both, especially if the model was trained without modality "
-            "dropout.",
-            "- **Context length**: all utterances of a conversation are processed together; memory grows with their "
-            "number and, for audio, with the longest clip (the pipeline's `max_utterances` windows long dialogues).",
-            "- Emotion labels are subjective; annotator agreement on the training corpus bounds what the scores mean.",
-        ]),
-        "## How to use",
-        "With the `mister-e` package installed (`pip install mister-e`):",
-        "```python\n"
-        "import mister_e  # registers the model, processor and pipeline task\n"
-        "from transformers import pipeline\n\n"
-        f'pipe = pipeline("{TASK}", model="{repo}")\n'
-        'pipe({"utterances": [{"audio": "a.wav", "text": "hi"}, {"text": "oh no"}, {"audio": "c.wav"}]})\n'
-        '# [{"label": ..., "score": ..., "scores": {...}, "expert_weights": {"speech": ..., "text": ..., '
-        '"cross_modal": ...}}, ...]\n'
-        "```",
-        "Without it, with `transformers` only (the model code is stored in this repository):",
-        "```python\n"
-        "import torch\n"
-        "from transformers import AutoModel, AutoProcessor\n\n"
-        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()\n'
-        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)\n\n'
-        'inputs = processor({"utterances": [{"audio": "a.wav", "text": "hi"}, {"text": "oh no"}]}, '
-        'return_tensors="pt")\n'
-        "with torch.no_grad():\n"
-        "    output = model(**inputs)\n"
-        "labels = [model.config.id2label[i] for i in output.logits[0].argmax(-1).tolist()]\n"
-        "```",
-    ]
-    return f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    card = ModelCard.from_template(
+        metadata, template_path=str(MODEL_CARD_TEMPLATE), title=title, labels=sorted(id2label.items()),
+        summary=summary, training_data=data_text, metrics=metrics_text, domain=dataset_name or "its training data",
+        has_speech=backbones["speech"] is not None, has_text=backbones["text"] is not None, task=TASK, repo=repo,
+    )
+    return str(card) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------- folder
