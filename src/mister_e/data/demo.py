@@ -29,34 +29,32 @@ parameters produce the same texts, labels and WAV bytes.
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
+from datasets import DatasetDict, load_from_disk
 from scipy.signal import sosfilt
 
+from .schema import (
+    AUDIO,
+    DIALOGUE_ID,
+    LABELS,
+    SPEAKERS,
+    SPLITS,
+    TEXTS,
+    UTTERANCE_IDS,
+    make_dialogue_dataset,
+    save_dialogues,
+)
 
 __all__ = ["EMOTIONS", "build_demo_corpus", "demo_conversation"]
 
 EMOTIONS = ["neutral", "happy", "sad", "angry"]
 
-_FEATURES = Features(
-    {
-        "dialogue_id": Value("string"),
-        "utterance_ids": List(Value("string")),
-        "texts": List(Value("string")),
-        "audio": List(Value("string")),
-        "labels": List(ClassLabel(names=EMOTIONS)),
-        "speakers": List(Value("string")),
-    }
-)
-
 # Bump whenever the generator changes, so that cached corpora built by an older version are rebuilt.
 _CORPUS_VERSION = 1
 _PARAMS_FILE = "mister_e_demo.json"
-_SPLITS = ("train", "validation", "test")
 _SPLIT_WEIGHTS = (5, 1, 1)
 _MIN_TURNS, _MAX_TURNS = 4, 10
 _MIN_DURATION, _MAX_DURATION = 0.8, 2.0
@@ -162,8 +160,8 @@ def build_demo_corpus(
         `audio` (absolute WAV paths), `labels` (class labels over `EMOTIONS`) and `speakers`. A corpus that already
         exists with the same parameters is loaded instead of rebuilt.
     """
-    if num_conversations < len(_SPLITS):
-        raise ValueError(f"`num_conversations` must be at least {len(_SPLITS)}, got {num_conversations}.")
+    if num_conversations < len(SPLITS):
+        raise ValueError(f"`num_conversations` must be at least {len(SPLITS)}, got {num_conversations}.")
     output_dir = Path(output_dir).resolve()
     dataset_dir = output_dir / "dataset"
     params = {
@@ -179,24 +177,16 @@ def build_demo_corpus(
     # Stale WAVs from other parameters would linger next to the new ones, so the audio folder starts empty.
     audio_dir = output_dir / "audio"
     shutil.rmtree(audio_dir, ignore_errors=True)
-    rows = {split: [] for split in _SPLITS}
-    for split_index, (split, count) in enumerate(zip(_SPLITS, _split_sizes(num_conversations))):
+    rows = {split: [] for split in SPLITS}
+    for split_index, (split, count) in enumerate(zip(SPLITS, _split_sizes(num_conversations))):
         for index in range(count):
             rng = np.random.default_rng([seed, split_index, index])
             plan = _plan_conversation(rng)
             rows[split].append(_render_conversation(rng, plan, f"demo-{split}-{index:03d}", audio_dir, sampling_rate))
-    corpus = DatasetDict(
-        {split: Dataset.from_list(split_rows, features=_FEATURES) for split, split_rows in rows.items()}
-    )
-    # Written to a temporary folder and renamed, so that an interrupted build never looks like a finished one.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".dataset-", dir=output_dir))
-    corpus.save_to_disk(str(tmp_dir / "dataset"))
-    (tmp_dir / "dataset" / _PARAMS_FILE).write_text(json.dumps(params, indent=2))
-    if dataset_dir.exists():
-        os.replace(dataset_dir, tmp_dir / "old")
-    os.replace(tmp_dir / "dataset", dataset_dir)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    corpus = DatasetDict({split: make_dialogue_dataset(split_rows, EMOTIONS) for split, split_rows in rows.items()})
+    save_dialogues(corpus, dataset_dir, overwrite=True)
+    # Written last, so that a build interrupted before it is rebuilt rather than reused.
+    (dataset_dir / _PARAMS_FILE).write_text(json.dumps(params, indent=2))
     return load_from_disk(str(dataset_dir))
 
 
@@ -213,16 +203,16 @@ def demo_conversation(output_dir: str | os.PathLike, seed: int = 0, sampling_rat
     """
     attempt = 0
     while True:
-        rng = np.random.default_rng([seed, len(_SPLITS), attempt])
+        rng = np.random.default_rng([seed, len(SPLITS), attempt])
         plan = _plan_conversation(rng)
         if len(set(plan["labels"])) >= 3:
             break
         attempt += 1
     row = _render_conversation(rng, plan, "example", Path(output_dir).resolve(), sampling_rate)
     return {
-        "utterances": [{"audio": audio, "text": text} for audio, text in zip(row["audio"], row["texts"])],
-        "labels": [EMOTIONS[label] for label in row["labels"]],
-        "speakers": row["speakers"],
+        "utterances": [{"audio": audio, "text": text} for audio, text in zip(row[AUDIO], row[TEXTS])],
+        "labels": [EMOTIONS[label] for label in row[LABELS]],
+        "speakers": row[SPEAKERS],
     }
 
 
@@ -236,7 +226,7 @@ def _is_reusable(dataset_dir: Path, params: dict) -> bool:
     except json.JSONDecodeError:
         return False
     # The WAVs live outside the dataset folder and may have been deleted on their own.
-    first_audio = load_from_disk(str(dataset_dir))["train"][0]["audio"][0]
+    first_audio = load_from_disk(str(dataset_dir))["train"][0][AUDIO][0]
     return Path(first_audio).is_file()
 
 
@@ -286,7 +276,7 @@ def _render_conversation(
     """Writes the WAVs and texts of a planned conversation and returns its corpus row."""
     conversation_dir = audio_dir / dialogue_id
     conversation_dir.mkdir(parents=True, exist_ok=True)
-    row = {"dialogue_id": dialogue_id, "utterance_ids": [], "texts": [], "audio": [], "labels": [], "speakers": []}
+    row = {DIALOGUE_ID: dialogue_id, **{column: [] for column in (UTTERANCE_IDS, TEXTS, AUDIO, LABELS, SPEAKERS)}}
     for index, (speaker_index, label) in enumerate(zip(plan["turns"], plan["labels"])):
         emotion = EMOTIONS[label]
         text_emotion, audio_emotion = emotion, emotion
@@ -302,11 +292,11 @@ def _render_conversation(
         utterance_id = f"{dialogue_id}-{index:02d}"
         path = conversation_dir / f"{utterance_id}.wav"
         sf.write(path, waveform, sampling_rate, subtype="PCM_16")
-        row["utterance_ids"].append(utterance_id)
-        row["texts"].append(text)
-        row["audio"].append(str(path))
-        row["labels"].append(label)
-        row["speakers"].append(speaker["name"])
+        row[UTTERANCE_IDS].append(utterance_id)
+        row[TEXTS].append(text)
+        row[AUDIO].append(str(path))
+        row[LABELS].append(label)
+        row[SPEAKERS].append(speaker["name"])
     return row
 
 

@@ -1,0 +1,150 @@
+"""Dialogues from the widely shared DialogueRNN/COSMIC feature pickles of MELD and IEMOCAP.
+
+They carry transcripts (and for IEMOCAP precomputed vectors) but no audio paths, and loading them runs pickled code,
+so they get their own loader rather than a release builder.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import DatasetDict
+
+from .iemocap import IEMOCAP_LABELS
+from .meld import MELD_LABELS
+from .schema import (
+    DIALOGUE_ID,
+    LABELS,
+    SPEAKERS,
+    SPEECH_EMBEDS,
+    SPLITS,
+    TEXT_EMBEDS,
+    TEXTS,
+    UTTERANCE_IDS,
+    _clean_text,
+    _hold_out,
+    make_dialogue_dataset,
+)
+
+# COSMIC's meld.pkl numbers dialogues across splits: key = offset + Dialogue_ID (shared/data/README.md).
+_COSMIC_MELD_OFFSETS = {"train": 0, "validation": 1039, "test": 1153}
+_COSMIC_MELD_FIELDS = (
+    "speakers", "emotion_labels", "sentiment_labels", "sentences", "trainIds", "testIds", "validIds"
+)  # fmt: skip
+_DIALOGUERNN_IEMOCAP_FIELDS = (
+    "videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence",
+    "trainVid", "testVid",
+)  # fmt: skip
+
+
+def build_cosmic_pickle(
+    path: str | os.PathLike,
+    dataset: str = "meld",
+    *,
+    trust_pickle: bool = False,
+    validation_dialogues: int = 12,
+    seed: int = 0,
+) -> DatasetDict:
+    """Dialogues from the widely shared DialogueRNN/COSMIC pickles (loaded with ``encoding="latin1"``).
+
+    ``dataset="meld"``: COSMIC's ``meld.pkl``, ``(speakers, emotion_labels, sentiment_labels, sentences, trainIds,
+    testIds, validIds)``; dialogue ids become the CSVs' ``dia{Dialogue_ID}``, utterance ids are positions (the
+    CSVs' Utterance_IDs have gaps the pickle does not keep). ``dataset="iemocap"``: ``IEMOCAP_features.pkl``,
+    ``(videoIDs, videoSpeakers, videoLabels, videoText, videoAudio, videoVisual, videoSentence, trainVid,
+    testVid)``; its text/audio vectors become ``text_embeds``/``speech_embeds`` (visual ones are ignored) and
+    ``validation_dialogues`` training dialogues are held out with ``seed``. Speakers are metadata only.
+
+    Unpickling runs whatever code the file contains, hence the explicit ``trust_pickle=True``.
+    """
+    path = Path(path)
+    if dataset not in ("meld", "iemocap"):
+        raise ValueError(f"dataset must be 'meld' or 'iemocap', got {dataset!r}")
+    if not trust_pickle:
+        raise ValueError(
+            f"{path} is a pickle, and loading a pickle runs whatever code it contains. If you trust where it "
+            "came from, pass trust_pickle=True (CLI: --trust-pickle)."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    with open(path, "rb") as file:
+        data = pickle.load(file, encoding="latin1")
+    if dataset == "meld":
+        fields = _unpack(data, _COSMIC_MELD_FIELDS, path)
+        ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
+        splits = {split: _cosmic_meld_dialogues(fields, ids[split], split, path) for split in SPLITS}
+        labels = MELD_LABELS
+    else:
+        fields = _unpack(data, _DIALOGUERNN_IEMOCAP_FIELDS, path)
+        train = sorted(fields["trainVid"])
+        held_out = _hold_out(train, validation_dialogues, seed)
+        groups = {
+            "train": [key for key in train if key not in held_out],
+            "validation": [key for key in train if key in held_out],
+            "test": sorted(fields["testVid"]),
+        }
+        splits = {
+            split: [_dialoguernn_iemocap_dialogue(fields, key, path) for key in keys] for split, keys in groups.items()
+        }
+        labels = IEMOCAP_LABELS
+    try:
+        return DatasetDict({split: make_dialogue_dataset(group, labels) for split, group in splits.items()})
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _unpack(data: Any, names: Sequence[str], path: Path) -> dict[str, Any]:
+    """Name the fields of a feature-release tuple, or say which layout was expected."""
+    if not isinstance(data, (tuple, list)) or len(data) != len(names):
+        found = f"{len(data)} items" if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"
+        raise ValueError(f"{path}: expected a {len(names)}-tuple ({', '.join(names)}), found {found}")
+    return dict(zip(names, data))
+
+
+def _lookup(fields: Mapping[str, Any], name: str, key: Any, path: Path) -> list:
+    if not isinstance(fields[name], Mapping):
+        raise ValueError(f"{path}: {name} is a {type(fields[name]).__name__}, expected a dict keyed by dialogue id")
+    if key not in fields[name]:
+        raise ValueError(f"{path}: dialogue {key!r} is listed in the splits but missing from {name}")
+    return list(fields[name][key])
+
+
+def _speaker(value: Any) -> str:
+    """Speaker metadata: the index of a one-hot vector (COSMIC), or the value itself (e.g. 'M'/'F')."""
+    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
+        return str(int(np.argmax(value)))
+    return str(value)
+
+
+def _cosmic_meld_dialogues(fields: Mapping[str, Any], ids: str, split: str, path: Path) -> list[dict]:
+    conversations = []
+    for key in sorted(fields[ids]):
+        dialogue = key - _COSMIC_MELD_OFFSETS[split]
+        if dialogue < 0:
+            raise ValueError(f"{path}: {ids} holds key {key}, below the {split} offset {_COSMIC_MELD_OFFSETS[split]}")
+        conversations.append({
+            DIALOGUE_ID: f"dia{dialogue}",
+            TEXTS: [_clean_text(text) for text in _lookup(fields, "sentences", key, path)],
+            LABELS: _lookup(fields, "emotion_labels", key, path),
+            SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "speakers", key, path)],
+        })  # fmt: skip
+    return conversations
+
+
+def _dialoguernn_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Path) -> dict:
+    return {
+        DIALOGUE_ID: str(key),
+        UTTERANCE_IDS: [str(utterance) for utterance in _lookup(fields, "videoIDs", key, path)],
+        TEXTS: [_clean_text(text) for text in _lookup(fields, "videoSentence", key, path)],
+        LABELS: _lookup(fields, "videoLabels", key, path),
+        SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "videoSpeakers", key, path)],
+        TEXT_EMBEDS: _lookup(fields, "videoText", key, path),
+        SPEECH_EMBEDS: _lookup(fields, "videoAudio", key, path),
+    }
+
+
+__all__ = ["build_cosmic_pickle"]

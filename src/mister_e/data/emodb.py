@@ -1,0 +1,112 @@
+"""Berlin EmoDB: acted single utterances, cut into per-speaker monologues so the dialogue models can use them.
+
+Everything (label, speaker, transcript) is read from the file names, and the splits are leave-one-speaker-out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from .schema import _group_dialogues
+
+# Class order of the EmoDB builder; each file name's 6th character is the German initial of its emotion.
+EMODB_LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
+# Every EmoDB speaker reads these ten sentences, by the text code of the file name (so texts carry no emotion).
+EMODB_TRANSCRIPTS = {
+    "a01": "Der Lappen liegt auf dem Eisschrank.",
+    "a02": "Das will sie am Mittwoch abgeben.",
+    "a04": "Heute abend könnte ich es ihm sagen.",
+    "a05": "Das schwarze Stück Papier befindet sich da oben neben dem Holzstück.",
+    "a07": "In sieben Stunden wird es soweit sein.",
+    "b01": "Was sind denn das für Tüten, die da unter dem Tisch stehen?",
+    "b02": "Sie haben es gerade hochgetragen und jetzt gehen sie wieder runter.",
+    "b03": "An den Wochenenden bin ich jetzt immer nach Hause gefahren und habe Agnes besucht.",
+    "b09": "Ich will das eben wegbringen und dann mit Karl was trinken gehen.",
+    "b10": "Die wird auf dem Platz sein, wo wir sie immer hinlegen.",
+}
+
+_EMODB_EMOTIONS = {
+    "W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "N": "neutral", "T": "sadness"
+}  # fmt: skip
+_EMODB_FILE = re.compile(r"(\d{2})([a-z]\d{2})([A-Z])([a-z])")  # SSTTTEv: speaker, text code, emotion, version
+
+
+def build_emodb(
+    root: str | os.PathLike,
+    test_speaker: str | None = None,
+    validation_speaker: str | None = None,
+    conversation_size: int = 10,
+) -> DatasetDict:
+    """Berlin EmoDB (7 emotions) from its WAVs, ``SSTTTEv.wav`` in ``root`` or ``root/wav/``, split by speaker.
+
+    Label, speaker and transcript (`EMODB_TRANSCRIPTS`) come from the file name. All of ``test_speaker`` is test,
+    all of ``validation_speaker`` validation, the other speakers train; the defaults are the first speaker in sorted
+    order and the next one (`emodb_folds`). EmoDB has no conversations, so each speaker's recordings, in file-name
+    order (text code, emotion, version), are cut into chunks of ``conversation_size`` utterances (the last may be
+    shorter), a monologue like a CMU-MOSI video: dialogue ids are ``<speaker>-<chunk>`` (``03-000``). A
+    ``conversation_size`` of 1 makes every utterance its own conversation (no context).
+    """
+    if conversation_size < 1:
+        raise ValueError(f"conversation_size must be at least 1, got {conversation_size}")
+    root = Path(root)
+    folder = root / "wav" if (root / "wav").is_dir() else root
+    utterances = [_emodb_record(path) for path in sorted(folder.glob("*.wav"))]
+    if not utterances:
+        raise FileNotFoundError(f"EmoDB: no WAV files in {folder} (expected SSTTTEv.wav files in root or root/wav/)")
+    speakers = sorted({utterance["speaker"] for utterance in utterances})
+    folds = dict(emodb_folds(speakers))
+    for role, speaker in (("test_speaker", test_speaker), ("validation_speaker", validation_speaker)):
+        if speaker is not None and speaker not in folds:
+            raise ValueError(f"EmoDB: unknown {role} {speaker!r}; {folder} has speakers {', '.join(speakers)}")
+    test_speaker = speakers[0] if test_speaker is None else test_speaker
+    validation_speaker = folds[test_speaker] if validation_speaker is None else validation_speaker
+    if test_speaker == validation_speaker:
+        raise ValueError(f"EmoDB: speaker {test_speaker!r} cannot be both test and validation speaker")
+    splits = {test_speaker: "test", validation_speaker: "validation"}
+    positions: Counter[str] = Counter()
+    for utterance in utterances:  # sorted by file name: speaker, text code, emotion, version
+        speaker = utterance["speaker"]
+        utterance["split"] = splits.get(speaker, "train")
+        utterance["dialogue_id"] = f"{speaker}-{positions[speaker] // conversation_size:03d}"
+        positions[speaker] += 1
+    return _group_dialogues(utterances, EMODB_LABELS)
+
+
+def emodb_folds(speakers: Iterable[str]) -> list[tuple[str, str]]:
+    """(test, validation) speakers of every leave-one-speaker-out fold, as `build_emodb` picks them by default.
+
+    The validation speaker is the one after the test speaker in sorted order, cyclically, so each speaker is test
+    once and validation once.
+    """
+    ordered = sorted(set(speakers))
+    if len(ordered) < 3:
+        raise ValueError(f"EmoDB: speaker-independent splits need at least 3 speakers, got {ordered}")
+    return [(speaker, ordered[(index + 1) % len(ordered)]) for index, speaker in enumerate(ordered)]
+
+
+def _emodb_record(path: Path) -> dict:
+    """The utterance record of one EmoDB WAV, all read from its name ``SSTTTEv.wav``."""
+    match = _EMODB_FILE.fullmatch(path.stem)
+    if match is None:
+        raise ValueError(f"EmoDB: {path} is not named SSTTTEv.wav (speaker, text code, emotion letter, version)")
+    speaker, text, letter, _ = match.groups()
+    if letter not in _EMODB_EMOTIONS:
+        raise ValueError(f"EmoDB: {path} has unknown emotion letter {letter!r} (expected {', '.join(_EMODB_EMOTIONS)})")
+    if text not in EMODB_TRANSCRIPTS:
+        raise ValueError(f"EmoDB: {path} has unknown text code {text!r} (expected {', '.join(EMODB_TRANSCRIPTS)})")
+    return {
+        "utterance_id": path.stem,
+        "text": EMODB_TRANSCRIPTS[text],
+        "audio": str(path.resolve()),
+        "label": _EMODB_EMOTIONS[letter],
+        "speaker": speaker,
+    }
+
+
+__all__ = ["EMODB_LABELS", "EMODB_TRANSCRIPTS", "build_emodb", "emodb_folds"]

@@ -1,0 +1,151 @@
+"""MELD from the raw release, with its audio: pre-extracted WAVs, or the official mp4 clips converted once by FFmpeg."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+from tqdm.auto import tqdm
+
+from .schema import SPLITS, _clean_text, _find_audio, _group_dialogues, _integer, _read_csv
+
+logger = logging.getLogger(__name__)
+
+MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+
+_MELD_CSVS = {"train": "train_sent_emo.csv", "validation": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
+# Official clip folders of MELD.Raw; pre-extracted WAVs may also sit in folders named after the split.
+_MELD_CLIP_FOLDERS = {
+    "train": "train_splits", "validation": "dev_splits_complete", "test": "output_repeated_splits_test"
+}  # fmt: skip
+_MELD_WAV_FOLDERS = {"train": ("train",), "validation": ("dev", "validation"), "test": ("test",)}
+
+
+def build_meld(
+    root: str | os.PathLike,
+    audio_dir: str | os.PathLike | None = None,
+    *,
+    audio: bool = True,
+    extract_to: str | os.PathLike | None = None,
+    allow_missing_audio: bool = False,
+    num_workers: int | None = None,
+) -> DatasetDict:
+    """MELD (7 emotions) from the raw release: ``root/{train,dev,test}_sent_emo.csv``; dev becomes validation.
+
+    Audio, first match wins:
+      * ``audio_dir`` of pre-extracted WAVs ``dia{D}_utt{U}.wav``, one folder per split (``train``, ``dev`` or
+        ``validation``, ``test``, or the official clip-folder names). MELD ids repeat across splits, so WAVs placed
+        flat in ``audio_dir`` are accepted only for a single split that has no folder of its own.
+      * the official mp4 clips (``root/train_splits``, ``root/dev_splits_complete``,
+        ``root/output_repeated_splits_test``), converted once to 16 kHz mono WAV with FFmpeg into ``extract_to``
+        (default ``root/wav16k``, laid out so it can be passed as ``audio_dir`` later; reruns skip done files).
+      * nothing: a text-only dataset (as with ``audio=False``, or `build_meld_csv`).
+    When audio was found, utterances without a file fail the build, listing them; with ``allow_missing_audio``
+    they are kept text-only instead (the release has a few missing or unreadable clips).
+    """
+    root = Path(root)
+    utterances = []
+    for split, name in _MELD_CSVS.items():
+        path = root / name
+        rows = _read_csv(path, required=("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"))
+        records = []
+        for number, row in enumerate(rows, start=1):
+            where = f"{path} row {number}"
+            emotion = (row["Emotion"] or "").strip().lower()
+            if emotion not in MELD_LABELS:
+                raise ValueError(f"{where}: unknown Emotion {row['Emotion']!r} (expected one of {MELD_LABELS})")
+            dialogue, turn = _integer(row, "Dialogue_ID", where), _integer(row, "Utterance_ID", where)
+            record = {
+                "split": split,
+                "dialogue_id": f"dia{dialogue}",
+                "utterance_id": f"dia{dialogue}_utt{turn}",
+                "text": _clean_text(row["Utterance"]),
+                "audio": None,
+                "label": emotion,
+                "speaker": row["Speaker"],
+            }
+            records.append(((dialogue, turn), record))
+        utterances += [record for _, record in sorted(records, key=lambda item: item[0])]
+    audio_from = _meld_audio(root, audio_dir, utterances, extract_to, num_workers) if audio else None
+    return _group_dialogues(utterances, MELD_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
+
+
+def build_meld_csv(root: str | os.PathLike) -> DatasetDict:
+    """MELD from its CSVs alone: text-only, even where media exist."""
+    return build_meld(root, audio=False)
+
+
+def _meld_audio(
+    root: Path, audio_dir: Any, utterances: list[dict], extract_to: Any, num_workers: int | None
+) -> str | None:
+    """Fill in the audio paths of MELD utterances; return where they were looked for, None when nowhere."""
+    clips = None
+    if audio_dir is not None:
+        audio_dir = Path(audio_dir)
+        folders = {}
+        for split in SPLITS:
+            names = (*_MELD_WAV_FOLDERS[split], _MELD_CLIP_FOLDERS[split])
+            folders[split] = next((audio_dir / name for name in names if (audio_dir / name).is_dir()), audio_dir)
+        flat = [split for split, folder in folders.items() if folder == audio_dir]
+        if len(flat) > 1 and any(audio_dir.glob("*.wav")):
+            raise ValueError(
+                f"MELD ids repeat across splits, so the WAVs directly in {audio_dir} cannot serve {', '.join(flat)} "
+                "at once: put them in train/, dev/ and test/ subfolders"
+            )
+    else:
+        clips = {split: root / name for split, name in _MELD_CLIP_FOLDERS.items() if (root / name).is_dir()}
+        if not clips:
+            logger.warning("MELD: no audio_dir and no clip folders in %s; building a text-only dataset", root)
+            return None
+        audio_dir = Path(extract_to) if extract_to is not None else root / "wav16k"
+        folders = {split: audio_dir / _MELD_WAV_FOLDERS[split][0] for split in SPLITS}
+        jobs = []
+        for utterance in utterances:
+            split, stem = utterance["split"], utterance["utterance_id"]
+            if split in clips:
+                clip, wav = clips[split] / f"{stem}.mp4", folders[split] / f"{stem}.wav"
+                if clip.is_file() and not wav.is_file():
+                    jobs.append((clip, wav))
+        if jobs:
+            _extract_wavs(jobs, num_workers)
+    for utterance in utterances:
+        utterance["audio"] = _find_audio(folders[utterance["split"]], utterance["utterance_id"])
+    return str(audio_dir) if clips is None else f"{audio_dir} (converted from the clips in {root})"
+
+
+def _extract_wavs(jobs: list[tuple[Path, Path]], num_workers: int | None) -> None:
+    """Convert clips to 16 kHz mono WAV with FFmpeg; a clip that fails is logged and left missing."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError(
+            f"{len(jobs)} MELD clips (e.g. {jobs[0][0]}) need converting to 16 kHz WAV, which needs FFmpeg, not found "
+            "on PATH. Install FFmpeg, or extract the audio elsewhere and pass audio_dir (CLI: --audio-dir) holding "
+            "train/, dev/ and test/ folders of dia{D}_utt{U}.wav files."
+        )
+    for folder in {target.parent for _, target in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def convert(job: tuple[Path, Path]) -> None:
+        source, target = job
+        partial = target.with_name(f".{target.stem}.partial.wav")  # renamed when complete, so reruns can trust it
+        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source),
+                   "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", str(partial)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0 and partial.is_file():
+            os.replace(partial, target)
+        else:
+            partial.unlink(missing_ok=True)
+            logger.warning("FFmpeg could not convert %s: %s", source, result.stderr.strip())
+
+    with ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+        for _ in tqdm(pool.map(convert, jobs), total=len(jobs), desc="MELD clips -> 16 kHz WAV"):
+            pass
+
+
+__all__ = ["MELD_LABELS", "build_meld", "build_meld_csv"]

@@ -1,0 +1,213 @@
+"""CMU-MOSI as binary sentiment conversations (one per video), from a scores table or the bc-LSTM release.
+
+Kept apart because MOSI alone needs label binarisation rules, fold files and the release's acoustic vectors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict
+
+from .schema import SPEECH_EMBEDS, _clean_text, _find_audio, _group_dialogues, _integer, _read_csv, attach_embeddings
+
+MOSI_LABELS = ["negative", "positive"]
+MOSI_LABEL_RULES = ("nonnegative", "nonzero")
+# The scores layout of CMU-MOSI (one row per segment), and the CMU-SDK standard folds transcribed to JSON.
+MOSI_CSV = "mosi.csv"
+MOSI_FOLDS = "mosi_standard_folds.json"
+
+_MOSI_RELEASE_COLUMNS = ("segment_id", "text", "video_index", "label")
+_MOSI_SCORE_COLUMNS = ("segment_id", "video_id", "clip", "text", "sentiment")
+
+
+def build_mosi(
+    root: str | os.PathLike,
+    label_rule: str = "nonnegative",
+    *,
+    audio_dir: str | os.PathLike | None = None,
+    folds: str | os.PathLike | None = None,
+    acoustic: bool = False,
+    allow_missing_audio: bool = False,
+) -> DatasetDict:
+    """CMU-MOSI as binary sentiment, one conversation per video, segments in clip order, standard CMU-SDK folds.
+
+    ``root`` is a folder holding one of two layouts, or the scores CSV itself:
+      * scores layout, ``mosi.csv`` with a header ``segment_id,video_id,clip,text,sentiment[,audio]``: sentiment
+        in [-3, 3], audio an optional WAV path (relative to the CSV's folder). ``label_rule`` binarises scores:
+        ``"nonnegative"`` makes score >= 0 positive (the MulT/MMSA "Has0" convention), ``"nonzero"`` drops
+        score == 0 segments and makes > 0 positive ("Non0").
+      * bc-LSTM release, ``transcripts.csv`` (no header: ``segment_id,text,video_index,label``) with labels already
+        0/1. How it binarised score-0 segments is undocumented, so only ``"nonnegative"`` (labels as given) is allowed.
+    Folds come from ``folds`` or ``mosi_standard_folds.json`` beside the data (keys train/valid/test, lists of video
+    ids; valid becomes validation). ``audio_dir`` holds ``<segment_id>.wav``; missing files fail the build unless
+    ``allow_missing_audio``. ``acoustic`` attaches the release's 73-d vectors as ``speech_embeds``
+    (`load_mosi_acoustic`; needs the release files in the data folder). The speaker is the video id.
+    """
+    if label_rule not in MOSI_LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {MOSI_LABEL_RULES}, got {label_rule!r}")
+    source = Path(root)
+    table = source if source.is_file() else source / MOSI_CSV
+    folder = table.parent
+    if table.is_file():
+        segments, requested = _mosi_scored_segments(table, label_rule)
+    elif (folder / "transcripts.csv").is_file():
+        if label_rule != "nonnegative":
+            raise ValueError(
+                f"{folder / 'transcripts.csv'} has binary labels only, so label_rule={label_rule!r} cannot drop "
+                f"score-0 segments; use a scores layout ({MOSI_CSV}) for it"
+            )
+        segments, requested = _mosi_release_segments(folder / "transcripts.csv"), False
+    else:
+        raise FileNotFoundError(f"CMU-MOSI: neither {table} (scores layout) nor {folder / 'transcripts.csv'} found")
+    folds = Path(folds) if folds is not None else folder / MOSI_FOLDS
+    splits = _mosi_folds(folds)
+    unassigned = sorted({segment["dialogue_id"] for segment in segments} - splits.keys())
+    if unassigned:
+        raise ValueError(f"{len(unassigned)} videos are in no fold of {folds} (first: {', '.join(unassigned[:5])})")
+    requested = requested or audio_dir is not None
+    for segment in segments:
+        segment["split"] = splits[segment["dialogue_id"]]
+        if segment["audio"] is None and audio_dir is not None:
+            segment["audio"] = _find_audio(Path(audio_dir), segment["utterance_id"])
+    segments.sort(key=lambda segment: (segment["dialogue_id"], segment["clip"]))
+    audio_from = (audio_dir or table) if requested else None
+    dialogues = _group_dialogues(segments, MOSI_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
+    return attach_embeddings(dialogues, SPEECH_EMBEDS, load_mosi_acoustic(folder)) if acoustic else dialogues
+
+
+def load_mosi_acoustic(root: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The 73-d utterance-level acoustic vectors of the bc-LSTM CMU-MOSI release, keyed by segment id.
+
+    Reads ``audio_{train,test}0.csv`` (features + label), placed by ``text_{train,test}.csv`` column 0 (row numbers
+    into ``transcripts.csv``); every label is checked against the transcripts. The release's 100-d text features are
+    deliberately not loaded: a CNN trained on the release's own train split made them, and 24 of those training
+    videos are in the standard test fold, so pairing them with the standard folds leaks test labels.
+    """
+    root = Path(root)
+    transcripts = _read_csv(root / "transcripts.csv", columns=_MOSI_RELEASE_COLUMNS)
+    vectors = {}
+    for part in ("train", "test"):
+        index = _read_matrix(root / f"text_{part}.csv")[:, 0].astype(int)
+        path = root / f"audio_{part}0.csv"
+        acoustic = _read_matrix(path)
+        if acoustic.shape != (len(index), 74):
+            raise ValueError(f"{path}: expected {len(index)} rows of 73 features + label, got shape {acoustic.shape}")
+        for row, values in zip(index, acoustic):
+            if not 0 <= row < len(transcripts):
+                raise ValueError(f"{root / f'text_{part}.csv'}: row number {row} is outside transcripts.csv")
+            segment = transcripts[row]
+            if int(values[-1]) != int(segment["label"]):
+                raise ValueError(f"{path}: label of {segment['segment_id']} differs from transcripts.csv")
+            vectors[segment["segment_id"]] = values[:-1].astype(np.float32)
+    return vectors
+
+
+def mosi_release_folds(root: str | os.PathLike, validation_every: int = 6) -> dict[str, list[str]]:
+    """The bc-LSTM release's own speaker-independent split as folds for `build_mosi(folds=...)` (written as JSON).
+
+    Train and test videos come from ``text_{train,test}.csv`` column 0 (row numbers into ``transcripts.csv``). The
+    release has no validation split: every `validation_every`-th train video (sorted by id) becomes ``valid``.
+    """
+    root = Path(root)
+    videos = [segment["dialogue_id"] for segment in _mosi_release_segments(root / "transcripts.csv")]
+    folds = {}
+    for part in ("train", "test"):
+        path = root / f"text_{part}.csv"
+        rows = _read_matrix(path)[:, 0].astype(int)
+        if not all(0 <= row < len(videos) for row in rows):
+            raise ValueError(f"{path}: a row number is outside transcripts.csv")
+        folds[part] = sorted({videos[row] for row in rows})
+    shared = sorted(set(folds["train"]) & set(folds["test"]))
+    if shared:
+        raise ValueError(f"{root}: videos in both text_train.csv and text_test.csv (first: {', '.join(shared[:5])})")
+    folds["valid"] = folds["train"][::validation_every]
+    folds["train"] = [video for video in folds["train"] if video not in folds["valid"]]
+    return folds
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    with open(path, newline="") as file:
+        try:
+            return np.array([[float(value) for value in row] for row in csv.reader(file) if row], dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"{path}: expected a numeric table ({error})") from None
+
+
+def _mosi_segment(segment_id: str, where: str) -> tuple[str, int]:
+    video, _, clip = segment_id.rpartition("_")
+    if not video or not clip.isdigit():
+        raise ValueError(f"{where}: segment id {segment_id!r} is not <video>_<clip number>")
+    return video, int(clip)
+
+
+def _mosi_release_segments(path: Path) -> list[dict]:
+    segments = []
+    for number, row in enumerate(_read_csv(path, columns=_MOSI_RELEASE_COLUMNS), start=1):
+        where = f"{path} row {number}"
+        video, clip = _mosi_segment(row["segment_id"], where)
+        if row["label"] not in ("0", "1"):
+            raise ValueError(f"{where}: label must be 0 or 1, got {row['label']!r}")
+        segments.append(_mosi_record(row, video, clip, MOSI_LABELS[int(row["label"])], None))
+    return segments
+
+
+def _mosi_scored_segments(path: Path, label_rule: str) -> tuple[list[dict], bool]:
+    """Segments of the scores layout, and whether it names audio files."""
+    rows = _read_csv(path, required=_MOSI_SCORE_COLUMNS)
+    segments = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{path} row {number}"
+        try:
+            score = float(row["sentiment"])
+        except (TypeError, ValueError):
+            score = float("nan")
+        if not -3 <= score <= 3:
+            raise ValueError(f"{where}: sentiment must be a number in [-3, 3], got {row['sentiment']!r}")
+        if label_rule == "nonzero" and score == 0:
+            continue
+        audio = None
+        if row.get("audio"):
+            candidate = path.parent / row["audio"]
+            audio = str(candidate.resolve()) if candidate.is_file() else None
+        label = MOSI_LABELS[int(score >= 0 if label_rule == "nonnegative" else score > 0)]
+        segments.append(_mosi_record(row, row["video_id"], _integer(row, "clip", where), label, audio))
+    return segments, bool(rows) and "audio" in rows[0]
+
+
+def _mosi_record(row: Mapping[str, str], video: str, clip: int, label: str, audio: str | None) -> dict:
+    return {
+        "dialogue_id": video,
+        "clip": clip,
+        "utterance_id": row["segment_id"],
+        "text": _clean_text(row["text"]),
+        "audio": audio,
+        "label": label,
+        "speaker": video,
+    }
+
+
+def _mosi_folds(path: Path) -> dict[str, str]:
+    """Video id -> split, from the JSON transcription of the CMU-SDK standard folds."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CMU-MOSI folds {path} not found (JSON with train/valid/test lists of video ids)")
+    folds = json.loads(path.read_text())
+    splits = {}
+    for key, split in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        if not isinstance(folds.get(key), list):
+            raise ValueError(f"{path}: key {key!r} must be a list of video ids")
+        for video in folds[key]:
+            if splits.setdefault(video, split) != split:
+                raise ValueError(f"{path}: video {video!r} is in more than one fold")
+    return splits
+
+
+__all__ = ["MOSI_CSV", "MOSI_FOLDS", "MOSI_LABELS", "MOSI_LABEL_RULES", "build_mosi", "load_mosi_acoustic",
+           "mosi_release_folds"]  # fmt: skip
