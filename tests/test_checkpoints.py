@@ -70,6 +70,7 @@ def save_fixture(name: str) -> None:
     """Save the tiny end-to-end model (WavLM + BERT encoders, with processor) or a stage-2 model of the `small`
     recipe's kind (input standardisers, probability mixture), and the logits it gives now."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny import tiny_config
     from tiny_end_to_end import tiny_model, tiny_processor
 
     folder = FIXTURES / name
@@ -79,10 +80,7 @@ def save_fixture(name: str) -> None:
         model, processor = tiny_model(), tiny_processor()
     else:
         torch.manual_seed(0)
-        model = MisterEForEmotionRecognition(MisterEConfig(
-            speech_embed_dim=6, text_embed_dim=5, context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1,
-            attention_dim=4, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5, standardize_inputs=True,
-            mixture_space="probabilities", id2label={0: "a", 1: "b", 2: "c"})).eval()
+        model = MisterEForEmotionRecognition(tiny_config(standardize_inputs=True, mixture_space="probabilities")).eval()
         model.speech_standardizer.fit(torch.linspace(-3, 5, 60).reshape(10, 6))
         model.text_standardizer.fit(torch.cos(torch.arange(50.0)).reshape(10, 5))
         processor = None

@@ -21,6 +21,8 @@ from transformers import (
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from mister_e.training.lora import apply_lora, load_lora, merge_lora
 
+from tiny import tiny_config
+
 NUM_LABELS, EMBED_DIM = 3, 16
 _SSL = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
@@ -181,10 +183,7 @@ def test_from_backbones_loads_pretrained_weights(tmp_path):
 
 def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
     stage_one = utterance_model("text", "bert", text_embed_dim=EMBED_DIM)
-    sizes = dict(context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1, attention_dim=4,
-                 attention_heads=2, fusion_hidden_size=8, speech_embed_dim=EMBED_DIM, text_embed_dim=EMBED_DIM,
-                 num_labels=NUM_LABELS)
-    stage_two = MisterEForEmotionRecognition(MisterEConfig(**sizes))
+    stage_two = MisterEForEmotionRecognition(tiny_config(EMBED_DIM, EMBED_DIM, NUM_LABELS))
     model = MisterEForEmotionRecognition.from_stages(stage_one, stage_two).eval()
     stage_one.eval()
     batch = utterance_batch(stage_one)
@@ -199,10 +198,7 @@ def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
 
 def test_from_stages_rejects_mismatched_embedding_widths():
     stage_one = utterance_model("text", "bert")
-    stage_two = MisterEForEmotionRecognition(MisterEConfig(text_embed_dim=EMBED_DIM + 1, speech_embed_dim=4,
-                                                           context_dim=8, gru_layers=1, cross_modal_dim=8,
-                                                           coattention_layers=1, attention_dim=4, attention_heads=2,
-                                                           fusion_hidden_size=8, num_labels=NUM_LABELS))
+    stage_two = MisterEForEmotionRecognition(tiny_config(4, EMBED_DIM + 1, NUM_LABELS))
     with pytest.raises(ValueError, match="text_embed_dim"):
         MisterEForEmotionRecognition.from_stages(stage_one, stage_two)
 

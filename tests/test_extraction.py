@@ -14,6 +14,8 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import make_dialogue_dataset
 from mister_e.extraction import extract_embeddings
 
+from tiny import tiny_config
+
 WORDS = ["happy", "sad", "angry", "fine", "today", "very", "not", "so", "i", "am"]
 
 
@@ -124,10 +126,7 @@ def test_raw_conversation_end_to_end_equals_extract_then_stage_two(dataset, mode
     from mister_e.training import MisterEDataCollator
 
     torch.manual_seed(1)
-    stage_two = MisterEForEmotionRecognition(MisterEConfig(
-        speech_embed_dim=8, text_embed_dim=6, context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1,
-        attention_dim=4, attention_heads=2, fusion_hidden_size=8, num_labels=2, id2label={0: "neg", 1: "pos"},
-    )).eval()
+    stage_two = MisterEForEmotionRecognition(tiny_config(8, 6, id2label={0: "neg", 1: "pos"})).eval()
     end_to_end = MisterEForEmotionRecognition.from_stages(model, stage_two).eval()
     # Utterances of equal length: WavLM's group norm sees padding, so mixed lengths would differ by padding alone.
     conversation = {"utterances": [{"audio": dataset[3]["audio"][0], "text": t} for t in ("i am happy", "so sad")]

@@ -21,6 +21,8 @@ from mister_e import (
 from mister_e.assembly import join_stages
 from mister_e.cli import main
 
+from tiny import tiny_sizes
+
 opensmile = pytest.importorskip("opensmile")  # the extra `mister-e[opensmile]`, installed by the test command
 
 SR = 16000
@@ -233,8 +235,7 @@ def test_functionals_model_loads_as_remote_code_without_the_package(tmp_path):
         speech_config=MisterEOpenSmileConfig(feature_set="eGeMAPSv02"),
         text_config=BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                                vocab_size=10),
-        speech_embed_dim=8, text_embed_dim=8, context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1,
-        attention_dim=4, attention_heads=2, fusion_hidden_size=8, id2label={0: "a", 1: "b"},
+        speech_embed_dim=8, text_embed_dim=8, id2label={0: "a", 1: "b"}, **tiny_sizes(),
     )
     model = MisterEForEmotionRecognition(config).eval()
     processor = functionals_processor()

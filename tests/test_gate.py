@@ -20,8 +20,9 @@ from mister_e.training import (
     with_gate_holdout,
 )
 
-TINY = dict(context_dim=8, gru_layers=1, cross_modal_dim=8, coattention_layers=1, attention_dim=4, attention_heads=2,
-            fusion_hidden_size=8, gate_hidden_size=5, id2label={0: "a", 1: "b", 2: "c"})
+from tiny import tiny_sizes
+
+TINY = {**tiny_sizes(), "id2label": {0: "a", 1: "b", 2: "c"}}
 
 
 def tiny(**overrides) -> MisterEForEmotionRecognition:

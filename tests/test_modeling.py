@@ -15,24 +15,13 @@ import torch.nn.functional as F
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
 from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
 
+import tiny
+
 SPEECH_DIM, TEXT_DIM, NUM_LABELS = 10, 6, 4
 
 
 def tiny_config(**overrides) -> MisterEConfig:
-    sizes = dict(
-        speech_embed_dim=SPEECH_DIM,
-        text_embed_dim=TEXT_DIM,
-        context_dim=8,
-        gru_layers=2,
-        cross_modal_dim=8,
-        coattention_layers=2,
-        attention_dim=6,
-        attention_heads=2,
-        fusion_hidden_size=8,
-        gate_hidden_size=5,
-        id2label={i: f"emotion_{i}" for i in range(NUM_LABELS)},
-    )
-    return MisterEConfig(**{**sizes, **overrides})
+    return tiny.tiny_config(SPEECH_DIM, TEXT_DIM, NUM_LABELS, layers=2, **overrides)
 
 
 def tiny_model(**overrides) -> MisterEForEmotionRecognition:

@@ -32,10 +32,11 @@ from mister_e.training import (
     train_seeds,
 )
 
+from tiny import tiny_sizes
+
 LABELS = ["calm", "happy", "sad", "angry"]
 SPEECH_DIM, TEXT_DIM = 10, 6
-SIZES = dict(context_dim=8, gru_layers=2, cross_modal_dim=8, coattention_layers=2, attention_dim=6, attention_heads=2,
-             fusion_hidden_size=8, gate_hidden_size=5)
+SIZES = tiny_sizes(layers=2)
 # Fast settings: the paper's lr 1e-5 over 100 epochs would take too long here.
 FAST = dict(learning_rate=3e-3, num_train_epochs=2, disable_tqdm=True, use_cpu=True)
 WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]

@@ -11,6 +11,8 @@ from transformers import BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEProcessor
 
+from tiny import tiny_sizes
+
 SR = 16000
 TASK = "emotion-recognition-in-conversation"
 LABELS = ["anger", "joy", "neutral", "sadness"]
@@ -28,9 +30,7 @@ def tiny_model(causal: bool = False) -> MisterEForEmotionRecognition:
         speech_config=WavLMConfig(**_SSL),
         text_config=BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                                vocab_size=len(WORDS) + 5),
-        speech_embed_dim=12, text_embed_dim=10, context_dim=8, gru_layers=2, cross_modal_dim=8, coattention_layers=2,
-        attention_dim=6, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5, causal=causal,
-        id2label=dict(enumerate(LABELS)),
+        speech_embed_dim=12, text_embed_dim=10, **tiny_sizes(layers=2), causal=causal, id2label=dict(enumerate(LABELS)),
     )
     return MisterEForEmotionRecognition(config).eval()
 
