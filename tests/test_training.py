@@ -36,7 +36,7 @@ from tiny import tiny_sizes
 
 LABELS = ["calm", "happy", "sad", "angry"]
 SPEECH_DIM, TEXT_DIM = 10, 6
-SIZES = tiny_sizes(layers=2)
+SIZES = tiny_sizes(layers=2, attention_dim=6)
 # Fast settings: the paper's lr 1e-5 over 100 epochs would take too long here.
 FAST = dict(learning_rate=3e-3, num_train_epochs=2, disable_tqdm=True, use_cpu=True)
 WORDS = ["hello", "world", "yes", "no", "oh", "okay", "really", "fine"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from mister_e import MisterEConfig
 
 
-def tiny_sizes(layers: int = 1) -> dict:
+def tiny_sizes(layers: int = 1, attention_dim: int = 4) -> dict:
     """`MisterEConfig` widths and depths for tests; `layers=2` where stacking matters (streaming, resuming)."""
-    return dict(context_dim=8, gru_layers=layers, cross_modal_dim=8, coattention_layers=layers, attention_dim=4,
-                attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5)
+    return dict(context_dim=8, gru_layers=layers, cross_modal_dim=8, coattention_layers=layers,
+                attention_dim=attention_dim, attention_heads=2, fusion_hidden_size=8, gate_hidden_size=5)
 
 
 def tiny_config(speech_embed_dim: int = 6, text_embed_dim: int = 5, num_labels: int = 3, layers: int = 1,

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 from .configuration_mister_e import MODALITIES
+from .data import PREPARE_DATASETS
 from .recipes import ABLATIONS, load_recipe, parse_sets, route, training_fields
 
-# `sorted(data.BUILDERS)`, spelled out so that `--help` need not import `datasets` (a test keeps them equal).
-PREPARE_DATASETS = ("cosmic", "emodb", "iemocap", "meld", "mosi")
 
 
 def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:

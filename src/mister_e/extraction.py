@@ -25,6 +25,7 @@ from datasets import Dataset, DatasetDict, Sequence, Value
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS
 from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
 from .utils import atomic_path, process_state
 
@@ -73,7 +74,7 @@ def extract_embeddings(
         )
     cache_dir = Path(cache_dir)
     state = process_state()
-    lengths = np.fromiter((len(ids) for ids in dataset["utterance_ids"]), dtype=np.int64, count=len(dataset))
+    lengths = np.fromiter((len(ids) for ids in dataset[UTTERANCE_IDS]), dtype=np.int64, count=len(dataset))
     manifest = _manifest(dataset, int(lengths.sum()), model, modalities, shard_size, embedding)
     if state.is_main_process:
         _claim_cache(cache_dir, manifest)
@@ -116,12 +117,13 @@ def _shard_path(cache_dir: Path, start: int) -> Path:
 def _flatten(dataset: Dataset, modalities) -> list[dict]:
     """One-utterance conversations in dataset order, holding only the modalities being extracted."""
     rows = []
-    for dialogue in dataset.select_columns([c for c in ("dialogue_id", "utterance_ids", "audio", "texts") if c in dataset.column_names]):
-        audio = dialogue.get("audio") or [None] * len(dialogue["utterance_ids"])
-        texts = dialogue.get("texts") or [None] * len(dialogue["utterance_ids"])
-        for utterance_id, path, text in zip(dialogue["utterance_ids"], audio, texts):
+    columns = [c for c in (DIALOGUE_ID, UTTERANCE_IDS, AUDIO, TEXTS) if c in dataset.column_names]
+    for dialogue in dataset.select_columns(columns):
+        audio = dialogue.get(AUDIO) or [None] * len(dialogue[UTTERANCE_IDS])
+        texts = dialogue.get(TEXTS) or [None] * len(dialogue[UTTERANCE_IDS])
+        for utterance_id, path, text in zip(dialogue[UTTERANCE_IDS], audio, texts):
             values = {"speech": path, "text": text}
-            rows.append({"id": f"{dialogue['dialogue_id']}/{utterance_id}",
+            rows.append({"id": f"{dialogue[DIALOGUE_ID]}/{utterance_id}",
                          **{INPUT_KEYS[m]: values[m] for m in modalities if values[m] is not None}})
     return rows
 
@@ -178,7 +180,7 @@ def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.n
     utterances x 2048 floats take seconds to convert and far longer to hash."""
     dialogue_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     for modality, (vectors, present) in columns.items():
-        name = f"{modality}_embeds"
+        name = EMBED_COLUMN[modality]
         values = int(present.sum()) * vectors.shape[1]
         if values > np.iinfo(np.int32).max:  # int32 offsets would wrap around silently
             raise ValueError(f"{name}: {values} floats exceed the 2**31 values of one Arrow list array; "

@@ -36,6 +36,9 @@ SPEECH_EMBEDS = "speech_embeds"
 TEXT_EMBEDS = "text_embeds"
 EMBED_COLUMNS = (SPEECH_EMBEDS, TEXT_EMBEDS)
 UTTERANCE_COLUMNS = (UTTERANCE_IDS, TEXTS, AUDIO, LABELS, SPEAKERS, *EMBED_COLUMNS)
+# Per modality: the column of its raw input, and of its precomputed embeddings.
+RAW_COLUMN = {"speech": AUDIO, "text": TEXTS}
+EMBED_COLUMN = {"speech": SPEECH_EMBEDS, "text": TEXT_EMBEDS}
 
 # Utterance record key -> dataset column; the tabular builders emit one record per utterance (see `_group_dialogues`).
 _RECORD_COLUMNS = {

@@ -15,10 +15,8 @@ import torch
 from datasets import Dataset
 
 from ..configuration_mister_e import MODALITIES
+from ..data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, TEXTS, UTTERANCE_IDS
 
-# Dataset column of each modality's raw input, and of its precomputed embeddings.
-_RAW_COLUMNS = {"speech": "audio", "text": "texts"}
-_EMBED_COLUMNS = {"speech": "speech_embeds", "text": "text_embeds"}
 _IGNORE_INDEX = -100
 # Per-conversation flag of the training split: held out from the experts' losses, for the gate (`gate_holdout_fraction`).
 GATE_HOLDOUT_COLUMN = "gate_holdout"
@@ -90,12 +88,12 @@ class MisterEDataCollator:
         self._generator = None if self.seed is None else np.random.default_rng(self.seed)
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        embedded = [m for m in self.modalities if _EMBED_COLUMNS[m] in features[0]]
-        columns = {m: (_EMBED_COLUMNS if embedded else _RAW_COLUMNS)[m] for m in (embedded or self.modalities)}
+        embedded = [m for m in self.modalities if EMBED_COLUMN[m] in features[0]]
+        columns = {m: (EMBED_COLUMN if embedded else RAW_COLUMN)[m] for m in (embedded or self.modalities)}
         generator = self._batch_generator(raw=not embedded)
         presence = []
         for row in features:
-            present = np.zeros((len(row["labels"]), 2), dtype=bool)
+            present = np.zeros((len(row[LABELS]), 2), dtype=bool)
             for modality, column in columns.items():
                 if row.get(column) is not None:
                     present[:, MODALITIES.index(modality)] = [value is not None for value in row[column]]
@@ -118,7 +116,7 @@ class MisterEDataCollator:
             batch = self._process(features, presence, generator)
         labels = torch.full((len(features), max(lengths)), _IGNORE_INDEX, dtype=torch.long)
         for b, row in enumerate(features):
-            row_labels = torch.as_tensor(row["labels"], dtype=torch.long)
+            row_labels = torch.as_tensor(row[LABELS], dtype=torch.long)
             labels[b, : len(row_labels)] = row_labels.masked_fill(row_labels < 0, _IGNORE_INDEX)
         batch["labels"] = labels
         if GATE_HOLDOUT_COLUMN in features[0]:
@@ -136,7 +134,7 @@ class MisterEDataCollator:
     def _check_inputs(row: Mapping, present: np.ndarray, columns: Mapping[str, str]) -> None:
         empty = np.flatnonzero(~present.any(-1))
         if len(empty):
-            utterance = (row.get("utterance_ids") or range(len(present)))[empty[0]]
+            utterance = (row.get(UTTERANCE_IDS) or range(len(present)))[empty[0]]
             raise ValueError(
                 f"dialogue {row.get('dialogue_id')!r}: utterance {utterance!r} has none of the columns "
                 f"{sorted(columns.values())}; drop it from the dataset or feed other modalities."
@@ -147,15 +145,15 @@ class MisterEDataCollator:
             raise ValueError("Rows without `speech_embeds`/`text_embeds` need a `processor` to read audio and text.")
         conversations = []
         for row, present in zip(features, presence):
-            audio = row.get("audio") or [None] * len(present)
-            texts = row.get("texts") or [None] * len(present)
+            audio = row.get(AUDIO) or [None] * len(present)
+            texts = row.get(TEXTS) or [None] * len(present)
             utterances = []
             for (has_speech, has_text), path, text in zip(present, audio, texts):
                 utterance = {"audio": path} if has_speech else {}
                 if has_text:
                     utterance["text"] = text
                 utterances.append(utterance)
-            conversations.append({"id": row.get("dialogue_id"), "utterances": utterances})
+            conversations.append({"id": row.get(DIALOGUE_ID), "utterances": utterances})
         return dict(self.processor(conversations, training=self.training, generator=generator, return_tensors="pt"))
 
 
@@ -184,8 +182,8 @@ def flatten_utterances(dataset: Dataset, modality: str) -> Dataset:
 
     Only the columns stage 1 reads are kept, so precomputed embeddings of another run never reach the collator.
     """
-    column = _RAW_COLUMNS[modality]
-    keep = ["dialogue_id", "utterance_ids", column, "labels"]
+    column = RAW_COLUMN[modality]
+    keep = [DIALOGUE_ID, UTTERANCE_IDS, column, LABELS]
     dataset = dataset.select_columns(keep)
 
     def explode(batch):

@@ -14,9 +14,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..configuration_mister_e import MODALITIES
+from ..data.schema import DIALOGUE_ID, LABELS, UTTERANCE_IDS
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
-from .collator import _EMBED_COLUMNS, MisterEDataCollator
+from ..data.schema import EMBED_COLUMN
+from .collator import MisterEDataCollator
 from .trainer import label_names
 
 
@@ -35,9 +37,9 @@ def _predict(model, dataset: Dataset, collator: MisterEDataCollator, batch_size:
         outputs["gate_weights"].append(output.gate_weights.float().cpu()[mask])
         outputs["labels"].append(labels[mask])
         for row in rows:
-            size = len(row["labels"])
-            outputs["dialogue_ids"].extend([row.get("dialogue_id")] * size)
-            outputs["utterance_ids"].extend(row.get("utterance_ids") or range(size))
+            size = len(row[LABELS])
+            outputs["dialogue_ids"].extend([row.get(DIALOGUE_ID)] * size)
+            outputs["utterance_ids"].extend(row.get(UTTERANCE_IDS) or range(size))
     return {key: torch.cat(values).numpy() if key in ("logits", "gate_weights", "labels") else np.asarray(values)
             for key, values in outputs.items()}
 
@@ -67,7 +69,7 @@ def evaluate_model(
     if not isinstance(model, PreTrainedModel):
         path = model
         model = MisterEForEmotionRecognition.from_pretrained(path)
-        if processor is None and not any(column in dataset.column_names for column in _EMBED_COLUMNS.values()):
+        if processor is None and not any(column in dataset.column_names for column in EMBED_COLUMN.values()):
             from ..processing_mister_e import MisterEProcessor
 
             processor = MisterEProcessor.from_pretrained(path)

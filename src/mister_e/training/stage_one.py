@@ -16,7 +16,8 @@ from transformers import TrainerCallback, set_seed
 
 from ..configuration_mister_e import MODALITIES
 from ..modeling_mister_e import MisterEForUtteranceClassification, MisterEFunctionalsEncoder
-from .collator import _RAW_COLUMNS, MisterEDataCollator, flatten_utterances
+from ..data.schema import RAW_COLUMN
+from .collator import MisterEDataCollator, flatten_utterances
 from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
 
 
@@ -116,7 +117,7 @@ def fit_functionals_statistics(model: MisterEForUtteranceClassification, process
                                batch_size: int = 64) -> None:
     """Fit the speech functionals encoder's standardisation on the training utterances (`flatten_utterances` rows);
     the statistics then travel inside the model and are never recomputed at inference."""
-    paths = [audio[0] for audio in utterances[_RAW_COLUMNS["speech"]]]
+    paths = [audio[0] for audio in utterances[RAW_COLUMN["speech"]]]
     if not paths:
         raise ValueError("The training split has no utterance with audio to fit the functionals' statistics on.")
     model.speech_encoder.standardizer.fit(speech_features(processor, paths, batch_size))

@@ -20,7 +20,8 @@ from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_t
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
-from .collator import _EMBED_COLUMNS, GATE_HOLDOUT_COLUMN, MisterEDataCollator
+from ..data.schema import EMBED_COLUMN
+from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
 
@@ -29,7 +30,7 @@ logger = logging.get_logger(__name__)
 def _data_config(dataset: Dataset) -> dict[str, Any]:
     """Config fields the data decides: labels, and the width of each embedding column present."""
     fields = {"id2label": dict(enumerate(label_names(dataset)))}
-    for modality, column in _EMBED_COLUMNS.items():
+    for modality, column in EMBED_COLUMN.items():
         if column in dataset.column_names:
             for row in dataset.select_columns(column):  # row by row: the column can be gigabytes as Python lists
                 width = next((len(vector) for vector in row[column] if vector is not None), None)
@@ -84,7 +85,7 @@ def train_conversation_model(
     output_dir = Path(output_dir)
     set_seed(seed)
     if model is None:
-        if not set(_EMBED_COLUMNS.values()) & set(dataset["train"].column_names):
+        if not set(EMBED_COLUMN.values()) & set(dataset["train"].column_names):
             raise ValueError(
                 "The dataset has no `speech_embeds`/`text_embeds` columns: extract them first (`mister-e extract`), "
                 "or pass a `model` with utterance encoders and its `processor`."
@@ -121,7 +122,7 @@ def train_conversation_model(
 def fit_input_statistics(model: MisterEForEmotionRecognition, train: Dataset) -> None:
     """Fit the model's input standardizers (`config.standardize_inputs`) on the embeddings of the training split's
     utterances that have each modality; modalities without an embedding column keep the identity."""
-    for modality, column in _EMBED_COLUMNS.items():
+    for modality, column in EMBED_COLUMN.items():
         standardizer = getattr(model, f"{modality}_standardizer", None)
         if standardizer is None or column not in train.column_names:
             continue

@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..evaluation import _write_json, compute_metrics
+from ..data.schema import LABELS
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..utils import launched_on_cpu
 from .collator import MisterEDataCollator
@@ -199,6 +200,6 @@ def _finish(trainer: MisterETrainer, results: dict[str, Any], keep_checkpoints: 
 
 def label_names(dataset: Dataset) -> list[str]:
     """Class names from the dataset's `ClassLabel` features: the label set is the data's, not the recipe's."""
-    return list(dataset.features["labels"].feature.names)
+    return list(dataset.features[LABELS].feature.names)
 
 
