@@ -27,6 +27,8 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv
 from mister_e.extraction import extract_embeddings
 
+from timing import best_of_alternating
+
 ROOT = Path(__file__).resolve().parent
 BATCH_SIZE = 64
 PASSES = 2
@@ -67,11 +69,7 @@ def main() -> None:
             bare(**batch)
         return time.perf_counter() - start
 
-    timings = {"extraction": [], "bare_forward": []}
-    for _ in range(1 if args.quick else PASSES):
-        timings["extraction"].append(extraction())
-        timings["bare_forward"].append(forward())
-    best = {name: min(values) for name, values in timings.items()}
+    timings, best = best_of_alternating(1 if args.quick else PASSES, extraction=extraction, bare_forward=forward)
     results = {
         "utterances": len(texts),
         "batch_size": BATCH_SIZE,

@@ -30,6 +30,8 @@ from mister_e import feature_extraction_mister_e
 from mister_e.data import build_emodb
 from mister_e.extraction import extract_embeddings
 
+from timing import best_of_alternating
+
 ROOT = Path(__file__).resolve().parent
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 PASSES = 2
@@ -70,11 +72,7 @@ def main() -> None:
                 return time.perf_counter() - start
 
         direct()  # warm-up: the first call loads openSMILE's configuration
-        timings = {"extraction": [], "direct": []}
-        for _ in range(1 if args.quick else PASSES):
-            timings["extraction"].append(extraction())
-            timings["direct"].append(direct())
-        best = {name: min(values) for name, values in timings.items()}
+        timings, best = best_of_alternating(1 if args.quick else PASSES, extraction=extraction, direct=direct)
         results[feature_set] = {
             "seconds": timings,
             "extraction_files_per_s": len(paths) / best["extraction"],
