@@ -7,6 +7,8 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 EXPERTS = ("speech", "text", "cross_modal")
+# The modalities each expert needs: it answers an utterance only where all of them are present.
+EXPERT_MODALITIES = {"speech": ("speech",), "text": ("text",), "cross_modal": ("speech", "text")}
 MODALITIES = ("speech", "text")
 GATE_MODES = ("learned", "mean", *EXPERTS)
 CONTEXT_MODULES = ("conv_gru", "conv", "gru")

@@ -16,9 +16,8 @@ from transformers import initialization as init
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput
 
-from .configuration_mister_e import EXPERTS, MisterEConfig, MisterEOpenSmileConfig
+from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, MisterEConfig, MisterEOpenSmileConfig
 
-SPEECH, TEXT, CROSS_MODAL = range(3)
 
 
 @dataclass
@@ -719,16 +718,9 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         text_embeds = self._prepared_inputs("text", text_embeds, has_text, reference)
 
         available = self._available(has_speech, has_text)
-        expert_logits = reference.new_zeros(batch, length, len(EXPERTS), self.config.num_labels)
-        speech_representations = text_representations = None
-        if self.speech_expert is not None:
-            expert_logits[:, :, SPEECH] = self.speech_expert(speech_embeds, attention_mask)
-        if self.text_expert is not None:
-            expert_logits[:, :, TEXT] = self.text_expert(text_embeds, attention_mask)
-        if self.cross_modal_expert is not None:
-            expert_logits[:, :, CROSS_MODAL], speech_representations, text_representations = self.cross_modal_expert(
-                speech_embeds, text_embeds, has_speech, has_text
-            )
+        expert_logits, speech_representations, text_representations = self._run_experts(
+            speech_embeds, text_embeds, has_speech, has_text, attention_mask
+        )
         expert_logits, gate_weights, logits = self._mix(expert_logits, available)
 
         loss = None
@@ -770,19 +762,9 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         speech_embeds = self._prepared_inputs("speech", speech_embeds, has_speech[:, 0], reference)
         text_embeds = self._prepared_inputs("text", text_embeds, has_text[:, 0], reference)
         state = dict(state or {})
-        expert_logits = reference.new_zeros(reference.shape[0], 1, len(EXPERTS), self.config.num_labels)
-        speech_representations = text_representations = None
-        if self.speech_expert is not None:
-            logits, state["speech"] = self.speech_expert.step(speech_embeds, state.get("speech"))
-            expert_logits[:, 0, SPEECH] = logits
-        if self.text_expert is not None:
-            logits, state["text"] = self.text_expert.step(text_embeds, state.get("text"))
-            expert_logits[:, 0, TEXT] = logits
-        if self.cross_modal_expert is not None:
-            logits, speech_representations, text_representations, state["cross_modal"] = self.cross_modal_expert.step(
-                speech_embeds[:, None], text_embeds[:, None], has_speech, has_text, state.get("cross_modal")
-            )
-            expert_logits[:, :, CROSS_MODAL] = logits
+        expert_logits, speech_representations, text_representations = self._run_experts(
+            speech_embeds[:, None], text_embeds[:, None], has_speech, has_text, state=state
+        )
         expert_logits, gate_weights, logits = self._mix(expert_logits, self._available(has_speech, has_text))
         output = MisterEOutput(
             logits=logits,
@@ -793,9 +775,38 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         )
         return output, state
 
+    def _run_experts(self, speech_embeds, text_embeds, has_speech, has_text, attention_mask=None, state=None):
+        """Every enabled expert's logits, `(batch, utterances, len(EXPERTS), C)` (zeros for disabled ones), and the
+        cross-modal expert's `A_hat`, `T_hat` vectors: on whole conversations, or, given a `state` dict (updated in
+        place, one entry per expert), on one new utterance per conversation (`step`)."""
+        inputs = {"speech": speech_embeds, "text": text_embeds}
+        expert_logits = speech_embeds.new_zeros(*speech_embeds.shape[:2], len(EXPERTS), self.config.num_labels)
+        speech_representations = text_representations = None
+        for index, name in enumerate(EXPERTS):
+            expert = getattr(self, f"{name}_expert")
+            if expert is None:
+                continue
+            if name == "cross_modal":
+                masks = (has_speech, has_text)
+                if state is None:
+                    logits, speech_representations, text_representations = expert(*inputs.values(), *masks)
+                else:
+                    logits, speech_representations, text_representations, state[name] = expert.step(
+                        *inputs.values(), *masks, state.get(name))
+            elif state is None:
+                logits = expert(inputs[name], attention_mask)
+            else:
+                logits, state[name] = expert.step(inputs[name][:, 0], state.get(name))
+                logits = logits[:, None]
+            expert_logits[:, :, index] = logits
+        return expert_logits, speech_representations, text_representations
+
     def _available(self, has_speech: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
-        """Which experts can answer each utterance: enabled, and given the modalities they need."""
-        available = torch.stack([has_speech, has_text, has_speech & has_text], dim=-1)
+        """Which experts can answer each utterance: enabled, and given every modality they need."""
+        present = {"speech": has_speech, "text": has_text}
+        available = torch.stack([
+            torch.stack([present[modality] for modality in EXPERT_MODALITIES[expert]]).all(0) for expert in EXPERTS
+        ], dim=-1)
         return available & torch.tensor(self.config.expert_mask, device=available.device)
 
     def _mix(self, expert_logits, available):
