@@ -41,8 +41,20 @@ def test_help_does_not_import_the_training_stack():
 
 def test_prepare_fails_cleanly_naming_the_missing_release(tmp_path, capsys):
     assert main(["prepare", "meld", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--text-only"]) == 2
-    assert "nowhere" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "nowhere" in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError):  # --debug: the traceback, for a bug report
+        main(["--debug", "prepare", "meld", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--text-only"])
+
+
+def test_runtime_errors_a_user_can_cause_exit_2(tmp_path, capsys, monkeypatch):
+    def stale_cache(args):
+        raise RuntimeError(f"{tmp_path / 'cache'} was written by another extraction; delete it or pass --cache-dir.")
+
+    monkeypatch.setattr("mister_e.cli._run_extract", stale_cache)
+    assert main(["extract", "--dataset", "d", "--model", "m", "--output-dir", "o"]) == 2
+    assert "another extraction" in capsys.readouterr().err
 
 
 def test_read_conversation_from_json_and_folders(tmp_path):

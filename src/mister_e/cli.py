@@ -340,6 +340,7 @@ def _run_plan(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mister-e", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, add, run, summary in (
         ("quickstart", _add_quickstart_arguments, _run_quickstart, "Offline demo: build, train, reload, predict."),
@@ -363,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, FileExistsError, ImportError, ValueError) as error:
+    except (OSError, ImportError, ValueError, RuntimeError) as error:  # what a user's input or machine can cause
+        if args.debug:
+            raise
         print(f"mister-e {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
