@@ -34,6 +34,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from datasets import DatasetDict, disable_progress_bars, load_from_disk
 from transformers import AutoTokenizer, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging
@@ -138,6 +139,9 @@ def embed_text(dataset: DatasetDict, model, processor, work: Path, embedding: st
 
 
 def frozen_minilm(minilm: str, id2label) -> MisterEForUtteranceClassification:
+    """MiniLM with untrained heads (only its backbone's mean-pooled states are used), seeded so that a rerun builds the
+    same model and its extraction caches resume instead of refusing another model's shards."""
+    torch.manual_seed(0)
     return MisterEForUtteranceClassification.from_backbones(text=minilm, id2label=id2label).eval()
 
 
