@@ -384,3 +384,14 @@ def test_set_values_get_their_types():
     assert sets == {"learning_rate": 1e-5, "warmup": 1e-3, "experts": ["text"], "bf16": True, "name": "meld", "seed": 3}
     with pytest.raises(ValueError, match="key=value"):
         parse_sets(["learning_rate"])
+
+
+def test_the_papers_optimisation_has_one_home():
+    from mister_e.recipes import PAPER_TRAINING
+    from mister_e.training import CONVERSATION_TRAINING_DEFAULTS
+
+    assert PAPER_TRAINING["learning_rate"] == 1e-5 and PAPER_TRAINING["num_train_epochs"] == 100
+    assert all(load_recipe(name)["training"] == PAPER_TRAINING for name in ("iemocap", "meld", "mosi"))
+    assert CONVERSATION_TRAINING_DEFAULTS.items() >= PAPER_TRAINING.items()
+    small = load_recipe("small")["training"]  # a recipe states only what differs
+    assert small["learning_rate"] == 3e-4 and small["max_grad_norm"] == PAPER_TRAINING["max_grad_norm"]

@@ -18,8 +18,12 @@ import yaml
 from ..configuration_mister_e import MODALITIES, MisterEConfig
 
 ABLATIONS_FILE = "ablations.yaml"
+PAPER_TRAINING_FILE = "paper_training.yaml"
+_NOT_RECIPES = (ABLATIONS_FILE, PAPER_TRAINING_FILE)
 # Named MisterEConfig overrides; `run_ablations` trains each into its own folder.
 ABLATIONS: dict[str, dict[str, Any]] = yaml.safe_load((resources.files(__name__) / ABLATIONS_FILE).read_text())
+# The authors' stage-2 optimisation (`TrainingArguments` fields): every recipe's training starts from it.
+PAPER_TRAINING: dict[str, Any] = yaml.safe_load((resources.files(__name__) / PAPER_TRAINING_FILE).read_text())
 RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality_dropout", "gate_learning_rate",
                "early_stopping_patience", "config", "training")
 # Recipe keys that go to `train_conversation_model` as they are, and their defaults (the paper's behaviour).
@@ -51,7 +55,8 @@ def route(key: str) -> tuple[str, ...]:
 
 
 def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A training recipe: a packaged name (`iemocap`, `meld`, `mosi`) or a YAML file, with overrides applied.
+    """A training recipe: a packaged name (`iemocap`, `meld`, `mosi`, `small`) or a YAML file, with overrides applied;
+    its `training` starts from `PAPER_TRAINING`.
 
     Override keys are recipe keys (`dataset`, `seeds`, ...), `MisterEConfig` or `TrainingArguments` field names, or
     explicit `config.<field>` / `training.<field>`.
@@ -60,10 +65,11 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     if not path.is_file():
         path = resources.files(__name__) / f"{name_or_path}.yaml"
         if not path.is_file():
-            available = sorted(p.name.removesuffix(".yaml") for p in path.parent.glob("*.yaml") if p.name != ABLATIONS_FILE)
+            available = sorted(p.stem for p in path.parent.glob("*.yaml") if p.name not in _NOT_RECIPES)
             raise ValueError(f"No recipe named {name_or_path!r}; packaged recipes: {available}.")
-    recipe = {"modalities": list(MODALITIES), **RECIPE_OPTIONS, "config": {}, "training": {},
+    recipe = {"modalities": list(MODALITIES), **RECIPE_OPTIONS, "config": {},
               **(yaml.safe_load(path.read_text()) or {})}
+    recipe["training"] = {**PAPER_TRAINING, **(recipe.get("training") or {})}
     for key, value in (overrides or {}).items():
         *sections, field = route(key)
         target = recipe
@@ -97,4 +103,5 @@ def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 
-__all__ = ["ABLATIONS", "RECIPE_KEYS", "RECIPE_OPTIONS", "load_recipe", "parse_sets", "route", "training_fields"]
+__all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "load_recipe", "parse_sets", "route",
+           "training_fields"]
