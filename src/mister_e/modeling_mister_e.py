@@ -310,17 +310,102 @@ class MisterEMeanPooling(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def backbone_from_config(config: PreTrainedConfig) -> nn.Module:
-    """The backbone a sub-config describes; Whisper contributes its encoder only."""
-    if config.model_type == "whisper":
+class MisterEBackboneFamily:
+    """How one family of backbones is built, loaded, sized and run. Chosen once per encoder, from its config
+    (`backbone_family`); a new family is one subclass and one entry of `BACKBONE_FAMILIES`. The default: a text model
+    (any `AutoModel` on `input_ids`: BERT-family encoders, Llama/Qwen2-style decoders)."""
+
+    prompted = False  # whether the encoder feeds a text prompt after the audio (`speech_prompt_ids`)
+
+    def build(self, config: PreTrainedConfig) -> nn.Module:
+        return AutoModel.from_config(config)
+
+    def load(self, path: str, **kwargs) -> nn.Module:
+        return AutoModel.from_pretrained(path, **kwargs)
+
+    def hidden_size(self, config: PreTrainedConfig) -> int:
+        return getattr(config, "hidden_size", None) or config.d_model
+
+    def states(self, encoder, inputs, attention_mask):
+        """Last hidden states and the mask of their valid positions (`None`: all valid)."""
+        return encoder.backbone(input_ids=inputs, attention_mask=attention_mask).last_hidden_state, attention_mask
+
+
+class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
+    """Wav2Vec2-style speech encoders (Wav2Vec2, HuBERT, WavLM, data2vec-audio) on raw `input_values`."""
+
+    def states(self, encoder, inputs, attention_mask):
+        backbone = encoder.backbone
+        hidden = backbone(input_values=inputs, attention_mask=attention_mask).last_hidden_state
+        if attention_mask is None:
+            return hidden, None
+        return hidden, backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
+
+
+class MisterEWhisperFamily(MisterEBackboneFamily):
+    """The Whisper encoder alone, on log-mel `input_features`."""
+
+    def build(self, config):
         return WhisperEncoder(config)
-    return AutoModel.from_config(config)
+
+    def load(self, path, **kwargs):
+        from transformers import WhisperModel
+
+        return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
+
+    def states(self, encoder, inputs, attention_mask):
+        hidden = encoder.backbone(input_features=inputs).last_hidden_state
+        # The encoder's stride-2 convolution halves the mel frames.
+        return hidden, attention_mask[:, ::2] if attention_mask is not None else None
 
 
-def backbone_hidden_size(config: PreTrainedConfig) -> int:
-    if config.model_type == "qwen2_audio":
+class MisterESpeechLLMFamily(MisterEBackboneFamily):
+    """Qwen2-Audio: the audio tower, then the language model on `[audio tokens; prompt]`, as the authors' encoder."""
+
+    prompted = True
+
+    def hidden_size(self, config):
         return config.text_config.hidden_size
-    return getattr(config, "hidden_size", None) or config.d_model
+
+    def states(self, encoder, features, feature_mask):
+        """Run the language model on `[audio tokens; prompt]`, right-padded."""
+        backbone = encoder.backbone
+        audio = backbone.multi_modal_projector(backbone.audio_tower(features).last_hidden_state)
+        if feature_mask is None:
+            feature_mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
+        audio_lengths = backbone.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))[1]
+        # The tower reads a fixed 30 s window; the language model needs only the batch's longest audio (a 5 s crop is
+        # 125 of the 750 positions), which cuts its activations and compute to match.
+        audio = audio[:, : int(audio_lengths.max())]
+        count, max_audio, width = audio.shape
+        prompt = backbone.get_input_embeddings()(encoder.prompt_ids).to(audio.dtype)
+        positions = torch.arange(max_audio + len(prompt), device=audio.device)[None, :]
+        in_audio = positions < audio_lengths[:, None]
+        in_prompt = ~in_audio & (positions < audio_lengths[:, None] + len(prompt))
+        embeds = audio.new_zeros(count, positions.shape[1], width)
+        embeds[in_audio] = audio[torch.arange(max_audio, device=audio.device)[None, :] < audio_lengths[:, None]]
+        embeds[in_prompt] = prompt.repeat(count, 1)
+        mask = in_audio | in_prompt
+        hidden = backbone.language_model(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        return hidden, mask
+
+
+# `model_type` -> family; any other type is a text model, or a Wav2Vec2-style speech encoder when the built backbone
+# has the feature-vector mask of one (see `backbone_family`).
+BACKBONE_FAMILIES: dict[str, MisterEBackboneFamily] = {
+    "whisper": MisterEWhisperFamily(),
+    "qwen2_audio": MisterESpeechLLMFamily(),
+    **dict.fromkeys(("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech",
+                     "unispeech-sat", "sew", "sew-d"), MisterESelfSupervisedSpeechFamily()),
+}
+
+
+def backbone_family(config: PreTrainedConfig, backbone: nn.Module | None = None) -> MisterEBackboneFamily:
+    if config.model_type in BACKBONE_FAMILIES:
+        return BACKBONE_FAMILIES[config.model_type]
+    if hasattr(backbone, "_get_feature_vector_attention_mask"):
+        return MisterESelfSupervisedSpeechFamily()
+    return MisterEBackboneFamily()
 
 
 class MisterEFeatureStandardizer(nn.Module):
@@ -379,8 +464,9 @@ class MisterEUtteranceEncoder(nn.Module):
     def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None, backbone=None):
         super().__init__()
         self.model_type = backbone_config.model_type
-        self.backbone = backbone if backbone is not None else backbone_from_config(backbone_config)
-        hidden_size = self.hidden_size = backbone_hidden_size(backbone_config)
+        self.backbone = backbone if backbone is not None else backbone_family(backbone_config).build(backbone_config)
+        self.family = backbone_family(backbone_config, self.backbone)
+        hidden_size = self.hidden_size = self.family.hidden_size(backbone_config)
         self.norm = nn.LayerNorm(hidden_size)
         self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
         self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
@@ -397,47 +483,10 @@ class MisterEUtteranceEncoder(nn.Module):
         """Last hidden states and the mask of their valid positions."""
         if inputs.is_floating_point():
             inputs = inputs.to(self.backbone.dtype)
-        if self.model_type == "qwen2_audio":
-            return self._speech_llm_states(inputs, attention_mask)
-        if self.model_type == "whisper":
-            hidden = self.backbone(input_features=inputs).last_hidden_state
-            # The encoder's stride-2 convolution halves the mel frames.
-            mask = attention_mask[:, ::2] if attention_mask is not None else None
-        elif hasattr(self.backbone, "_get_feature_vector_attention_mask"):
-            hidden = self.backbone(input_values=inputs, attention_mask=attention_mask).last_hidden_state
-            mask = (
-                self.backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
-                if attention_mask is not None
-                else None
-            )
-        else:
-            hidden = self.backbone(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask
+        hidden, mask = self.family.states(self, inputs, attention_mask)
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return hidden, mask.bool()
-
-    def _speech_llm_states(self, features, feature_mask):
-        """Run the language model on `[audio tokens; prompt]`, right-padded, as the authors' speech encoder does."""
-        backbone = self.backbone
-        audio = backbone.multi_modal_projector(backbone.audio_tower(features).last_hidden_state)
-        if feature_mask is None:
-            feature_mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
-        audio_lengths = backbone.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))[1]
-        # The tower reads a fixed 30 s window; the language model needs only the batch's longest audio (a 5 s crop is
-        # 125 of the 750 positions), which cuts its activations and compute to match.
-        audio = audio[:, : int(audio_lengths.max())]
-        count, max_audio, width = audio.shape
-        prompt = backbone.get_input_embeddings()(self.prompt_ids).to(audio.dtype)
-        positions = torch.arange(max_audio + len(prompt), device=audio.device)[None, :]
-        in_audio = positions < audio_lengths[:, None]
-        in_prompt = ~in_audio & (positions < audio_lengths[:, None] + len(prompt))
-        embeds = audio.new_zeros(count, positions.shape[1], width)
-        embeds[in_audio] = audio[torch.arange(max_audio, device=audio.device)[None, :] < audio_lengths[:, None]]
-        embeds[in_prompt] = prompt.repeat(count, 1)
-        mask = in_audio | in_prompt
-        hidden = backbone.language_model(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
-        return hidden, mask
 
 
 class MisterEPreTrainedModel(PreTrainedModel):
@@ -563,7 +612,7 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
             backbone_kwargs (`dict`, *optional*):
                 Further `from_pretrained` arguments of the backbones, e.g. `quantization_config` and `device_map`.
         """
-        from transformers import AutoConfig, AutoTokenizer, WhisperModel
+        from transformers import AutoConfig, AutoTokenizer
 
         paths = {name: path for name, path in (("speech", speech), ("text", text)) if path}
         configs = {}
@@ -571,15 +620,11 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
             configs["speech_config"] = functionals  # computed features: nothing to load
             del paths["speech"]
         configs.update({f"{name}_config": AutoConfig.from_pretrained(path) for name, path in paths.items()})
-        if speech and configs["speech_config"].model_type == "qwen2_audio" and speech_prompt:
+        if speech and backbone_family(configs["speech_config"]).prompted and speech_prompt:
             config_kwargs.setdefault("speech_prompt_ids", AutoTokenizer.from_pretrained(speech)(speech_prompt)["input_ids"])
-        backbones = {}
-        for name, path in paths.items():
-            loading = {"dtype": dtype, **(backbone_kwargs or {})}
-            if configs[f"{name}_config"].model_type == "whisper":
-                backbones[f"{name}_backbone"] = WhisperModel.from_pretrained(path, **loading).get_encoder()
-            else:
-                backbones[f"{name}_backbone"] = AutoModel.from_pretrained(path, **loading)
+        loading = {"dtype": dtype, **(backbone_kwargs or {})}
+        backbones = {f"{name}_backbone": backbone_family(configs[f"{name}_config"]).load(path, **loading)
+                     for name, path in paths.items()}
         return cls(MisterEConfig(**configs, **config_kwargs), **backbones)
 
     def forward(
