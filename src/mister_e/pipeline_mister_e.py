@@ -13,8 +13,9 @@
 # limitations under the License.
 """The `"emotion-recognition-in-conversation"` pipeline: conversations in, one emotion per utterance out.
 
-This file may be copied next to a checkpoint as Hub remote code, so it imports only torch, numpy, transformers and
-its sibling modules.
+It keeps to the rules of Hub remote code (it imports only torch, numpy, transformers and its sibling modules), but
+saved folders do not carry it yet: the pipeline task needs the package installed (`import mister_e` registers it),
+while the model and processor alone load through remote code.
 """
 
 from __future__ import annotations
