@@ -627,3 +627,15 @@ def test_real_emodb():
         seen = {split: set(flat(fold[split], "speakers")) for split in SPLITS}
         assert seen["test"] == {test} and seen["validation"] == {validation}
         assert seen["train"] == set(speakers) - {test, validation}
+
+
+def test_processor_utterances_is_the_one_row_to_processor_mapping():
+    from mister_e.data.schema import processor_utterances
+
+    row = {"dialogue_id": "d", "utterance_ids": ["a", "b", "c"], "audio": ["a.wav", None, "c.wav"],
+           "texts": ["hi", "oh", None]}
+    assert processor_utterances(row) == [{"audio": "a.wav", "text": "hi"}, {"text": "oh"}, {"audio": "c.wav"}]
+    assert processor_utterances(row, ["speech"]) == [{"audio": "a.wav"}, {}, {"audio": "c.wav"}]
+    dropped = [[False, True], [False, True], [True, False]]  # the collator's modality dropout removed a's audio
+    assert processor_utterances(row, present=dropped) == [{"text": "hi"}, {"text": "oh"}, {"audio": "c.wav"}]
+    assert processor_utterances({"utterance_ids": ["x"], "texts": ["t"]}) == [{"text": "t"}]  # no audio column

@@ -25,13 +25,11 @@ from datasets import Dataset, DatasetDict, Sequence, Value
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS
+from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, processor_utterances
 from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
 from .utils import atomic_path, process_state
 
 MODALITIES = ("speech", "text")
-# The key of each modality's input in a processor utterance.
-INPUT_KEYS = {"speech": "audio", "text": "text"}
 EMBEDDINGS = ("projection", "backbone_mean")
 
 
@@ -119,12 +117,8 @@ def _flatten(dataset: Dataset, modalities) -> list[dict]:
     rows = []
     columns = [c for c in (DIALOGUE_ID, UTTERANCE_IDS, AUDIO, TEXTS) if c in dataset.column_names]
     for dialogue in dataset.select_columns(columns):
-        audio = dialogue.get(AUDIO) or [None] * len(dialogue[UTTERANCE_IDS])
-        texts = dialogue.get(TEXTS) or [None] * len(dialogue[UTTERANCE_IDS])
-        for utterance_id, path, text in zip(dialogue[UTTERANCE_IDS], audio, texts):
-            values = {"speech": path, "text": text}
-            rows.append({"id": f"{dialogue[DIALOGUE_ID]}/{utterance_id}",
-                         **{INPUT_KEYS[m]: values[m] for m in modalities if values[m] is not None}})
+        for utterance_id, utterance in zip(dialogue[UTTERANCE_IDS], processor_utterances(dialogue, modalities)):
+            rows.append({"id": f"{dialogue[DIALOGUE_ID]}/{utterance_id}", **utterance})
     return rows
 
 
@@ -138,7 +132,7 @@ def _embed(rows, model, processor, modalities, batch_size, embedding, device) ->
         usable = [row for row in chunk if len(row) > 1]
         batch = processor([{"id": row["id"], "utterances": [row]} for row in usable]) if usable else None
         for modality in modalities:
-            has = [INPUT_KEYS[modality] in row for row in chunk]
+            has = [UTTERANCE_KEYS[modality] in row for row in chunk]
             present[modality].extend(has)
             vectors = _modality_vectors(model, batch, modality, embedding, device) if any(has) else None
             width = _width(model, modality, embedding)

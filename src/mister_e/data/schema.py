@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
+from ..configuration_mister_e import MODALITIES
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
@@ -39,12 +41,31 @@ UTTERANCE_COLUMNS = (UTTERANCE_IDS, TEXTS, AUDIO, LABELS, SPEAKERS, *EMBED_COLUM
 # Per modality: the column of its raw input, and of its precomputed embeddings.
 RAW_COLUMN = {"speech": AUDIO, "text": TEXTS}
 EMBED_COLUMN = {"speech": SPEECH_EMBEDS, "text": TEXT_EMBEDS}
+# The key of each modality's input in an utterance of `MisterEProcessor`'s conversation format.
+UTTERANCE_KEYS = {"speech": "audio", "text": "text"}
 
 # Utterance record key -> dataset column; the tabular builders emit one record per utterance (see `_group_dialogues`).
 _RECORD_COLUMNS = {
     "utterance_id": UTTERANCE_IDS, "text": TEXTS, "audio": AUDIO, "label": LABELS, "speaker": SPEAKERS
 }  # fmt: skip
 
+
+
+def processor_utterances(row: Mapping, modalities: Sequence[str] = MODALITIES, present=None) -> list[dict]:
+    """A dialogue row's utterances in the processor's format (`{"audio": path, "text": text}`), each with only the
+    modalities asked for that it has, or, given `present` (`(utterances, 2)` booleans, speech then text), that it
+    marks: the one place a dataset row becomes processor input (the collator, extraction and stage 1 use it)."""
+    count = len(present) if present is not None else len(row[UTTERANCE_IDS])
+    inputs = {modality: row.get(RAW_COLUMN[modality]) or [None] * count for modality in MODALITIES}
+    utterances = []
+    for index in range(count):
+        utterance = {}
+        for column, modality in enumerate(MODALITIES):
+            value = inputs[modality][index]
+            if modality in modalities and (value is not None if present is None else present[index][column]):
+                utterance[UTTERANCE_KEYS[modality]] = value
+        utterances.append(utterance)
+    return utterances
 
 def dialogue_features(
     label_names: Sequence[str], *, speech_embeds: bool = False, text_embeds: bool = False

@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 
 from ..configuration_mister_e import MODALITIES
-from ..data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, TEXTS, UTTERANCE_IDS
+from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, UTTERANCE_IDS, processor_utterances
 
 _IGNORE_INDEX = -100
 # Per-conversation flag of the training split: held out from the experts' losses, for the gate (`gate_holdout_fraction`).
@@ -143,17 +143,8 @@ class MisterEDataCollator:
     def _process(self, features, presence, generator) -> dict[str, torch.Tensor]:
         if self.processor is None:
             raise ValueError("Rows without `speech_embeds`/`text_embeds` need a `processor` to read audio and text.")
-        conversations = []
-        for row, present in zip(features, presence):
-            audio = row.get(AUDIO) or [None] * len(present)
-            texts = row.get(TEXTS) or [None] * len(present)
-            utterances = []
-            for (has_speech, has_text), path, text in zip(present, audio, texts):
-                utterance = {"audio": path} if has_speech else {}
-                if has_text:
-                    utterance["text"] = text
-                utterances.append(utterance)
-            conversations.append({"id": row.get(DIALOGUE_ID), "utterances": utterances})
+        conversations = [{"id": row.get(DIALOGUE_ID), "utterances": processor_utterances(row, present=present)}
+                         for row, present in zip(features, presence)]
         return dict(self.processor(conversations, training=self.training, generator=generator, return_tensors="pt"))
 
 

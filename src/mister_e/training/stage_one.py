@@ -16,7 +16,7 @@ from transformers import TrainerCallback, set_seed
 
 from ..configuration_mister_e import MODALITIES
 from ..modeling_mister_e import MisterEForUtteranceClassification, MisterEFunctionalsEncoder
-from ..data.schema import RAW_COLUMN
+from ..data.schema import RAW_COLUMN, UTTERANCE_KEYS
 from .collator import MisterEDataCollator, flatten_utterances
 from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
 
@@ -105,11 +105,9 @@ def train_encoder(
 def speech_features(processor: Any, paths: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """The processor's speech features of audio files, `(len(paths), width)` for one-vector-per-utterance extractors
     (openSMILE functionals), computed in batches of one-utterance conversations."""
-    return torch.cat([
-        processor([{"id": path, "utterances": [{"audio": path}]} for path in paths[start : start + batch_size]])[
-            "input_features"]
-        for start in range(0, len(paths), batch_size)
-    ])
+    conversations = [{"id": path, "utterances": [{UTTERANCE_KEYS["speech"]: path}]} for path in paths]
+    return torch.cat([processor(conversations[start : start + batch_size])["input_features"]
+                      for start in range(0, len(paths), batch_size)])
 
 
 @torch.no_grad()
