@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Evaluation of MiSTER-E outputs: metrics, reports, modality-robustness curves and seed summaries.
+"""Evaluation of MiSTER-E outputs: metrics, reports and modality-robustness curves (seed summaries: `summaries.py`).
 
 Everything here works on numpy arrays the model already produced, so reports can be rebuilt from saved
 predictions without loading a model. Figures are drawn on `matplotlib.figure.Figure` objects, which render
