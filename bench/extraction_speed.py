@@ -12,7 +12,6 @@ is kept: the machine is shared, so the ratio is the figure to read.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -27,7 +26,7 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv
 from mister_e.extraction import extract_embeddings
 
-from timing import best_of_alternating
+from timing import best_of_alternating, publish, speed_report
 
 ROOT = Path(__file__).resolve().parent
 BATCH_SIZE = 64
@@ -70,18 +69,9 @@ def main() -> None:
         return time.perf_counter() - start
 
     timings, best = best_of_alternating(1 if args.quick else PASSES, extraction=extraction, bare_forward=forward)
-    results = {
-        "utterances": len(texts),
-        "batch_size": BATCH_SIZE,
-        "threads": torch.get_num_threads(),
-        "seconds": timings,
-        "extraction_utterances_per_s": len(texts) / best["extraction"],
-        "bare_forward_utterances_per_s": len(texts) / best["bare_forward"],
-        "extraction_over_bare_forward": best["extraction"] / best["bare_forward"],
-    }
-    print(json.dumps(results, indent=2))
-    if not args.quick:
-        (ROOT / "results" / "extraction_speed.json").write_text(json.dumps(results, indent=2))
+    results = {"utterances": len(texts), "batch_size": BATCH_SIZE, "threads": torch.get_num_threads(),
+               **speed_report(len(texts), "utterances", best, timings, reference="bare_forward")}
+    publish(results, "extraction_speed", args.quick)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ each is kept (the machine is shared, so the ratio is the figure to read).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -30,7 +29,7 @@ from mister_e import feature_extraction_mister_e
 from mister_e.data import build_emodb
 from mister_e.extraction import extract_embeddings
 
-from timing import best_of_alternating
+from timing import best_of_alternating, publish, speed_report
 
 ROOT = Path(__file__).resolve().parent
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
@@ -73,15 +72,8 @@ def main() -> None:
 
         direct()  # warm-up: the first call loads openSMILE's configuration
         timings, best = best_of_alternating(1 if args.quick else PASSES, extraction=extraction, direct=direct)
-        results[feature_set] = {
-            "seconds": timings,
-            "extraction_files_per_s": len(paths) / best["extraction"],
-            "direct_files_per_s": len(paths) / best["direct"],
-            "extraction_over_direct": best["extraction"] / best["direct"],
-        }
-    print(json.dumps(results, indent=2))
-    if not args.quick:
-        (ROOT / "results" / "functionals_speed.json").write_text(json.dumps(results, indent=2))
+        results[feature_set] = speed_report(len(paths), "files", best, timings, reference="direct")
+    publish(results, "functionals_speed", args.quick)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@ alike) and keep each one's best pass."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def best_of_alternating(passes: int, **contenders: Callable[[], float]
@@ -14,3 +18,18 @@ def best_of_alternating(passes: int, **contenders: Callable[[], float]
         for name, run in contenders.items():
             timings[name].append(run())
     return timings, {name: min(values) for name, values in timings.items()}
+
+
+def speed_report(count: int, unit: str, best: dict[str, float], timings: dict[str, list[float]],
+                 reference: str) -> dict:
+    """`<name>_<unit>_per_s` for every contender, and each one's time over the `reference`'s."""
+    return {"seconds": timings, **{f"{name}_{unit}_per_s": count / seconds for name, seconds in best.items()},
+            **{f"{name}_over_{reference}": seconds / best[reference] for name, seconds in best.items()
+               if name != reference}}
+
+
+def publish(results: dict, name: str, quick: bool) -> None:
+    """Print the results; a full run (not `--quick`) also writes them to `bench/results/<name>.json`."""
+    print(json.dumps(results, indent=2))
+    if not quick:
+        (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
