@@ -11,14 +11,11 @@ is kept: the machine is shared, so the ratio is the figure to read.
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from datasets import concatenate_datasets, disable_progress_bars
+from datasets import concatenate_datasets
 from transformers import AutoModel, AutoTokenizer, Wav2Vec2FeatureExtractor
 
 from mister_e import MisterEForUtteranceClassification, MisterEProcessor
@@ -26,20 +23,13 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv
 from mister_e.extraction import extract_embeddings
 
-from timing import best_of_alternating, publish, speed_report
+from timing import PASSES, best_of_alternating, publish, speed_arguments, speed_report
 
-ROOT = Path(__file__).resolve().parent
 BATCH_SIZE = 64
-PASSES = 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    disable_progress_bars()
-    os.environ["TQDM_DISABLE"] = "1"
+    args = speed_arguments(__doc__.split("\n\n")[0])
     minilm = packaged_minilm()
     meld = build_meld_csv(args.data / "meld")
     dialogues = concatenate_datasets([meld[split] for split in ("train", "validation", "test")])

@@ -13,15 +13,12 @@ each is kept (the machine is shared, so the ratio is the figure to read).
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
-from pathlib import Path
 
 import opensmile
 import torch
-from datasets import concatenate_datasets, disable_progress_bars
+from datasets import concatenate_datasets
 from transformers import BertTokenizerFast
 
 from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatureExtractor, MisterEProcessor
@@ -29,20 +26,13 @@ from mister_e import feature_extraction_mister_e
 from mister_e.data import build_emodb
 from mister_e.extraction import extract_embeddings
 
-from timing import best_of_alternating, publish, speed_report
+from timing import PASSES, best_of_alternating, publish, speed_arguments, speed_report
 
-ROOT = Path(__file__).resolve().parent
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
-PASSES = 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    disable_progress_bars()
-    os.environ["TQDM_DISABLE"] = "1"
+    args = speed_arguments(__doc__.split("\n\n")[0])
     emodb = build_emodb(args.data / "emodb", conversation_size=10)
     dialogues = concatenate_datasets([emodb[split] for split in ("train", "validation", "test")])
     if args.quick:

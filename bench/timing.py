@@ -3,11 +3,26 @@ alike) and keep each one's best pass."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PASSES = 2
+
+
+def speed_arguments(description: str) -> argparse.Namespace:
+    """`--data` (the shared benchmark data) and `--quick` (one pass, nothing written); progress bars off."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=RESULTS.parent.parent.parent / "shared" / "data")
+    parser.add_argument("--quick", action="store_true")
+    os.environ["TQDM_DISABLE"] = "1"
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    return parser.parse_args()
 
 
 def best_of_alternating(passes: int, **contenders: Callable[[], float]
