@@ -94,3 +94,29 @@ def save_fixture(name: str) -> None:
 
 if __name__ == "__main__":
     save_fixture(sys.argv[1])
+
+
+# Public names of the flat modules before the re-layout into data/ and training/ (release 0.1): they still import.
+EARLIER_PUBLIC_NAMES = {
+    "mister_e.data": "BUILDERS EMBED_COLUMNS EMODB_LABELS EMODB_TRANSCRIPTS IEMOCAP_LABELS MELD_LABELS MOSI_LABELS "
+                     "MOSI_LABEL_RULES SPLITS attach_embeddings build_cosmic_pickle build_emodb build_iemocap "
+                     "build_meld build_meld_csv build_mosi describe dialogue_features emodb_folds load_mosi_acoustic "
+                     "make_dialogue_dataset mosi_release_folds prepare save_dialogues validate_dialogues",
+    "mister_e.training": "ABLATIONS CONVERSATION_TRAINING_DEFAULTS ENCODER_TRAINING_DEFAULTS MisterEDataCollator "
+                         "MisterETrainer apply_ablation build_trainer drop_modalities evaluate_model "
+                         "fit_functionals_statistics fit_input_statistics flatten_utterances label_names "
+                         "last_checkpoint load_recipe run_ablations speech_features train_conversation_model "
+                         "train_encoder train_seeds with_gate_holdout GATE_HOLDOUT_COLUMN",
+    "mister_e.lora": "LORA_DEFAULTS LORA_TARGETS apply_lora load_lora lora_config merge_lora",
+    "mister_e.scale": "PAPER_BACKBONES activation_bytes format_plan paper_backbone_config paper_scale_plan "
+                      "parameter_sizes prepare_quantized_backbones quantization_kwargs training_memory",
+    "mister_e.demo": "EMOTIONS build_demo_corpus demo_conversation",
+    "mister_e.evaluation": "DEFAULT_DROP_PROBABILITIES GATE_NAMES SCALAR_METRICS compute_metrics format_seed_table "
+                           "load_erc_metric robustness_curve summarize_seeds write_evaluation_report",
+}
+
+
+@pytest.mark.parametrize("module", sorted(EARLIER_PUBLIC_NAMES))
+def test_earlier_public_import_paths_still_resolve(module):
+    imported = __import__(module, fromlist=["_"])
+    assert [name for name in EARLIER_PUBLIC_NAMES[module].split() if not hasattr(imported, name)] == []
