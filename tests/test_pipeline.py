@@ -165,3 +165,22 @@ def test_stream_matches_whole_causal_conversation(causal_pipe, wavs):
 def test_stream_needs_causal_model(pipe, wavs):
     with pytest.raises(ValueError, match="causal"):
         next(pipe.stream(conversation(wavs)["utterances"]))
+
+
+def test_long_conversations_go_through_the_backbones_in_micro_batches(tmp_path):
+    """`encoder_batch_size` bounds the backbones' memory; the predictions equal one pass over every utterance."""
+    paths = write_clips(tmp_path, count=7)
+    words = ["hello world", "yes", None, "oh okay", "really fine", "no", "hello"]
+    conversation = {"utterances": [{"audio": path, "text": text} for path, text in zip(paths, words)]}
+    model = tiny_model()
+    inputs = tiny_processor()(conversation)
+    calls = []
+    model.speech_encoder.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with torch.no_grad():
+        model.config.encoder_batch_size = None
+        whole = model(**inputs)
+        model.config.encoder_batch_size = 3
+        chunked = model(**inputs)
+    assert calls == [7, 3, 3, 1]
+    torch.testing.assert_close(chunked.logits, whole.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunked.gate_weights, whole.gate_weights, rtol=1e-4, atol=1e-5)

@@ -174,6 +174,9 @@ class MisterEConfig(PreTrainedConfig):
             Dropout of the utterance classifier heads.
         encoder_focal_gamma (`float`, *optional*, defaults to 2.0):
             Focal-loss exponent of stage-1 utterance classification.
+        encoder_batch_size (`int`, *optional*, defaults to 32):
+            Utterances per pass through a backbone when the model embeds raw audio/text itself (stage 1, end-to-end
+            models, the pipeline): memory stays bounded for long conversations. `None`: all at once.
         standardize_inputs (`bool`, *optional*, defaults to `False`):
             Standardise each modality's embeddings with training-split statistics held in the model (buffers fitted
             by `train_conversation_model`, saved with the weights, used by `forward`, `step` and the pipeline alike).
@@ -230,6 +233,7 @@ class MisterEConfig(PreTrainedConfig):
     speech_prompt_ids: list[int] | None = None
     encoder_dropout: float | int = 0.5
     encoder_focal_gamma: float | int = 2.0
+    encoder_batch_size: int | None = 32
     standardize_inputs: bool = False
     input_dropout: float | int = 0.0
     context_dropout: float | int = 0.0
@@ -254,6 +258,8 @@ class MisterEConfig(PreTrainedConfig):
         for name, value in vars(self).items():
             default = self.__dataclass_fields__.get(name)
             if default is not None and isinstance(default.default, (int, float)) and not isinstance(default.default, bool):
+                if value is None and name == "encoder_batch_size":  # None: every utterance in one pass
+                    continue
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"`{name}` must be a number, got {value!r}.")
         _check_choices("experts", self.experts, EXPERTS)
@@ -270,6 +276,8 @@ class MisterEConfig(PreTrainedConfig):
                      "coattention_layers", "attention_dim", "attention_heads", "fusion_hidden_size", "gate_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.encoder_batch_size is not None and self.encoder_batch_size < 1:
+            raise ValueError(f"`encoder_batch_size` must be a positive integer or None, got {self.encoder_batch_size}.")
         if not self.causal and self.context_module != "conv" and self.context_dim % 2:
             raise ValueError(f"`context_dim` must be even for a bidirectional GRU (2 directions), got {self.context_dim}.")
         if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):

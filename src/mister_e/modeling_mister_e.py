@@ -572,10 +572,19 @@ class MisterEPreTrainedModel(PreTrainedModel):
                 raise ValueError(
                     f"{len(inputs)} {name} rows for {int(present.sum())} utterances marked as having {name}."
                 )
-            embeds, logits = encoder(inputs, mask)
+            embeds, logits = self._encode_in_chunks(encoder, inputs, mask)
             output[f"{name}_embeds"] = embeds.new_zeros(*present.shape, embeds.shape[-1]).index_put((present,), embeds)
             output[f"{name}_logits"] = logits.new_zeros(*present.shape, logits.shape[-1]).index_put((present,), logits)
         return output
+
+    def _encode_in_chunks(self, encoder, inputs, mask):
+        """The encoder over the utterance rows, `config.encoder_batch_size` rows a pass, so that the backbone's
+        activations stay bounded however many utterances a conversation has (the padding is the batch's, so the
+        result equals one pass up to float error)."""
+        size = self.config.encoder_batch_size or len(inputs)
+        parts = [encoder(inputs[start : start + size], None if mask is None else mask[start : start + size])
+                 for start in range(0, len(inputs), size)]
+        return torch.cat([embeds for embeds, _ in parts]), torch.cat([logits for _, logits in parts])
 
 
 class MisterEForUtteranceClassification(MisterEPreTrainedModel):
