@@ -673,9 +673,15 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
 
     def __init__(self, config: MisterEConfig):
         super().__init__(config)
-        self.speech_expert = MisterEContextModule(config, config.speech_embed_dim) if "speech" in config.experts else None
-        self.text_expert = MisterEContextModule(config, config.text_embed_dim) if "text" in config.experts else None
-        self.cross_modal_expert = MisterECrossModalExpert(config) if "cross_modal" in config.experts else None
+        # `<expert>_expert` for each of EXPERTS (None when switched off): a unimodal expert is a context module over its
+        # modality's embeddings, the expert needing both modalities the co-attention one.
+        for expert in EXPERTS:
+            modalities = EXPERT_MODALITIES[expert]
+            module = None
+            if expert in config.experts:
+                module = (MisterECrossModalExpert(config) if len(modalities) > 1
+                          else MisterEContextModule(config, getattr(config, f"{modalities[0]}_embed_dim")))
+            setattr(self, f"{expert}_expert", module)
         self.gate = MisterEGate(config) if config.gate_mode == "learned" else None
         # Training-split statistics of each modality's embeddings (`train_conversation_model` fits them), so that
         # `forward`, `step` and the pipeline all see the inputs the experts were trained on.
