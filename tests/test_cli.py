@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tiny import tiny_config
+from tiny_end_to_end import tiny_processor
+from transformers import BertConfig
+
+from mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
+from mister_e.assembly import folder_kind
 from mister_e.cli import build_parser, main, read_conversation
 
 
@@ -71,6 +77,13 @@ def test_read_conversation_from_json_and_folders(tmp_path):
     assert [(u["id"], u["text"], u["audio"] is not None) for u in utterances] == [
         ("b", "second first", True), ("a", "then this", True), ("z", "text only", False)
     ]
+    (tmp_path / "transcripts.txt").write_text("a.wav\tnamed with its file name\nb\t \n")
+    utterances = read_conversation(tmp_path)["utterances"]
+    assert [(u["id"], u["text"], u["audio"]) for u in utterances] == [
+        ("a", "named with its file name", str(tmp_path / "a.wav")), ("b", None, str(tmp_path / "b.wav"))]
+    (tmp_path / "transcripts.txt").write_text("utt1\tnames no file here\n")  # formerly: every WAV silently dropped
+    with pytest.raises(ValueError, match="no line names one of the 2 WAV files"):
+        read_conversation(tmp_path)
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"turns": []}', "utterances")])
@@ -99,3 +112,37 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert 0.0 <= summary["test"]["weighted_f1"] <= 1.0
     assert (tmp_path / "qs" / "model" / "model.safetensors").is_file()
     assert all(abs(sum(p["expert_weights"].values()) - 1) < 1e-5 for p in summary["predictions"])
+
+
+def test_each_verb_says_which_model_folder_it_needs(tmp_path, capsys):
+    """A stage-1 encoder folder given to `predict` or `evaluate` used to run a random stage 2 and exit 0."""
+    MisterEForEmotionRecognition(tiny_config()).save_pretrained(tmp_path / "stage2")
+    encoder = MisterEForUtteranceClassification(tiny_config(text_config=BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=10)))
+    encoder.save_pretrained(tmp_path / "stage1")
+    assert folder_kind(tmp_path / "stage1") == "stage-1" and folder_kind(tmp_path / "stage2") == "stage-2"
+    (tmp_path / "c.json").write_text(json.dumps([{"text": "hi"}]))
+    capsys.readouterr()  # the saves' progress bars
+    cases = [
+        (["predict", "--model", str(tmp_path / "stage1"), str(tmp_path / "c.json")], "stage1", "stage-1 encoder"),
+        (["predict", "--model", str(tmp_path / "stage2"), str(tmp_path / "c.json")], "stage2", "--encoder"),
+        (["evaluate", "--model", str(tmp_path / "stage1"), "--dataset", str(tmp_path / "d")], "stage1", "stage-1"),
+        (["extract", "--dataset", "d", "--model", str(tmp_path / "stage2"), "--output-dir", str(tmp_path / "o")],
+         "stage2", "extract --model"),
+        (["predict", "--model", str(tmp_path / "stage2"), "--encoder", str(tmp_path / "stage2"),
+          str(tmp_path / "c.json")], "stage2", "`--encoder`"),
+    ]
+    for argv, folder, message in cases:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert folder in error and message in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "o").exists() and not (tmp_path / "stage1" / "evaluation").exists()
+
+
+def test_blank_text_is_no_text(tmp_path):
+    processor = tiny_processor()
+    batch = processor({"utterances": [{"text": "hello"}, {"text": "  ", "audio": np.zeros(8000, np.float32),
+                                                          "sampling_rate": 16000}]})
+    assert batch["modality_mask"][0].tolist() == [[False, True], [True, False]]
+    with pytest.raises(ValueError, match="utterance 1.*its text is empty"):
+        processor({"utterances": [{"text": "hello"}, {"text": " \t"}]})

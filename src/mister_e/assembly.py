@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .modeling_mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from .processing_mister_e import MisterEProcessor
+
+
+FOLDER_KINDS = {
+    "stage-1": "a stage-1 encoder folder (`mister-e train-encoder` output `merged/`: utterances in, embeddings out)",
+    "stage-2": "a stage-2 model (`mister-e train` output: it reads embeddings, so it needs its stage-1 encoders)",
+    "end-to-end": "an end-to-end model (raw audio and text in)",
+}
+
+
+def folder_kind(path: str | os.PathLike) -> str:
+    """What a saved MiSTER-E folder holds, from its `config.json` alone: "stage-1", "stage-2" or "end-to-end"."""
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"No saved model (config.json) in {path}.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_path} is not a readable config: {error}") from None
+    architectures = config.get("architectures") or []
+    if "MisterEForUtteranceClassification" in architectures:
+        return "stage-1"
+    if "MisterEForEmotionRecognition" not in architectures:
+        raise ValueError(f"{path} holds no MiSTER-E model (its config names {architectures or 'no architecture'}).")
+    return "end-to-end" if config.get("speech_config") or config.get("text_config") else "stage-2"
+
+
+def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> None:
+    """Raise, naming the folder, what it is and what `use` needs, unless it is one of `kinds`."""
+    kind = folder_kind(path)
+    if kind not in kinds:
+        wanted = " or ".join(FOLDER_KINDS[k] for k in kinds)
+        raise ValueError(f"{path} is {FOLDER_KINDS[kind]}; {use} needs {wanted}.")
 
 
 def join_stages(
@@ -15,9 +48,9 @@ def join_stages(
     """The stage-2 model at `conversation_model` with the stage-1 encoders at `encoders` (each a `train-encoder`
     `merged/` folder, one per modality), and the processor that feeds them: audio preprocessing from the speech
     encoder's processor, the tokenizer from the text encoder's. Save both to one folder for the pipeline."""
-    for path in (conversation_model, *encoders):
-        if not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(f"No saved model (config.json) in {path}.")
+    require_kind(conversation_model, ("stage-2",), "`--model` with `--encoder`")
+    for path in encoders:
+        require_kind(path, ("stage-1",), "`--encoder`")
     model = MisterEForEmotionRecognition.from_pretrained(conversation_model)
     processors = {}
     for folder in encoders:

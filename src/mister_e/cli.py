@@ -81,12 +81,15 @@ def _run_extract(args: argparse.Namespace) -> None:
     import torch
     from datasets import load_from_disk
 
+    from .assembly import require_kind
     from .data import describe, save_dialogues
     from .extraction import extract_embeddings
     from .modeling_mister_e import MisterEForUtteranceClassification
     from .processing_mister_e import MisterEProcessor
     from .utils import process_state
 
+    for model_dir in args.model:
+        require_kind(model_dir, ("stage-1",), "`extract --model`")
     dataset = load_from_disk(args.dataset)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for model_dir in args.model:
@@ -132,7 +135,11 @@ def read_conversation(path: str | Path) -> dict:
                 name, tab, text = line.partition("\t")
                 if not tab:
                     raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
+                name = name.strip().removesuffix(".wav").removesuffix(".WAV")  # `utt00.wav` names `utt00.wav` too
                 utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
+        if wavs and not any(utterance["audio"] for utterance in utterances):
+            raise ValueError(f"{transcripts}: no line names one of the {len(wavs)} WAV files beside it (a line is "
+                             f"`name<TAB>text` with the file's name, e.g. `{next(iter(wavs))}`).")
         return {"id": path.name, "utterances": utterances}
     if not path.is_file():
         raise FileNotFoundError(f"No conversation file or folder at {path}.")
@@ -152,16 +159,17 @@ def read_conversation(path: str | Path) -> dict:
 def _run_predict(args: argparse.Namespace) -> None:
     from transformers import pipeline
 
+    from .assembly import join_stages, require_kind
+
     conversation = read_conversation(args.conversation)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"No model folder at {args.model}.")
     model = args.model
     if args.encoders:
-        from .assembly import join_stages
-
         model, processor = join_stages(args.model, args.encoders)
         pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor, device=args.device)
     else:
+        require_kind(args.model, ("end-to-end",), "`predict --model` (without `--encoder`)")
         pipe = pipeline("emotion-recognition-in-conversation", model=model, device=args.device)
     predictions = pipe(conversation, top_k=args.top_k)
     ids = [u.get("id", i) for i, u in enumerate(conversation["utterances"])]
@@ -297,13 +305,16 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import torch
     from datasets import load_from_disk
 
+    from .assembly import require_kind
     from .evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
     from .training import evaluate_model
 
+    require_kind(args.model, ("stage-2", "end-to-end"), "`evaluate --model`")
     output_dir = args.output_dir or Path(args.model) / "evaluation" / args.split
     result = evaluate_model(
         args.model, load_from_disk(args.dataset)[args.split], output_dir, robustness=args.robustness,
-        probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities, batch_size=args.batch_size, seed=args.seed,
+        probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
+        batch_size=args.batch_size, seed=args.seed,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     print(json.dumps({metric: result["metrics"][metric] for metric in SCALAR_METRICS}, indent=2))

@@ -242,8 +242,12 @@ class MisterEProcessor(ProcessorMixin):
                 if not isinstance(utterance, Mapping):
                     raise ValueError(f"{where}: an utterance must be a dict, got {type(utterance).__name__}.")
                 audio, text = utterance.get("audio"), utterance.get("text")
+                blank = isinstance(text, str) and not text.strip()
+                if blank:  # an empty transcript says nothing: the utterance has no text
+                    text = None
                 if audio is None and text is None:
-                    raise ValueError(f"{where}: the utterance has neither `audio` nor `text`.")
+                    raise ValueError(f"{where}: the utterance has neither `audio` nor `text`"
+                                     + (" (its text is empty)." if blank else "."))
                 attention_mask[b, i] = 1
                 if audio is not None:
                     waveform = self._load_waveform(audio, utterance, where)
