@@ -639,3 +639,4 @@ def test_processor_utterances_is_the_one_row_to_processor_mapping():
     dropped = [[False, True], [False, True], [True, False]]  # the collator's modality dropout removed a's audio
     assert processor_utterances(row, present=dropped) == [{"text": "hi"}, {"text": "oh"}, {"audio": "c.wav"}]
     assert processor_utterances({"utterance_ids": ["x"], "texts": ["t"]}) == [{"text": "t"}]  # no audio column
+    assert processor_utterances({"utterance_ids": ["x"], "texts": [" "], "audio": ["x.wav"]}) == [{"audio": "x.wav"}]

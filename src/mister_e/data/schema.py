@@ -51,6 +51,12 @@ _RECORD_COLUMNS = {
 
 
 
+def is_present(value: Any) -> bool:
+    """Whether an utterance has this input: not missing, and not a blank text (which says nothing; the processor
+    treats it as no text too)."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
 def processor_utterances(row: Mapping, modalities: Sequence[str] = MODALITIES, present=None) -> list[dict]:
     """A dialogue row's utterances in the processor's format (`{"audio": path, "text": text}`), each with only the
     modalities asked for that it has, or, given `present` (`(utterances, 2)` booleans, speech then text), that it
@@ -62,7 +68,7 @@ def processor_utterances(row: Mapping, modalities: Sequence[str] = MODALITIES, p
         utterance = {}
         for column, modality in enumerate(MODALITIES):
             value = inputs[modality][index]
-            if modality in modalities and (value is not None if present is None else present[index][column]):
+            if modality in modalities and (is_present(value) if present is None else present[index][column]):
                 utterance[UTTERANCE_KEYS[modality]] = value
         utterances.append(utterance)
     return utterances

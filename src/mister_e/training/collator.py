@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 
 from ..configuration_mister_e import MODALITIES
-from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, UTTERANCE_IDS, processor_utterances
+from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, UTTERANCE_IDS, is_present, processor_utterances
 
 _IGNORE_INDEX = -100
 # Per-conversation flag of the training split: held out from the experts' losses, for the gate (`gate_holdout_fraction`).
@@ -96,7 +96,7 @@ class MisterEDataCollator:
             present = np.zeros((len(row[LABELS]), 2), dtype=bool)
             for modality, column in columns.items():
                 if row.get(column) is not None:
-                    present[:, MODALITIES.index(modality)] = [value is not None for value in row[column]]
+                    present[:, MODALITIES.index(modality)] = [is_present(value) for value in row[column]]
             self._check_inputs(row, present, columns)
             if any(self._drop):
                 present = drop_modalities(present, *self._drop, generator)
