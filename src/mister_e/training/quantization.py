@@ -47,3 +47,6 @@ def prepare_quantized_backbones(model: MisterEForUtteranceClassification) -> Mis
         if encoder is not None:
             prepare_model_for_kbit_training(encoder.backbone, use_gradient_checkpointing=False)
     return model
+
+
+__all__ = ["prepare_quantized_backbones", "quantization_kwargs"]
