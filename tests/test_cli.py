@@ -94,6 +94,9 @@ def test_read_conversation_rejects_bad_files(tmp_path, content, message):
     (tmp_path / "transcripts.txt").write_text("no tab here\n")
     with pytest.raises(ValueError, match="transcripts.txt:1"):
         read_conversation(tmp_path)
+    (tmp_path / "transcripts.txt").write_bytes("a\tcaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"transcripts\.txt is not UTF-8 text"):
+        read_conversation(tmp_path)
 
 
 def test_predict_exits_non_zero_on_a_missing_conversation(tmp_path):

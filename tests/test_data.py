@@ -423,6 +423,10 @@ def test_cosmic_meld_pickle(tmp_path):
     assert dialogues["train"][0]["texts"] == ["my company’s transition", "ok"]
     assert labels_of(dialogues["test"]) == ["disgust", "neutral"] and dialogues["test"][0]["speakers"] == ["0", "1"]
 
+    # The CLI's --source (formerly a TypeError: prepare() got multiple values for argument 'dataset').
+    assert main(["prepare", "cosmic", str(path), str(tmp_path / "out"), "--source", "meld", "--trust-pickle"]) == 0
+    assert load_from_disk(str(tmp_path / "out"))["train"]["dialogue_id"] == ["dia0", "dia1"]
+
     del sentences[1039]
     with pytest.raises(ValueError, match=r"meld\.pkl: dialogue 1039 .* missing from sentences"):
         build_cosmic_pickle(dump(path, (speakers, labels, labels, sentences, *splits)), trust_pickle=True)

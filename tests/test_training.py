@@ -386,6 +386,22 @@ def test_set_values_get_their_types():
         parse_sets(["learning_rate"])
 
 
+def test_no_flat_robustness_curve_for_single_modality_data(data, tmp_path, capsys):
+    """Dropping a modality never removes an utterance's only input, so on text-only data the curve would be three flat
+    lines that read as perfect robustness: it is skipped, and the CLI says so."""
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       id2label=dict(enumerate(LABELS))))
+    model.save_pretrained(tmp_path / "model")
+    text_only = data.remove_columns("speech_embeds")
+    text_only.save_to_disk(tmp_path / "data")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
+                 "--output-dir", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "metrics.json").is_file() and not (tmp_path / "report" / "robustness.json").exists()
+    assert "No robustness curve" in capsys.readouterr().err
+
+
 def test_the_papers_optimisation_has_one_home():
     from mister_e.recipes import PAPER_TRAINING
     from mister_e.training import CONVERSATION_TRAINING_DEFAULTS

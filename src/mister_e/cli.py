@@ -130,7 +130,7 @@ def read_conversation(path: str | Path) -> dict:
                 raise ValueError(f"{path} has neither WAV files nor transcripts.txt.")
             return {"id": path.name, "utterances": [{"id": name, "audio": wav} for name, wav in wavs.items()]}
         utterances = []
-        for number, line in enumerate(transcripts.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_read_utf8(transcripts).splitlines(), 1):
             if line.strip():
                 name, tab, text = line.partition("\t")
                 if not tab:
@@ -144,7 +144,7 @@ def read_conversation(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"No conversation file or folder at {path}.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     conversation = {"utterances": data} if isinstance(data, list) else data
@@ -154,6 +154,13 @@ def read_conversation(path: str | Path) -> dict:
         if isinstance(utterance, dict) and isinstance(utterance.get("audio"), str):
             utterance["audio"] = str(path.parent / utterance["audio"])
     return conversation
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8.") from None
 
 
 def _run_predict(args: argparse.Namespace) -> None:
@@ -318,6 +325,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     print(json.dumps({metric: result["metrics"][metric] for metric in SCALAR_METRICS}, indent=2))
+    if args.robustness and result["robustness"] is None:
+        print("No robustness curve: no utterance of this split has both speech and text to drop one of.",
+              file=sys.stderr)
 
 
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:

@@ -51,11 +51,12 @@ _EXPORTS = {
 
 
 def prepare(
-    dataset: str, root: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False, **options: Any
+    dataset: str, root: str | os.PathLike, output_dir: str | os.PathLike, /, *, overwrite: bool = False, **options: Any
 ) -> DatasetDict:
     """``mister-e prepare``: build ``dataset`` (a key of `BUILDERS`) from ``root``, save it atomically, print counts.
 
-    ``options`` go to the builder; for ``"cosmic"``, ``root`` is the pickle file.
+    ``options`` go to the builder (positional-only arguments leave their names free, so COSMIC's own ``dataset``
+    option, `--source`, reaches it); for ``"cosmic"``, ``root`` is the pickle file.
     """
     from .schema import _check_target, describe, save_dialogues
 

@@ -12,14 +12,16 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
+from transformers.utils import logging
 
 from ..configuration_mister_e import MODALITIES
-from ..data.schema import DIALOGUE_ID, LABELS, UTTERANCE_IDS
+from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, UTTERANCE_IDS, is_present
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
-from ..data.schema import EMBED_COLUMN
 from .collator import MisterEDataCollator
 from .trainer import label_names
+
+logger = logging.get_logger(__name__)
 
 
 @torch.inference_mode()
@@ -64,7 +66,8 @@ def evaluate_model(
     (`drop_modalities`: never both modalities, never an utterance's only one).
 
     Returns:
-        `{"metrics": <metrics.json>, "robustness": <curve or None>}`.
+        `{"metrics": <metrics.json>, "robustness": <curve, or None when not asked for or when no utterance has both
+        modalities (dropping one of them is never done to an utterance's only input, so the curve would be flat)>}`.
     """
     if not isinstance(model, PreTrainedModel):
         path = model
@@ -89,7 +92,9 @@ def evaluate_model(
         probabilities=logits.softmax(-1).numpy(),
     )
     curve = None
-    if robustness:
+    if robustness and not _has_both_modalities(dataset, modalities):
+        logger.warning("No robustness curve: every utterance has one modality at most, so there is nothing to drop.")
+    elif robustness:
 
         def predict_fn(drop_speech_p: float, drop_text_p: float, seed: int):
             dropped = dataclasses.replace(collator, modality_dropout=(drop_speech_p, drop_text_p), seed=seed)
@@ -102,3 +107,17 @@ def evaluate_model(
     return {"metrics": metrics, "robustness": curve}
 
 
+
+
+def _has_both_modalities(dataset: Dataset, modalities) -> bool:
+    """Whether some utterance has both speech and text (as embeddings or raw inputs) among `modalities`."""
+    if set(MODALITIES) - set(modalities):
+        return False
+    columns = {modality: next((c[modality] for c in (EMBED_COLUMN, RAW_COLUMN) if c[modality] in dataset.column_names),
+                              None) for modality in MODALITIES}
+    if None in columns.values():
+        return False
+    for row in dataset.select_columns(list(columns.values())):
+        if any(is_present(speech) and is_present(text) for speech, text in zip(*(row[c] for c in columns.values()))):
+            return True
+    return False
