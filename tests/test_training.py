@@ -355,6 +355,11 @@ def test_recipes_load_and_every_ablation_builds():
         loss = model(**batch).loss
         loss.backward()
         assert torch.isfinite(loss), ablation
+        for expert in ("speech", "text", "cross_modal"):  # every enabled expert receives a gradient
+            module = getattr(model, f"{expert}_expert")
+            if module is not None:
+                assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), (ablation,
+                                                                                                        expert)
 
     recipe = load_recipe("meld", {"kl_weight": 0.0, "learning_rate": 3e-5, "dataset": "elsewhere",
                                   "config.gate_mode": "mean", "training.seed": 5})
@@ -400,6 +405,15 @@ def test_no_flat_robustness_curve_for_single_modality_data(data, tmp_path, capsy
                  "--output-dir", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "metrics.json").is_file() and not (tmp_path / "report" / "robustness.json").exists()
     assert "No robustness curve" in capsys.readouterr().err
+
+
+def test_a_wrong_config_value_is_one_line_and_exit_2(tmp_path, capsys):
+    corpus(train=2, validation=1, test=1).save_to_disk(tmp_path / "data")
+    capsys.readouterr()
+    assert main(["train", "--recipe", "mosi", "--dataset", str(tmp_path / "data"), "--output-dir",
+                 str(tmp_path / "runs"), "--seeds", "0", "--set", "experts=[speach]"]) == 2
+    error = capsys.readouterr().err
+    assert "experts" in error and "speach" in error and len(error.strip().splitlines()) == 1
 
 
 def test_the_papers_optimisation_has_one_home():

@@ -383,12 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from huggingface_hub.errors import StrictDataclassError  # a config field with a wrong value (`--set`)
+
     try:
         args.run(args)
-    except (OSError, ImportError, ValueError, RuntimeError) as error:  # what a user's input or machine can cause
+    except (OSError, ImportError, ValueError, RuntimeError, StrictDataclassError) as error:  # a user's input or machine
         if args.debug:
             raise
-        print(f"mister-e {args.command}: error: {error}", file=sys.stderr)
+        cause = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
+        print(f"mister-e {args.command}: error: {' '.join(str(cause).split())}", file=sys.stderr)
         return 2
     return 0
 
