@@ -44,7 +44,7 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds
 from mister_e.evaluation import summarize_seeds
 from mister_e.extraction import extract_embeddings
-from mister_e.training import evaluate_model, load_recipe, run_ablations, train_conversation_model, train_encoder
+from mister_e.training import evaluate_model, load_recipe, run_ablations, train_encoder, train_recipe
 
 import baselines
 import emodb as emodb_bench
@@ -156,12 +156,9 @@ def small_recipe(quick: bool, **overrides) -> dict:
 
 def stage_two(dataset, output_dir: Path, config: dict, seed: int, modalities, quick: bool) -> dict:
     """One stage-2 run of the recipe (reused when finished): validation and test scores, the test gate weights."""
-    if (output_dir / "results.json").is_file():
-        return json.loads((output_dir / "results.json").read_text())
-    recipe = small_recipe(quick, **{f"config.{key}": value for key, value in config.items()})
-    return train_conversation_model(dataset, output_dir, recipe["config"], recipe["training"], seed, modalities,
-                                    gate_learning_rate=recipe["gate_learning_rate"],
-                                    early_stopping_patience=recipe["early_stopping_patience"])
+    overrides = {f"config.{key}": value for key, value in config.items()}
+    recipe = small_recipe(quick, modalities=list(modalities), **overrides)
+    return train_recipe(recipe, dataset, output_dir, seed)
 
 
 def summary(runs: list[dict]) -> dict:

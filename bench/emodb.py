@@ -33,7 +33,7 @@ from transformers import AutoTokenizer
 from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatureExtractor, MisterEProcessor
 from mister_e.data import build_emodb, emodb_folds
 from mister_e.extraction import extract_embeddings
-from mister_e.training import speech_features, train_conversation_model, train_encoder
+from mister_e.training import speech_features, train_encoder, train_recipe
 
 import baselines
 
@@ -89,8 +89,8 @@ def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm
                 embedded = extract_embeddings(source, encoders["ComParE_2016"], processors["ComParE_2016"],
                                               work / fold / f"seed_{seed}" / f"speech-cache-{model.replace('/', '-')}")
                 run_dir = work / fold / f"seed_{seed}" / model.replace("/", "-")
-                metrics = stage_two(embedded, run_dir, small_recipe(quick, **{"config.experts": experts}), seed,
-                                    modalities)
+                recipe = small_recipe(quick, modalities=modalities, **{"config.experts": experts})
+                metrics = stage_two(embedded, run_dir, recipe, seed)
                 rows.setdefault(model, []).append({"fold": fold, "seed": seed, "matrix": metrics["confusion_matrix"],
                                                    "gates": metrics.get("gates", {}).get("mean")})
                 if model in BIGRU_BASELINES:
@@ -131,14 +131,10 @@ def encoder_confusion(model, processor, split, num_labels: int) -> list[list[int
     return confusion_matrix(np.concatenate(split["labels"]), predicted, labels=range(num_labels)).tolist()
 
 
-def stage_two(dataset, output_dir: Path, recipe: dict, seed: int, modalities) -> dict:
+def stage_two(dataset, output_dir: Path, recipe: dict, seed: int) -> dict:
     """One stage-2 run of the recipe (reused when finished); its test report's confusion matrix and gate summary."""
-    report = output_dir / "test" / "metrics.json"
-    if not (output_dir / "results.json").is_file():
-        train_conversation_model(dataset, output_dir, recipe["config"], recipe["training"], seed, modalities,
-                                 gate_learning_rate=recipe["gate_learning_rate"],
-                                 early_stopping_patience=recipe["early_stopping_patience"])
-    return json.loads(report.read_text())
+    train_recipe(recipe, dataset, output_dir, seed)
+    return json.loads((output_dir / "test" / "metrics.json").read_text())
 
 
 def scores(matrix: np.ndarray) -> tuple[float, float]:

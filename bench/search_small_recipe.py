@@ -25,7 +25,7 @@ import numpy as np
 from datasets import disable_progress_bars, load_from_disk
 from transformers.utils import logging as hf_logging
 
-from mister_e.training import load_recipe, train_conversation_model
+from mister_e.training import load_recipe, train_recipe
 
 ROOT = Path(__file__).resolve().parent
 DATASETS = {"mosi-standard": "mosi/standard", "mosi-release": "mosi/release", "meld": "meld/frozen"}
@@ -60,17 +60,12 @@ GRIDS = {
 }
 def run(work: Path, dataset_name: str, candidate: str, overrides: dict, seed: int) -> float:
     """Validation weighted F1 of one run (trained once, then read back)."""
+    dataset = load_from_disk(str(work / DATASETS[dataset_name] / "dataset"))  # memory-mapped: cheap when reused
+    recipe = load_recipe("small", overrides)
+    if "speech_embeds" not in dataset["train"].column_names:
+        recipe["modalities"], recipe["config"]["experts"] = ["text"], ["text"]
     output_dir = work / "search" / dataset_name / candidate / f"seed_{seed}"
-    if not (output_dir / "results.json").is_file():
-        dataset = load_from_disk(str(work / DATASETS[dataset_name] / "dataset"))
-        recipe = load_recipe("small", overrides)
-        modalities = recipe["modalities"]
-        if "speech_embeds" not in dataset["train"].column_names:
-            modalities, recipe["config"]["experts"] = ["text"], ["text"]
-        train_conversation_model(dataset, output_dir, recipe["config"], recipe["training"], seed, modalities,
-                                 report=False, gate_learning_rate=recipe["gate_learning_rate"],
-                                 early_stopping_patience=recipe["early_stopping_patience"])
-    return json.loads((output_dir / "results.json").read_text())["validation"]["weighted_f1"]
+    return train_recipe(recipe, dataset, output_dir, seed, report=False)["validation"]["weighted_f1"]
 
 
 def main() -> None:

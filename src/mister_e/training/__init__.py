@@ -20,6 +20,7 @@ from .stage_two import (
     fit_input_statistics,
     run_ablations,
     train_conversation_model,
+    train_recipe,
     train_seeds,
     with_gate_holdout,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "speech_features",
     "train_conversation_model",
     "train_encoder",
+    "train_recipe",
     "train_seeds",
     "with_gate_holdout",
 ]

@@ -147,6 +147,29 @@ def with_gate_holdout(dataset: DatasetDict, fraction: float, seed: int) -> Datas
 SUMMARY_METRICS = [f"test/{metric}" for metric in SCALAR_METRICS] + [f"validation/{m}" for m in SCALAR_METRICS]
 
 
+def train_recipe(
+    recipe: Mapping[str, Any],
+    dataset: DatasetDict,
+    output_dir: str | os.PathLike,
+    seed: int,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    keep_checkpoints: bool = False,
+    report: bool = True,
+) -> dict[str, Any]:
+    """One seed of a loaded recipe into `output_dir` (`train_conversation_model` with the recipe's config, training,
+    modalities and options). A finished run (its `results.json` exists) is read back instead, and an unfinished one
+    resumes."""
+    results = Path(output_dir) / "results.json"
+    if results.is_file():
+        logger.warning(f"Seed {seed} already trained: reading {results}.")
+        return json.loads(results.read_text())
+    return train_conversation_model(
+        dataset, output_dir, recipe["config"], recipe["training"], seed, recipe["modalities"], callbacks=callbacks,
+        report=report, keep_checkpoints=keep_checkpoints,
+        **{key: recipe.get(key, default) for key, default in RECIPE_OPTIONS.items()},
+    )
+
+
 def train_seeds(
     recipe: str | os.PathLike | Mapping[str, Any],
     seeds: Sequence[int] | None = None,
@@ -164,18 +187,8 @@ def train_seeds(
     seeds = list(recipe["seeds"] if seeds is None else seeds)
     dataset = load_from_disk(str(recipe["dataset"])) if dataset is None else dataset
     output_dir = Path(output_dir or recipe["output_dir"])
-    runs = {}
-    for seed in seeds:
-        run_dir = output_dir / f"seed_{seed}"
-        if (run_dir / "results.json").is_file():
-            logger.warning(f"Seed {seed} already trained: reading {run_dir / 'results.json'}.")
-            runs[seed] = json.loads((run_dir / "results.json").read_text())
-        else:
-            runs[seed] = train_conversation_model(
-                dataset, run_dir, recipe["config"], recipe["training"], seed, recipe["modalities"],
-                callbacks=callbacks, keep_checkpoints=keep_checkpoints,
-                **{key: recipe.get(key, default) for key, default in RECIPE_OPTIONS.items()},
-            )
+    runs = {seed: train_recipe(recipe, dataset, output_dir / f"seed_{seed}", seed, callbacks=callbacks,
+                               keep_checkpoints=keep_checkpoints) for seed in seeds}
     scores = {seed: {split: run[split] for split in ("validation", "test") if split in run}
               for seed, run in runs.items()}
     summary = summarize_seeds(list(scores.values()))
