@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from ..configuration_mister_e import MODALITIES
-from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, RAW_COLUMN, UTTERANCE_IDS, is_present
+from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from .collator import MisterEDataCollator
@@ -26,9 +26,10 @@ logger = logging.get_logger(__name__)
 
 @torch.inference_mode()
 def _predict(model, dataset: Dataset, collator: MisterEDataCollator, batch_size: int, desc: str) -> dict:
-    """Per-utterance logits, gate weights and labels of a split, padding removed."""
+    """Per-utterance logits, gate weights, labels and modality masks (the collator's) of a split, padding removed."""
     model.eval()
-    outputs = {key: [] for key in ("logits", "gate_weights", "labels", "dialogue_ids", "utterance_ids")}
+    tensors = ("logits", "gate_weights", "labels", "modality_mask")
+    outputs = {key: [] for key in (*tensors, "dialogue_ids", "utterance_ids")}
     for batch_rows in tqdm(dataset.iter(batch_size), total=-(-len(dataset) // batch_size), desc=desc, unit="batch"):
         rows = [dict(zip(batch_rows, values)) for values in zip(*batch_rows.values())]
         batch = collator(rows)
@@ -38,12 +39,12 @@ def _predict(model, dataset: Dataset, collator: MisterEDataCollator, batch_size:
         outputs["logits"].append(output.logits.float().cpu()[mask])
         outputs["gate_weights"].append(output.gate_weights.float().cpu()[mask])
         outputs["labels"].append(labels[mask])
+        outputs["modality_mask"].append(batch["modality_mask"][mask])
         for row in rows:
             size = len(row[LABELS])
             outputs["dialogue_ids"].extend([row.get(DIALOGUE_ID)] * size)
             outputs["utterance_ids"].extend(row.get(UTTERANCE_IDS) or range(size))
-    return {key: torch.cat(values).numpy() if key in ("logits", "gate_weights", "labels") else np.asarray(values)
-            for key, values in outputs.items()}
+    return {key: torch.cat(values).numpy() if key in tensors else np.asarray(values) for key, values in outputs.items()}
 
 
 def evaluate_model(
@@ -92,7 +93,8 @@ def evaluate_model(
         probabilities=logits.softmax(-1).numpy(),
     )
     curve = None
-    if robustness and not _has_both_modalities(dataset, modalities):
+    # Dropping never removes an utterance's only input: without an utterance that has both, the curve would be flat.
+    if robustness and not predicted["modality_mask"].all(-1).any():
         logger.warning("No robustness curve: every utterance has one modality at most, so there is nothing to drop.")
     elif robustness:
 
@@ -105,19 +107,3 @@ def evaluate_model(
         curve = robustness_curve(predict_fn, probabilities, seed)
         write_robustness_report(output_dir, curve)
     return {"metrics": metrics, "robustness": curve}
-
-
-
-
-def _has_both_modalities(dataset: Dataset, modalities) -> bool:
-    """Whether some utterance has both speech and text (as embeddings or raw inputs) among `modalities`."""
-    if set(MODALITIES) - set(modalities):
-        return False
-    columns = {modality: next((c[modality] for c in (EMBED_COLUMN, RAW_COLUMN) if c[modality] in dataset.column_names),
-                              None) for modality in MODALITIES}
-    if None in columns.values():
-        return False
-    for row in dataset.select_columns(list(columns.values())):
-        if any(is_present(speech) and is_present(text) for speech, text in zip(*(row[c] for c in columns.values()))):
-            return True
-    return False
