@@ -258,7 +258,7 @@ class MisterEConfig(PreTrainedConfig):
         for name, value in vars(self).items():
             default = self.__dataclass_fields__.get(name)
             if default is not None and isinstance(default.default, (int, float)) and not isinstance(default.default, bool):
-                if value is None and name == "encoder_batch_size":  # None: every utterance in one pass
+                if value is None and "None" in str(default.type):  # an optional number, left unset
                     continue
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"`{name}` must be a number, got {value!r}.")

@@ -582,6 +582,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
         activations stay bounded however many utterances a conversation has (the padding is the batch's, so the
         result equals one pass up to float error)."""
         size = self.config.encoder_batch_size or len(inputs)
+        if len(inputs) <= size:
+            return encoder(inputs, mask)
         parts = [encoder(inputs[start : start + size], None if mask is None else mask[start : start + size])
                  for start in range(0, len(inputs), size)]
         return torch.cat([embeds for embeds, _ in parts]), torch.cat([logits for _, logits in parts])
