@@ -33,7 +33,7 @@ from transformers import AutoTokenizer
 from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatureExtractor, MisterEProcessor
 from mister_e.data import build_emodb, emodb_folds
 from mister_e.extraction import extract_embeddings
-from mister_e.training import speech_features, train_encoder, train_recipe
+from mister_e.training import finished_results, speech_features, train_encoder, train_recipe
 
 import baselines
 
@@ -117,7 +117,7 @@ def functionals(processor, split) -> np.ndarray:
 
 
 def train_stage_one(dataset, output_dir: Path, processor, feature_set: str, seed: int, quick: bool) -> None:
-    if (output_dir / "results.json").is_file():
+    if finished_results(output_dir, seed):
         return
     training = {**ENCODER_TRAINING, "num_train_epochs": 1} if quick else ENCODER_TRAINING
     train_encoder(dataset, "speech", output_dir, processor, backbone=f"opensmile:{feature_set}", seed=seed,

@@ -311,3 +311,22 @@ def test_summarize_seeds_matches_numpy():
         f"| weighted_f1 | {mean:.1f} ± {std:.1f} | {runs[0]['weighted_f1'] * 100:.1f} ± 0.0 |",
     ]
     assert "| macro_f1 | – |" in format_seed_table(summary)
+
+
+def test_gate_plot_legend_covers_no_plot_and_every_expert_is_drawn():
+    """The legend sat inside the bar chart (covering two bars), and step histograms hid each other at 0."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from mister_e.evaluation import _plot_gate_weights
+
+    rng = np.random.default_rng(0)
+    weights = rng.dirichlet([1.0, 5.0, 2.0], size=60)
+    weights[:, 0] = 0.0  # an expert the gate never uses: all of its mass in the first bin
+    figure = _plot_gate_weights(weights / weights.sum(1, keepdims=True), rng.integers(0, len(LABELS), 60), LABELS)
+    FigureCanvasAgg(figure).draw()
+    legend = figure.legends[0]
+    assert [text.get_text() for text in legend.get_texts()] == list(GATE_NAMES)
+    assert not any(legend.get_window_extent().overlaps(axes.get_window_extent()) for axes in figure.axes)
+    histogram = figure.axes[1]
+    drawn = {patch.get_facecolor() for patch in histogram.patches if patch.get_height() > 0}
+    assert len(drawn) == len(GATE_NAMES)  # a visible bar of every expert's colour

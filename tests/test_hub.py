@@ -24,7 +24,7 @@ from mister_e.hub import _ensure_code_files, model_card, push_to_hub, save_for_h
 TEXTS = ["hello world", "oh no", "yes really", "okay fine"]
 EXPECTED_FILES = {
     "README.md", "config.json", "model.safetensors", "configuration_mister_e.py", "modeling_mister_e.py",
-    "processing_mister_e.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "processing_mister_e.py", "pipeline_mister_e.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
 }
 
 
@@ -87,6 +87,7 @@ def test_push_commits_a_safetensors_folder_with_card(pushed):
     config = json.loads((repo_dir / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_mister_e.MisterEConfig",
                                   "AutoModel": "modeling_mister_e.MisterEForEmotionRecognition"}
+    assert config["custom_pipelines"][TASK]["impl"] == "pipeline_mister_e.MisterEConversationPipeline"
     processor_config = json.loads((repo_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_mister_e.MisterEProcessor"
 
@@ -124,6 +125,12 @@ REMOTE_SCRIPT = textwrap.dedent(
     with torch.no_grad():
         output = model(**inputs)
     np.save(out, output.logits[0].numpy())
+    from transformers import pipeline  # the task comes from config.json's `custom_pipelines`, the code from the folder
+    pipe = pipeline(model=folder, trust_remote_code=True, device="cpu")
+    assert type(pipe).__module__.startswith("transformers_modules."), type(pipe).__module__
+    results = pipe({"utterances": [{"audio": a, "text": t} for a, t in zip(wavs, texts)]})
+    assert not any(name == "mister_e" or name.startswith("mister_e.") for name, m in sys.modules.items() if m)
+    print(json.dumps([[r["label"], r["score"]] for r in results]))
     print(json.dumps(model.config.id2label))
     """
 )
@@ -140,6 +147,9 @@ def test_uploaded_files_load_without_package_and_match_pipeline(pushed, wavs, tm
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {str(i): label for i, label in enumerate(LABELS)}
     probabilities = torch.from_numpy(np.load(logits_path)).softmax(-1)
+    remote_pipeline = json.loads(done.stdout.strip().splitlines()[-2])
+    assert [label for label, _ in remote_pipeline] == [LABELS[int(row.argmax())] for row in probabilities]
+    assert [score for _, score in remote_pipeline] == pytest.approx(probabilities.amax(-1).tolist(), abs=1e-5)
 
     pipe = pipeline(TASK, model=str(repo_dir), device="cpu")
     assert type(pipe.model) is MisterEForEmotionRecognition  # the package's class, not the remote copy

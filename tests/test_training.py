@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -159,9 +160,19 @@ def test_drop_modalities_never_empties_an_utterance():
 # --- stage 2 -------------------------------------------------------------------------------------------------------
 
 
-def test_trainer_learns_a_learnable_task(data, tmp_path):
+def test_trainer_learns_a_learnable_task(data, tmp_path, capsys):
+    capsys.readouterr()
     results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "num_train_epochs": 6}, seed=0,
                                        keep_checkpoints=True)
+    printed = capsys.readouterr()  # calm output: a line per epoch, no raw log dictionaries, no bar off a terminal
+    epochs = [line for line in printed.err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"epoch {n}/6" for n in range(1, 7)], printed.err
+    assert all("validation weighted f1" in line and "(best " in line for line in epochs)
+    assert "{'" not in printed.out + printed.err  # no raw log dictionaries
+    # No training bar off a terminal, and checkpoints save without a bar: transformers' own bar for the final save of
+    # the selected model is the only one left (the CLI turns that off too).
+    assert all("Writing model shards" in bar for bar in re.split(r"[\r\n]", printed.err) if "it/s" in bar)
+    assert printed.err.count("Writing model shards: 100%") <= 1  # 0 after a CLI test in this process turned it off
 
     references = np.concatenate(data["validation"]["labels"])
     majority = np.full_like(references, np.bincount(references).argmax())

@@ -167,17 +167,19 @@ def _run_predict(args: argparse.Namespace) -> None:
     from transformers import pipeline
 
     from .assembly import join_stages, require_kind
+    from .modeling_mister_e import MisterEForEmotionRecognition
+    from .processing_mister_e import MisterEProcessor
 
     conversation = read_conversation(args.conversation)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"No model folder at {args.model}.")
-    model = args.model
     if args.encoders:
         model, processor = join_stages(args.model, args.encoders)
-        pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor, device=args.device)
-    else:
+    else:  # loaded here, not by `pipeline`, which folds a loading error into a traceback-laden message
         require_kind(args.model, ("end-to-end",), "`predict --model` (without `--encoder`)")
-        pipe = pipeline("emotion-recognition-in-conversation", model=model, device=args.device)
+        model = MisterEForEmotionRecognition.from_pretrained(args.model)
+        processor = MisterEProcessor.from_pretrained(args.model)
+    pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor, device=args.device)
     predictions = pipe(conversation, top_k=args.top_k)
     ids = [u.get("id", i) for i, u in enumerate(conversation["utterances"])]
     print(json.dumps([{"id": i, **p} for i, p in zip(ids, predictions)], indent=2))
@@ -381,8 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries(debug: bool) -> None:
+    """Keep library chatter that is not the user's concern off the terminal: bars for loading and saving weights and
+    for every `datasets` map, transformers' advisory warnings and deprecation notices (`--debug` keeps the warnings).
+    Training shows one bar and a line per epoch; extraction and evaluation one bar each, on a terminal only."""
+    import os
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    transformers_logging.disable_progress_bar()
+    if not debug:
+        transformers_logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.debug)
     from huggingface_hub.errors import StrictDataclassError  # a config field with a wrong value (`--set`)
 
     try:

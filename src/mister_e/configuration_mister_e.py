@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
@@ -19,6 +21,10 @@ IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
 OPENSMILE_FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
 # How a backbone argument names openSMILE functionals instead of a checkpoint: `opensmile:<feature set>`.
 OPENSMILE_PREFIX = "opensmile:"
+PIPELINE_TASK = "emotion-recognition-in-conversation"
+# A saved model folder's `custom_pipelines` (config.json): the pipeline then loads through remote code alone.
+CUSTOM_PIPELINES = {PIPELINE_TASK: {"impl": "pipeline_mister_e.MisterEConversationPipeline", "pt": ["AutoModel"],
+                                    "tf": [], "type": "multimodal"}}
 
 # Fields of earlier versions that nothing read; saved configs that have them still load.
 _RETIRED_FIELDS = ("initializer_range",)
@@ -36,10 +42,18 @@ _BASE_KWARGS = {
     "experts_implementation",
     "num_labels",
     "auto_map",
+    "custom_pipelines",
     "_commit_hash",
     "_attn_implementation_internal",
     "_experts_implementation_internal",
 }
+
+
+def _task_registered() -> bool:
+    """Whether `import mister_e` has registered the pipeline task (read from `sys.modules`: importing the pipelines
+    module here would cost every config load a second)."""
+    pipelines = sys.modules.get("transformers.pipelines")
+    return pipelines is not None and PIPELINE_TASK in pipelines.PIPELINE_REGISTRY.supported_tasks
 
 
 @strict
@@ -242,6 +256,10 @@ class MisterEConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         for retired in _RETIRED_FIELDS:  # in configs saved by earlier versions, never read
             kwargs.pop(retired, None)
+        if "custom_pipelines" in kwargs and _task_registered():
+            # The installed package serves the task itself: its pipeline, not the folder's copy (which transformers
+            # would only run with `trust_remote_code=True`).
+            kwargs.pop("custom_pipelines")
         unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
         if unknown:
             raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")

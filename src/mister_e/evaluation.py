@@ -165,22 +165,22 @@ def _plot_confusion_matrix(matrix: np.ndarray, label_names: Sequence[str]) -> Fi
 
 
 def _plot_gate_weights(gate_weights: np.ndarray, references: np.ndarray, label_names: Sequence[str]) -> Figure:
-    """Which expert the gate trusts per emotion (grouped bars), and how peaked its choices are (histograms)."""
-    figure = Figure(figsize=(6 + 0.6 * len(label_names), 4))
+    """Which expert the gate trusts per emotion (grouped bars), and how peaked its choices are (histograms, the
+    experts' bars side by side in each bin so none hides another); one legend above both, clear of the bars."""
+    figure = Figure(figsize=(6 + 0.6 * len(label_names), 4.4), layout="constrained")
     bars, histograms = figure.subplots(1, 2, width_ratios=(2, 1))
     per_class = np.nan_to_num(_gate_means_per_class(gate_weights, references, len(label_names)))
     width = 0.8 / len(GATE_NAMES)
     positions = np.arange(len(label_names))
-    bins = np.linspace(0.0, 1.0, 21)
     for index, name in enumerate(GATE_NAMES):
         bars.bar(positions + (index - 1) * width, per_class[:, index], width, label=name)
-        histograms.hist(gate_weights[:, index], bins=bins, histtype="step", linewidth=1.5, label=name)
+    histograms.hist([gate_weights[:, index] for index in range(len(GATE_NAMES))], bins=np.linspace(0.0, 1.0, 11),
+                    histtype="bar", rwidth=0.9)
     bars.set_xticks(positions)
     bars.set_xticklabels(label_names, rotation=45, ha="right")
     bars.set(ylim=(0.0, 1.0), ylabel="mean gate weight", title="Gate weight per true class")
-    bars.legend(title="expert")
     histograms.set(xlabel="gate weight", ylabel="utterances", title="Gate weight distribution")
-    figure.tight_layout()
+    figure.legend(title="expert", loc="outside upper center", ncols=len(GATE_NAMES))
     return figure
 
 

@@ -24,10 +24,13 @@ from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict, Sequence, Value
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers.utils import logging
 
 from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, processor_utterances
 from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
 from .utils import atomic_path, process_state
+
+logger = logging.get_logger(__name__)
 
 MODALITIES = ("speech", "text")
 EMBEDDINGS = ("projection", "backbone_mean")
@@ -83,8 +86,11 @@ def extract_embeddings(
     shards = range(0, len(utterances), shard_size)
     sizes = {start: min(shard_size, len(utterances) - start) for start in shards}
     missing = [start for start in shards if not _shard_path(cache_dir, start).exists()]
-    with tqdm(total=len(utterances), initial=len(utterances) - sum(sizes[start] for start in missing),
-              desc=f"extract {'+'.join(modalities)}", unit="utt", disable=not state.is_main_process) as progress:
+    done = len(utterances) - sum(sizes[start] for start in missing)
+    if done and missing and state.is_main_process:
+        logger.warning(f"Resuming the extraction in {cache_dir}: {done} of {len(utterances)} utterances are done.")
+    with tqdm(total=len(utterances), initial=done, desc=f"extract {'+'.join(modalities)}", unit="utt",
+              disable=None if state.is_main_process else True) as progress:  # no bar when not a terminal
         for first in range(0, len(missing), state.num_processes):
             round_starts = missing[first : first + state.num_processes]
             own = round_starts[state.process_index : state.process_index + 1]  # one shard, none in a short round

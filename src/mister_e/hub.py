@@ -44,7 +44,7 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
-from . import configuration_mister_e, modeling_mister_e, processing_mister_e
+from . import configuration_mister_e, modeling_mister_e, pipeline_mister_e, processing_mister_e
 from .evaluation import SCALAR_METRICS, summarize_seeds
 from .pipeline_mister_e import TASK
 
@@ -56,6 +56,7 @@ CODE_FILES = {
     "configuration_mister_e.py": configuration_mister_e,
     "modeling_mister_e.py": modeling_mister_e,
     "processing_mister_e.py": processing_mister_e,
+    "pipeline_mister_e.py": pipeline_mister_e,
 }
 PROCESSOR_CONFIG_NAMES = ("processor_config.json", "preprocessor_config.json")
 _SPLITS = ("test", "validation")
@@ -276,6 +277,9 @@ def _ensure_code_files(folder: Path) -> None:
         if auto_class not in auto_map:
             auto_map[auto_class] = target
             changed = True
+    if "custom_pipelines" not in config:
+        config["custom_pipelines"] = configuration_mister_e.CUSTOM_PIPELINES
+        changed = True
     if changed:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     processor_path = next((folder / n for n in PROCESSOR_CONFIG_NAMES if (folder / n).is_file()), None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from transformers import initialization as init
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput
 
-from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, MisterEConfig, MisterEOpenSmileConfig
+from .configuration_mister_e import CUSTOM_PIPELINES, EXPERT_MODALITIES, EXPERTS, MisterEConfig, MisterEOpenSmileConfig
 
 
 
@@ -499,6 +501,18 @@ class MisterEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MisterEContextModule", "MisterECoAttentionLayer"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with a damaged weights file named: safetensors' own error ("incomplete
+        metadata", "header too small") says neither which file nor what to do."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:  # safetensors is not imported here (remote-code files import torch/transformers)
+            if not type(error).__module__.startswith("safetensors"):
+                raise
+            raise OSError(f"The weights in {pretrained_model_name_or_path} cannot be read ({error}): the file is "
+                          "truncated or not a safetensors file; save or download the model again.") from error
+
     def _init_weights(self, module):
         """PyTorch's default initialisation (the authors' code relies on it) for linear, conv and GRU weights."""
         if isinstance(module, (nn.Linear, nn.Conv1d)):
@@ -694,6 +708,18 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         self.input_dropout = nn.Dropout(config.input_dropout)
         self._build_encoders()
         self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; a folder that gets the code files (`auto_map`) gets the conversation
+        pipeline's too (`pipeline_mister_e.py`, `custom_pipelines` in config.json), so that `pipeline(model=folder,
+        trust_remote_code=True)` works without the package installed."""
+        pipeline_code = Path(__file__).with_name("pipeline_mister_e.py")
+        carries_code = getattr(self, "_auto_class", None) is not None and pipeline_code.is_file()
+        if carries_code:
+            self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if carries_code:
+            shutil.copyfile(pipeline_code, Path(save_directory) / pipeline_code.name)
 
     @classmethod
     def from_stages(cls, utterance_model: MisterEForUtteranceClassification, conversation_model):

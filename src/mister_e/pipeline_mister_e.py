@@ -13,9 +13,9 @@
 # limitations under the License.
 """The `"emotion-recognition-in-conversation"` pipeline: conversations in, one emotion per utterance out.
 
-It keeps to the rules of Hub remote code (it imports only torch, numpy, transformers and its sibling modules), but
-saved folders do not carry it yet: the pipeline task needs the package installed (`import mister_e` registers it),
-while the model and processor alone load through remote code.
+It keeps to the rules of Hub remote code (it imports only torch, numpy, transformers and its sibling modules), and a
+saved model folder carries it (`custom_pipelines` in config.json): `pipeline(model=folder, trust_remote_code=True)`
+works without the package; with the package installed, `import mister_e` registers the task.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_mister_e import EXPERTS
+from .configuration_mister_e import EXPERTS, PIPELINE_TASK
 
 
-TASK = "emotion-recognition-in-conversation"
+TASK = PIPELINE_TASK
 
 
 class MisterEConversationPipeline(Pipeline):

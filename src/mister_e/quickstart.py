@@ -42,7 +42,7 @@ SPEECH_FUNCTIONALS = "eGeMAPSv02"
 
 
 def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30, seed: int = 0) -> dict:
-    from .training import load_recipe, train_conversation_model, train_encoder
+    from .training import finished_results, load_recipe, train_conversation_model, train_encoder
 
     disable_progress_bars()
     output_dir = Path(output_dir)
@@ -58,14 +58,15 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
     processor = MisterEProcessor(extractor, tokenizer, min_audio_seconds=0.5, train_crop_seconds=2.0)
     print("[2/5] Stage 1: fine-tuning the text encoder with LoRA" + (
         f", training the speech encoder on openSMILE {SPEECH_FUNCTIONALS} ..." if functionals else " ..."))
-    results = train_encoder(
+    # A rerun (another --epochs, or after an interruption) keeps the finished encoders and their extraction cache.
+    results = finished_results(output_dir / "text-encoder", seed) or train_encoder(
         corpus, "text", output_dir / "text-encoder", processor, model=text_model, lora={"r": 8, "lora_alpha": 32},
         seed=seed, training_overrides={"num_train_epochs": 6, "learning_rate": 5e-4, "per_device_train_batch_size": 16},
     )
     stage_one_test = {"text": results["test"]}
     stage_one = {"text": MisterEForUtteranceClassification.from_pretrained(output_dir / "text-encoder" / "merged")}
     if functionals:
-        results = train_encoder(
+        results = finished_results(output_dir / "speech-encoder", seed) or train_encoder(
             corpus, "speech", output_dir / "speech-encoder", processor, backbone=f"opensmile:{SPEECH_FUNCTIONALS}",
             seed=seed, config_overrides={"speech_embed_dim": EMBED_DIM},
             training_overrides={"num_train_epochs": 10, "learning_rate": 1e-3, "per_device_train_batch_size": 32},

@@ -144,7 +144,7 @@ def _extract_wavs(jobs: list[tuple[Path, Path]], num_workers: int | None) -> Non
             logger.warning("FFmpeg could not convert %s: %s", source, result.stderr.strip())
 
     with ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
-        for _ in tqdm(pool.map(convert, jobs), total=len(jobs), desc="MELD clips -> 16 kHz WAV"):
+        for _ in tqdm(pool.map(convert, jobs), total=len(jobs), desc="MELD clips -> 16 kHz WAV", disable=None):
             pass
 
 

@@ -81,6 +81,7 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     unknown += sorted(f"config.{key}" for key in set(recipe["config"]) - set(MisterEConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"Recipe {name_or_path!s} has unknown keys {unknown}.")
+    MisterEConfig(**recipe["config"])  # a wrong value fails now, naming its field, not after the data has loaded
     return recipe
 
 

@@ -29,6 +29,7 @@ from .trainer import (
     ENCODER_TRAINING_DEFAULTS,
     MisterETrainer,
     build_trainer,
+    finished_results,
     label_names,
     last_checkpoint,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "drop_modalities",
     "evaluate_model",
     "fit_functionals_statistics",
+    "finished_results",
     "fit_input_statistics",
     "flatten_utterances",
     "label_names",

@@ -30,7 +30,8 @@ def _predict(model, dataset: Dataset, collator: MisterEDataCollator, batch_size:
     model.eval()
     tensors = ("logits", "gate_weights", "labels", "modality_mask")
     outputs = {key: [] for key in (*tensors, "dialogue_ids", "utterance_ids")}
-    for batch_rows in tqdm(dataset.iter(batch_size), total=-(-len(dataset) // batch_size), desc=desc, unit="batch"):
+    for batch_rows in tqdm(dataset.iter(batch_size), total=-(-len(dataset) // batch_size), desc=desc, unit="batch",
+                           disable=None):  # none when not a terminal
         rows = [dict(zip(batch_rows, values)) for values in zip(*batch_rows.values())]
         batch = collator(rows)
         labels = batch.pop("labels")

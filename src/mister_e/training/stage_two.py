@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
-from transformers.utils import logging
 
 from ..configuration_mister_e import MODALITIES, MisterEConfig
 from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
@@ -23,9 +22,8 @@ from ..utils import process_state
 from ..data.schema import EMBED_COLUMN
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
-from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
+from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, finished_results, label_names
 
-logger = logging.get_logger(__name__)
 
 def _data_config(dataset: Dataset) -> dict[str, Any]:
     """Config fields the data decides: labels, and the width of each embedding column present."""
@@ -159,10 +157,9 @@ def train_recipe(
     """One seed of a loaded recipe into `output_dir` (`train_conversation_model` with the recipe's config, training,
     modalities and options). A finished run (its `results.json` exists) is read back instead, and an unfinished one
     resumes."""
-    results = Path(output_dir) / "results.json"
-    if results.is_file():
-        logger.warning(f"Seed {seed} already trained: reading {results}.")
-        return json.loads(results.read_text())
+    finished = finished_results(output_dir)
+    if finished is not None:
+        return finished
     return train_conversation_model(
         dataset, output_dir, recipe["config"], recipe["training"], seed, recipe["modalities"], callbacks=callbacks,
         report=report, keep_checkpoints=keep_checkpoints,

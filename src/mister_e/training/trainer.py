@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -35,6 +37,7 @@ from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING
 from ..utils import launched_on_cpu
 from .collator import MisterEDataCollator
+from .progress import MisterEProgressCallback
 
 logger = logging.get_logger(__name__)
 # Stage 2: the authors' optimisation (`recipes/paper_training.yaml`), validated and saved every epoch, the epoch with
@@ -76,6 +79,9 @@ class MisterETrainer(Trainer):
 
     def __init__(self, *args, prediction_key: str = "logits", gate_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        for noisy in (PrinterCallback, ProgressCallback):
+            self.remove_callback(noisy)
+        self.add_callback(MisterEProgressCallback)
         self.prediction_key = prediction_key
         self.gate_learning_rate = gate_learning_rate
 
@@ -174,6 +180,18 @@ def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -
                 if key.startswith(f"{split}_") and not key.endswith(("_runtime", "_per_second"))
             }
     return scores
+
+
+def finished_results(output_dir: str | os.PathLike, seed: int | None = None) -> dict[str, Any] | None:
+    """The `results.json` of a finished run in `output_dir` (of `seed`, when given), read back; `None` otherwise."""
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if seed is not None and results.get("seed") != seed:
+        return None
+    logger.warning(f"Already trained: reading {path}.")
+    return results
 
 
 def _finish(trainer: MisterETrainer, results: dict[str, Any], keep_checkpoints: bool) -> dict[str, Any]:
