@@ -446,10 +446,35 @@ def test_dialoguernn_iemocap_pickle(tmp_path):
     row = dialogues["test"][0]
     assert row["utterance_ids"] == ids[videos[4]] and labels_of(dialogues["test"]) == ["neu", "fru"]
     assert row["text_embeds"] == [[1.0] * 4] * 2 and row["speech_embeds"] == [[0.0] * 6] * 2
+    # A given validation list (the CLI's --validation-ids FILE) instead of a held-out draw.
+    (tmp_path / "valid.txt").write_text(f"{videos[0]}\n{videos[2]}\n\n")
+    assert main(["prepare", "cosmic", str(path), str(tmp_path / "given"), "--source", "iemocap", "--trust-pickle",
+                 "--validation-ids", str(tmp_path / "valid.txt")]) == 0
+    given = load_from_disk(str(tmp_path / "given"))
+    assert given["validation"]["dialogue_id"] == [videos[0], videos[2]]
+    assert given["train"]["dialogue_id"] == [videos[1], videos[3]]
+    with pytest.raises(ValueError, match=r"validation dialogue\(s\) \['Ses05F_impro01'\] are not training"):
+        build_cosmic_pickle(path, "iemocap", trust_pickle=True, validation_ids=[videos[4]])
     bad = list(fields)
     bad[2] = per_video([2, 9])
     with pytest.raises(ValueError, match=r"IEMOCAP_features\.pkl: dialogue 'Ses0\dF_impro01'.*label 9"):
         build_cosmic_pickle(dump(path, tuple(bad)), "iemocap", trust_pickle=True, validation_dialogues=1)
+
+
+def test_cosmic_iemocap_pickle_keeps_its_own_validation_list(tmp_path):
+    """COSMIC's iemocap.pkl: (speakers, labels, sentences, trainIds, testIds, validIds), transcripts only."""
+    videos = [f"Ses0{n}F_impro01" for n in range(1, 6)]
+    per_video = lambda value: {video: value for video in videos}  # noqa: E731
+    fields = (per_video([[1, 0], [0, 1]]), per_video([0, 3]), per_video(["Hi.", "Go away."]),
+              videos[:3], videos[4:], videos[3:4])  # fmt: skip
+    path = dump(tmp_path / "iemocap.pkl", fields)
+    dialogues = build_cosmic_pickle(path, "iemocap", trust_pickle=True)
+    assert {split: dialogues[split]["dialogue_id"] for split in SPLITS} == {
+        "train": videos[:3], "validation": [videos[3]], "test": [videos[4]]}
+    assert dialogues["test"][0]["texts"] == ["Hi.", "Go away."] and labels_of(dialogues["test"]) == ["hap", "ang"]
+    assert dialogues["test"][0]["speakers"] == ["0", "1"] and "text_embeds" not in dialogues["test"].column_names
+    with pytest.raises(ValueError, match="its own validation list"):
+        build_cosmic_pickle(path, "iemocap", trust_pickle=True, validation_ids=[videos[0]])
 
 
 # --- EmoDB -------------------------------------------------------------------------------------------

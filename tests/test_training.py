@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from datasets import DatasetDict
+from datasets import DatasetDict, load_from_disk
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallback, Wav2Vec2FeatureExtractor
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
+from mister_e.assembly import folder_kind
 from mister_e.data import make_dialogue_dataset
 from mister_e.evaluation import load_erc_metric
 from mister_e.cli import main
@@ -296,6 +297,29 @@ def test_stage_one_trains_selects_on_validation_and_merges(data, processor, tmp_
     reloaded = MisterEProcessor.from_pretrained(tmp_path / "run" / "merged")
     batch = MisterEDataCollator(reloaded, ("text",))(list(flatten_utterances(small["test"], "text")))
     assert merged(**batch).text_logits.shape[-1] == len(LABELS)
+
+
+def test_frozen_encoder_folder_from_the_cli_feeds_backbone_mean_extraction(data, processor, tmp_path):
+    """`train-encoder --frozen`: the CLI route to the frozen-backbone folder `extract --embedding backbone_mean` needs."""
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                vocab_size=len(WORDS) + 5))
+    bert.save_pretrained(tmp_path / "bert")
+    processor.save_pretrained(tmp_path / "processor")
+    small = DatasetDict({split: part.select(range(2)) for split, part in data.items()})
+    small.save_to_disk(tmp_path / "data")
+    assert main(["train-encoder", "--dataset", str(tmp_path / "data"), "--modality", "text", "--backbone",
+                 str(tmp_path / "bert"), "--processor", str(tmp_path / "processor"), "--output-dir",
+                 str(tmp_path / "frozen"), "--frozen"]) == 0
+    merged = tmp_path / "frozen" / "merged"
+    assert folder_kind(merged) == "stage-1" and not (tmp_path / "frozen" / "merged.tmp").exists()
+    encoder = MisterEForUtteranceClassification.from_pretrained(merged)
+    for name, weight in bert.state_dict().items():  # the backbone as pretrained, untouched
+        torch.testing.assert_close(encoder.text_encoder.backbone.state_dict()[name], weight)
+    assert main(["extract", "--dataset", str(tmp_path / "data"), "--model", str(merged), "--embedding",
+                 "backbone_mean", "--output-dir", str(tmp_path / "embedded")]) == 0
+    embedded = load_from_disk(str(tmp_path / "embedded"))
+    assert np.asarray(embedded["test"][0]["text_embeds"]).shape[-1] == 32  # the backbone's width
 
 
 # --- evaluation, seeds, recipes ------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
     parser.add_argument("--validation-dialogues", type=int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
     parser.add_argument("--seed", type=int, help="Seed of the held-out validation dialogues (0).")
+    parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
+                                                 "per line (instead of holding out --validation-dialogues).")
     parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted WAVs.")
     parser.add_argument("--extract-to", help="MELD: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
     parser.add_argument("--num-workers", type=int, help="MELD: parallel FFmpeg jobs.")
@@ -40,12 +42,21 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conversation-size", type=int, help="EmoDB: utterances per conversation (10); 1 = no context")
 
 
+def _read_lines(path: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file."""
+    try:
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text.") from None
+
+
 def _run_prepare(args: argparse.Namespace) -> None:
     from .data import prepare
 
     options = {
         "allow_missing_audio": args.allow_missing_audio or None,
         "validation_dialogues": args.validation_dialogues,
+        "validation_ids": _read_lines(args.validation_ids) if args.validation_ids else None,
         "seed": args.seed,
         "audio_dir": args.audio_dir,
         "extract_to": args.extract_to,
@@ -248,6 +259,9 @@ def _add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Quantize the backbone (4: QLoRA, NF4); needs bitsandbytes and a CUDA GPU.")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="Recompute the backbone's layer activations in backward: less memory, slower steps.")
+    parser.add_argument("--frozen", action="store_true",
+                        help="No training: save the pretrained backbone with untrained heads to OUTPUT_DIR/merged, "
+                             "for `extract --embedding backbone_mean` (frozen-feature baselines).")
     _add_common_arguments(parser)
 
 
@@ -257,7 +271,7 @@ def _run_train_encoder(args: argparse.Namespace) -> None:
 
     from .backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
     from .processing_mister_e import MisterEProcessor
-    from .training import train_encoder
+    from .training import finished_results, save_frozen_encoder, train_encoder
     from .training.stage_one import processor_for
 
     default = DEFAULT_SPEECH_BACKBONE if args.modality == "speech" else DEFAULT_TEXT_BACKBONE
@@ -277,7 +291,12 @@ def _run_train_encoder(args: argparse.Namespace) -> None:
         # transformers 5.2x renamed it `activation_checkpointing`, keeping the old name as a deprecated alias.
         new = "activation_checkpointing" in training_fields()
         sections["training"]["activation_checkpointing" if new else "gradient_checkpointing"] = True
-    results = train_encoder(
+    if args.frozen:
+        merged = save_frozen_encoder(load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone,
+                                     sections["config"], args.seed)
+        _print_once(f"Saved the frozen {args.modality} encoder to {merged}")
+        return
+    results = finished_results(args.output_dir, args.seed) or train_encoder(
         load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
         config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
         dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,

@@ -36,6 +36,8 @@ _COSMIC_MELD_OFFSETS = {"train": 0, "validation": 1039, "test": 1153}
 _COSMIC_MELD_FIELDS = (
     "speakers", "emotion_labels", "sentiment_labels", "sentences", "trainIds", "testIds", "validIds"
 )  # fmt: skip
+# COSMIC's own IEMOCAP pickle (`COSMIC/feature-extraction/iemocap/iemocap.pkl`): transcripts, its own validation list.
+_COSMIC_IEMOCAP_FIELDS = ("speakers", "labels", "sentences", "trainIds", "testIds", "validIds")
 _DIALOGUERNN_IEMOCAP_FIELDS = (
     "videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence",
     "trainVid", "testVid",
@@ -49,15 +51,19 @@ def build_cosmic_pickle(
     trust_pickle: bool = False,
     validation_dialogues: int = 12,
     seed: int = 0,
+    validation_ids: Sequence[str] | None = None,
 ) -> DatasetDict:
     """Dialogues from the widely shared DialogueRNN/COSMIC pickles (loaded with ``encoding="latin1"``).
 
     ``dataset="meld"``: COSMIC's ``meld.pkl``, ``(speakers, emotion_labels, sentiment_labels, sentences, trainIds,
     testIds, validIds)``; dialogue ids become the CSVs' ``dia{Dialogue_ID}``, utterance ids are positions (the
-    CSVs' Utterance_IDs have gaps the pickle does not keep). ``dataset="iemocap"``: ``IEMOCAP_features.pkl``,
-    ``(videoIDs, videoSpeakers, videoLabels, videoText, videoAudio, videoVisual, videoSentence, trainVid,
-    testVid)``; its text/audio vectors become ``text_embeds``/``speech_embeds`` (visual ones are ignored) and
-    ``validation_dialogues`` training dialogues are held out with ``seed``. Speakers are metadata only.
+    CSVs' Utterance_IDs have gaps the pickle does not keep). ``dataset="iemocap"``, told apart by their length: COSMIC's
+    ``iemocap.pkl``, ``(speakers, labels, sentences, trainIds, testIds, validIds)``, transcripts with its own
+    validation dialogues; or DialogueRNN's ``IEMOCAP_features.pkl``, ``(videoIDs, videoSpeakers, videoLabels,
+    videoText, videoAudio, videoVisual, videoSentence, trainVid, testVid)``, whose text/audio vectors become
+    ``text_embeds``/``speech_embeds`` (visual ones are ignored) and which has no validation list: the training
+    dialogues named in ``validation_ids`` are validation, else ``validation_dialogues`` of them are held out with
+    ``seed``. Speakers are metadata only.
 
     Unpickling runs whatever code the file contains, hence the explicit ``trust_pickle=True``.
     """
@@ -78,10 +84,25 @@ def build_cosmic_pickle(
         ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
         splits = {split: _cosmic_meld_dialogues(fields, ids[split], split, path) for split in SPLITS}
         labels = MELD_LABELS
+    elif isinstance(data, (tuple, list)) and len(data) == len(_COSMIC_IEMOCAP_FIELDS):
+        if validation_ids is not None:
+            raise ValueError(f"{path}: COSMIC's IEMOCAP pickle has its own validation list (validIds); "
+                             "validation ids cannot be given for it.")
+        fields = _unpack(data, _COSMIC_IEMOCAP_FIELDS, path)
+        ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
+        splits = {split: [_cosmic_iemocap_dialogue(fields, key, path) for key in sorted(fields[ids[split]])]
+                  for split in SPLITS}
+        labels = IEMOCAP_LABELS
     else:
         fields = _unpack(data, _DIALOGUERNN_IEMOCAP_FIELDS, path)
         train = sorted(fields["trainVid"])
-        held_out = _hold_out(train, validation_dialogues, seed)
+        if validation_ids is not None:
+            unknown = sorted(set(validation_ids) - set(train))
+            if unknown:
+                raise ValueError(f"{path}: validation dialogue(s) {unknown} are not training dialogues (trainVid).")
+            held_out = set(validation_ids)
+        else:
+            held_out = _hold_out(train, validation_dialogues, seed)
         groups = {
             "train": [key for key in train if key not in held_out],
             "validation": [key for key in train if key in held_out],
@@ -133,6 +154,15 @@ def _cosmic_meld_dialogues(fields: Mapping[str, Any], ids: str, split: str, path
             SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "speakers", key, path)],
         })  # fmt: skip
     return conversations
+
+
+def _cosmic_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Path) -> dict:
+    return {
+        DIALOGUE_ID: str(key),
+        TEXTS: [_clean_text(text) for text in _lookup(fields, "sentences", key, path)],
+        LABELS: _lookup(fields, "labels", key, path),
+        SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "speakers", key, path)],
+    }
 
 
 def _dialoguernn_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Path) -> dict:

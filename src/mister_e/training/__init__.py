@@ -14,7 +14,7 @@ from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, load_recipe
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator, drop_modalities, flatten_utterances
 from .evaluate import evaluate_model
-from .stage_one import fit_functionals_statistics, speech_features, train_encoder
+from .stage_one import fit_functionals_statistics, save_frozen_encoder, speech_features, train_encoder
 from .stage_two import (
     apply_ablation,
     fit_input_statistics,
@@ -54,6 +54,7 @@ __all__ = [
     "last_checkpoint",
     "load_recipe",
     "run_ablations",
+    "save_frozen_encoder",
     "speech_features",
     "train_conversation_model",
     "train_encoder",

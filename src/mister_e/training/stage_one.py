@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,36 @@ def train_encoder(
             processor.save_pretrained(output_dir / "merged")
         results["config"] = json.loads(merged.config.to_json_string())
     return _finish(trainer, results, keep_checkpoints)
+
+
+def save_frozen_encoder(
+    dataset: DatasetDict,
+    modality: str,
+    output_dir: str | os.PathLike,
+    processor: Any,
+    backbone: str | os.PathLike,
+    config_overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A stage-1 folder without training (`output_dir/merged`): the pretrained backbone with seeded, untrained heads,
+    for `extract --embedding backbone_mean` (frozen-feature baselines); openSMILE functionals get their training-split
+    standardisation. Written whole under a temporary name, then renamed into place."""
+    if modality not in MODALITIES:
+        raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
+    set_seed(seed)
+    model = MisterEForUtteranceClassification.from_backbones(
+        **{modality: str(backbone)}, id2label=dict(enumerate(label_names(dataset["train"]))), **(config_overrides or {})
+    ).eval()
+    if isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder):
+        fit_functionals_statistics(model, processor, flatten_utterances(dataset["train"], modality))
+    merged = Path(output_dir) / "merged"
+    partial = merged.with_name("merged.tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    shutil.rmtree(merged, ignore_errors=True)
+    os.replace(partial, merged)
+    return merged
 
 
 def speech_features(processor: Any, paths: Sequence[str], batch_size: int = 64) -> torch.Tensor:
