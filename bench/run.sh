@@ -9,6 +9,7 @@ data=(--data "${DATA:-../../shared/data}")
 python stage2_speed.py "$@"
 python streaming_latency.py "$@"
 python pipeline_latency.py "$@"
+python recording.py "$@"
 python extraction_speed.py "${data[@]}" "$@"
 python functionals_speed.py "${data[@]}" "$@"
 python accuracy.py "${data[@]}" "$@"

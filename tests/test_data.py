@@ -100,6 +100,16 @@ def test_bad_dialogues_are_named(conversation, message):
         make_dialogue_dataset([conversation], ["hap", "sad"])
 
 
+def test_duplicate_ids_are_named():
+    """Embeddings are matched to utterances by id, so a repeated id would give two utterances one vector."""
+    first = {"dialogue_id": "d1", "texts": ["a", "b"], "labels": [0, 1]}
+    with pytest.raises(ValueError, match="dialogue 'd1' appears twice"):
+        make_dialogue_dataset([first, first], ["hap", "sad"])
+    clash = {"dialogue_id": "d2", "utterance_ids": ["x", "d1_1"], "texts": ["c", "d"], "labels": [0, 0]}
+    with pytest.raises(ValueError, match="utterance id 'd1_1' appears twice \\(dialogues 'd1' and 'd2'\\)"):
+        make_dialogue_dataset([first, clash], ["hap", "sad"])
+
+
 def test_embeddings_are_float32_lists_and_required_everywhere():
     conversation = {"dialogue_id": "d1", "labels": [0], "speech_embeds": [np.ones(3)]}
     dataset = make_dialogue_dataset([conversation], ["hap"])

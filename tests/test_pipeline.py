@@ -170,17 +170,20 @@ def test_stream_needs_causal_model(pipe, wavs):
 def test_long_conversations_go_through_the_backbones_in_micro_batches(tmp_path):
     """`encoder_batch_size` bounds the backbones' memory; the predictions equal one pass over every utterance."""
     paths = write_clips(tmp_path, count=7)
-    words = ["hello world", "yes", None, "oh okay", "really fine", "no", "hello"]
+    words = ["hello world", "yes", None, "oh okay", "no", "fine", "hello"]
     conversation = {"utterances": [{"audio": path, "text": text} for path, text in zip(paths, words)]}
     model = tiny_model()
     inputs = tiny_processor()(conversation)
-    calls = []
+    calls, widths = [], []
     model.speech_encoder.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    model.text_encoder.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
     with torch.no_grad():
         model.config.encoder_batch_size = None
         whole = model(**inputs)
         model.config.encoder_batch_size = 3
         chunked = model(**inputs)
     assert calls == [7, 3, 3, 1]
+    # Token ids lose the columns that are padding in every row of a pass: the one-word pass is narrower.
+    assert widths == [4, 4, 3], widths  # [CLS] hello world [SEP]; then "no", "fine", "hello" with [CLS]/[SEP]
     torch.testing.assert_close(chunked.logits, whole.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(chunked.gate_weights, whole.gate_weights, rtol=1e-4, atol=1e-5)

@@ -44,7 +44,7 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
-from . import configuration_mister_e, modeling_mister_e, pipeline_mister_e, processing_mister_e
+from . import configuration_mister_e, modeling_mister_e, pipeline_mister_e, processing_mister_e, segmentation_mister_e
 from .evaluation import SCALAR_METRICS, summarize_seeds
 from .pipeline_mister_e import TASK
 
@@ -57,6 +57,7 @@ CODE_FILES = {
     "modeling_mister_e.py": modeling_mister_e,
     "processing_mister_e.py": processing_mister_e,
     "pipeline_mister_e.py": pipeline_mister_e,
+    "segmentation_mister_e.py": segmentation_mister_e,
 }
 PROCESSOR_CONFIG_NAMES = ("processor_config.json", "preprocessor_config.json")
 _SPLITS = ("test", "validation")

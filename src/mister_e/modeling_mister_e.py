@@ -593,13 +593,19 @@ class MisterEPreTrainedModel(PreTrainedModel):
 
     def _encode_in_chunks(self, encoder, inputs, mask):
         """The encoder over the utterance rows, `config.encoder_batch_size` rows a pass, so that the backbone's
-        activations stay bounded however many utterances a conversation has (the padding is the batch's, so the
-        result equals one pass up to float error)."""
+        activations stay bounded however many utterances a conversation has. The result equals one pass up to float
+        error: audio keeps the batch's padding (a group-norm front end sees it), and token ids lose only the trailing
+        columns that are padding in every row of the pass (attention masks them; positions do not move)."""
         size = self.config.encoder_batch_size or len(inputs)
         if len(inputs) <= size:
             return encoder(inputs, mask)
-        parts = [encoder(inputs[start : start + size], None if mask is None else mask[start : start + size])
-                 for start in range(0, len(inputs), size)]
+        parts = []
+        for start in range(0, len(inputs), size):
+            rows, rows_mask = inputs[start : start + size], None if mask is None else mask[start : start + size]
+            if rows_mask is not None and not rows.is_floating_point() and rows_mask.any():
+                width = int(rows_mask.any(0).nonzero().max()) + 1
+                rows, rows_mask = rows[:, :width], rows_mask[:, :width]
+            parts.append(encoder(rows, rows_mask))
         return torch.cat([embeds for embeds, _ in parts]), torch.cat([logits for _, logits in parts])
 
 
@@ -713,13 +719,14 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         """`PreTrainedModel.save_pretrained`; a folder that gets the code files (`auto_map`) gets the conversation
         pipeline's too (`pipeline_mister_e.py`, `custom_pipelines` in config.json), so that `pipeline(model=folder,
         trust_remote_code=True)` works without the package installed."""
-        pipeline_code = Path(__file__).with_name("pipeline_mister_e.py")
-        carries_code = getattr(self, "_auto_class", None) is not None and pipeline_code.is_file()
+        pipeline_code = [Path(__file__).with_name(name) for name in ("pipeline_mister_e.py", "segmentation_mister_e.py")]
+        carries_code = getattr(self, "_auto_class", None) is not None and all(path.is_file() for path in pipeline_code)
         if carries_code:
             self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         super().save_pretrained(save_directory, *args, **kwargs)
         if carries_code:
-            shutil.copyfile(pipeline_code, Path(save_directory) / pipeline_code.name)
+            for path in pipeline_code:
+                shutil.copyfile(path, Path(save_directory) / path.name)
 
     @classmethod
     def from_stages(cls, utterance_model: MisterEForUtteranceClassification, conversation_model):

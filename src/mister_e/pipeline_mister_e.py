@@ -20,6 +20,7 @@ works without the package; with the package installed, `import mister_e` registe
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -27,11 +28,20 @@ import torch
 
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
 
 from .configuration_mister_e import EXPERTS, PIPELINE_TASK
+from .segmentation_mister_e import (
+    RECORDING_EXTENSIONS,
+    SAMPLING_RATE,
+    MisterESegmentation,
+    load_recording,
+    segment_recording,
+)
 
 
 TASK = PIPELINE_TASK
+logger = logging.get_logger(__name__)
 
 
 class MisterEConversationPipeline(Pipeline):
@@ -70,8 +80,17 @@ class MisterEConversationPipeline(Pipeline):
       to its window. `None` (default) runs the whole conversation at once, whatever its length (memory grows with
       the number of utterances and, for audio, with the longest clip).
 
+    Recordings: `pipe("call.wav")` or `pipe({"recording": "call.wav"})` (a path, an audio dict or an array with
+    `sampling_rate`) cuts the recording into utterances by voice activity detection (Silero VAD, extra
+    `mister-e[recording]`) and predicts over all of them in order; each result also has the utterance's `start` and
+    `end` (seconds) and its `text`. Recording options: `segmentation` (a [`MisterESegmentation`] or a dict of its
+    fields: minimum silence, minimum and maximum utterance length, threshold, padding) and `asr` (a model id or folder
+    for transformers' `automatic-speech-recognition` pipeline, or such a pipeline): each utterance's transcript becomes
+    its text; without it utterances are answered from speech alone and `text` is `None`. A recording without speech
+    gives an empty list (and a warning saying so).
+
     Streaming: [`~MisterEConversationPipeline.stream`] predicts each utterance as it arrives, from past context only
-    (needs a model trained with `causal=True`).
+    (needs a model trained with `causal=True`); it takes a recording too.
     """
 
     _load_processor = True
@@ -94,6 +113,7 @@ class MisterEConversationPipeline(Pipeline):
                 "an end-to-end model, e.g. `MisterEForEmotionRecognition.from_stages(utterance_model, model)`."
             )
         self.model.eval()
+        self._asr_pipelines = {}  # model id or folder -> loaded ASR pipeline
 
     # ------------------------------------------------------------------ parameters
 
@@ -115,6 +135,8 @@ class MisterEConversationPipeline(Pipeline):
         Returns a list with one dict per utterance for a conversation, and a list of such lists for a list (or a
         generator of them, lazily, for a generator).
         """
+        if _is_recording(inputs):
+            return self._call_recording(inputs, kwargs)
         if isinstance(inputs, Mapping):
             return super().__call__(inputs, *args, **kwargs)
         if isinstance(inputs, (list, tuple, types.GeneratorType)):
@@ -124,9 +146,49 @@ class MisterEConversationPipeline(Pipeline):
             results = self._iterate(inputs, batch_size, params)
             return results if isinstance(inputs, types.GeneratorType) else list(results)
         raise ValueError(
-            "Expected a conversation dict `{'utterances': [...]}` or a list of them, got "
+            "Expected a conversation dict `{'utterances': [...]}`, a list of them, or a recording (an audio file path "
+            "or `{'recording': ...}`), got "
             f"{type(inputs).__name__}. (A list is a batch of conversations, not a list of utterances.)"
         )
+
+    # ------------------------------------------------------------------ recordings
+
+    def recording_utterances(self, recording, segmentation=None, asr=None) -> list[dict]:
+        """The utterances of a recording, in order: `{"audio", "start", "end", "text"}` (see the class docstring)."""
+        if isinstance(segmentation, Mapping):
+            segmentation = MisterESegmentation(**segmentation)
+        source = recording.get("recording") if isinstance(recording, Mapping) and "recording" in recording else recording
+        segments = segment_recording(load_recording(source), segmentation)
+        texts = self._transcribe([segment["audio"]["array"] for segment in segments], asr) if asr else None
+        return [{**segment, "text": texts[index] if texts else None} for index, segment in enumerate(segments)]
+
+    def _transcribe(self, arrays: list, asr) -> list[str]:
+        """Transcripts through transformers' ASR pipeline, fed the in-memory audio (no FFmpeg needed)."""
+        if not arrays:
+            return []
+        if isinstance(asr, (str, os.PathLike)):
+            from transformers import pipeline
+
+            key = os.fspath(asr)
+            if key not in self._asr_pipelines:
+                try:
+                    self._asr_pipelines[key] = pipeline("automatic-speech-recognition", model=key, device=self.device)
+                except OSError as error:
+                    raise OSError(f"ASR model {key!r} could not be loaded (offline without its weights, or not a "
+                                  f"model): {error}") from error
+            asr = self._asr_pipelines[key]
+        outputs = asr([{"raw": array, "sampling_rate": SAMPLING_RATE} for array in arrays])
+        return [output["text"].strip() for output in outputs]
+
+    def _call_recording(self, recording, kwargs) -> list[dict]:
+        options = {key: kwargs.pop(key) for key in ("segmentation", "asr") if key in kwargs}
+        utterances = self.recording_utterances(recording, **options)
+        if not utterances:
+            logger.warning("No speech found in the recording: no utterance to predict.")
+            return []
+        conversation = {"utterances": [_as_input(utterance) for utterance in utterances]}
+        results = super().__call__(conversation, **kwargs)
+        return [{**_timing(utterance), **result} for utterance, result in zip(utterances, results)]
 
     def _merged_params(self, kwargs):
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
@@ -211,14 +273,16 @@ class MisterEConversationPipeline(Pipeline):
 
     # ------------------------------------------------------------------ streaming
 
-    def stream(self, utterances: Iterable[Mapping], top_k: int | None = None) -> Iterator[dict]:
+    def stream(self, utterances, top_k: int | None = None, segmentation=None, asr=None) -> Iterator[dict]:
         """Predict each utterance as it arrives, from it and the utterances before it only.
 
         Args:
-            utterances (iterable of `dict`):
-                Utterances `{"audio": ..., "text": ...}` in conversation order; may be a live generator.
+            utterances (iterable of `dict`, or a recording):
+                Utterances `{"audio": ..., "text": ...}` in conversation order; may be a live generator. Or a
+                recording (as for `__call__`), cut into utterances first; its results carry `start`, `end`, `text`.
             top_k (`int`, *optional*):
                 As in `__call__`.
+            segmentation, asr: For a recording, as in `__call__`.
 
         Yields:
             One result dict per utterance (the same schema as `__call__`), as soon as that utterance is read. With a
@@ -237,6 +301,13 @@ class MisterEConversationPipeline(Pipeline):
                 "Streaming needs a causal model (`config.causal=True`): this model's predictions use future context, "
                 "so they cannot be made utterance by utterance. Call the pipeline on the whole conversation instead."
             )
+        if _is_recording(utterances):
+            segments = self.recording_utterances(utterances, segmentation, asr)
+            if not segments:
+                logger.warning("No speech found in the recording: no utterance to predict.")
+            for segment, result in zip(segments, self.stream(map(_as_input, segments), top_k)):
+                yield {**_timing(segment), **result}
+            return
         _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")
         state = None
@@ -262,6 +333,22 @@ class MisterEConversationPipeline(Pipeline):
                 )
             probabilities = output.logits[0, -1].float().softmax(-1).cpu()
             yield self._utterance_result(probabilities, output.gate_weights[0, -1].float().cpu(), top_k)
+
+
+def _is_recording(inputs) -> bool:
+    """A recording is a path (a file, or a name with an audio extension) or a dict with a `recording` key."""
+    if isinstance(inputs, str):
+        return os.path.isfile(inputs) or inputs.lower().endswith(RECORDING_EXTENSIONS)
+    return isinstance(inputs, os.PathLike) or isinstance(inputs, Mapping) and "recording" in inputs
+
+
+def _as_input(utterance: Mapping) -> dict:
+    """A recording's utterance as the processor reads it (audio array, text when transcribed)."""
+    return {"audio": utterance["audio"], **({"text": utterance["text"]} if utterance.get("text") else {})}
+
+
+def _timing(utterance: Mapping) -> dict:
+    return {"start": round(utterance["start"], 3), "end": round(utterance["end"], 3), "text": utterance.get("text")}
 
 
 def _row(embeds: torch.Tensor | None, width: int, pipe: Pipeline) -> torch.Tensor:

@@ -100,7 +100,8 @@ def validate_dialogues(dialogues: Dataset | DatasetDict | Iterable[Mapping], num
     """Raise a ValueError naming the first dialogue a model could not use.
 
     Catches empty dialogues, per-utterance lists of different lengths, utterances with no input at all (no text,
-    no audio, no precomputed embedding), labels outside ``0..num_labels-1`` and embeddings of varying size.
+    no audio, no precomputed embedding), labels outside ``0..num_labels-1``, embeddings of varying size, and a
+    dialogue id or an utterance id used twice (embeddings are matched to utterances by id).
     ``num_labels`` is read from the features of a `Dataset`; give it for a list of conversation dicts.
     """
     if isinstance(dialogues, DatasetDict):
@@ -115,11 +116,21 @@ def validate_dialogues(dialogues: Dataset | DatasetDict | Iterable[Mapping], num
     elif num_labels is None:
         raise TypeError("num_labels is required when validating a list of conversations")
     sizes: dict[str, int] = {}
+    seen: set[str] = set()
+    owners: dict[str, str] = {}  # utterance id -> its dialogue: embeddings are matched by utterance id
     for position, conversation in enumerate(dialogues):
         name = conversation.get(DIALOGUE_ID, f"#{position}")
         labels = conversation.get(LABELS)
         if labels is None or len(labels) == 0:
             raise ValueError(f"dialogue {name!r} is empty")
+        if name in seen:
+            raise ValueError(f"dialogue {name!r} appears twice")
+        seen.add(name)
+        for utterance in conversation.get(UTTERANCE_IDS) or ():
+            if utterance in owners:
+                raise ValueError(f"utterance id {utterance!r} appears twice (dialogues {owners[utterance]!r} and "
+                                 f"{name!r})")
+            owners[utterance] = name
         for column in UTTERANCE_COLUMNS:
             values = conversation.get(column)
             if values is not None and len(values) != len(labels):

@@ -1,0 +1,238 @@
+"""From a recording to an emotion timeline: voice activity detection, optional ASR, JSON/CSV/PNG, streaming, errors.
+
+The recordings are assembled from the demo corpus's synthetic utterances with known silences in between. Silero VAD,
+trained on real speech, finds most but not all synthetic voices (96% of the utterances of `bench/recording.py`'s
+30-minute recording, within 0.3 s), so the tests use three demo conversations (22 utterances, all four emotions) that
+it cuts right; on real recorded speech (EmoDB, the last test) it needs no such choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import string
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from matplotlib.image import imread
+from transformers import (WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor,
+                          WhisperTokenizer, pipeline)
+
+from tiny_end_to_end import _SSL, SR, TASK, tiny_model, tiny_processor
+from mister_e.cli import main
+from mister_e.data.demo import demo_conversation
+from mister_e.segmentation_mister_e import MisterESegmentation, load_recording, segment_recording
+
+pytest.importorskip("silero_vad")
+
+SILENCE = 1.0  # seconds between utterances, and before the first and after the last
+
+
+def assemble(conversations, folder):
+    """One recording of the demo conversations' utterances with `SILENCE` s of silence around each, and the true
+    (start, end) of every utterance in it."""
+    parts, truth, time = [], [], 0.0
+    for seed in conversations:
+        for utterance in demo_conversation(folder / f"demo-{seed}", seed=seed)["utterances"]:
+            audio = load_recording(utterance["audio"])
+            parts += [np.zeros(int(SILENCE * SR), np.float32), audio]
+            time += SILENCE
+            truth.append((time, time + len(audio) / SR))
+            time += len(audio) / SR
+    parts.append(np.zeros(int(SILENCE * SR), np.float32))
+    return np.concatenate(parts), truth
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recording")
+    waveform, truth = assemble((0, 3, 7), folder)
+    sf.write(folder / "call.wav", waveform, SR)
+    return folder / "call.wav", truth
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+def tiny_whisper(folder):
+    """A randomly initialised Whisper with a 26-letter vocabulary, saved locally: it writes a few letters."""
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                "<|notimestamps|>"]
+    vocab = {token: index for index, token in enumerate([*string.ascii_lowercase, *specials])}
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    end = vocab["<|endoftext|>"]
+    tokenizer = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token=specials[0],
+                                 eos_token=specials[0], unk_token=specials[0], pad_token=specials[0])
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=len(vocab), num_mel_bins=80, encoder_layers=1, decoder_layers=1, d_model=16,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_target_positions=16, pad_token_id=end, bos_token_id=end, eos_token_id=end,
+        decoder_start_token_id=vocab["<|startoftranscript|>"]))
+    generation = model.generation_config
+    generation.decoder_start_token_id, generation.eos_token_id, generation.pad_token_id = (
+        vocab["<|startoftranscript|>"], end, end)
+    generation.no_timestamps_token_id, generation.is_multilingual = vocab["<|notimestamps|>"], False
+    generation.suppress_tokens = [vocab[token] for token in specials[1:]]
+    generation.begin_suppress_tokens, generation.max_new_tokens, generation.forced_decoder_ids = [end], 4, None
+    model.save_pretrained(folder)
+    WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_segments_match_the_utterances_within_0_3_s(recording):
+    path, truth = recording
+    segments = segment_recording(load_recording(path))
+    assert len(segments) == len(truth)
+    for segment, (start, end) in zip(segments, truth):
+        assert abs(segment["start"] - start) < 0.3 and abs(segment["end"] - end) < 0.3, (segment, start, end)
+        assert segment["audio"]["array"].shape == (round((segment["end"] - segment["start"]) * SR),)
+
+
+def test_stereo_44k_recording_is_cut_the_same(recording, tmp_path):
+    from mister_e.processing_mister_e import _resample
+
+    path, truth = recording
+    waveform = _resample(load_recording(path), SR, 44100)
+    sf.write(tmp_path / "stereo44k.wav", np.stack([waveform, 0.5 * waveform], axis=1), 44100)
+    segments = segment_recording(load_recording(tmp_path / "stereo44k.wav"))
+    assert len(segments) == len(truth)
+    for segment, (start, end) in zip(segments, truth):
+        assert abs(segment["start"] - start) < 0.3 and abs(segment["end"] - end) < 0.3
+
+
+def test_over_long_speech_is_split_and_short_speech_dropped(recording):
+    waveform = load_recording(recording[0])
+    longest = max(end - start for start, end in recording[1])
+    split = segment_recording(waveform, MisterESegmentation(max_utterance_seconds=longest / 2))
+    assert len(split) > len(recording[1])
+    assert all(s["end"] - s["start"] <= longest / 2 + 0.2 for s in split)  # + the padding on both sides
+    assert segment_recording(waveform, MisterESegmentation(min_utterance_seconds=10.0, max_utterance_seconds=20.0)) == []
+    with pytest.raises(ValueError, match="max_utterance_seconds"):
+        MisterESegmentation(min_utterance_seconds=2.0, max_utterance_seconds=1.0)
+
+
+def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir):
+    path, truth = recording
+    pipe = pipeline(TASK, model=str(model_dir))
+    results = pipe(str(path))
+    assert len(results) == len(truth)
+    segments = segment_recording(load_recording(path))
+    for result, segment in zip(results, segments):
+        assert (result["start"], result["end"]) == (round(segment["start"], 3), round(segment["end"], 3))
+        assert result["text"] is None and result["expert_weights"]["text"] == 0.0  # speech alone, and said so
+    # The same utterances given as a conversation get the same predictions.
+    conversation = {"utterances": [{"audio": s["audio"]} for s in segments]}
+    for result, expected in zip(results, pipe(conversation)):
+        assert result["label"] == expected["label"] and result["score"] == pytest.approx(expected["score"], abs=1e-6)
+    assert pipe({"recording": {"array": np.zeros(3 * SR, np.float32), "sampling_rate": SR}}) == []  # no speech
+
+
+def test_asr_text_reaches_the_model(recording, model_dir, tmp_path):
+    whisper = tiny_whisper(tmp_path / "whisper")
+    pipe = pipeline(TASK, model=str(model_dir))
+    results = pipe(str(recording[0]), asr=str(whisper))
+    assert len(results) == len(recording[1])
+    assert all(result["text"] and set(result["text"]) <= set(string.ascii_lowercase) for result in results)
+    assert all(result["expert_weights"]["text"] > 0 for result in results)  # the text expert now answers too
+    with pytest.raises(OSError, match="ASR model"):
+        pipe(str(recording[0]), asr=str(tmp_path / "no-such-asr-model"))
+
+
+def test_streaming_a_recording_equals_the_whole_file_call(recording, tmp_path):
+    """With a speech backbone that padding does not reach (layer-norm Wav2Vec2; WavLM's group norm sees it)."""
+    from transformers import Wav2Vec2Config
+
+    causal = tiny_model(causal=True)
+    torch.manual_seed(0)
+    config = causal.config
+    config.speech_config = Wav2Vec2Config(**{k: v for k, v in _SSL.items() if k not in ("num_buckets",
+                                                                                            "max_bucket_distance")},
+                                          feat_extract_norm="layer", do_stable_layer_norm=True)
+    causal = type(causal)(config).eval()
+    pipe = pipeline(TASK, model=causal, processor=tiny_processor())
+    whole = pipe(str(recording[0]))
+    streamed = list(pipe.stream(str(recording[0])))
+    assert [r["label"] for r in streamed] == [r["label"] for r in whole]
+    for one, other in zip(streamed, whole):
+        assert (one["start"], one["end"]) == (other["start"], other["end"])
+        assert one["score"] == pytest.approx(other["score"], abs=1e-5)
+
+
+def test_cli_writes_json_csv_and_png(recording, model_dir, tmp_path, capsys):
+    path, truth = recording
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), str(path), "--csv", str(tmp_path / "t.csv"), "--plot",
+                 str(tmp_path / "t.png")]) == 0
+    printed = capsys.readouterr()
+    results = json.loads(printed.out)
+    assert [r["id"] for r in results] == list(range(len(truth))) and "speech alone" in printed.err
+    with open(tmp_path / "t.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["label"] for row in rows] == [r["label"] for r in results]
+    assert [float(row["start"]) for row in rows] == pytest.approx([r["start"] for r in results], abs=1e-3)
+    image = imread(tmp_path / "t.png")
+    assert image.shape[0] > 500 and image.shape[1] > 1200  # 11 x 5.2 in at 150 dpi, cropped to its content
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("garbage.wav", b"RIFF not audio", "Could not read the recording"),
+    ("empty.wav", None, "no samples"),
+])
+def test_bad_recordings_are_one_named_line(name, content, message, model_dir, tmp_path, capsys):
+    if content is None:
+        sf.write(tmp_path / name, np.zeros(0, np.float32), SR)
+    else:
+        (tmp_path / name).write_bytes(content)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), str(tmp_path / name)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert name in error and message in error and len(error.splitlines()) == 1, error
+
+
+def test_silence_and_a_missing_asr_model_say_why(recording, model_dir, tmp_path, capsys):
+    sf.write(tmp_path / "quiet.wav", np.zeros(2 * SR, np.float32), SR)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), str(tmp_path / "quiet.wav")]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == [] and "No speech found in" in printed.err
+    assert main(["predict", "--model", str(model_dir), str(recording[0]), "--asr", str(tmp_path / "no-asr")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no-asr" in error and "ASR model" in error and len(error.splitlines()) == 1, error
+
+
+def test_real_speech_is_cut_at_the_recordings_boundaries(shared_data):
+    """EmoDB's recorded sentences, joined with 1 s of silence: one segment each, at the default settings."""
+    paths = sorted((shared_data / "emodb").glob("*.wav"))[:8]
+    parts, starts = [], []
+    for path in paths:
+        parts.append(np.zeros(SR, np.float32))
+        starts.append(sum(len(p) for p in parts) / SR)
+        parts.append(load_recording(path))
+    segments = segment_recording(np.concatenate([*parts, np.zeros(SR, np.float32)]))
+    assert len(segments) == len(paths)
+    assert all(abs(segment["start"] - start) < 0.3 for segment, start in zip(segments, starts))
+
+
+def test_without_the_extra_the_error_names_it(recording, model_dir, monkeypatch, capsys):
+    from mister_e import segmentation_mister_e
+
+    monkeypatch.setitem(__import__("sys").modules, "silero_vad", None)  # as if not installed
+    segmentation_mister_e._vad_model.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"mister-e\[recording\]"):
+            segment_recording(load_recording(recording[0]))
+        capsys.readouterr()
+        assert main(["predict", "--model", str(model_dir), str(recording[0])]) == 2
+        assert "mister-e[recording]" in capsys.readouterr().err
+    finally:
+        segmentation_mister_e._vad_model.cache_clear()
