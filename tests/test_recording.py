@@ -168,6 +168,18 @@ def test_streaming_a_recording_equals_the_whole_file_call(recording, tmp_path):
         assert one["score"] == pytest.approx(other["score"], abs=1e-5)
 
 
+def test_a_streamed_recording_is_answered_before_it_is_read_to_the_end(recording, monkeypatch):
+    from mister_e import segmentation_mister_e
+
+    reads, blocks = [], segmentation_mister_e._read_file_blocks
+    monkeypatch.setattr(segmentation_mister_e, "_read_file_blocks",
+                        lambda path, seconds: (reads.append(len(reads)) or block for block in blocks(path, 2.0)))
+    pipe = pipeline(TASK, model=tiny_model(causal=True), processor=tiny_processor())
+    first = next(pipe.stream(str(recording[0])))
+    total = len(list(blocks(str(recording[0]), 2.0)))
+    assert first["start"] == pytest.approx(recording[1][0][0], abs=0.3) and len(reads) < total / 3, (len(reads), total)
+
+
 def test_cli_writes_json_csv_and_png(recording, model_dir, tmp_path, capsys):
     path, truth = recording
     capsys.readouterr()

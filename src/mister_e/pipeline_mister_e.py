@@ -35,8 +35,8 @@ from .segmentation_mister_e import (
     RECORDING_EXTENSIONS,
     SAMPLING_RATE,
     MisterESegmentation,
-    load_recording,
-    segment_recording,
+    iter_segments,
+    read_recording,
 )
 
 
@@ -90,7 +90,8 @@ class MisterEConversationPipeline(Pipeline):
     gives an empty list (and a warning saying so).
 
     Streaming: [`~MisterEConversationPipeline.stream`] predicts each utterance as it arrives, from past context only
-    (needs a model trained with `causal=True`); it takes a recording too.
+    (needs a model trained with `causal=True`); given a recording, it reads it block by block and predicts each
+    utterance as soon as the pause after it has been read, with the same results as the whole-file call.
     """
 
     _load_processor = True
@@ -153,14 +154,15 @@ class MisterEConversationPipeline(Pipeline):
 
     # ------------------------------------------------------------------ recordings
 
-    def recording_utterances(self, recording, segmentation=None, asr=None) -> list[dict]:
-        """The utterances of a recording, in order: `{"audio", "start", "end", "text"}` (see the class docstring)."""
+    def recording_utterances(self, recording, segmentation=None, asr=None) -> Iterator[dict]:
+        """The utterances of a recording, in order, each as soon as the recording has been read past its end:
+        `{"audio", "start", "end", "text"}` (see the class docstring)."""
         if isinstance(segmentation, Mapping):
             segmentation = MisterESegmentation(**segmentation)
         source = recording.get("recording") if isinstance(recording, Mapping) and "recording" in recording else recording
-        segments = segment_recording(load_recording(source), segmentation)
-        texts = self._transcribe([segment["audio"]["array"] for segment in segments], asr) if asr else None
-        return [{**segment, "text": texts[index] if texts else None} for index, segment in enumerate(segments)]
+        for segment in iter_segments(read_recording(source), segmentation):
+            text = self._transcribe([segment["audio"]["array"]], asr)[0] if asr else None
+            yield {**segment, "text": text}
 
     def _transcribe(self, arrays: list, asr) -> list[str]:
         """Transcripts through transformers' ASR pipeline, fed the in-memory audio (no FFmpeg needed)."""
@@ -182,7 +184,7 @@ class MisterEConversationPipeline(Pipeline):
 
     def _call_recording(self, recording, kwargs) -> list[dict]:
         options = {key: kwargs.pop(key) for key in ("segmentation", "asr") if key in kwargs}
-        utterances = self.recording_utterances(recording, **options)
+        utterances = list(self.recording_utterances(recording, **options))
         if not utterances:
             logger.warning("No speech found in the recording: no utterance to predict.")
             return []
@@ -302,11 +304,17 @@ class MisterEConversationPipeline(Pipeline):
                 "so they cannot be made utterance by utterance. Call the pipeline on the whole conversation instead."
             )
         if _is_recording(utterances):
-            segments = self.recording_utterances(utterances, segmentation, asr)
-            if not segments:
+            heard = []  # the segments cut so far: each is predicted as soon as it is cut
+
+            def cut():
+                for segment in self.recording_utterances(utterances, segmentation, asr):
+                    heard.append(segment)
+                    yield _as_input(segment)
+
+            for result in self.stream(cut(), top_k):
+                yield {**_timing(heard[-1]), **result}
+            if not heard:
                 logger.warning("No speech found in the recording: no utterance to predict.")
-            for segment, result in zip(segments, self.stream(map(_as_input, segments), top_k)):
-                yield {**_timing(segment), **result}
             return
         _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")

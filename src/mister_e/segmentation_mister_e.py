@@ -25,12 +25,10 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from transformers.audio_utils import load_audio
-
 from .processing_mister_e import _check_sampling_rate, _resample, _to_mono
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
@@ -71,42 +69,69 @@ class MisterESegmentation:
             )
 
 
-def load_recording(recording, sampling_rate: int | None = None) -> np.ndarray:
-    """A recording as float32 mono at 16 kHz: a file path (any rate or channel count soundfile reads), an audio dict
-    (`{"path": ...}` or `{"array": ..., "sampling_rate": ...}`) or an array with `sampling_rate`."""
+def read_recording(recording, sampling_rate: int | None = None, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """A recording as consecutive float32 mono blocks at 16 kHz, read as they are needed: a file path (any rate or
+    channel count soundfile reads: WAV, FLAC, OGG, MP3) block by block through soxr's streaming resampler, or an
+    audio dict (`{"path": ...}` or `{"array": ..., "sampling_rate": ...}`) or an array with `sampling_rate`."""
     if isinstance(recording, Mapping):
         sampling_rate = recording.get("sampling_rate", sampling_rate)
         recording = recording.get("array", recording.get("path"))
         if recording is None:
             raise ValueError("A recording dict needs a `path`, or an `array` with its `sampling_rate`.")
     if isinstance(recording, (str, os.PathLike)):
-        path = os.fspath(recording)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Recording not found: {path}.")
-        try:
-            waveform = load_audio(path, sampling_rate=SAMPLING_RATE, backend="soundfile")
-        except ImportError:
-            raise
-        except Exception as error:
-            raise ValueError(f"Could not read the recording {path}: {error}") from error
-        where = f"recording {path}"
+        blocks, where = _read_file_blocks(os.fspath(recording), block_seconds), f"recording {os.fspath(recording)}"
     else:
-        where = "recording"
-        if isinstance(recording, torch.Tensor):
-            recording = recording.detach().cpu().float().numpy()
-        array = np.asarray(recording)
-        if array.dtype.kind != "f":
-            raise ValueError(f"A recording must be a file path, an audio dict or a float array, got {array.dtype}.")
-        waveform = _to_mono(array, where).astype(np.float32)
-        source_rate = _check_sampling_rate(sampling_rate, where)
-        if source_rate != SAMPLING_RATE and waveform.size:
-            waveform = _resample(waveform, source_rate, SAMPLING_RATE)
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if waveform.size == 0:
+        blocks, where = _array_blocks(recording, sampling_rate, block_seconds), "recording"
+    total = 0
+    for block in blocks:
+        if not np.isfinite(block).all():
+            raise ValueError(f"The {where} contains NaN or infinite samples.")
+        total += len(block)
+        if len(block):
+            yield block
+    if total == 0:
         raise ValueError(f"The {where} has no samples.")
-    if not np.isfinite(waveform).all():
-        raise ValueError(f"The {where} contains NaN or infinite samples.")
-    return waveform
+
+
+def load_recording(recording, sampling_rate: int | None = None) -> np.ndarray:
+    """The whole recording (`read_recording`'s blocks joined): float32 mono at 16 kHz."""
+    return np.concatenate(list(read_recording(recording, sampling_rate)))
+
+
+def _read_file_blocks(path: str, block_seconds: float) -> Iterator[np.ndarray]:
+    import soundfile  # here, not above: the remote-code files import torch/transformers/numpy at module level
+    import soxr
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Recording not found: {path}.")
+    try:
+        with soundfile.SoundFile(path) as file:
+            rate = file.samplerate
+            stream = soxr.ResampleStream(rate, SAMPLING_RATE, 1, dtype="float32") if rate != SAMPLING_RATE else None
+            while True:
+                block = file.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
+                last = len(block) == 0
+                mono = block.mean(axis=1) if len(block) else np.zeros(0, np.float32)
+                yield stream.resample_chunk(mono, last=last) if stream is not None else mono
+                if last:
+                    return
+    except (RuntimeError, soundfile.LibsndfileError, soundfile.SoundFileError) as error:
+        raise ValueError(f"Could not read the recording {path}: {error}") from error
+
+
+def _array_blocks(array, sampling_rate, block_seconds: float) -> Iterator[np.ndarray]:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().float().numpy()
+    array = np.asarray(array)
+    if array.dtype.kind != "f":
+        raise ValueError(f"A recording must be a file path, an audio dict or a float array, got {array.dtype}.")
+    waveform = _to_mono(array, "recording").astype(np.float32)
+    rate = _check_sampling_rate(sampling_rate, "recording")
+    if rate != SAMPLING_RATE and waveform.size:
+        waveform = _resample(waveform, rate, SAMPLING_RATE)
+    step = int(block_seconds * SAMPLING_RATE)
+    for start in range(0, len(waveform), step):
+        yield waveform[start : start + step]
 
 
 @functools.cache
@@ -120,27 +145,63 @@ def _vad_model():
     return load_silero_vad()
 
 
-def segment_recording(waveform: np.ndarray, segmentation: MisterESegmentation | None = None) -> list[dict]:
-    """The utterances of a 16-kHz mono waveform (`load_recording`), in order: `{"start", "end"}` in seconds and the
-    `audio` dict (`array`, `sampling_rate`) of each. An empty list when the recording holds no speech."""
+def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentation | None = None) -> Iterator[dict]:
+    """The utterances of a recording given as 16-kHz mono blocks (`read_recording`), in order and as soon as each is
+    over: `{"start", "end"}` in seconds and the `audio` dict (`array`, `sampling_rate`) of each.
+
+    Silero VAD runs on a buffer of the audio not yet cut. An utterance is over once the pause that ends it (at least
+    `min_silence_seconds`, after the padding) lies in the buffer; the buffer then restarts at its end, so the audio
+    held stays bounded whatever the recording's length. A whole file and a stream of it are cut alike, block for
+    block.
+    """
     segmentation = segmentation or MisterESegmentation()
     model = _vad_model()  # first: its ImportError names the extra
     from silero_vad import get_speech_timestamps
 
-    with torch.no_grad():
-        stamps = get_speech_timestamps(
-            torch.from_numpy(waveform), model, threshold=segmentation.threshold, sampling_rate=SAMPLING_RATE,
-            min_speech_duration_ms=round(1000 * segmentation.min_utterance_seconds),
-            max_speech_duration_s=segmentation.max_utterance_seconds,
-            min_silence_duration_ms=round(1000 * segmentation.min_silence_seconds),
-            speech_pad_ms=round(1000 * segmentation.pad_seconds),
-        )
-    model.reset_states()
-    return [
-        {"start": stamp["start"] / SAMPLING_RATE, "end": stamp["end"] / SAMPLING_RATE,
-         "audio": {"array": waveform[stamp["start"] : stamp["end"]], "sampling_rate": SAMPLING_RATE}}
-        for stamp in stamps
-    ]
+    options = dict(threshold=segmentation.threshold, sampling_rate=SAMPLING_RATE,
+                   min_speech_duration_ms=round(1000 * segmentation.min_utterance_seconds),
+                   max_speech_duration_s=segmentation.max_utterance_seconds,
+                   min_silence_duration_ms=round(1000 * segmentation.min_silence_seconds),
+                   speech_pad_ms=round(1000 * segmentation.pad_seconds))
+    settle = round((segmentation.min_silence_seconds + 2 * segmentation.pad_seconds) * SAMPLING_RATE)
+    buffer, offset = np.zeros(0, np.float32), 0  # audio not yet cut, and where it starts in the recording
+    blocks = iter(blocks)
+    while True:
+        block = next(blocks, None)
+        last = block is None
+        if not last:
+            buffer = np.concatenate([buffer, block])
+        if not len(buffer):
+            return
+        with torch.no_grad():
+            stamps = get_speech_timestamps(torch.from_numpy(buffer), model, **options)
+        model.reset_states()
+        done = stamps if last else [stamp for stamp in stamps if stamp["end"] + settle <= len(buffer)]
+        for stamp in done:
+            yield {"start": (offset + stamp["start"]) / SAMPLING_RATE, "end": (offset + stamp["end"]) / SAMPLING_RATE,
+                   "audio": {"array": buffer[stamp["start"] : stamp["end"]].copy(), "sampling_rate": SAMPLING_RATE}}
+        if last:
+            return
+        # Restart after the last finished utterance; with none, keep the unfinished one, or only a tail of silence.
+        cut = done[-1]["end"] if done else stamps[0]["start"] if stamps else max(0, len(buffer) - settle)
+        buffer, offset = buffer[cut:], offset + cut
 
 
-__all__ = ["MisterESegmentation", "RECORDING_EXTENSIONS", "SAMPLING_RATE", "load_recording", "segment_recording"]
+def segment_recording(waveform: np.ndarray, segmentation: MisterESegmentation | None = None,
+                      block_seconds: float = 30.0) -> list[dict]:
+    """The utterances of a 16-kHz mono waveform (`load_recording`), cut as `iter_segments` cuts a stream of it. An
+    empty list when the recording holds no speech."""
+    step = int(block_seconds * SAMPLING_RATE)
+    return list(iter_segments((waveform[start : start + step] for start in range(0, len(waveform), step)),
+                              segmentation))
+
+
+__all__ = [
+    "MisterESegmentation",
+    "RECORDING_EXTENSIONS",
+    "SAMPLING_RATE",
+    "iter_segments",
+    "load_recording",
+    "read_recording",
+    "segment_recording",
+]
