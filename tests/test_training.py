@@ -32,6 +32,7 @@ from mister_e.training import (
     train_conversation_model,
     train_encoder,
     train_seeds,
+    useful_modality_dropout,
 )
 
 from tiny import tiny_sizes
@@ -141,6 +142,22 @@ def test_collator_reads_raw_rows_through_the_processor(processor, tmp_path):
     assert batch["labels"].tolist() == [[0, 1, -100], [2, -100, -100]]
     text_only = MisterEDataCollator(processor, modalities=("text",))([rows[1]])
     assert "input_values" not in text_only and text_only["input_ids"].shape[0] == 1
+
+
+@pytest.mark.parametrize("experts, expected", [
+    (["speech", "text", "cross_modal"], (0.2, 0.2)),
+    (["text"], (0.0, 0.0)),           # no expert reads speech, and none could answer without text
+    (["speech"], (0.0, 0.0)),
+    (["cross_modal"], (0.0, 0.0)),    # it needs both: any drop only deletes a training utterance
+    (["speech", "cross_modal"], (0.0, 0.2)),  # without text, the speech expert still answers
+    (["text", "cross_modal"], (0.2, 0.0)),
+])
+def test_modality_dropout_only_where_an_expert_can_still_answer(experts, expected):
+    assert useful_modality_dropout(0.2, experts) == expected
+    presence = np.ones((4000, 2), dtype=bool)
+    dropped = drop_modalities(presence, *useful_modality_dropout(0.2, experts), np.random.default_rng(0))
+    speech_kept, text_kept = dropped[:, 0].all(), dropped[:, 1].all()
+    assert (speech_kept, text_kept) == (expected[0] == 0, expected[1] == 0)  # nothing dropped at probability 0
 
 
 def test_drop_modalities_never_empties_an_utterance():

@@ -34,6 +34,7 @@ from .processing_mister_e import _check_sampling_rate, _resample, _to_mono
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000
 RECORDING_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+_WINDOW = 512  # samples: Silero VAD's frame at 16 kHz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +44,10 @@ class MisterESegmentation:
     Args:
         min_silence_seconds: A pause at least this long ends an utterance (shorter ones stay inside it).
         min_utterance_seconds: Speech shorter than this is dropped (clicks, breaths).
-        max_utterance_seconds: Longer speech is split, at its longest pause when it has one of at least 0.1 s,
-            otherwise at this length.
-        threshold: Speech probability above which a 32-ms frame counts as speech (Silero's default 0.5).
+        max_utterance_seconds: Longer speech is split: an utterance that reaches this length is cut at its quietest
+            32 ms in the second half of it, and continues after the cut.
+        threshold: Speech probability above which a 32-ms frame starts speech (Silero's default 0.5; it ends below
+            `threshold - 0.15`).
         pad_seconds: Audio kept on each side of a detected utterance, so that word onsets and endings are not cut.
     """
 
@@ -149,42 +151,64 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
     """The utterances of a recording given as 16-kHz mono blocks (`read_recording`), in order and as soon as each is
     over: `{"start", "end"}` in seconds and the `audio` dict (`array`, `sampling_rate`) of each.
 
-    Silero VAD runs on a buffer of the audio not yet cut. An utterance is over once the pause that ends it (at least
-    `min_silence_seconds`, after the padding) lies in the buffer; the buffer then restarts at its end, so the audio
-    held stays bounded whatever the recording's length. A whole file and a stream of it are cut alike, block for
-    block.
+    Silero's streaming detector (`VADIterator`) reads the audio 32 ms at a time with its state carried through the
+    whole recording, so a file and a stream of it are cut identically, and only the audio of the utterance in
+    progress is held. Utterances shorter than `min_utterance_seconds` are dropped; one that reaches
+    `max_utterance_seconds` is cut at its quietest 32 ms in the second half of that length, and continues after it.
     """
     segmentation = segmentation or MisterESegmentation()
     model = _vad_model()  # first: its ImportError names the extra
-    from silero_vad import get_speech_timestamps
+    from silero_vad import VADIterator
 
-    options = dict(threshold=segmentation.threshold, sampling_rate=SAMPLING_RATE,
-                   min_speech_duration_ms=round(1000 * segmentation.min_utterance_seconds),
-                   max_speech_duration_s=segmentation.max_utterance_seconds,
-                   min_silence_duration_ms=round(1000 * segmentation.min_silence_seconds),
-                   speech_pad_ms=round(1000 * segmentation.pad_seconds))
-    settle = round((segmentation.min_silence_seconds + 2 * segmentation.pad_seconds) * SAMPLING_RATE)
-    buffer, offset = np.zeros(0, np.float32), 0  # audio not yet cut, and where it starts in the recording
-    blocks = iter(blocks)
-    while True:
-        block = next(blocks, None)
-        last = block is None
-        if not last:
-            buffer = np.concatenate([buffer, block])
-        if not len(buffer):
-            return
-        with torch.no_grad():
-            stamps = get_speech_timestamps(torch.from_numpy(buffer), model, **options)
-        model.reset_states()
-        done = stamps if last else [stamp for stamp in stamps if stamp["end"] + settle <= len(buffer)]
-        for stamp in done:
-            yield {"start": (offset + stamp["start"]) / SAMPLING_RATE, "end": (offset + stamp["end"]) / SAMPLING_RATE,
-                   "audio": {"array": buffer[stamp["start"] : stamp["end"]].copy(), "sampling_rate": SAMPLING_RATE}}
-        if last:
-            return
-        # Restart after the last finished utterance; with none, keep the unfinished one, or only a tail of silence.
-        cut = done[-1]["end"] if done else stamps[0]["start"] if stamps else max(0, len(buffer) - settle)
-        buffer, offset = buffer[cut:], offset + cut
+    model.reset_states()
+    detector = VADIterator(model, threshold=segmentation.threshold, sampling_rate=SAMPLING_RATE,
+                           min_silence_duration_ms=round(1000 * segmentation.min_silence_seconds),
+                           speech_pad_ms=round(1000 * segmentation.pad_seconds))
+    shortest = round(segmentation.min_utterance_seconds * SAMPLING_RATE)
+    longest = round(segmentation.max_utterance_seconds * SAMPLING_RATE)
+    held, offset, position, start = np.zeros(0, np.float32), 0, 0, None  # audio held, its first sample, read, open
+
+    def utterance(first: int, last: int) -> dict | None:
+        if last - first < shortest:
+            return None
+        return {"start": first / SAMPLING_RATE, "end": last / SAMPLING_RATE,
+                "audio": {"array": held[first - offset : last - offset].copy(), "sampling_rate": SAMPLING_RATE}}
+
+    for block in blocks:
+        held = np.concatenate([held, block])
+        while offset + len(held) - position >= _WINDOW:
+            window = held[position - offset : position - offset + _WINDOW]
+            event = detector(torch.from_numpy(window)) or {}
+            position += _WINDOW
+            if "start" in event:
+                start = max(event["start"], offset)
+            if "end" in event and start is not None:
+                found, start = utterance(start, min(event["end"], offset + len(held))), None
+                if found:
+                    yield found
+            if start is not None and position - start >= longest:
+                cut = _quietest(held[start + longest // 2 - offset : start + longest - offset]) + start + longest // 2
+                found, start = utterance(start, cut), cut
+                if found:
+                    yield found
+            # Keep only what a coming utterance may still need: its padding before the detector's trigger.
+            keep = start if start is not None else position - _WINDOW - round(segmentation.pad_seconds * SAMPLING_RATE)
+            if keep - offset > 0:
+                held, offset = held[keep - offset :], keep
+    if start is not None:
+        found = utterance(start, offset + len(held))
+        if found:
+            yield found
+    model.reset_states()
+
+
+def _quietest(audio: np.ndarray) -> int:
+    """Offset of the start of the quietest 32-ms window of `audio` (the last when none is whole)."""
+    count = len(audio) // _WINDOW
+    if count == 0:
+        return len(audio)
+    energy = (audio[: count * _WINDOW].reshape(count, _WINDOW) ** 2).mean(axis=1)
+    return int(np.argmin(energy)) * _WINDOW
 
 
 def segment_recording(waveform: np.ndarray, segmentation: MisterESegmentation | None = None,

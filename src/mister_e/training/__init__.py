@@ -22,6 +22,7 @@ from .stage_two import (
     train_conversation_model,
     train_recipe,
     train_seeds,
+    useful_modality_dropout,
     with_gate_holdout,
 )
 from .trainer import (
@@ -60,5 +61,6 @@ __all__ = [
     "train_encoder",
     "train_recipe",
     "train_seeds",
+    "useful_modality_dropout",
     "with_gate_holdout",
 ]

@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
-from ..configuration_mister_e import MODALITIES, MisterEConfig
+from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, MisterEConfig
 from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
@@ -95,7 +95,7 @@ def train_conversation_model(
         dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)
     if early_stopping_patience:
         callbacks = [*(callbacks or []), EarlyStoppingCallback(early_stopping_patience)]
-    collator = MisterEDataCollator(processor, modalities, modality_dropout)
+    collator = MisterEDataCollator(processor, modalities, useful_modality_dropout(modality_dropout, model.config.experts))
     trainer = build_trainer(
         model, dataset, output_dir, collator, {**CONVERSATION_TRAINING_DEFAULTS, **(training_overrides or {})}, seed,
         "logits", processor, callbacks, gate_learning_rate,
@@ -196,6 +196,17 @@ def train_seeds(
         table = format_seed_table(summary, SUMMARY_METRICS + names)
         _write_text(output_dir / "summary.md", f"{title}\n\nSeeds {seeds}.\n\n{table}")
     return summary
+
+
+def useful_modality_dropout(modality_dropout: float | tuple[float, float], experts) -> tuple[float, float]:
+    """`(speech_p, text_p)` of modality dropout where it can teach something: a modality is dropped only when an enabled
+    expert reads it (else the drop changes nothing the experts learn from) and another enabled expert can answer from
+    the modality left (else it only deletes a training utterance). A single-expert model, such as the `text_only`
+    ablation, so trains exactly as without modality dropout."""
+    speech_p, text_p = (modality_dropout,) * 2 if isinstance(modality_dropout, (int, float)) else modality_dropout
+    reads = {modality for expert in experts for modality in EXPERT_MODALITIES[expert]}
+    return (speech_p if "speech" in reads and "text" in experts else 0.0,
+            text_p if "text" in reads and "speech" in experts else 0.0)
 
 
 def apply_ablation(recipe: Mapping[str, Any], name: str) -> dict[str, Any]:
