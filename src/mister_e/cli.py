@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .configuration_mister_e import MODALITIES
+from .conversations import read_conversation, read_utf8
 from .data import PREPARE_DATASETS
 from .recipes import ABLATIONS, load_recipe, parse_sets, route, training_fields
 
@@ -44,10 +45,7 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read_lines(path: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file."""
-    try:
-        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text.") from None
+    return [line.strip() for line in read_utf8(Path(path)).splitlines() if line.strip()]
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
@@ -138,54 +136,6 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     recording.add_argument("--vad-threshold", type=float, default=0.5, help="Speech probability threshold (0.5).")
     recording.add_argument("--csv", metavar="FILE", help="Also write the timeline as CSV.")
     recording.add_argument("--plot", metavar="FILE", help="Also draw the timeline as a PNG.")
-
-
-def read_conversation(path: str | Path) -> dict:
-    """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of WAVs.
-
-    In a folder, `transcripts.txt` (one `name<TAB>text` line per utterance, `name` = WAV file stem) gives the order
-    and the texts; without it the WAVs are taken in name order, audio only. A line without a WAV is text only.
-    """
-    path = Path(path)
-    if path.is_dir():
-        wavs = {wav.stem: str(wav) for wav in sorted(path.glob("*.wav"))}
-        transcripts = path / "transcripts.txt"
-        if not transcripts.is_file():
-            if not wavs:
-                raise ValueError(f"{path} has neither WAV files nor transcripts.txt.")
-            return {"id": path.name, "utterances": [{"id": name, "audio": wav} for name, wav in wavs.items()]}
-        utterances = []
-        for number, line in enumerate(_read_utf8(transcripts).splitlines(), 1):
-            if line.strip():
-                name, tab, text = line.partition("\t")
-                if not tab:
-                    raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
-                name = name.strip().removesuffix(".wav").removesuffix(".WAV")  # `utt00.wav` names `utt00.wav` too
-                utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
-        if wavs and not any(utterance["audio"] for utterance in utterances):
-            raise ValueError(f"{transcripts}: no line names one of the {len(wavs)} WAV files beside it (a line is "
-                             f"`name<TAB>text` with the file's name, e.g. `{next(iter(wavs))}`).")
-        return {"id": path.name, "utterances": utterances}
-    if not path.is_file():
-        raise FileNotFoundError(f"No conversation file or folder at {path}.")
-    try:
-        data = json.loads(_read_utf8(path))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    conversation = {"utterances": data} if isinstance(data, list) else data
-    if not isinstance(conversation, dict) or not isinstance(conversation.get("utterances"), list):
-        raise ValueError(f"{path}: expected {{'utterances': [...]}} or a list of utterances.")
-    for utterance in conversation["utterances"]:  # relative audio paths are relative to the JSON file
-        if isinstance(utterance, dict) and isinstance(utterance.get("audio"), str):
-            utterance["audio"] = str(path.parent / utterance["audio"])
-    return conversation
-
-
-def _read_utf8(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8.") from None
 
 
 def _run_predict(args: argparse.Namespace) -> None:
