@@ -135,12 +135,13 @@ def run_case(case: str, model_dir: Path, path: Path, repeats: int) -> dict:
     if case == "segmentation":
         from mister_e.segmentation_mister_e import load_recording, segment_recording
 
-        seconds, segments = [], None
+        seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
-            segments = segment_recording(load_recording(path))
+            waveform = load_recording(path)
+            segments = segment_recording(waveform)
             seconds.append(time.perf_counter() - start)
-        minutes = len(load_recording(path)) / SAMPLING_RATE / 60
+        minutes = len(waveform) / SAMPLING_RATE / 60
         truth = json.loads(path.with_suffix(".json").read_text())
         found = sum(any(abs(s["start"] - start) < 0.3 and abs(s["end"] - end) < 0.3 for s in segments)
                     for start, end in truth)

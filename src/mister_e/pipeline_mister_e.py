@@ -161,13 +161,10 @@ class MisterEConversationPipeline(Pipeline):
             segmentation = MisterESegmentation(**segmentation)
         source = recording.get("recording") if isinstance(recording, Mapping) and "recording" in recording else recording
         for segment in iter_segments(read_recording(source), segmentation):
-            text = self._transcribe([segment["audio"]["array"]], asr)[0] if asr else None
-            yield {**segment, "text": text}
+            yield {**segment, "text": self._transcribe(segment["audio"]["array"], asr) if asr else None}
 
-    def _transcribe(self, arrays: list, asr) -> list[str]:
-        """Transcripts through transformers' ASR pipeline, fed the in-memory audio (no FFmpeg needed)."""
-        if not arrays:
-            return []
+    def _transcribe(self, array, asr) -> str:
+        """One utterance's transcript through transformers' ASR pipeline, fed the in-memory audio (no FFmpeg)."""
         if isinstance(asr, (str, os.PathLike)):
             from transformers import pipeline
 
@@ -179,8 +176,7 @@ class MisterEConversationPipeline(Pipeline):
                     raise OSError(f"ASR model {key!r} could not be loaded (offline without its weights, or not a "
                                   f"model): {error}") from error
             asr = self._asr_pipelines[key]
-        outputs = asr([{"raw": array, "sampling_rate": SAMPLING_RATE} for array in arrays])
-        return [output["text"].strip() for output in outputs]
+        return asr({"raw": array, "sampling_rate": SAMPLING_RATE})["text"].strip()
 
     def _call_recording(self, recording, kwargs) -> list[dict]:
         options = {key: kwargs.pop(key) for key in ("segmentation", "asr") if key in kwargs}

@@ -127,7 +127,7 @@ def _array_blocks(array, sampling_rate, block_seconds: float) -> Iterator[np.nda
     array = np.asarray(array)
     if array.dtype.kind != "f":
         raise ValueError(f"A recording must be a file path, an audio dict or a float array, got {array.dtype}.")
-    waveform = _to_mono(array, "recording").astype(np.float32)
+    waveform = _to_mono(array, "recording").astype(np.float32, copy=False)
     rate = _check_sampling_rate(sampling_rate, "recording")
     if rate != SAMPLING_RATE and waveform.size:
         waveform = _resample(waveform, rate, SAMPLING_RATE)
@@ -215,9 +215,7 @@ def segment_recording(waveform: np.ndarray, segmentation: MisterESegmentation | 
                       block_seconds: float = 30.0) -> list[dict]:
     """The utterances of a 16-kHz mono waveform (`load_recording`), cut as `iter_segments` cuts a stream of it. An
     empty list when the recording holds no speech."""
-    step = int(block_seconds * SAMPLING_RATE)
-    return list(iter_segments((waveform[start : start + step] for start in range(0, len(waveform), step)),
-                              segmentation))
+    return list(iter_segments(_array_blocks(waveform, SAMPLING_RATE, block_seconds), segmentation))
 
 
 __all__ = [
