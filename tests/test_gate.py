@@ -155,7 +155,7 @@ def test_gate_learns_to_drop_a_noise_expert(tmp_path, gate):
     recipe = load_recipe("small")
     dataset = synthetic(np.random.default_rng(0), sizes=(60, 12, 20))
     train_conversation_model(
-        dataset, tmp_path / "run", {**recipe["config"], **TINY, **gate}, {**recipe["training"], "num_train_epochs": 15},
+        dataset, tmp_path / "run", {**recipe["config"], **TINY, **gate}, {**recipe["training"], "num_train_epochs": 20},
         seed=0, gate_learning_rate=recipe["gate_learning_rate"], report=False,
     )
     model = MisterEForEmotionRecognition.from_pretrained(tmp_path / "run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import shutil
@@ -76,6 +77,17 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor
     return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
 
 
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`values` for the True entries of the `(batch, utterances)` mask `rows`, in order, placed in a zero
+    `(batch, utterances, dim)` tensor: the way back from `inputs[rows]`."""
+    return values.new_zeros(*rows.shape, values.shape[-1]).masked_scatter(rows[..., None], values)
+
+
+def _full_precision_on_cuda(tensor: torch.Tensor):
+    """Recurrences in float32 under CUDA autocast: a bfloat16 GRU leaves cuDNN's fast path (several times slower)."""
+    return torch.autocast("cuda", enabled=False) if tensor.is_cuda else contextlib.nullcontext()
+
+
 class MisterEContextModule(nn.Module):
     """Convolutional-recurrent context over one modality's utterance sequence, with a linear skip and classifier.
 
@@ -103,17 +115,26 @@ class MisterEContextModule(nn.Module):
         self.dropout = nn.Dropout(config.context_dropout)
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = inputs
+        # Every dense layer runs on the real utterances alone (`rows`): padding costs no arithmetic.
+        rows = attention_mask.bool()
+        hidden = real = inputs[rows]
         if self.convs:
-            channels_first = inputs.transpose(1, 2)
-            hidden = self.dropout(sum(
-                F.relu(conv(F.pad(channels_first, self._padding(k)))) for conv, k in zip(self.convs, self.kernel_sizes)
-            ).transpose(1, 2))
+            hidden = self.dropout(sum(F.relu(self._convolve(conv, inputs, rows)) for conv in self.convs))
         if self.gru is not None:
-            lengths = attention_mask.sum(1).clamp(min=1).cpu()
-            packed = pack_padded_sequence(hidden, lengths, batch_first=True, enforce_sorted=False)
-            hidden = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=inputs.shape[1])[0]
-        return self.classifier(self.dropout(hidden) + self.skip(inputs))
+            lengths = rows.sum(1).clamp(min=1).cpu()
+            packed = pack_padded_sequence(scatter_rows(hidden, rows), lengths, batch_first=True, enforce_sorted=False)
+            with _full_precision_on_cuda(hidden):
+                states = self.gru(packed.float() if hidden.is_cuda else packed)[0]
+            hidden = pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0][rows]
+        return scatter_rows(self.classifier(self.dropout(hidden) + self.skip(real)), rows)
+
+    def _convolve(self, conv: nn.Conv1d, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`conv` at the real utterances only, as one matrix product: each row's window of `k` zero-padded inputs
+        (`unfold`, laid out as the weight's `(in, k)`) times the weight viewed as `(out, in * k)`."""
+        kernel_size = conv.kernel_size[0]
+        padded = F.pad(inputs.transpose(1, 2), self._padding(kernel_size))
+        windows = padded.unfold(2, kernel_size, 1).transpose(1, 2)[rows]
+        return F.linear(windows.reshape(len(windows), -1), conv.weight.view(conv.out_channels, -1), conv.bias)
 
     def step(self, inputs: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         """Causal mode, one new utterance `(batch, dim)`: the last inputs feed the convolutions, the GRU carries on."""
@@ -151,20 +172,23 @@ class MisterEAttention(nn.Module):
         self.v_proj = nn.Linear(config.cross_modal_dim, config.attention_dim)
         self.out_proj = nn.Linear(config.attention_dim, config.cross_modal_dim)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q_proj(queries)), self._heads(self.k_proj(keys)), self._heads(self.v_proj(keys))
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """`queries`, `keys`: `(real utterances, width)`, the True entries of `rows` `(batch, utterances)` in order;
+        only the narrow projections are laid out by conversation for the dot products."""
+        q, k, v = (self._heads(scatter_rows(projection(x), rows))
+                   for projection, x in ((self.q_proj, queries), (self.k_proj, keys), (self.v_proj, keys)))
         allowed = key_mask[:, None, None, :]
         if self.causal:
-            ones = torch.ones(queries.shape[1], keys.shape[1], dtype=torch.bool, device=keys.device)
+            ones = torch.ones(rows.shape[1], rows.shape[1], dtype=torch.bool, device=keys.device)
             allowed = allowed & ones.tril()
-        return self._attend(q, k, v, allowed)
+        return self.out_proj(self._attend(q, k, v, allowed)[rows])
 
     def step(self, query, key, key_mask, cache):
         """One new position `(batch, 1, width)` against all earlier ones; `cache` holds their projected keys/values."""
         k, v, mask = self._heads(self.k_proj(key)), self._heads(self.v_proj(key)), key_mask
         if cache is not None:
             k, v, mask = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2), torch.cat([cache[2], mask], 1)
-        return self._attend(self._heads(self.q_proj(query)), k, v, mask[:, None, None, :]), (k, v, mask)
+        return self.out_proj(self._attend(self._heads(self.q_proj(query)), k, v, mask[:, None, None, :])), (k, v, mask)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
@@ -176,7 +200,7 @@ class MisterEAttention(nn.Module):
             q, k, v, attn_mask=allowed | ~has_key, dropout_p=self.dropout if self.training else 0.0
         )
         attended = (attended * has_key).transpose(1, 2)
-        return self.out_proj(attended.reshape(*attended.shape[:2], -1))
+        return attended.reshape(*attended.shape[:2], -1)
 
 
 class MisterEAttentionSublayer(nn.Module):
@@ -188,8 +212,8 @@ class MisterEAttentionSublayer(nn.Module):
         self.dropout = nn.Dropout(config.residual_dropout)
         self.layer_norm = nn.LayerNorm(config.cross_modal_dim, eps=config.layer_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        return self.layer_norm(hidden + self.dropout(self.attention(hidden, context, context_mask)))
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, rows: torch.Tensor, context_mask: torch.Tensor):
+        return self.layer_norm(hidden + self.dropout(self.attention(hidden, context, rows, context_mask)))
 
     def step(self, hidden, context, context_mask, cache):
         attended, cache = self.attention.step(hidden, context, context_mask, cache)
@@ -206,9 +230,9 @@ class MisterECoAttentionLayer(nn.Module):
         self.speech_self = MisterEAttentionSublayer(config)
         self.text_self = MisterEAttentionSublayer(config)
 
-    def forward(self, speech, text, speech_mask, text_mask):
-        speech, text = self.speech_cross(speech, text, text_mask), self.text_cross(text, speech, speech_mask)
-        return self.speech_self(speech, speech, speech_mask), self.text_self(text, text, text_mask)
+    def forward(self, speech, text, rows, speech_mask, text_mask):
+        speech, text = self.speech_cross(speech, text, rows, text_mask), self.text_cross(text, speech, rows, speech_mask)
+        return self.speech_self(speech, speech, rows, speech_mask), self.text_self(text, text, rows, text_mask)
 
     def step(self, speech, text, speech_mask, text_mask, caches: dict):
         """The new position of each stream; `caches` (one per attention, updated in place) hold the earlier ones."""
@@ -236,10 +260,14 @@ class MisterECrossModalExpert(nn.Module):
         )
 
     def forward(self, speech_embeds, text_embeds, speech_mask, text_mask):
+        # Both streams are kept as `(real utterances, width)` rows: padding costs no arithmetic.
+        rows = speech_mask | text_mask
+        speech_embeds, text_embeds = speech_embeds[rows], text_embeds[rows]
         speech, text = self.speech_proj(speech_embeds), self.text_proj(text_embeds)
         for layer in self.layers:
-            speech, text = layer(speech, text, speech_mask, text_mask)
-        return self._classify(speech, text, speech_embeds, text_embeds)
+            speech, text = layer(speech, text, rows, speech_mask, text_mask)
+        outputs = self._classify(speech, text, speech_embeds, text_embeds)
+        return tuple(scatter_rows(output, rows) for output in outputs)
 
     def step(self, speech_embeds, text_embeds, speech_mask, text_mask, state: list | None):
         """Causal mode, one new utterance per conversation (`(batch, 1, dim)` inputs, `(batch, 1)` masks)."""
