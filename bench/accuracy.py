@@ -4,6 +4,8 @@ seeds.
     python bench/accuracy.py              # full run (hours on 2 CPU cores): bench/results/accuracy.{json,md}
     python bench/accuracy.py --skip-lora  # frozen MiniLM text only (no stage-1 LoRA encoders)
     python bench/accuracy.py --quick      # harness check in a few minutes (subsets, 1 seed, 1 epoch), nothing kept
+    python bench/accuracy.py --only meld mosi --skip-lora --set bf16=true --results accuracy_bf16 \
+        --work runs/bench-accuracy-bf16   # the same stage-2 runs under CPU bfloat16 autocast
 
 Reads `../shared/data` (or `--data`): the official MELD CSVs, the bc-LSTM CMU-MOSI release and EmoDB (see its
 README). Every model is selected on its validation split only and scores the test split once. Finished runs are reused
@@ -44,6 +46,7 @@ from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds
 from mister_e.evaluation import summarize_seeds
 from mister_e.extraction import extract_embeddings
+from mister_e.recipes import parse_sets
 from mister_e.training import evaluate_model, load_recipe, run_ablations, train_encoder, train_recipe
 
 import baselines
@@ -55,6 +58,7 @@ SEEDS = (0, 1, 2)
 # probability-space mixture with a gate in its own optimizer group, early stopping), chosen on validation splits by
 # `bench/search_small_recipe.py`; the paper's recipe at paper size takes 2.2 h per seed here (see BENCHMARKS.md).
 RECIPE = "small"
+STAGE_TWO_SETS: dict = {}  # `--set`: overrides of every stage-2 recipe
 TEXT_ONLY = dict(experts=["text"])
 NO_CONTEXT = dict(context_module="conv", conv_kernel_sizes=[1])
 # Stage 1: LoRA r=8/alpha=32 on MiniLM (the spec's text settings), 256-d projection, lr 2e-4 (1e-5 in the spec is
@@ -86,7 +90,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Harness check: subsets, 1 seed, 1 epoch, temp folders.")
     parser.add_argument("--skip-lora", action="store_true",
                         help="Frozen MiniLM only (no stage-1 LoRA text encoders: most of the run's time).")
+    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="Overrides of every stage-2 recipe (as `mister-e train --set`), e.g. bf16=true.")
+    parser.add_argument("--results", default="accuracy", help="Name of the results files in bench/results/.")
     args = parser.parse_args()
+    STAGE_TWO_SETS.update(parse_sets(args.set))
     missing = [name for name in args.only if not (args.data / name).is_dir()]
     if missing:
         raise SystemExit(f"No benchmark data at {args.data} (expected {', '.join(f'{m}/' for m in missing)} inside).")
@@ -100,10 +108,10 @@ def main() -> None:
         return
     results = run(args.data, args.work, args.only, args.seeds, False, not args.skip_lora)
     # Data sets not run this time keep their previous results (`--only emodb` must not drop MELD and MOSI).
-    path = ROOT / "results" / "accuracy.json"
+    path = ROOT / "results" / f"{args.results}.json"
     results = {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
     path.write_text(json.dumps(results, indent=2))
-    (ROOT / "results" / "accuracy.md").write_text(markdown(results))
+    path.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
 
 
@@ -151,7 +159,7 @@ def subset(dataset: DatasetDict, dialogues: int) -> DatasetDict:
 
 def small_recipe(quick: bool, **overrides) -> dict:
     """The stage-2 recipe of every table (one epoch for a harness check)."""
-    return load_recipe(RECIPE, {**overrides, **({"num_train_epochs": 1} if quick else {})})
+    return load_recipe(RECIPE, {**overrides, **STAGE_TWO_SETS, **({"num_train_epochs": 1} if quick else {})})
 
 
 def stage_two(dataset, output_dir: Path, config: dict, seed: int, modalities, quick: bool) -> dict:

@@ -1,32 +1,139 @@
-"""Stage-2 training speed at paper sizes on an IEMOCAP-sized synthetic set, against this machine's matmul rate.
+"""Stage-2 speed at paper sizes on MELD's conversations: ours against the authors' released code on identical batches,
+and against this machine's matmul rate.
 
-    python bench/stage2_speed.py                                 # bench/results/stage2_speed.json (CPU)
-    python bench/stage2_speed.py --device cuda                   # bench/results/stage2_speed_cuda.json (fp32)
-    python bench/stage2_speed.py --device cuda --dtype bfloat16  # bench/results/stage2_speed_cuda_bf16.json (autocast)
-    python bench/stage2_speed.py --quick                         # a few steps, harness check, nothing written
+    python bench/stage2_speed.py --authors PATH/hierarchical_moe.py  # side by side -> bench/results/stage2_speed.json
+    python bench/stage2_speed.py                                     # ours alone (no authors' code at hand)
+    python bench/stage2_speed.py --device cuda                       # -> bench/results/stage2_speed_cuda.json
+    python bench/stage2_speed.py --quick                             # a few steps, harness check, nothing written
 
-Measures seconds per training step (8 conversations, Adam, clip 1.0), extrapolates seconds per epoch and per
-100-epoch run, counts the FLOPs of one step with torch's FlopCounterMode, and compares the achieved FLOP/s with a dense
-matmul of the same dtype measured in the same run (the practical limit). Peak RSS is the process's maximum resident
-set; on a GPU, peak allocated GPU memory is reported too. With `--dtype bfloat16` the step runs under autocast (weights
-and optimizer stay fp32).
+`--authors` is the authors' `hierarchical_moe.py` (github.com/iiscleap/MiSTER-E), loaded from where the user keeps it:
+none of its code is in this project. Both models are paper size (2048-d speech and text embeddings, 7 classes) and see
+the same batches: MELD-train's dialogue lengths (from `--data`, or a synthetic stand-in), shuffled once, 8 dialogues a
+batch padded to the longest, as both training scripts batch them. A training step is forward, loss, backward, clip 1.0
+and the optimizer: ours is what the paper recipe builds (fused AdamW, no weight decay), theirs is their script's (Adam,
+lr 1e-5) with their objective (focal losses with exponent 3 on the mixture and each expert, SupCon weight 2 on the
+co-attention vectors, symmetric KL weight 0.1), computed by this package's loss functions. Contenders alternate pass by
+pass (`timing.py`) and keep their best pass. bfloat16 rows run under CPU/CUDA autocast (weights and optimizer fp32).
+
+Also: inference (eval mode, no gradients) at 8 dialogues a batch and one at a time; FLOPs of our training step counted
+by FlopCounterMode against a dense matmul of the same dtype; peak memory of each model's training in a fresh process;
+and our step over length-grouped batches of the same dialogues (Trainer's `group_by_length` grouping).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
 import json
 import platform
 import resource
+import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
+from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
 
-CONVERSATIONS, UTTERANCES, BATCH = 151, 7433, 8
+from timing import RESULTS, best_of_alternating
+
+BATCH, LABELS, WIDTH, MEASURED_BATCHES = 8, 7, 2048, 24
+
+
+def meld_lengths(data: Path) -> tuple[list[int], str]:
+    """MELD-train's dialogue lengths (1038 dialogues, 9989 utterances), or a seeded stand-in of the same shape."""
+    path = data / "meld" / "train_sent_emo.csv"
+    if path.is_file():
+        with path.open(encoding="utf-8") as file:
+            return list(Counter(row["Dialogue_ID"] for row in csv.DictReader(file)).values()), "MELD train"
+    uniform = torch.rand(1038, generator=torch.Generator().manual_seed(0))
+    lengths = (torch.log1p(-uniform) / torch.log(torch.tensor(0.9))).ceil().clamp(1, 24)  # geometric, mean ~9.5
+    return lengths.long().tolist(), "synthetic (no MELD CSV)"
+
+
+def batches_of(lengths: list[int], count: int, device: torch.device) -> list[dict]:
+    """`count` batches of 8 dialogues, spread evenly over the shuffled set; random embeddings, zero at padding."""
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    groups = [[lengths[i] for i in order[start:start + BATCH]] for start in range(0, len(order), BATCH)]
+    return [batch_of(group, generator, device) for group in groups[:: max(1, len(groups) // count)][:count]]
+
+
+def batch_of(lengths: list[int], generator: torch.Generator, device: torch.device) -> dict:
+    longest = max(lengths)
+    mask = torch.tensor([[1] * n + [0] * (longest - n) for n in lengths])
+    embeds = [torch.randn(len(lengths), longest, WIDTH, generator=generator) * mask[..., None] for _ in range(2)]
+    labels = torch.randint(0, LABELS, mask.shape, generator=generator).masked_fill(mask == 0, -100)
+    batch = dict(speech_embeds=embeds[0], text_embeds=embeds[1], attention_mask=mask, labels=labels)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def utterances(batches: list[dict]) -> int:
+    return int(sum(batch["attention_mask"].sum() for batch in batches))
+
+
+class Ours:
+    def __init__(self, device):
+        torch.manual_seed(0)
+        self.model = MisterEForEmotionRecognition(MisterEConfig(num_labels=LABELS)).to(device)
+        # What the paper recipe's `optim: adamw_torch_fused`, `weight_decay: 0` builds.
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
+
+    def loss(self, batch):
+        return self.model(**batch).loss
+
+    def infer(self, batch):
+        return self.model(batch["speech_embeds"], batch["text_embeds"], batch["attention_mask"]).logits
+
+
+class Authors:
+    """The authors' `AttentionMoE` with the optimiser and objective of their `train_moe.py`."""
+
+    def __init__(self, device, path: Path):
+        spec = importlib.util.spec_from_file_location("hierarchical_moe", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        torch.manual_seed(0)
+        self.model = module.AttentionMoE(WIDTH, 768, LABELS).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
+
+    def loss(self, batch):
+        mixture, speech, text, speech_logits, text_logits, fusion_logits, kl, _, _ = self.model(
+            batch["speech_embeds"], batch["text_embeds"])
+        rows, labels = batch["attention_mask"].bool(), batch["labels"].clamp(min=0)
+        loss = sum(focal_loss(logits, labels, rows, 3.0) for logits in (mixture, speech_logits, text_logits, fusion_logits))
+        features = torch.cat([speech[rows], text[rows]])
+        return loss + 2.0 * supervised_contrastive_loss(features, torch.cat([labels[rows]] * 2), 1.0) + 0.1 * kl
+
+    def infer(self, batch):
+        return self.model(batch["speech_embeds"], batch["text_embeds"])[0]
+
+
+def train_step(contender, batch, dtype):
+    contender.optimizer.zero_grad()
+    device_type = batch["labels"].device.type
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+        loss = contender.loss(batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(contender.model.parameters(), 1.0)
+    contender.optimizer.step()
+
+
+def timed(device):
+    def run(work, items):
+        synchronize(device)
+        start = time.perf_counter()
+        for item in items:
+            work(item)
+        synchronize(device)
+        return time.perf_counter() - start
+    return run
 
 
 def synchronize(device: torch.device) -> None:
@@ -34,8 +141,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_second(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    size, repeats = (8192, 50) if device.type == "cuda" else (size, repeats)
+def matmul_flops_per_second(device: torch.device, dtype: torch.dtype) -> float:
+    size, repeats = (8192, 50) if device.type == "cuda" else (2048, 10)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
     synchronize(device)
@@ -46,95 +153,145 @@ def matmul_flops_per_second(device: torch.device, dtype: torch.dtype, size: int 
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def conversation_lengths(generator: torch.Generator) -> list[int]:
-    """151 lengths summing to 7433, spread like IEMOCAP's dialogues (about 20 to 110 utterances)."""
-    raw = torch.rand(CONVERSATIONS, generator=generator) * 0.9 + 0.4
-    lengths = (raw / raw.sum() * UTTERANCES).floor().long()
-    lengths[: UTTERANCES - int(lengths.sum())] += 1
-    return lengths.tolist()
+def peak_memory(args, contender: str) -> float:
+    """Peak RSS (CPU) or allocated GPU memory, GiB, of training `contender` on the longest batches, in a fresh process."""
+    command = [sys.executable, __file__, "--memory-of", contender, "--device", args.device, "--data", str(args.data)]
+    if args.authors:
+        command += ["--authors", str(args.authors)]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
-def batch_of(lengths: list[int], config: MisterEConfig, generator: torch.Generator, device: torch.device) -> dict:
-    longest = max(lengths)
-    mask = torch.tensor([[1] * n + [0] * (longest - n) for n in lengths])
-    labels = torch.randint(0, config.num_labels, mask.shape, generator=generator).masked_fill(mask == 0, -100)
-    batch = dict(
-        speech_embeds=torch.randn(len(lengths), longest, config.speech_embed_dim, generator=generator),
-        text_embeds=torch.randn(len(lengths), longest, config.text_embed_dim, generator=generator),
-        attention_mask=mask,
-        labels=labels,
-    )
-    return {key: value.to(device) for key, value in batch.items()}
+def memory_probe(args) -> None:
+    device = torch.device(args.device)
+    name, _, precision = args.memory_of.partition(":")
+    contender = Ours(device) if name == "ours" else Authors(device, args.authors)
+    lengths, _ = meld_lengths(args.data)
+    batches = sorted(batches_of(lengths, MEASURED_BATCHES, device), key=lambda b: -b["labels"].numel())[:3]
+    for batch in batches:
+        train_step(contender, batch, getattr(torch, precision or "float32"))
+    if device.type == "cuda":
+        print(torch.cuda.max_memory_allocated(device) / 2**30)
+    else:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--authors", type=Path, help="the authors' hierarchical_moe.py (side-by-side mode)")
+    parser.add_argument("--data", type=Path, default=RESULTS.parent.parent.parent / "shared" / "data")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
-    parser.add_argument("--output", help="results file (default: bench/results/stage2_speed[_<device>][_bf16].json)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    name = "stage2_speed" + ("" if device.type == "cpu" else f"_{device.type}") + ("_bf16" if args.dtype != "float32" else "")
-    output = args.output or (None if args.quick else Path(__file__).parent / "results" / f"{name}.json")
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    config = MisterEConfig()
-    model = MisterEForEmotionRecognition(config).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-    lengths = conversation_lengths(generator)
-    batches = [lengths[i : i + BATCH] for i in range(0, CONVERSATIONS, BATCH)]
+    if args.authors is not None and not args.authors.is_file():
+        raise SystemExit(f"--authors {args.authors}: no such file (the authors' hierarchical_moe.py).")
+    if args.memory_of:
+        return memory_probe(args)
+    device = torch.device(args.device)
+    lengths, source = meld_lengths(args.data)
+    batches = batches_of(lengths, 2 if args.quick else MEASURED_BATCHES, device)
+    count = utterances(batches)
+    passes = 1 if args.quick else 2
+    bf16 = torch.bfloat16
+    ours = Ours(device)
+    contenders = {"ours": (ours, torch.float32), "ours_bf16": (ours, bf16)}
+    if args.authors:
+        authors = Authors(device, args.authors)
+        contenders |= {"authors": (authors, torch.float32), "authors_bf16": (authors, bf16)}
+    else:
+        print("No --authors path given: measuring ours alone (side-by-side figures skipped).")
+    run = timed(device)
 
-    def step(batch):
-        optimizer.zero_grad()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+    for contender, dtype in contenders.values():  # warm-up
+        train_step(contender, batches[0], dtype)
+    training = {name: (lambda c=c, d=d: run(lambda b: train_step(c, b, d), batches))
+                for name, (c, d) in contenders.items()}
+    train_seconds, train_best = best_of_alternating(passes, **training)
+    grouped = batches_of_grouped(lengths, count, device, args.quick)
+    grouped_seconds = min(run(lambda b: train_step(ours, b, torch.float32), grouped) for _ in range(passes))
+    grouped_rate = utterances(grouped) / grouped_seconds
 
-    measured = batches[:2] if args.quick else batches
-    step(batch_of(measured[0], config, generator, device))  # warm-up
+    def inference(contender, dtype, one_at_a_time):
+        contender.model.eval()
+        items = [single for batch in batches for single in split(batch)] if one_at_a_time else batches
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            seconds = run(contender.infer, items)
+        contender.model.train()
+        return seconds
+
+    infer = {f"{name}_batch{size}": (lambda c=c, d=d, s=size: inference(c, d, s == 1))
+             for name, (c, d) in contenders.items() for size in (8, 1)}
+    infer_seconds, infer_best = best_of_alternating(passes, **infer)
+
     with FlopCounterMode(display=False) as counter:
-        step(batch_of(measured[0], config, generator, device))
-    flops_first_batch = counter.get_total_flops()
-    inputs = [batch_of(lengths_of_batch, config, generator, device) for lengths_of_batch in measured]
-    synchronize(device)
-    start, utterances = time.perf_counter(), 0
-    for lengths_of_batch, batch in zip(measured, inputs):
-        step(batch)
-        utterances += sum(lengths_of_batch)
-    synchronize(device)
-    elapsed = time.perf_counter() - start
-    seconds_per_epoch = elapsed / len(measured) * len(batches)
-    step_flops_per_utterance = flops_first_batch / sum(measured[0])
-    matmul_rate = matmul_flops_per_second(device, dtype)
-    achieved = step_flops_per_utterance * utterances / elapsed
+        train_step(ours, batches[0], torch.float32)
+    flops_per_utterance = counter.get_total_flops() / utterances(batches[:1])
+    rates = {"float32": matmul_flops_per_second(device, torch.float32),
+             "bfloat16": matmul_flops_per_second(device, bf16)}
+
     results = {
         "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else
                     f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
         + f", torch {torch.__version__}",
-        "dtype": args.dtype,
         "quick": args.quick,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "steps_measured": len(measured),
-        "seconds_per_step": elapsed / len(measured),
-        "seconds_per_epoch": seconds_per_epoch,
-        "hours_per_100_epochs": seconds_per_epoch * 100 / 3600,
-        "utterances_per_second": utterances / elapsed,
-        "counted_flops_per_utterance": step_flops_per_utterance,
-        "achieved_flops_per_second": achieved,
-        "matmul_flops_per_second": matmul_rate,
-        "fraction_of_matmul_rate": achieved / matmul_rate,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "note": "FlopCounterMode counts the ops it knows (matmuls, convolutions, attention); an op it does not count "
-        "(a fused RNN kernel, say) makes the achieved FLOP/s a lower bound.",
+        "dialogues": source,
+        "batches_measured": len(batches),
+        "utterances_measured": count,
+        "padded_slots_measured": sum(batch["labels"].numel() for batch in batches),
+        "parameters": {"ours": sum(p.numel() for p in ours.model.parameters()),
+                       **({"authors": sum(p.numel() for p in authors.model.parameters())} if args.authors else {})},
+        "training_utterances_per_second": {name: count / s for name, s in train_best.items()},
+        "training_utterances_per_second_length_grouped_batches": {"ours": grouped_rate},
+        "inference_utterances_per_second": {name: count / s for name, s in infer_best.items()},
+        "seconds_per_meld_epoch": {name: sum(lengths) / (count / s) for name, s in train_best.items()},
+        "counted_training_flops_per_utterance": flops_per_utterance,
+        "matmul_flops_per_second": rates,
+        "fraction_of_matmul_rate": {
+            "ours": flops_per_utterance * count / train_best["ours"] / rates["float32"],
+            "ours_bf16": flops_per_utterance * count / train_best["ours_bf16"] / rates["bfloat16"],
+        },
+        "seconds": {"training": train_seconds, "inference": infer_seconds},
+        "note": "FlopCounterMode counts matmuls, convolutions and attention, not the GRU's recurrent kernel on every "
+                "backend: the fractions are lower bounds.",
     }
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(results, indent=2))
+    if args.authors:
+        results["ratios"] = {
+            "training_fp32_over_authors_fp32": train_best["authors"] / train_best["ours"],
+            "training_bf16_over_authors_fp32": train_best["authors"] / train_best["ours_bf16"],
+            "training_bf16_over_authors_bf16": train_best["authors_bf16"] / train_best["ours_bf16"],
+            **{f"inference_batch{size}_{precision}_over_authors_fp32":
+               infer_best[f"authors_batch{size}"] / infer_best[f"ours{suffix}_batch{size}"]
+               for size in (8, 1) for precision, suffix in (("fp32", ""), ("bf16", "_bf16"))},
+        }
+    if not args.quick:
+        results["peak_memory_gib"] = {name: peak_memory(args, name) for name in
+                                      ("ours", "ours:bfloat16", *(("authors",) if args.authors else ()))}
     print(json.dumps(results, indent=2))
+    if not args.quick:
+        name = "stage2_speed" + ("" if device.type == "cpu" else f"_{device.type}")
+        (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+
+
+def split(batch: dict) -> list[dict]:
+    """The batch's dialogues one at a time, unpadded."""
+    lengths = batch["attention_mask"].sum(1).tolist()
+    return [{key: value[i : i + 1, :n] for key, value in batch.items()} for i, n in enumerate(lengths)]
+
+
+def batches_of_grouped(lengths: list[int], count: int, device: torch.device, quick: bool) -> list[dict]:
+    """Batches of the same shuffled dialogues grouped by length as Trainer's `group_by_length` does, as many as it
+    takes to hold about `count` utterances."""
+    generator = torch.Generator().manual_seed(0)
+    order = get_length_grouped_indices(lengths, BATCH, generator=generator)
+    groups = [[lengths[i] for i in order[start:start + BATCH]] for start in range(0, len(order), BATCH)]
+    groups = groups[1:]  # the first is the longest of all (Trainer puts it first to fail early on memory)
+    picked, total = [], 0
+    for group in groups[:: max(1, len(groups) // (2 if quick else MEASURED_BATCHES))]:
+        if total >= count:
+            break
+        picked.append(batch_of(group, generator, device))
+        total += sum(group)
+    return picked
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from mister_e.training import (
     ABLATIONS,
     MisterEDataCollator,
     apply_ablation,
+    build_trainer,
     drop_modalities,
     evaluate_model,
     flatten_utterances,
@@ -208,6 +209,34 @@ def test_trainer_learns_a_learnable_task(data, tmp_path, capsys):
     assert len(evals) == 6 and state["best_metric"] == max(evals) == results["validation"]["weighted_f1"]
     reloaded = MisterEForEmotionRecognition.from_pretrained(tmp_path)
     assert reloaded.config.speech_embed_dim == SPEECH_DIM and reloaded.config.num_labels == len(LABELS)
+
+
+def test_length_grouped_batches_pad_as_little_as_sorting_does(data, tmp_path):
+    """`train_sampling_strategy=group_by_length`: Trainer's sampler, fed the dialogue lengths from the label column."""
+    collator = MisterEDataCollator()
+    trainer = build_trainer(MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM,
+                            text_embed_dim=TEXT_DIM, num_labels=len(LABELS))), data, tmp_path, collator,
+                            {**FAST, "train_sampling_strategy": "group_by_length", "per_device_train_batch_size": 4})
+    batches = list(trainer.get_train_dataloader())
+    for batch in batches:  # Trainer's sampler sorts each mega-batch by length, then cuts it into batches
+        lengths = batch["attention_mask"].sum(1).tolist()
+        assert lengths == sorted(lengths, reverse=True)
+    slots = sum(batch["labels"].numel() for batch in batches)
+    shuffled = build_trainer(trainer.model, data, tmp_path, collator, {**FAST, "per_device_train_batch_size": 4})
+    assert sum(batch["labels"].numel() for batch in shuffled.get_train_dataloader()) > slots
+
+
+def test_stage_two_trains_under_cpu_bfloat16_autocast(data, tmp_path):
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       num_labels=len(LABELS)))
+    autocast = []
+    model.text_expert.register_forward_pre_hook(lambda *_: autocast.append(torch.is_autocast_enabled("cpu")))
+    results = train_conversation_model(data, tmp_path, training_overrides={**FAST, "num_train_epochs": 1, "bf16": True},
+                                       model=model, report=False)
+    assert autocast and all(autocast)  # training and validation steps
+    model = MisterEForEmotionRecognition.from_pretrained(tmp_path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+    assert 0.0 <= results["validation"]["weighted_f1"] <= 1.0
 
 
 class _LossLog(TrainerCallback):

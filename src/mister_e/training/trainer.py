@@ -28,6 +28,7 @@ from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -101,6 +102,19 @@ class MisterETrainer(Trainer):
                                            "lr": self.gate_learning_rate})
         optimizer._gate_group = True
         return optimizer
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`train_sampling_strategy: group_by_length` groups conversations of similar length (Trainer's sampler), their
+        lengths read from the label column: dialogue rows have no `input_ids` for Trainer to measure."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        per_utterance_labels = LABELS in columns and hasattr(dataset.features[LABELS], "feature")
+        if (self.args.train_sampling_strategy == "group_by_length" and self.args.length_column_name not in columns
+                and per_utterance_labels):
+            lengths = [len(labels) for labels in dataset[LABELS]]
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths)
+        return super()._get_train_sampler(train_dataset)
 
     def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
         # Every loader of Trainer 5.x is built here; `is_training` tells the training loader from the others.
