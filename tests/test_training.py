@@ -21,6 +21,7 @@ from mister_e.evaluation import load_erc_metric
 from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.recipes import parse_sets
+from mister_e.training.checkpoints import BEST_WEIGHTS
 from mister_e.training import (
     ABLATIONS,
     MisterEDataCollator,
@@ -181,8 +182,8 @@ def test_drop_modalities_never_empties_an_utterance():
 
 def test_trainer_learns_a_learnable_task(data, tmp_path, capsys):
     capsys.readouterr()
-    results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "num_train_epochs": 6}, seed=0,
-                                       keep_checkpoints=True)
+    results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "num_train_epochs": 6, "checkpoint_budget": 0},
+                                       seed=0, keep_checkpoints=True)
     printed = capsys.readouterr()  # calm output: a line per epoch, no raw log dictionaries, no bar off a terminal
     epochs = [line for line in printed.err.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in epochs] == [f"epoch {n}/6" for n in range(1, 7)], printed.err
@@ -298,7 +299,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     # Dropout stays on: resuming must restore the random state as well as weights, optimiser and data order.
     data = corpus(train=8, validation=4, test=2)
     training = {**FAST, "num_train_epochs": 3, "per_device_train_batch_size": 2, "eval_strategy": "steps",
-                "save_strategy": "steps", "eval_steps": 3, "save_steps": 3}
+                "save_strategy": "steps", "eval_steps": 3, "save_steps": 3, "checkpoint_budget": 0}
     train_conversation_model(data, tmp_path / "straight", SIZES, training, seed=3, report=False, keep_checkpoints=True)
     with pytest.raises(_Crash):  # step 6 is the middle of the second epoch
         train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=3, callbacks=[_CrashAfterSave(6)])
@@ -316,6 +317,66 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert resumed == json.loads((tmp_path / "straight" / "results.json").read_text()) | {
         "best_checkpoint": resumed["best_checkpoint"]}
 
+
+
+def _weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+PACED = {**FAST, "learning_rate": 0.1, "num_train_epochs": 5, "per_device_train_batch_size": 2,
+         "save_total_limit": None}
+
+
+@pytest.fixture(scope="module")
+def every_epoch(tmp_path_factory):
+    """A run that writes a checkpoint at every epoch (budget 0), all kept: the reference of the pacing tests. Its
+    validation score peaks at the second of five epochs (a high learning rate)."""
+    folder = tmp_path_factory.mktemp("every")
+    results = train_conversation_model(corpus(train=8, validation=4, test=2), folder, SIZES,
+                                       {**PACED, "checkpoint_budget": 0}, seed=2, report=False, keep_checkpoints=True)
+    return folder, results
+
+
+def test_paced_checkpoints_keep_selection_and_resuming_exact(every_epoch, tmp_path):
+    """A budget that no write fits: only the first evaluation writes a checkpoint; a run cut short resumes from it, and
+    ends with the model and scores of the run that wrote every epoch."""
+    reference, every = every_epoch
+    data, training = corpus(train=8, validation=4, test=2), {**PACED, "checkpoint_budget": 1e-9}
+    with pytest.raises(_Crash):  # in the last epoch, long after the only checkpoint
+        train_conversation_model(data, tmp_path, SIZES, training, seed=2, callbacks=[_CrashAtStep(18)])
+    assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-4"]
+    resumed = train_conversation_model(data, tmp_path, SIZES, training, seed=2, report=False)
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(_weights(tmp_path)[key], value, rtol=0, atol=1e-6)
+    assert resumed["validation"] == every["validation"] and resumed["test"] == every["test"]
+
+
+def test_a_checkpoint_holds_the_best_weights_when_they_are_not_its_own(every_epoch, tmp_path):
+    """Checkpoints after the best epoch carry its weights; resuming from one restores them for the selection."""
+    reference, every = every_epoch
+    best_step = json.loads((reference / "checkpoint-20" / "trainer_state.json").read_text())["best_global_step"]
+    steps = sorted(int(path.name.split("-")[-1]) for path in reference.glob("checkpoint-*"))
+    later = [step for step in steps if step > best_step]
+    assert later and all((reference / f"checkpoint-{step}" / BEST_WEIGHTS).is_file() for step in later)
+    assert not any((reference / f"checkpoint-{step}" / BEST_WEIGHTS).exists() for step in steps if step <= best_step)
+    best = load_file(reference / f"checkpoint-{best_step}" / "model.safetensors")
+    for key, value in load_file(reference / f"checkpoint-{later[0]}" / BEST_WEIGHTS).items():
+        torch.testing.assert_close(value, best[key], rtol=0, atol=0)
+    data, training = corpus(train=8, validation=4, test=2), {**PACED, "checkpoint_budget": 0}
+    with pytest.raises(_Crash):
+        train_conversation_model(data, tmp_path, SIZES, training, seed=2, callbacks=[_CrashAfterSave(later[0])])
+    train_conversation_model(data, tmp_path, SIZES, training, seed=2, report=False)
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(_weights(tmp_path)[key], value, rtol=0, atol=1e-6)
+
+
+class _CrashAtStep(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash(f"simulated crash at step {self.step}")
 
 # --- stage 1 -------------------------------------------------------------------------------------------------------
 

@@ -32,10 +32,10 @@ RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_st
 
 @functools.cache
 def training_fields() -> frozenset[str]:
-    """`TrainingArguments` field names (imported on first use: it pulls in accelerate)."""
-    from transformers import TrainingArguments
+    """`MisterETrainingArguments` field names (imported on first use: it pulls in accelerate)."""
+    from ..training.trainer import MisterETrainingArguments
 
-    return frozenset(field.name for field in dataclasses.fields(TrainingArguments) if field.init)
+    return frozenset(field.name for field in dataclasses.fields(MisterETrainingArguments) if field.init)
 
 
 def route(key: str) -> tuple[str, ...]:

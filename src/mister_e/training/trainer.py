@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -37,6 +38,9 @@ from ..data.schema import LABELS
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING
 from ..utils import launched_on_cpu
+from .checkpoints import (
+    BEST_WEIGHTS, MisterECheckpointPacing, load_trainable_weights, trainable_weights, write_best_weights,
+)
 from .collator import MisterEDataCollator
 from .progress import MisterEProgressCallback
 
@@ -70,6 +74,21 @@ _OUTPUT_KEYS = frozenset(
 
 
 
+@dataclasses.dataclass
+class MisterETrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus `checkpoint_budget`: the largest share of training time that checkpoint writes may
+    take (`checkpoints.py`); 0 writes at every `save_strategy` point, as Trainer does."""
+
+    checkpoint_budget: float = dataclasses.field(
+        default=0.05, metadata={"help": "Largest share of training time spent writing checkpoints (0: every save)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.checkpoint_budget < 1:
+            raise ValueError(f"checkpoint_budget must be in [0, 1), got {self.checkpoint_budget}.")
+
+
 class MisterETrainer(Trainer):
     """`Trainer` whose evaluation batches carry no training randomness and whose predictions are one logits tensor.
 
@@ -85,6 +104,36 @@ class MisterETrainer(Trainer):
         self.add_callback(MisterEProgressCallback)
         self.prediction_key = prediction_key
         self.gate_learning_rate = gate_learning_rate
+        self.best_weights = None  # trainable weights of the best evaluation so far (see checkpoints.py)
+        if getattr(self.args, "checkpoint_budget", 0):
+            self.add_callback(MisterECheckpointPacing(self.args.checkpoint_budget))
+
+    def _determine_best_metric(self, metrics, trial):
+        is_new_best = super()._determine_best_metric(metrics, trial)
+        if is_new_best and self.args.load_best_model_at_end:
+            self.best_weights = trainable_weights(self.model, self.best_weights)
+        return is_new_best
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint, holding the best evaluation's weights too when they are not its own."""
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.best_weights is not None and self.state.best_global_step != self.state.global_step:
+            if self.args.should_save:
+                write_best_weights(self.best_weights, folder)
+            self.state.best_model_checkpoint = str(folder)
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / BEST_WEIGHTS
+        if self.args.load_best_model_at_end and path.is_file():
+            self.best_weights = load_file(path)
+
+    def _load_best_model(self):
+        """The in-memory copy when there is one; otherwise (best = the resumed checkpoint's own) Trainer's loading."""
+        if self.best_weights is None:
+            return super()._load_best_model()
+        load_trainable_weights(self.model, self.best_weights)
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer, with the gate's parameters in a group of their own at `gate_learning_rate`: Adam moves
@@ -150,7 +199,7 @@ def build_trainer(
     """
     if "validation" not in dataset:
         raise ValueError(f"Model selection needs a `validation` split; got {list(dataset)}.")
-    args = TrainingArguments(
+    args = MisterETrainingArguments(
         output_dir=str(output_dir),
         seed=seed,
         data_seed=seed,
