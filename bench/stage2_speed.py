@@ -17,7 +17,8 @@ pass (`timing.py`) and keep their best pass. bfloat16 rows run under CPU/CUDA au
 
 Also: inference (eval mode, no gradients) at 8 dialogues a batch and one at a time; FLOPs of our training step counted
 by FlopCounterMode against a dense matmul of the same dtype; peak memory of each model's training in a fresh process;
-and our step over length-grouped batches of the same dialogues (Trainer's `group_by_length` grouping).
+our step over length-grouped batches of the same dialogues (Trainer's `group_by_length` grouping); and the time to
+write a checkpoint's weights and optimizer state, against a MELD epoch.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
-from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
+from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss
 
 from timing import RESULTS, best_of_alternating
 
@@ -223,6 +226,8 @@ def main() -> None:
              for name, (c, d) in contenders.items() for size in (8, 1)}
     infer_seconds, infer_best = best_of_alternating(passes, **infer)
 
+    checkpoint_seconds = min(checkpoint_write(ours) for _ in range(passes))
+
     with FlopCounterMode(display=False) as counter:
         train_step(ours, batches[0], torch.float32)
     flops_per_utterance = counter.get_total_flops() / utterances(batches[:1])
@@ -244,6 +249,8 @@ def main() -> None:
         "training_utterances_per_second_length_grouped_batches": {"ours": grouped_rate},
         "inference_utterances_per_second": {name: count / s for name, s in infer_best.items()},
         "seconds_per_meld_epoch": {name: sum(lengths) / (count / s) for name, s in train_best.items()},
+        "checkpoint_write_seconds": checkpoint_seconds,
+        "checkpoint_write_over_meld_epoch": checkpoint_seconds / (sum(lengths) / (count / train_best["ours"])),
         "counted_training_flops_per_utterance": flops_per_utterance,
         "matmul_flops_per_second": rates,
         "fraction_of_matmul_rate": {
@@ -270,6 +277,17 @@ def main() -> None:
     if not args.quick:
         name = "stage2_speed" + ("" if device.type == "cpu" else f"_{device.type}")
         (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+
+
+def checkpoint_write(contender) -> float:
+    """Seconds to write what a Trainer checkpoint holds at this size: the weights (safetensors) and the optimizer
+    state, to a temporary folder on the results' disk."""
+    with tempfile.TemporaryDirectory(dir=RESULTS) as folder:
+        start = time.perf_counter()
+        contender.model.save_pretrained(folder)
+        torch.save(contender.optimizer.state_dict(), Path(folder) / "optimizer.pt")
+        os.sync()
+        return time.perf_counter() - start
 
 
 def split(batch: dict) -> list[dict]:

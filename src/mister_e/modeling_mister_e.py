@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import shutil
@@ -83,11 +82,6 @@ def scatter_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return values.new_zeros(*rows.shape, values.shape[-1]).masked_scatter(rows[..., None], values)
 
 
-def _full_precision_on_cuda(tensor: torch.Tensor):
-    """Recurrences in float32 under CUDA autocast: a bfloat16 GRU leaves cuDNN's fast path (several times slower)."""
-    return torch.autocast("cuda", enabled=False) if tensor.is_cuda else contextlib.nullcontext()
-
-
 class MisterEContextModule(nn.Module):
     """Convolutional-recurrent context over one modality's utterance sequence, with a linear skip and classifier.
 
@@ -123,8 +117,11 @@ class MisterEContextModule(nn.Module):
         if self.gru is not None:
             lengths = rows.sum(1).clamp(min=1).cpu()
             packed = pack_padded_sequence(scatter_rows(hidden, rows), lengths, batch_first=True, enforce_sorted=False)
-            with _full_precision_on_cuda(hidden):
-                states = self.gru(packed.float() if hidden.is_cuda else packed)[0]
+            if hidden.is_cuda:  # a bfloat16 GRU leaves cuDNN's fast path: float32 under CUDA autocast
+                with torch.autocast("cuda", enabled=False):
+                    states = self.gru(packed.float())[0]
+            else:
+                states = self.gru(packed)[0]
             hidden = pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0][rows]
         return scatter_rows(self.classifier(self.dropout(hidden) + self.skip(real)), rows)
 
@@ -172,7 +169,7 @@ class MisterEAttention(nn.Module):
         self.v_proj = nn.Linear(config.cross_modal_dim, config.attention_dim)
         self.out_proj = nn.Linear(config.attention_dim, config.cross_modal_dim)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, key_mask: torch.Tensor):
         """`queries`, `keys`: `(real utterances, width)`, the True entries of `rows` `(batch, utterances)` in order;
         only the narrow projections are laid out by conversation for the dot products."""
         q, k, v = (self._heads(scatter_rows(projection(x), rows))
