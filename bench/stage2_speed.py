@@ -190,6 +190,9 @@ def main() -> None:
         raise SystemExit(f"--authors {args.authors}: no such file (the authors' hierarchical_moe.py).")
     if args.memory_of:
         return memory_probe(args)
+    # First, while this process is small: a child's peak RSS counts the memory it was forked with.
+    memory = {} if args.quick else {name: peak_memory(args, name) for name in
+                                    ("ours", "ours:bfloat16", *(("authors",) if args.authors else ()))}
     device = torch.device(args.device)
     lengths, source = meld_lengths(args.data)
     batches = batches_of(lengths, 2 if args.quick else MEASURED_BATCHES, device)
@@ -270,9 +273,8 @@ def main() -> None:
                infer_best[f"authors_batch{size}"] / infer_best[f"ours{suffix}_batch{size}"]
                for size in (8, 1) for precision, suffix in (("fp32", ""), ("bf16", "_bf16"))},
         }
-    if not args.quick:
-        results["peak_memory_gib"] = {name: peak_memory(args, name) for name in
-                                      ("ours", "ours:bfloat16", *(("authors",) if args.authors else ()))}
+    if memory:
+        results["peak_memory_gib"] = memory
     print(json.dumps(results, indent=2))
     if not args.quick:
         name = "stage2_speed" + ("" if device.type == "cpu" else f"_{device.type}")
