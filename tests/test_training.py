@@ -232,8 +232,8 @@ def test_stage_two_trains_under_cpu_bfloat16_autocast(data, tmp_path):
                                                        num_labels=len(LABELS)))
     autocast = []
     model.text_expert.register_forward_pre_hook(lambda *_: autocast.append(torch.is_autocast_enabled("cpu")))
-    results = train_conversation_model(data, tmp_path, training_overrides={**FAST, "num_train_epochs": 1, "bf16": True},
-                                       model=model, report=False)
+    training = {**{key: value for key, value in FAST.items() if key != "use_cpu"}, "num_train_epochs": 1, "bf16": True}
+    results = train_conversation_model(data, tmp_path, training_overrides=training, model=model, report=False)
     assert autocast and all(autocast)  # training and validation steps
     model = MisterEForEmotionRecognition.from_pretrained(tmp_path)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32

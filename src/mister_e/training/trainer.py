@@ -195,15 +195,18 @@ def build_trainer(
 ) -> MisterETrainer:
     """The Trainer of both stages: validation-only selection, label-aware metrics, seeded data order.
 
-    Launched as several processes on a machine without CUDA, `use_cpu` defaults to True: it makes them one DDP run.
+    On a machine without CUDA, `use_cpu` defaults to True when several processes are launched (it makes them one DDP
+    run) or `bf16` is asked for (CPU autocast).
     """
     if "validation" not in dataset:
         raise ValueError(f"Model selection needs a `validation` split; got {list(dataset)}.")
+    # Trainer refuses `bf16` without a GPU unless told that it runs on the CPU (where it is autocast to bfloat16).
+    use_cpu = launched_on_cpu() or (bool(training_arguments.get("bf16")) and not torch.cuda.is_available())
     args = MisterETrainingArguments(
         output_dir=str(output_dir),
         seed=seed,
         data_seed=seed,
-        **{"dataloader_pin_memory": torch.cuda.is_available(), "use_cpu": launched_on_cpu(), **training_arguments,
+        **{"dataloader_pin_memory": torch.cuda.is_available(), "use_cpu": use_cpu, **training_arguments,
            **_TRAINER_REQUIRED},
     )
     return MisterETrainer(
