@@ -80,6 +80,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                       "--set", "no_such_field=1"], "no_such_field", ""),
     "wrong config value (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",
                                     "--set", "focal_gamma=-1"], "focal_gamma", ""),
+    "wrong training value (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",
+                                      "--set", "checkpoint_budget=1.5"], "checkpoint_budget", ""),
 }
 
 

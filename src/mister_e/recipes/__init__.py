@@ -81,8 +81,16 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     unknown += sorted(f"config.{key}" for key in set(recipe["config"]) - set(MisterEConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"Recipe {name_or_path!s} has unknown keys {unknown}.")
-    MisterEConfig(**recipe["config"])  # a wrong value fails now, naming its field, not after the data has loaded
+    # Wrong values fail now, naming their field, not after the data has loaded.
+    MisterEConfig(**recipe["config"])
+    check_checkpoint_budget(recipe["training"].get("checkpoint_budget", 0))
     return recipe
+
+
+def check_checkpoint_budget(budget: float) -> None:
+    """`checkpoint_budget` (a share of training time, `training/checkpoints.py`) must lie in [0, 1)."""
+    if not 0 <= budget < 1:
+        raise ValueError(f"checkpoint_budget must be in [0, 1) (a share of training time), got {budget}.")
 
 
 def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -104,5 +112,5 @@ def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 
-__all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "load_recipe", "parse_sets", "route",
-           "training_fields"]
+__all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "check_checkpoint_budget", "load_recipe",
+           "parse_sets", "route", "training_fields"]

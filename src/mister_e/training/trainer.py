@@ -36,7 +36,7 @@ from transformers.utils import logging
 from ..evaluation import _write_json, compute_metrics
 from ..data.schema import LABELS
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
-from ..recipes import PAPER_TRAINING
+from ..recipes import PAPER_TRAINING, check_checkpoint_budget
 from ..utils import launched_on_cpu
 from .checkpoints import (
     BEST_WEIGHTS, MisterECheckpointPacing, load_trainable_weights, trainable_weights, write_best_weights,
@@ -85,8 +85,7 @@ class MisterETrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.checkpoint_budget < 1:
-            raise ValueError(f"checkpoint_budget must be in [0, 1), got {self.checkpoint_budget}.")
+        check_checkpoint_budget(self.checkpoint_budget)
 
 
 class MisterETrainer(Trainer):
