@@ -164,6 +164,24 @@ def test_padding_invariance(variant, causal):
     torch.testing.assert_close(batched.gate_weights[0, :3], alone.gate_weights[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_context_convolutions_on_real_utterances_equal_torch_convolutions(causal):
+    """The context module convolves real utterances only, as matrix products: the same numbers as `nn.Conv1d` over the
+    zero-padded batch, values and gradients."""
+    module = tiny_model(causal=causal).speech_expert
+    batch = conversations(lengths=(2, 7, 4))
+    rows = batch["attention_mask"].bool()
+    inputs = (batch["speech_embeds"] * rows[..., None]).requires_grad_()
+    for conv, kernel_size in zip(module.convs, module.kernel_sizes):
+        ours = module._convolve(conv, inputs, rows)
+        (ours_grad,) = torch.autograd.grad(ours.square().sum(), inputs)
+        torch_conv = conv(F.pad(inputs.transpose(1, 2), module._padding(kernel_size))).transpose(1, 2)[rows]
+        (torch_grad,) = torch.autograd.grad(torch_conv.square().sum(), inputs)
+        torch.testing.assert_close(ours, torch_conv, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours_grad, torch_grad, rtol=1e-5, atol=1e-5)
+    assert max(module.kernel_sizes) > 1
+
+
 @pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
 def test_causal_mode_never_looks_ahead(variant):
     model = tiny_model(causal=True, context_module=variant)
