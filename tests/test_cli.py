@@ -115,7 +115,7 @@ def test_quickstart_runs_end_to_end(tmp_path):
     from mister_e.quickstart import quickstart
 
     summary = quickstart(tmp_path / "qs", epochs=3)
-    labels = np.concatenate(load_from_disk(tmp_path / "qs" / "corpus")["test"]["labels"])
+    labels = np.concatenate(load_from_disk(tmp_path / "qs" / "corpus" / "dataset")["test"]["labels"])
     majority = f1_score(labels, np.full_like(labels, np.bincount(labels).argmax()), average="weighted")
     assert summary["test"]["weighted_f1"] > majority + 0.2, (summary["test"], majority)  # it learned the demo
     assert (tmp_path / "qs" / "model" / "model.safetensors").is_file()

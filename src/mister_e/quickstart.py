@@ -89,7 +89,7 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
     recipe = load_recipe("small")  # the recipe for small encoders, at demo widths
     results = train_conversation_model(
         embedded, output_dir / "conversation-model", config_overrides={**recipe["config"], **STAGE_TWO_SIZES},
-        seed=seed, gate_learning_rate=recipe["gate_learning_rate"],
+        seed=seed, gate_learning_rate=recipe["gate_learning_rate"], modality_dropout=recipe["modality_dropout"],
         training_overrides={**recipe["training"], "num_train_epochs": epochs, "learning_rate": 1e-3,
                             "per_device_train_batch_size": 8},
     )
