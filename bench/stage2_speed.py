@@ -63,9 +63,13 @@ def meld_lengths(data: Path) -> tuple[list[int], str]:
 def batches_of(lengths: list[int], count: int, device: torch.device) -> list[dict]:
     """`count` batches of 8 dialogues, spread evenly over the shuffled set; random embeddings, zero at padding."""
     generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    groups = [[lengths[i] for i in order[start:start + BATCH]] for start in range(0, len(order), BATCH)]
+    groups = in_batches(torch.randperm(len(lengths), generator=generator).tolist(), lengths)
     return [batch_of(group, generator, device) for group in groups[:: max(1, len(groups) // count)][:count]]
+
+
+def in_batches(order: list[int], lengths: list[int]) -> list[list[int]]:
+    """The dialogue lengths in `order`, 8 to a batch."""
+    return [[lengths[i] for i in order[start:start + BATCH]] for start in range(0, len(order), BATCH)]
 
 
 def batch_of(lengths: list[int], generator: torch.Generator, device: torch.device) -> dict:
@@ -302,9 +306,8 @@ def batches_of_grouped(lengths: list[int], count: int, device: torch.device, qui
     """Batches of the same shuffled dialogues grouped by length as Trainer's `group_by_length` does, as many as it
     takes to hold about `count` utterances."""
     generator = torch.Generator().manual_seed(0)
-    order = get_length_grouped_indices(lengths, BATCH, generator=generator)
-    groups = [[lengths[i] for i in order[start:start + BATCH]] for start in range(0, len(order), BATCH)]
-    groups = groups[1:]  # the first is the longest of all (Trainer puts it first to fail early on memory)
+    # Without the first batch: the longest of all, which Trainer puts first to fail early on memory.
+    groups = in_batches(get_length_grouped_indices(lengths, BATCH, generator=generator), lengths)[1:]
     picked, total = [], 0
     for group in groups[:: max(1, len(groups) // (2 if quick else MEASURED_BATCHES))]:
         if total >= count:
