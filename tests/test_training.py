@@ -278,13 +278,21 @@ class _Crash(RuntimeError):
     pass
 
 
-class _CrashAfterSave(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
+class _CrashAfter(TrainerCallback):
+    """Stops training with `_Crash` right after step `step` is saved (or, `on="step_end"`, right after it is taken)."""
+
+    def __init__(self, step, on="save"):
+        self.step, self.on = step, on
 
     def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise _Crash(f"simulated crash after saving step {self.step}")
+        self._crash("save", state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._crash("step_end", state)
+
+    def _crash(self, event, state):
+        if event == self.on and state.global_step == self.step:
+            raise _Crash(f"simulated crash after step {self.step} ({event})")
 
 
 class _Steps(TrainerCallback):
@@ -302,7 +310,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
                 "save_strategy": "steps", "eval_steps": 3, "save_steps": 3, "checkpoint_budget": 0}
     train_conversation_model(data, tmp_path / "straight", SIZES, training, seed=3, report=False, keep_checkpoints=True)
     with pytest.raises(_Crash):  # step 6 is the middle of the second epoch
-        train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=3, callbacks=[_CrashAfterSave(6)])
+        train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=3, callbacks=[_CrashAfter(6)])
     assert not (tmp_path / "resumed" / "results.json").exists()
     steps = _Steps()
     resumed = train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=3, callbacks=[steps],
@@ -343,7 +351,7 @@ def test_paced_checkpoints_keep_selection_and_resuming_exact(every_epoch, tmp_pa
     reference, every = every_epoch
     data, training = corpus(train=8, validation=4, test=2), {**PACED, "checkpoint_budget": 1e-9}
     with pytest.raises(_Crash):  # in the last epoch, long after the only checkpoint
-        train_conversation_model(data, tmp_path, SIZES, training, seed=2, callbacks=[_CrashAtStep(18)])
+        train_conversation_model(data, tmp_path, SIZES, training, seed=2, callbacks=[_CrashAfter(18, on="step_end")])
     assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-4"]
     resumed = train_conversation_model(data, tmp_path, SIZES, training, seed=2, report=False)
     for key, value in _weights(reference).items():
@@ -364,19 +372,11 @@ def test_a_checkpoint_holds_the_best_weights_when_they_are_not_its_own(every_epo
         torch.testing.assert_close(value, best[key], rtol=0, atol=0)
     data, training = corpus(train=8, validation=4, test=2), {**PACED, "checkpoint_budget": 0}
     with pytest.raises(_Crash):
-        train_conversation_model(data, tmp_path, SIZES, training, seed=2, callbacks=[_CrashAfterSave(later[0])])
+        train_conversation_model(data, tmp_path, SIZES, training, seed=2, callbacks=[_CrashAfter(later[0])])
     train_conversation_model(data, tmp_path, SIZES, training, seed=2, report=False)
     for key, value in _weights(reference).items():
         torch.testing.assert_close(_weights(tmp_path)[key], value, rtol=0, atol=1e-6)
 
-
-class _CrashAtStep(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise _Crash(f"simulated crash at step {self.step}")
 
 # --- stage 1 -------------------------------------------------------------------------------------------------------
 
