@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, processor_utterances
-from .modeling_mister_e import MisterEForUtteranceClassification, MisterEMeanPooling
+from .encoders_mister_e import MisterEMeanPooling
+from .modeling_mister_e import MisterEForUtteranceClassification
 from .utils import atomic_path, process_state
 
 logger = logging.get_logger(__name__)

@@ -44,7 +44,15 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
-from . import configuration_mister_e, modeling_mister_e, pipeline_mister_e, processing_mister_e, segmentation_mister_e
+from . import (
+    configuration_mister_e,
+    encoders_mister_e,
+    experts_mister_e,
+    modeling_mister_e,
+    pipeline_mister_e,
+    processing_mister_e,
+    segmentation_mister_e,
+)
 from .evaluation import SCALAR_METRICS, summarize_seeds
 from .pipeline_mister_e import TASK
 
@@ -55,6 +63,8 @@ TAGS = ["emotion-recognition", "audio", "text", "mister-e"]
 CODE_FILES = {
     "configuration_mister_e.py": configuration_mister_e,
     "modeling_mister_e.py": modeling_mister_e,
+    "experts_mister_e.py": experts_mister_e,
+    "encoders_mister_e.py": encoders_mister_e,
     "processing_mister_e.py": processing_mister_e,
     "pipeline_mister_e.py": pipeline_mister_e,
     "segmentation_mister_e.py": segmentation_mister_e,

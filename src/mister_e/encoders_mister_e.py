@@ -1,0 +1,213 @@
+"""The utterance encoders of MiSTER-E (stage 1): a pretrained backbone, or openSMILE functionals, turned into one
+embedding and one emotion prediction per utterance; `modeling_mister_e.py` builds them into its models."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration_mister_e import MisterEOpenSmileConfig
+
+
+class MisterEAttentiveStatisticsPooling(nn.Module):
+    """`[mu; sigma]` of the valid positions under learned attention weights `softmax(v . tanh(W h + b))`."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.attention = nn.Linear(hidden_size, hidden_size)
+        self.score = nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(torch.tanh(self.attention(hidden))).squeeze(-1)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).unsqueeze(-1)
+        mean = (weights * hidden).sum(1)
+        variance = (weights * hidden.pow(2)).sum(1) - mean.pow(2)
+        return torch.cat([mean, variance.clamp(min=1e-5).sqrt()], dim=-1)
+
+
+class MisterEMeanPooling(nn.Module):
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class MisterEBackboneFamily:
+    """How one family of backbones is built, loaded, sized and run. Chosen once per encoder, from its config
+    (`backbone_family`); a new family is one subclass and one entry of `BACKBONE_FAMILIES`. The default: a text model
+    (any `AutoModel` on `input_ids`: BERT-family encoders, Llama/Qwen2-style decoders)."""
+
+    prompted = False  # whether the encoder feeds a text prompt after the audio (`speech_prompt_ids`)
+
+    def build(self, config: PreTrainedConfig) -> nn.Module:
+        return AutoModel.from_config(config)
+
+    def load(self, path: str, **kwargs) -> nn.Module:
+        return AutoModel.from_pretrained(path, **kwargs)
+
+    def hidden_size(self, config: PreTrainedConfig) -> int:
+        return getattr(config, "hidden_size", None) or config.d_model
+
+    def states(self, encoder, inputs, attention_mask):
+        """Last hidden states and the mask of their valid positions (`None`: all valid)."""
+        return encoder.backbone(input_ids=inputs, attention_mask=attention_mask).last_hidden_state, attention_mask
+
+
+class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
+    """Wav2Vec2-style speech encoders (Wav2Vec2, HuBERT, WavLM, data2vec-audio) on raw `input_values`."""
+
+    def states(self, encoder, inputs, attention_mask):
+        backbone = encoder.backbone
+        hidden = backbone(input_values=inputs, attention_mask=attention_mask).last_hidden_state
+        if attention_mask is None:
+            return hidden, None
+        return hidden, backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
+
+
+class MisterEWhisperFamily(MisterEBackboneFamily):
+    """The Whisper encoder alone, on log-mel `input_features`."""
+
+    def build(self, config):
+        return WhisperEncoder(config)
+
+    def load(self, path, **kwargs):
+        from transformers import WhisperModel
+
+        return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
+
+    def states(self, encoder, inputs, attention_mask):
+        hidden = encoder.backbone(input_features=inputs).last_hidden_state
+        # The encoder's stride-2 convolution halves the mel frames.
+        return hidden, attention_mask[:, ::2] if attention_mask is not None else None
+
+
+class MisterESpeechLLMFamily(MisterEBackboneFamily):
+    """Qwen2-Audio: the audio tower, then the language model on `[audio tokens; prompt]`, as the authors' encoder."""
+
+    prompted = True
+
+    def hidden_size(self, config):
+        return config.text_config.hidden_size
+
+    def states(self, encoder, features, feature_mask):
+        """Run the language model on `[audio tokens; prompt]`, right-padded."""
+        backbone = encoder.backbone
+        audio = backbone.multi_modal_projector(backbone.audio_tower(features).last_hidden_state)
+        if feature_mask is None:
+            feature_mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
+        audio_lengths = backbone.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))[1]
+        # The tower reads a fixed 30 s window; the language model needs only the batch's longest audio (a 5 s crop is
+        # 125 of the 750 positions), which cuts its activations and compute to match.
+        audio = audio[:, : int(audio_lengths.max())]
+        count, max_audio, width = audio.shape
+        prompt = backbone.get_input_embeddings()(encoder.prompt_ids).to(audio.dtype)
+        positions = torch.arange(max_audio + len(prompt), device=audio.device)[None, :]
+        in_audio = positions < audio_lengths[:, None]
+        in_prompt = ~in_audio & (positions < audio_lengths[:, None] + len(prompt))
+        embeds = audio.new_zeros(count, positions.shape[1], width)
+        embeds[in_audio] = audio[torch.arange(max_audio, device=audio.device)[None, :] < audio_lengths[:, None]]
+        embeds[in_prompt] = prompt.repeat(count, 1)
+        mask = in_audio | in_prompt
+        hidden = backbone.language_model(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        return hidden, mask
+
+
+# `model_type` -> family; any other type is a text model, or a Wav2Vec2-style speech encoder when the built backbone
+# has the feature-vector mask of one (see `backbone_family`).
+BACKBONE_FAMILIES: dict[str, MisterEBackboneFamily] = {
+    "whisper": MisterEWhisperFamily(),
+    "qwen2_audio": MisterESpeechLLMFamily(),
+    **dict.fromkeys(("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech",
+                     "unispeech-sat", "sew", "sew-d"), MisterESelfSupervisedSpeechFamily()),
+}
+
+
+def backbone_family(config: PreTrainedConfig, backbone: nn.Module | None = None) -> MisterEBackboneFamily:
+    if config.model_type in BACKBONE_FAMILIES:
+        return BACKBONE_FAMILIES[config.model_type]
+    if hasattr(backbone, "_get_feature_vector_attention_mask"):
+        return MisterESelfSupervisedSpeechFamily()
+    return MisterEBackboneFamily()
+
+
+class MisterEFeatureStandardizer(nn.Module):
+    """`(x - mean) / std` with training-split statistics held as buffers: saved and reloaded with the model, applied
+    identically in training and inference, and never recomputed from the data seen at inference."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.to(self.mean.dtype) - self.mean) / self.std
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        """Take the statistics of `features` `(rows, width)`; a constant column gets std 1 (it is only shifted)."""
+        features = features.to(torch.float64)
+        std = features.std(0, unbiased=False)
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(torch.where(std > 1e-8 * features.abs().amax(0).clamp(min=1), std, torch.ones_like(std)))
+
+
+class MisterEFunctionalsEncoder(nn.Module):
+    """openSMILE functionals -> standardisation (training-split statistics) -> dropout -> projection (the embedding)
+    -> utterance classifier: the head of `MisterEUtteranceEncoder` on a fixed vector instead of a backbone's frames."""
+
+    model_type = MisterEOpenSmileConfig.model_type
+
+    def __init__(self, backbone_config: MisterEOpenSmileConfig, embed_dim, num_labels, dropout):
+        super().__init__()
+        self.hidden_size = backbone_config.hidden_size
+        self.standardizer = MisterEFeatureStandardizer(self.hidden_size)
+        self.feature_dropout = nn.Dropout(backbone_config.feature_dropout)
+        self.projection = nn.Linear(self.hidden_size, embed_dim)
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = self.projection(self.feature_dropout(self.standardizer(inputs)))
+        return embeds, self.classifier(embeds)
+
+    def backbone_states(self, inputs, attention_mask):
+        """The standardised functionals as one frame per utterance (the frozen-features baseline's input)."""
+        standardized = self.standardizer(inputs)[:, None]
+        return standardized, torch.ones(standardized.shape[:2], dtype=torch.bool, device=standardized.device)
+
+
+class MisterEUtteranceEncoder(nn.Module):
+    """Backbone -> LayerNorm -> pooling over valid positions -> projection (the embedding) -> utterance classifier.
+
+    Speech backbones: Wav2Vec2-style encoders (Wav2Vec2, HuBERT, WavLM, data2vec-audio) on `input_values`, the Whisper
+    encoder and the Qwen2-Audio speech LLM on `input_features`. Text backbones: any `AutoModel` on `input_ids`
+    (BERT-family encoders, Llama/Qwen2-style decoders).
+    """
+
+    def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None, backbone=None):
+        super().__init__()
+        self.model_type = backbone_config.model_type
+        self.backbone = backbone if backbone is not None else backbone_family(backbone_config).build(backbone_config)
+        self.family = backbone_family(backbone_config, self.backbone)
+        hidden_size = self.hidden_size = self.family.hidden_size(backbone_config)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
+        self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+        self.register_buffer("prompt_ids", torch.tensor(prompt_ids or [], dtype=torch.long), persistent=False)
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self.backbone_states(inputs, attention_mask)
+        # A bf16/fp16 (or quantized) backbone feeds a head that trains in its own dtype, fp32 by default.
+        embeds = self.projection(self.pooling(self.norm(hidden.to(self.norm.weight.dtype)), mask))
+        return embeds, self.classifier(embeds)
+
+    def backbone_states(self, inputs, attention_mask):
+        """Last hidden states and the mask of their valid positions."""
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.backbone.dtype)
+        hidden, mask = self.family.states(self, inputs, attention_mask)
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return hidden, mask.bool()

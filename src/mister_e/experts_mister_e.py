@@ -1,0 +1,233 @@
+"""The conversation-level modules of MiSTER-E (stage 2): the per-modality context module, the cross-modal expert's
+co-attention and the gate; `modeling_mister_e.py` assembles them into `MisterEForEmotionRecognition`."""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .configuration_mister_e import EXPERTS, MisterEConfig
+
+
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`values` for the True entries of the `(batch, utterances)` mask `rows`, in order, placed in a zero
+    `(batch, utterances, dim)` tensor: the way back from `inputs[rows]`."""
+    return values.new_zeros(*rows.shape, values.shape[-1]).masked_scatter(rows[..., None], values)
+
+
+class MisterEContextModule(nn.Module):
+    """Convolutional-recurrent context over one modality's utterance sequence, with a linear skip and classifier.
+
+    `C = sum_k ReLU(Conv_k(X))`, `H = GRU(C)`, `Z = H + Linear(X)`, `logits = Linear(Z)`. Padded and missing
+    utterances must arrive as zero vectors: the convolutions then see exactly the zero padding a shorter batch gives,
+    and the GRU is packed so that no state passes through padding.
+    """
+
+    def __init__(self, config: MisterEConfig, input_dim: int):
+        super().__init__()
+        self.causal = config.causal
+        self.kernel_sizes = config.conv_kernel_sizes if config.context_module in ("conv_gru", "conv") else []
+        self.convs = nn.ModuleList(nn.Conv1d(input_dim, config.context_dim, k) for k in self.kernel_sizes)
+        self.gru = None
+        if config.context_module in ("conv_gru", "gru"):
+            self.gru = nn.GRU(
+                input_size=config.context_dim if self.convs else input_dim,
+                hidden_size=config.context_dim if self.causal else config.context_dim // 2,
+                num_layers=config.gru_layers,
+                batch_first=True,
+                bidirectional=not self.causal,
+            )
+        self.skip = nn.Linear(input_dim, config.context_dim)
+        self.classifier = nn.Linear(config.context_dim, config.num_labels)
+        self.dropout = nn.Dropout(config.context_dropout)
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Every dense layer runs on the real utterances alone (`rows`): padding costs no arithmetic.
+        rows = attention_mask.bool()
+        hidden = real = inputs[rows]
+        if self.convs:
+            hidden = self.dropout(sum(F.relu(self._convolve(conv, inputs, rows)) for conv in self.convs))
+        if self.gru is not None:
+            lengths = rows.sum(1).clamp(min=1).cpu()
+            packed = pack_padded_sequence(scatter_rows(hidden, rows), lengths, batch_first=True, enforce_sorted=False)
+            if hidden.is_cuda:  # a bfloat16 GRU leaves cuDNN's fast path: float32 under CUDA autocast
+                with torch.autocast("cuda", enabled=False):
+                    states = self.gru(packed.float())[0]
+            else:
+                states = self.gru(packed)[0]
+            hidden = pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0][rows]
+        return scatter_rows(self.classifier(self.dropout(hidden) + self.skip(real)), rows)
+
+    def _convolve(self, conv: nn.Conv1d, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`conv` at the real utterances only, as one matrix product: each row's window of `k` zero-padded inputs
+        (`unfold`, laid out as the weight's `(in, k)`) times the weight viewed as `(out, in * k)`."""
+        kernel_size = conv.kernel_size[0]
+        padded = F.pad(inputs.transpose(1, 2), self._padding(kernel_size))
+        windows = padded.unfold(2, kernel_size, 1).transpose(1, 2)[rows]
+        return F.linear(windows.reshape(len(windows), -1), conv.weight.view(conv.out_channels, -1), conv.bias)
+
+    def step(self, inputs: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """Causal mode, one new utterance `(batch, dim)`: the last inputs feed the convolutions, the GRU carries on."""
+        if state is None:
+            history = max(self.kernel_sizes, default=1) - 1
+            state = {"inputs": inputs.new_zeros(inputs.shape[0], history, inputs.shape[-1]), "gru": None}
+        window = torch.cat([state["inputs"], inputs[:, None]], dim=1)
+        hidden = inputs
+        if self.convs:
+            hidden = self.dropout(sum(
+                F.relu(conv(window[:, -k:].transpose(1, 2)))[..., 0] for conv, k in zip(self.convs, self.kernel_sizes)
+            ))
+        gru_state = state["gru"]
+        if self.gru is not None:
+            output, gru_state = self.gru(hidden[:, None], gru_state)
+            hidden = output[:, 0]
+        return self.classifier(self.dropout(hidden) + self.skip(inputs)), {"inputs": window[:, 1:], "gru": gru_state}
+
+    def _padding(self, kernel_size: int) -> tuple[int, int]:
+        if self.causal:
+            return kernel_size - 1, 0
+        return (kernel_size - 1) // 2, kernel_size // 2
+
+
+class MisterEAttention(nn.Module):
+    """Multi-head attention narrower than its input (`attention_dim`), with key masks that may empty a row."""
+
+    def __init__(self, config: MisterEConfig):
+        super().__init__()
+        self.num_heads = config.attention_heads
+        self.dropout = config.attention_dropout
+        self.causal = config.causal
+        self.q_proj = nn.Linear(config.cross_modal_dim, config.attention_dim)
+        self.k_proj = nn.Linear(config.cross_modal_dim, config.attention_dim)
+        self.v_proj = nn.Linear(config.cross_modal_dim, config.attention_dim)
+        self.out_proj = nn.Linear(config.attention_dim, config.cross_modal_dim)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, key_mask: torch.Tensor):
+        """`queries`, `keys`: `(real utterances, width)`, the True entries of `rows` `(batch, utterances)` in order;
+        only the narrow projections are laid out by conversation for the dot products."""
+        q, k, v = (self._heads(scatter_rows(projection(x), rows))
+                   for projection, x in ((self.q_proj, queries), (self.k_proj, keys), (self.v_proj, keys)))
+        allowed = key_mask[:, None, None, :]
+        if self.causal:
+            ones = torch.ones(rows.shape[1], rows.shape[1], dtype=torch.bool, device=keys.device)
+            allowed = allowed & ones.tril()
+        return self.out_proj(self._attend(q, k, v, allowed)[rows])
+
+    def step(self, query, key, key_mask, cache):
+        """One new position `(batch, 1, width)` against all earlier ones; `cache` holds their projected keys/values."""
+        k, v, mask = self._heads(self.k_proj(key)), self._heads(self.v_proj(key)), key_mask
+        if cache is not None:
+            k, v, mask = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2), torch.cat([cache[2], mask], 1)
+        return self.out_proj(self._attend(self._heads(self.q_proj(query)), k, v, mask[:, None, None, :])), (k, v, mask)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def _attend(self, q, k, v, allowed):
+        # A query with no key to look at (a text-only conversation's speech side, say) gets a zero output.
+        has_key = allowed.any(-1, keepdim=True)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed | ~has_key, dropout_p=self.dropout if self.training else 0.0
+        )
+        attended = (attended * has_key).transpose(1, 2)
+        return attended.reshape(*attended.shape[:2], -1)
+
+
+class MisterEAttentionSublayer(nn.Module):
+    """Post-LayerNorm residual attention: `LayerNorm(x + Dropout(Attention(x, context)))`."""
+
+    def __init__(self, config: MisterEConfig):
+        super().__init__()
+        self.attention = MisterEAttention(config)
+        self.dropout = nn.Dropout(config.residual_dropout)
+        self.layer_norm = nn.LayerNorm(config.cross_modal_dim, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, rows: torch.Tensor, context_mask: torch.Tensor):
+        return self.layer_norm(hidden + self.dropout(self.attention(hidden, context, rows, context_mask)))
+
+    def step(self, hidden, context, context_mask, cache):
+        attended, cache = self.attention.step(hidden, context, context_mask, cache)
+        return self.layer_norm(hidden + self.dropout(attended)), cache
+
+
+class MisterECoAttentionLayer(nn.Module):
+    """Cross-attention both ways in parallel, then self-attention within each modality."""
+
+    def __init__(self, config: MisterEConfig):
+        super().__init__()
+        self.speech_cross = MisterEAttentionSublayer(config)
+        self.text_cross = MisterEAttentionSublayer(config)
+        self.speech_self = MisterEAttentionSublayer(config)
+        self.text_self = MisterEAttentionSublayer(config)
+
+    def forward(self, speech, text, rows, speech_mask, text_mask):
+        speech, text = self.speech_cross(speech, text, rows, text_mask), self.text_cross(text, speech, rows, speech_mask)
+        return self.speech_self(speech, speech, rows, speech_mask), self.text_self(text, text, rows, text_mask)
+
+    def step(self, speech, text, speech_mask, text_mask, caches: dict):
+        """The new position of each stream; `caches` (one per attention, updated in place) hold the earlier ones."""
+        new_speech, caches["speech_cross"] = self.speech_cross.step(speech, text, text_mask, caches.get("speech_cross"))
+        new_text, caches["text_cross"] = self.text_cross.step(text, speech, speech_mask, caches.get("text_cross"))
+        new_speech, caches["speech_self"] = self.speech_self.step(new_speech, new_speech, speech_mask, caches.get("speech_self"))
+        new_text, caches["text_self"] = self.text_self.step(new_text, new_text, text_mask, caches.get("text_self"))
+        return new_speech, new_text
+
+
+class MisterECrossModalExpert(nn.Module):
+    """Co-attention over the raw speech and text sequences; returns logits and the `A_hat`, `T_hat` vectors."""
+
+    def __init__(self, config: MisterEConfig):
+        super().__init__()
+        width = config.cross_modal_dim
+        self.speech_proj = nn.Linear(config.speech_embed_dim, width)
+        self.text_proj = nn.Linear(config.text_embed_dim, width)
+        self.layers = nn.ModuleList(MisterECoAttentionLayer(config) for _ in range(config.coattention_layers))
+        self.speech_skip = nn.Linear(config.speech_embed_dim, width)
+        self.text_skip = nn.Linear(config.text_embed_dim, width)
+        self.layer_norm = nn.LayerNorm(2 * width, eps=config.layer_norm_eps)
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * width, config.fusion_hidden_size), nn.ReLU(), nn.Linear(config.fusion_hidden_size, config.num_labels)
+        )
+
+    def forward(self, speech_embeds, text_embeds, speech_mask, text_mask):
+        # Both streams are kept as `(real utterances, width)` rows: padding costs no arithmetic.
+        rows = speech_mask | text_mask
+        speech_embeds, text_embeds = speech_embeds[rows], text_embeds[rows]
+        speech, text = self.speech_proj(speech_embeds), self.text_proj(text_embeds)
+        for layer in self.layers:
+            speech, text = layer(speech, text, rows, speech_mask, text_mask)
+        outputs = self._classify(speech, text, speech_embeds, text_embeds)
+        return tuple(scatter_rows(output, rows) for output in outputs)
+
+    def step(self, speech_embeds, text_embeds, speech_mask, text_mask, state: list | None):
+        """Causal mode, one new utterance per conversation (`(batch, 1, dim)` inputs, `(batch, 1)` masks)."""
+        state = state if state is not None else [{} for _ in self.layers]
+        speech, text = self.speech_proj(speech_embeds), self.text_proj(text_embeds)
+        for layer, caches in zip(self.layers, state):
+            speech, text = layer.step(speech, text, speech_mask, text_mask, caches)
+        return *self._classify(speech, text, speech_embeds, text_embeds), state
+
+    def _classify(self, speech, text, speech_embeds, text_embeds):
+        speech = speech + self.speech_skip(speech_embeds)
+        text = text + self.text_skip(text_embeds)
+        logits = self.classifier(self.layer_norm(torch.cat([text, speech], dim=-1)))
+        return logits, speech, text
+
+
+class MisterEGate(nn.Module):
+    """Per-utterance softmax gate over the three experts' logits (`3C -> hidden -> ReLU -> 3`, temperature `tau`)."""
+
+    def __init__(self, config: MisterEConfig):
+        super().__init__()
+        self.temperature = config.gate_temperature
+        self.mlp = nn.Sequential(
+            nn.Linear(len(EXPERTS) * config.num_labels, config.gate_hidden_size),
+            nn.ReLU(),
+            nn.Linear(config.gate_hidden_size, len(EXPERTS)),
+        )
+
+    def forward(self, expert_logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.mlp(expert_logits.flatten(-2)) / self.temperature, dim=-1)
