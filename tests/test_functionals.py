@@ -20,6 +20,8 @@ from mister_e import (
 )
 from mister_e.assembly import join_stages
 from mister_e.cli import main
+from mister_e.data import build_emodb
+from mister_e.training import fit_functionals_head, train_encoder
 
 from tiny import tiny_sizes
 
@@ -156,9 +158,12 @@ def test_cli_train_encoder_extract_train_predict_on_wavs(tmp_path, capsys):
     assert main(["prepare", "emodb", str(tmp_path / "release"), str(dataset), "--conversation-size", "4"]) == 0
     assert main(["train-encoder", "--dataset", str(dataset), "--modality", "speech",
                  "--backbone", "opensmile:eGeMAPSv02", "--output-dir", str(tmp_path / "encoder"),
-                 "--set", "num_train_epochs=3", "speech_embed_dim=16"]) == 0
+                 "--set", "speech_embed_dim=16"]) == 0
     encoder_dir = tmp_path / "encoder" / "merged"
     encoder = MisterEForUtteranceClassification.from_pretrained(encoder_dir)
+    results = json.loads((tmp_path / "encoder" / "results.json").read_text())
+    assert results["solver"] == "lbfgs" and results["validation"]["weighted_f1"] > 0.9  # pitch and loudness separate
+    assert not list((tmp_path / "encoder").glob("checkpoint-*"))
     # The statistics are the training split's, computed once by stage 1 and saved with the model.
     train = load_from_disk(str(dataset))["train"]
     processor = MisterEProcessor.from_pretrained(encoder_dir)
@@ -175,8 +180,8 @@ def test_cli_train_encoder_extract_train_predict_on_wavs(tmp_path, capsys):
     recipe.write_text(json.dumps({
         "dataset": str(tmp_path / "embedded"), "output_dir": str(tmp_path / "runs"), "seeds": [0],
         "modalities": ["speech"],
-        "config": {"experts": ["speech"], "context_dim": 8, "gru_layers": 1},
-        "training": {"num_train_epochs": 2, "learning_rate": 1e-3},
+        "config": {"experts": ["speech"], "context_dim": 8, "gru_layers": 1, "standardize_inputs": True},
+        "training": {"num_train_epochs": 10, "learning_rate": 1e-2},
     }))
     assert main(["train", "--recipe", str(recipe)]) == 0
 
@@ -200,6 +205,68 @@ def test_cli_train_encoder_extract_train_predict_on_wavs(tmp_path, capsys):
     answers = pipe({"utterances": [{"audio": str(wavs / f"utt{i}.wav")} for i in range(3)]})
     assert [a["label"] for a in answers] == [p["label"] for p in predictions]
     assert [a["score"] for a in answers] == pytest.approx([p["score"] for p in predictions], abs=1e-6)
+
+
+# --- stage 1 of a functionals encoder: the full-batch L-BFGS fit (default) and the Trainer's epochs ------------------
+
+
+def separable_features(rows: int = 60, width: int = 88, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """Three classes of unequal size, apart along a few of many noisy dimensions."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = [0] * (rows // 2) + [1] * (rows // 3) + [2] * (rows - rows // 2 - rows // 3)
+    features = torch.randn(rows, width, generator=generator) * 3 + 10
+    features[:, :3] += 4 * torch.nn.functional.one_hot(torch.tensor(labels), 3)
+    return features, labels
+
+
+def functionals_encoder(features: torch.Tensor, seed: int = 0):
+    torch.manual_seed(seed)
+    encoder = MisterEForUtteranceClassification.from_backbones(
+        speech="opensmile:eGeMAPSv02", speech_embed_dim=8, id2label={0: "a", 1: "b", 2: "c"}).speech_encoder
+    encoder.standardizer.fit(features)
+    return encoder
+
+
+@pytest.mark.parametrize("l2", [0.01, 0.03])
+def test_lbfgs_fits_the_head_to_convergence_deterministically(l2):
+    features, labels = separable_features()
+    encoders = [functionals_encoder(features), functionals_encoder(features)]
+    objectives = [fit_functionals_head(encoder, features, labels, l2=l2) for encoder in encoders]
+    assert objectives[0] == objectives[1]  # no randomness: dropout is off and the batch is everything
+    assert all(torch.equal(a, b) for a, b in zip(encoders[0].state_dict().values(), encoders[1].state_dict().values()))
+    assert encoders[0].training  # its mode is given back
+    with torch.no_grad():
+        predicted = encoders[0].eval()(features, None)[1].argmax(-1)
+    assert predicted.tolist() == labels
+    # Converged: another round of L-BFGS from the fitted weights barely lowers the objective.
+    assert fit_functionals_head(encoders[0], features, labels, l2=l2) == pytest.approx(objectives[0], rel=5e-3)
+
+
+def test_a_larger_l2_gives_smaller_weights_and_a_negative_one_is_refused():
+    features, labels = separable_features()
+    norms = []
+    for l2 in (0.01, 0.3):
+        encoder = functionals_encoder(features)
+        fit_functionals_head(encoder, features, labels, l2=l2)
+        norms.append(float(encoder.projection.weight.norm() * encoder.classifier[-1].weight.norm()))
+    assert norms[1] < norms[0] / 2
+    with pytest.raises(ValueError, match="`l2` must be >= 0"):
+        fit_functionals_head(encoder, features, labels, l2=-1.0)
+
+
+def test_trainer_solver_still_trains_functionals_in_epochs_and_settings_are_checked(tmp_path):
+    write_emodb(tmp_path / "release")
+    dataset = build_emodb(tmp_path / "release", conversation_size=4)
+    common = dict(backbone="opensmile:eGeMAPSv02", config_overrides={"speech_embed_dim": 8})
+    results = train_encoder(dataset, "speech", tmp_path / "trainer", functionals_processor(), solver="trainer",
+                            training_overrides={"num_train_epochs": 2, "learning_rate": 1e-2}, **common)
+    assert results["solver"] == "trainer" and results["best_checkpoint"] is not None
+    with pytest.raises(ValueError, match=r"\['num_train_epochs'\] set the Trainer's epochs.*--solver trainer"):
+        train_encoder(dataset, "speech", tmp_path / "lbfgs", functionals_processor(),
+                      training_overrides={"num_train_epochs": 2}, **common)
+    with pytest.raises(ValueError, match="`l2` is the L2 strength of solver 'lbfgs'"):
+        train_encoder(dataset, "speech", tmp_path / "lbfgs", functionals_processor(), solver="trainer", l2=0.1,
+                      **common)
 
 
 REMOTE_SCRIPT = """

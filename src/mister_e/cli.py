@@ -254,6 +254,11 @@ def _add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Quantize the backbone (4: QLoRA, NF4); needs bitsandbytes and a CUDA GPU.")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="Recompute the backbone's layer activations in backward: less memory, slower steps.")
+    parser.add_argument("--solver", choices=["lbfgs", "trainer"],
+                        help="lbfgs (default for opensmile: backbones): the functionals head fitted full batch to "
+                             "convergence with an L2 penalty; trainer: epochs of the Trainer, best validation epoch "
+                             "kept (the only one for neural backbones; takes the --set training fields).")
+    parser.add_argument("--l2", type=float, help="L2 strength of --solver lbfgs (default 0.03).")
     parser.add_argument("--frozen", action="store_true",
                         help="No training: save the pretrained backbone with untrained heads to OUTPUT_DIR/merged, "
                              "for `extract --embedding backbone_mean` (frozen-feature baselines).")
@@ -295,7 +300,7 @@ def _run_train_encoder(args: argparse.Namespace) -> None:
         load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
         config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
         dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
-        load_in_bits=args.load_in_bits,
+        load_in_bits=args.load_in_bits, solver=args.solver, l2=args.l2,
     )
     _print_once(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
 

@@ -68,8 +68,7 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
     if functionals:
         results = finished_results(output_dir / "speech-encoder", seed) or train_encoder(
             corpus, "speech", output_dir / "speech-encoder", processor, backbone=f"opensmile:{SPEECH_FUNCTIONALS}",
-            seed=seed, config_overrides={"speech_embed_dim": EMBED_DIM},
-            training_overrides={"num_train_epochs": 10, "learning_rate": 1e-3, "per_device_train_batch_size": 32},
+            seed=seed, config_overrides={"speech_embed_dim": EMBED_DIM},  # its head fitted full batch (L-BFGS)
         )
         stage_one_test["speech"] = results["test"]
         stage_one["speech"] = MisterEForUtteranceClassification.from_pretrained(output_dir / "speech-encoder" / "merged")

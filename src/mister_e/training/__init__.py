@@ -2,7 +2,8 @@
 
 - `collator`: dialogue rows -> batches, for both stages (stage 1 sees one-utterance conversations).
 - `trainer`: the Trainer class and factory, resuming, finishing a run (`results.json`, then checkpoints deleted).
-- `stage_one`: an utterance encoder fine-tuned as an emotion classifier (`lora`, `quantization` beside it).
+- `stage_one`: an utterance encoder fine-tuned as an emotion classifier (`lora`, `quantization` beside it;
+  `functionals`: the openSMILE functionals encoder's statistics and full-batch head fit).
 - `stage_two`: MiSTER-E on dialogues of embeddings; over seeds; the ablations of `mister_e.recipes`.
 - `evaluate`: a trained model's report and robustness curve on a split.
 - `memory_plan`: parameters and per-GPU memory of the paper-scale stage 1, without weights (`mister-e plan`).
@@ -14,7 +15,8 @@ from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, load_recipe
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator, drop_modalities, flatten_utterances
 from .evaluate import evaluate_model
-from .stage_one import fit_functionals_statistics, save_frozen_encoder, speech_features, train_encoder
+from .functionals import fit_functionals_head, fit_functionals_statistics, speech_features
+from .stage_one import save_frozen_encoder, train_encoder
 from .stage_two import (
     apply_ablation,
     fit_input_statistics,
@@ -47,6 +49,7 @@ __all__ = [
     "build_trainer",
     "drop_modalities",
     "evaluate_model",
+    "fit_functionals_head",
     "fit_functionals_statistics",
     "finished_results",
     "fit_input_statistics",

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 from transformers import TrainerCallback, set_seed
 
 from ..configuration_mister_e import MODALITIES
-from ..modeling_mister_e import MisterEForUtteranceClassification, MisterEFunctionalsEncoder
-from ..data.schema import RAW_COLUMN, UTTERANCE_KEYS
+from ..encoders_mister_e import MisterEFunctionalsEncoder
+from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
-from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, build_trainer, label_names
+from .functionals import FUNCTIONALS_L2, fit_functionals_head, fit_functionals_statistics, train_labels
+from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names
 
 
 def train_encoder(
@@ -37,6 +38,8 @@ def train_encoder(
     callbacks: Sequence[TrainerCallback] | None = None,
     keep_checkpoints: bool = False,
     load_in_bits: int | None = None,
+    solver: str | None = None,
+    l2: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one utterance encoder with LoRA as an utterance emotion classifier (stage 1).
 
@@ -54,6 +57,10 @@ def train_encoder(
         dtype: dtype of a new model's backbone (float32 when `None`); its heads and the LoRA weights train in float32.
         load_in_bits: 4 (QLoRA, NF4) or 8 to quantize a new model's backbone with bitsandbytes on the GPU; fails
             before any weight loads without bitsandbytes or a CUDA GPU.
+        solver: `"trainer"`: epochs of the Trainer, the best validation epoch kept (the only way for a backbone);
+            `"lbfgs"` (the default for openSMILE functionals): the head fitted full batch to convergence with an L2
+            penalty `l2` (default `FUNCTIONALS_L2`), validation only scored (`functionals.py`); it takes no
+            `training_overrides` (they set the Trainer's epochs, which it has none of).
     """
     from .lora import apply_lora, load_lora, merge_lora  # peft is needed here only.
 
@@ -79,14 +86,30 @@ def train_encoder(
             prepare_quantized_backbones(model)
     utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
     functionals = isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder)
+    solver = solver or ("lbfgs" if functionals else "trainer")
+    allowed = ("lbfgs", "trainer") if functionals else ("trainer",)
+    if solver not in allowed:
+        raise ValueError(f"`solver` must be one of {allowed} for this {modality} encoder, got {solver!r} (L-BFGS fits "
+                         "the head of openSMILE functionals encoders only).")
+    if solver == "lbfgs" and training_overrides:
+        raise ValueError(f"Training fields {sorted(training_overrides)} set the Trainer's epochs, but the functionals "
+                         "head is fitted by L-BFGS (the default for openSMILE backbones): pass solver 'trainer' "
+                         "(`--solver trainer`) to train it in epochs, or drop them.")
+    if l2 is not None and solver != "lbfgs":
+        raise ValueError("`l2` is the L2 strength of solver 'lbfgs'; the Trainer's is `weight_decay`.")
     if functionals:  # no network to adapt: the standardisation is fitted on train, then the head trains fully
-        fit_functionals_statistics(model, processor, utterances["train"])
+        features = fit_functionals_statistics(model, processor, utterances["train"])
+        if solver == "lbfgs":
+            fit_functionals_head(model.speech_encoder, features, train_labels(utterances["train"]),
+                                 FUNCTIONALS_L2 if l2 is None else l2)
     trainer = build_trainer(
         model if functionals else apply_lora(model, modality, **(lora or {})), utterances, output_dir,
         MisterEDataCollator(processor, (modality,)), {**ENCODER_TRAINING_DEFAULTS, **(training_overrides or {})},
         seed, f"{modality}_logits", processor, callbacks,
     )
-    results = {"seed": seed, "modality": modality, **_fit(trainer, ("validation", "test"), utterances),
+    splits = ("validation", "test")
+    scores = _score(trainer, splits, utterances) if solver == "lbfgs" else _fit(trainer, splits, utterances)
+    results = {"seed": seed, "modality": modality, "solver": solver, **scores,
                "best_checkpoint": trainer.state.best_model_checkpoint}
     if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
         merged = trainer.model
@@ -131,25 +154,6 @@ def save_frozen_encoder(
     shutil.rmtree(merged, ignore_errors=True)
     os.replace(partial, merged)
     return merged
-
-
-def speech_features(processor: Any, paths: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """The processor's speech features of audio files, `(len(paths), width)` for one-vector-per-utterance extractors
-    (openSMILE functionals), computed in batches of one-utterance conversations."""
-    conversations = [{"id": path, "utterances": [{UTTERANCE_KEYS["speech"]: path}]} for path in paths]
-    return torch.cat([processor(conversations[start : start + batch_size])["input_features"]
-                      for start in range(0, len(paths), batch_size)])
-
-
-@torch.no_grad()
-def fit_functionals_statistics(model: MisterEForUtteranceClassification, processor: Any, utterances: Dataset,
-                               batch_size: int = 64) -> None:
-    """Fit the speech functionals encoder's standardisation on the training utterances (`flatten_utterances` rows);
-    the statistics then travel inside the model and are never recomputed at inference."""
-    paths = [audio[0] for audio in utterances[RAW_COLUMN["speech"]]]
-    if not paths:
-        raise ValueError("The training split has no utterance with audio to fit the functionals' statistics on.")
-    model.speech_encoder.standardizer.fit(speech_features(processor, paths, batch_size))
 
 
 def processor_for(modality: str, backbone: str, tokenizer: str | None):

@@ -235,6 +235,11 @@ def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -
     if checkpoint:
         logger.warning(f"Resuming from {checkpoint}.")
     trainer.train(resume_from_checkpoint=checkpoint)
+    return _score(trainer, splits, dataset)
+
+
+def _score(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -> dict[str, dict[str, float]]:
+    """The model's metrics on each split present, without the split's prefix."""
     scores = {}
     for split in splits:
         if split in dataset:
