@@ -1,5 +1,5 @@
-"""Stage 1: one utterance encoder fine-tuned (LoRA; or a functionals head trained whole) as an utterance emotion
-classifier, then merged into a plain model for `mister-e extract`."""
+"""Stage 1: one utterance encoder fine-tuned (LoRA; or an openSMILE functionals head fitted whole, `functionals.py`)
+as an utterance emotion classifier, then merged into a plain model for `mister-e extract`."""
 
 from __future__ import annotations
 
