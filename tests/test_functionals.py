@@ -267,6 +267,21 @@ def test_trainer_solver_still_trains_functionals_in_epochs_and_settings_are_chec
     with pytest.raises(ValueError, match="`l2` is the L2 strength of solver 'lbfgs'"):
         train_encoder(dataset, "speech", tmp_path / "lbfgs", functionals_processor(), solver="trainer", l2=0.1,
                       **common)
+    with pytest.raises(ValueError, match="L-BFGS fits the head of openSMILE functionals encoders only"):
+        # refused before the (here missing) backbone would load
+        train_encoder(dataset, "text", tmp_path / "lbfgs", None, backbone=tmp_path / "missing", solver="lbfgs")
+
+
+def test_cli_training_fields_without_the_trainer_solver_are_one_named_line(tmp_path, capsys):
+    write_emodb(tmp_path / "release", speakers=("03", "08", "09"))
+    assert main(["prepare", "emodb", str(tmp_path / "release"), str(tmp_path / "emodb")]) == 0
+    capsys.readouterr()
+    assert main(["train-encoder", "--dataset", str(tmp_path / "emodb"), "--modality", "speech",
+                 "--backbone", "opensmile:eGeMAPSv02", "--output-dir", str(tmp_path / "encoder"),
+                 "--set", "num_train_epochs=3"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "num_train_epochs" in error and "--solver trainer" in error, error
+    assert not (tmp_path / "encoder").exists()
 
 
 REMOTE_SCRIPT = """

@@ -15,7 +15,7 @@ import torch
 from datasets import DatasetDict
 from transformers import TrainerCallback, set_seed
 
-from ..configuration_mister_e import MODALITIES
+from ..configuration_mister_e import MODALITIES, MisterEOpenSmileConfig
 from ..encoders_mister_e import MisterEFunctionalsEncoder
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
@@ -68,11 +68,14 @@ def train_encoder(
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
     if load_in_bits and model is not None:
         raise ValueError("`load_in_bits` quantizes the backbone of a new model: pass `backbone`, not `model`.")
+    if model is None and backbone is None:
+        raise ValueError("Pass a `backbone` to build the encoder from, or a `model`.")
+    functionals = (isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder) if model is not None
+                   else MisterEOpenSmileConfig.from_backbone_name(str(backbone)) is not None)
+    solver = _check_solver(solver, functionals, modality, training_overrides, l2)
     output_dir = Path(output_dir)
     set_seed(seed)
     if model is None:
-        if backbone is None:
-            raise ValueError("Pass a `backbone` to build the encoder from, or a `model`.")
         labels = {"id2label": dict(enumerate(label_names(dataset["train"])))}
         build = functools.partial(MisterEForUtteranceClassification.from_backbones, **{modality: str(backbone)},
                                   **{**labels, **(config_overrides or {})})
@@ -85,18 +88,6 @@ def train_encoder(
         if load_in_bits:
             prepare_quantized_backbones(model)
     utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
-    functionals = isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder)
-    solver = solver or ("lbfgs" if functionals else "trainer")
-    allowed = ("lbfgs", "trainer") if functionals else ("trainer",)
-    if solver not in allowed:
-        raise ValueError(f"`solver` must be one of {allowed} for this {modality} encoder, got {solver!r} (L-BFGS fits "
-                         "the head of openSMILE functionals encoders only).")
-    if solver == "lbfgs" and training_overrides:
-        raise ValueError(f"Training fields {sorted(training_overrides)} set the Trainer's epochs, but the functionals "
-                         "head is fitted by L-BFGS (the default for openSMILE backbones): pass solver 'trainer' "
-                         "(`--solver trainer`) to train it in epochs, or drop them.")
-    if l2 is not None and solver != "lbfgs":
-        raise ValueError("`l2` is the L2 strength of solver 'lbfgs'; the Trainer's is `weight_decay`.")
     if functionals:  # no network to adapt: the standardisation is fitted on train, then the head trains fully
         features = fit_functionals_statistics(model, processor, utterances["train"])
         if solver == "lbfgs":
@@ -124,6 +115,23 @@ def train_encoder(
             processor.save_pretrained(output_dir / "merged")
         results["config"] = json.loads(merged.config.to_json_string())
     return _finish(trainer, results, keep_checkpoints)
+
+
+def _check_solver(solver: str | None, functionals: bool, modality: str, training_overrides, l2) -> str:
+    """The solver `train_encoder` uses (`lbfgs` by default for functionals), refused with its settings before any
+    weight loads when they do not go together."""
+    solver = solver or ("lbfgs" if functionals else "trainer")
+    allowed = ("lbfgs", "trainer") if functionals else ("trainer",)
+    if solver not in allowed:
+        raise ValueError(f"`solver` must be one of {allowed} for this {modality} encoder, got {solver!r} (L-BFGS fits "
+                         "the head of openSMILE functionals encoders only).")
+    if solver == "lbfgs" and training_overrides:
+        raise ValueError(f"Training fields {sorted(training_overrides)} set the Trainer's epochs, but the functionals "
+                         "head is fitted by L-BFGS (the default for openSMILE backbones): pass solver 'trainer' "
+                         "(`--solver trainer`) to train it in epochs, or drop them.")
+    if l2 is not None and solver != "lbfgs":
+        raise ValueError("`l2` is the L2 strength of solver 'lbfgs'; the Trainer's is `weight_decay`.")
+    return solver
 
 
 def save_frozen_encoder(
