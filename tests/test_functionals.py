@@ -250,8 +250,9 @@ def test_a_larger_l2_gives_smaller_weights_and_a_negative_one_is_refused():
         fit_functionals_head(encoder, features, labels, l2=l2)
         norms.append(float(encoder.projection.weight.norm() * encoder.classifier[-1].weight.norm()))
     assert norms[1] < norms[0] / 2
-    with pytest.raises(ValueError, match="`l2` must be >= 0"):
-        fit_functionals_head(encoder, features, labels, l2=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`l2` must be a finite number >= 0"):
+            fit_functionals_head(encoder, features, labels, l2=bad)
 
 
 def test_trainer_solver_still_trains_functionals_in_epochs_and_settings_are_checked(tmp_path):
@@ -281,6 +282,11 @@ def test_cli_training_fields_without_the_trainer_solver_are_one_named_line(tmp_p
                  "--set", "num_train_epochs=3"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "num_train_epochs" in error and "--solver trainer" in error, error
+    assert not (tmp_path / "encoder").exists()
+    assert main(["train-encoder", "--dataset", str(tmp_path / "emodb"), "--modality", "speech",
+                 "--backbone", "opensmile:eGeMAPSv02", "--output-dir", str(tmp_path / "encoder"), "--l2", "nan"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "`l2` must be a finite number >= 0, got nan" in error, error
     assert not (tmp_path / "encoder").exists()
 
 

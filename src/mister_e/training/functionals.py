@@ -9,6 +9,7 @@ class-balanced cross-entropy plus an L2 penalty, L-BFGS on the whole training se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,8 +53,8 @@ def fit_functionals_head(encoder: MisterEFunctionalsEncoder, features: torch.Ten
     class weighs as much as the others, as `class_weight="balanced"` does) + `l2 / 2` x the squared weights of both
     layers (biases free), minimised by L-BFGS with the dropouts off. Deterministic given the initial weights.
     Returns the final objective."""
-    if l2 < 0:
-        raise ValueError(f"`l2` must be >= 0, got {l2}.")
+    if not 0 <= l2 < math.inf:  # NaN fails too
+        raise ValueError(f"`l2` must be a finite number >= 0, got {l2}.")
     labels = torch.as_tensor(labels, dtype=torch.long)
     counts = torch.bincount(labels, minlength=encoder.classifier[-1].out_features).clamp(min=1)
     class_weight = len(labels) / (len(counts) * counts.float())

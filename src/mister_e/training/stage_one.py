@@ -4,6 +4,7 @@ as an utterance emotion classifier, then merged into a plain model for `mister-e
 from __future__ import annotations
 
 import functools
+import math
 import json
 import os
 import shutil
@@ -131,6 +132,8 @@ def _check_solver(solver: str | None, functionals: bool, modality: str, training
                          "(`--solver trainer`) to train it in epochs, or drop them.")
     if l2 is not None and solver != "lbfgs":
         raise ValueError("`l2` is the L2 strength of solver 'lbfgs'; the Trainer's is `weight_decay`.")
+    if l2 is not None and not 0 <= l2 < math.inf:  # NaN fails too; checked before any feature is computed
+        raise ValueError(f"`l2` must be a finite number >= 0, got {l2}.")
     return solver
 
 
