@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.preprocessing import StandardScaler
 from transformers import AutoTokenizer, set_seed
 
 from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatureExtractor, MisterEProcessor
 from mister_e.backbones import DEFAULT_TEXT_BACKBONE, resolve_backbone
 from mister_e.data import EMODB_LABELS, build_emodb, emodb_folds
 from mister_e.training import fit_functionals_head, speech_features
+
+from emodb import reference_predictions
 
 ROOT = Path(__file__).resolve().parent
 FEATURE_SETS = ("ComParE_2016", "eGeMAPSv02")
@@ -66,10 +66,8 @@ def head_score(data: dict, train: np.ndarray, validation: np.ndarray, feature_se
 
 
 def reference_score(data: dict, train: np.ndarray, validation: np.ndarray) -> float:
-    scaler = StandardScaler().fit(data["features"][train])
-    classifier = LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000)
-    classifier.fit(scaler.transform(data["features"][train]), data["labels"][train])
-    predicted = classifier.predict(scaler.transform(data["features"][validation]))
+    """Validation weighted F1 of `bench/emodb.py`'s logistic-regression reference."""
+    predicted = reference_predictions(data["features"][train], data["labels"][train], data["features"][validation])
     return 100 * f1_score(data["labels"][validation], predicted, average="weighted")
 
 

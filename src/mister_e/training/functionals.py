@@ -47,14 +47,19 @@ def fit_functionals_statistics(model, processor: Any, utterances: Dataset, batch
     return features
 
 
+def check_l2(l2: float) -> None:
+    """The L2 strength of the L-BFGS fit must be a finite number >= 0 (NaN fails too)."""
+    if not 0 <= l2 < math.inf:
+        raise ValueError(f"`l2` must be a finite number >= 0, got {l2}.")
+
+
 def fit_functionals_head(encoder: MisterEFunctionalsEncoder, features: torch.Tensor, labels: Sequence[int],
                          l2: float = FUNCTIONALS_L2, max_iter: int = FUNCTIONALS_MAX_ITER) -> float:
     """Fit the projection and classifier on all training utterances at once: class-balanced cross-entropy (each
     class weighs as much as the others, as `class_weight="balanced"` does) + `l2 / 2` x the squared weights of both
     layers (biases free), minimised by L-BFGS with the dropouts off. Deterministic given the initial weights.
     Returns the final objective."""
-    if not 0 <= l2 < math.inf:  # NaN fails too
-        raise ValueError(f"`l2` must be a finite number >= 0, got {l2}.")
+    check_l2(l2)
     labels = torch.as_tensor(labels, dtype=torch.long)
     counts = torch.bincount(labels, minlength=encoder.classifier[-1].out_features).clamp(min=1)
     class_weight = len(labels) / (len(counts) * counts.float())

@@ -4,7 +4,6 @@ as an utterance emotion classifier, then merged into a plain model for `mister-e
 from __future__ import annotations
 
 import functools
-import math
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from ..configuration_mister_e import MODALITIES, MisterEOpenSmileConfig
 from ..encoders_mister_e import MisterEFunctionalsEncoder
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
-from .functionals import FUNCTIONALS_L2, fit_functionals_head, fit_functionals_statistics, train_labels
+from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
 from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names
 
 
@@ -132,8 +131,8 @@ def _check_solver(solver: str | None, functionals: bool, modality: str, training
                          "(`--solver trainer`) to train it in epochs, or drop them.")
     if l2 is not None and solver != "lbfgs":
         raise ValueError("`l2` is the L2 strength of solver 'lbfgs'; the Trainer's is `weight_decay`.")
-    if l2 is not None and not 0 <= l2 < math.inf:  # NaN fails too; checked before any feature is computed
-        raise ValueError(f"`l2` must be a finite number >= 0, got {l2}.")
+    if l2 is not None:
+        check_l2(l2)  # before any feature is computed
     return solver
 
 
