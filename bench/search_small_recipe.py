@@ -3,13 +3,15 @@
     python bench/search_small_recipe.py                 # every candidate, then bench/results/search_small_recipe.*
     python bench/search_small_recipe.py --grid gate     # one grid (run grids in parallel processes, then all again)
 
-Two grids over the recipe, each on the data sets where it matters, on the frozen-MiniLM embeddings `bench/accuracy.py`
+Grids over the recipe, each on the data sets where it matters, on the frozen-MiniLM embeddings `bench/accuracy.py`
 prepares (run it first, or `--quick` there, for `runs/bench-accuracy/*/dataset`):
 
 * `gate`: how the gate learns (mixture space, held-out conversations, its learning rate), on CMU-MOSI standard folds and
   release split (speech + text), seeds 0-2;
 * `experts`: how the experts train (focal exponent, learning rate, dropout), on MELD-7 text only, seeds 0-1;
 * `experts-mosi`: around the chosen recipe, the experts' settings on CMU-MOSI (both splits, speech + text), seeds 0-2.
+* `context`, `losses`, `averaging` (searched later, not adopted): the context module, the losses and optimisation,
+  and a moving average of the weights, on all three, seeds 0-2.
 
 Each candidate is scored by its mean validation weighted F1 over data sets and seeds; finished runs are reused. The
 grids' `base` pins the first recipe's values of the settings searched by the other grid, so a rerun repeats the search
@@ -82,6 +84,29 @@ GRIDS = {
         "candidates": {
             "current": {},
             "gru-1-layer": {"context_module": "gru", "gru_layers": 1},
+        },
+    },
+    # MELD: is the BiGRU baseline's lead on validation its losses and optimisation (cross-entropy alone, Adam 1e-3,
+    # 8 conversations a batch) rather than its architecture? Not adopted: no candidate leads by more than the spread.
+    "losses": {
+        "adopted": False,
+        "datasets": ("mosi-standard", "mosi-release", "meld"), "seeds": (0, 1, 2),
+        "candidates": {
+            "current": {},
+            "no-supcon": {"supcon_weight": 0.0},
+            "cross-entropy": {"supcon_weight": 0.0, "focal_gamma": 0.0},
+            "bigru-optimisation": {"training.learning_rate": 1e-3, "training.per_device_train_batch_size": 8},
+        },
+    },
+    # Validation scores swing by 1-2 points from epoch to epoch: evaluate and keep a moving average of the weights
+    # (`weight_average_half_life`, in epochs). Not adopted: the averaged runs scored lower on validation.
+    "averaging": {
+        "adopted": False,
+        "datasets": ("mosi-standard", "mosi-release", "meld"), "seeds": (0, 1, 2),
+        "candidates": {
+            "current": {},
+            "average-1-epoch": {"training.weight_average_half_life": 1.0},
+            "average-3-epochs": {"training.weight_average_half_life": 3.0},
         },
     },
 }

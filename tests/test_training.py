@@ -378,6 +378,60 @@ def test_a_checkpoint_holds_the_best_weights_when_they_are_not_its_own(every_epo
         torch.testing.assert_close(_weights(tmp_path)[key], value, rtol=0, atol=1e-6)
 
 
+def test_weight_average_is_the_decay_weighted_mean_of_the_steps():
+    from types import SimpleNamespace
+    from mister_e.training.averaging import MisterEWeightAverage
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    average = MisterEWeightAverage(half_life_epochs=0.5)
+    args = SimpleNamespace(gradient_accumulation_steps=1, load_best_model_at_end=True)
+    average.on_train_begin(args, None, None, model=model, train_dataloader=range(4))
+    decay = 0.5 ** (1 / 2)  # half an epoch of 4 steps
+    assert average.decay == pytest.approx(decay)
+    with average.swapped_into(model):  # nothing averaged yet: the raw weights
+        raw = model.weight.detach().clone()
+    torch.testing.assert_close(model.weight.detach(), raw)
+    steps = [torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 0.0]]), torch.tensor([[-1.0, 4.0]])]
+    for value in steps:
+        with torch.no_grad():
+            model.weight.copy_(value)
+        average.on_step_end(args, None, None, model=model)
+    factors = torch.tensor([decay**2, decay, 1.0]) * (1 - decay) / (1 - decay**3)
+    expected = sum(f * v for f, v in zip(factors, steps))
+    with average.swapped_into(model):
+        torch.testing.assert_close(model.weight.detach(), expected)
+    torch.testing.assert_close(model.weight.detach(), steps[-1])  # the raw weights back for training
+    with pytest.raises(ValueError, match="weight_average_half_life"):
+        MisterEWeightAverage(-1.0)
+
+
+def test_weight_average_is_selected_and_resumes_exactly(tmp_path):
+    """With `weight_average_half_life`, the kept model is the average at the best evaluation (not any step's raw
+    weights), and a run cut short resumes, average included, to the same model and scores."""
+    from mister_e.training.averaging import AVERAGE_WEIGHTS
+
+    data = corpus(train=8, validation=4, test=2)
+    training = {**PACED, "checkpoint_budget": 0, "weight_average_half_life": 1.0}
+    straight = train_conversation_model(data, tmp_path / "straight", SIZES, training, seed=2, report=False,
+                                        keep_checkpoints=True)
+    best_step = json.loads((tmp_path / "straight" / "checkpoint-20" / "trainer_state.json").read_text())[
+        "best_global_step"]
+    saved = load_file(tmp_path / "straight" / f"checkpoint-{best_step}" / AVERAGE_WEIGHTS)
+    decay, steps = 0.5 ** (1 / 4), int(saved.pop("__steps__"))  # 4 steps an epoch
+    assert steps == best_step
+    kept, raw = _weights(tmp_path / "straight"), _weights(tmp_path / "straight" / f"checkpoint-{best_step}")
+    for key, value in saved.items():
+        torch.testing.assert_close(kept[key], value / (1 - decay**steps))
+    assert any(not torch.allclose(kept[key], raw[key]) for key in saved)
+
+    with pytest.raises(_Crash):
+        train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=2, callbacks=[_CrashAfter(12)])
+    resumed = train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=2, report=False)
+    for key, value in kept.items():
+        torch.testing.assert_close(_weights(tmp_path / "resumed")[key], value, rtol=0, atol=1e-6)
+    assert resumed["validation"] == straight["validation"] and resumed["test"] == straight["test"]
+
+
 # --- stage 1 -------------------------------------------------------------------------------------------------------
 
 
@@ -549,13 +603,16 @@ def test_no_flat_robustness_curve_for_single_modality_data(data, tmp_path, capsy
     assert "No robustness curve" in capsys.readouterr().err
 
 
-def test_a_wrong_config_value_is_one_line_and_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("setting, value, named", [("experts", "[speach]", "speach"),
+                                                   ("weight_average_half_life", "-1", "-1"),
+                                                   ("weight_average_half_life", ".nan", "nan")])
+def test_a_wrong_config_value_is_one_line_and_exit_2(setting, value, named, tmp_path, capsys):
     corpus(train=2, validation=1, test=1).save_to_disk(tmp_path / "data")
     capsys.readouterr()
     assert main(["train", "--recipe", "mosi", "--dataset", str(tmp_path / "data"), "--output-dir",
-                 str(tmp_path / "runs"), "--seeds", "0", "--set", "experts=[speach]"]) == 2
+                 str(tmp_path / "runs"), "--seeds", "0", "--set", f"{setting}={value}"]) == 2
     error = capsys.readouterr().err
-    assert "experts" in error and "speach" in error and len(error.strip().splitlines()) == 1
+    assert setting in error and named in error and len(error.strip().splitlines()) == 1
 
 
 def test_the_papers_optimisation_has_one_home():

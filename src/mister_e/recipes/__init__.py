@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -84,6 +85,7 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     # Wrong values fail now, naming their field, not after the data has loaded.
     MisterEConfig(**recipe["config"])
     check_checkpoint_budget(recipe["training"].get("checkpoint_budget", 0))
+    check_half_life(recipe["training"].get("weight_average_half_life", 0))
     return recipe
 
 
@@ -91,6 +93,12 @@ def check_checkpoint_budget(budget: float) -> None:
     """`checkpoint_budget` (a share of training time, `training/checkpoints.py`) must lie in [0, 1)."""
     if not 0 <= budget < 1:
         raise ValueError(f"checkpoint_budget must be in [0, 1) (a share of training time), got {budget}.")
+
+
+def check_half_life(half_life: float) -> None:
+    """`weight_average_half_life` (epochs, `training/averaging.py`) must be a finite number >= 0 (0: off)."""
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not 0 <= half_life < math.inf:
+        raise ValueError(f"weight_average_half_life must be a finite number of epochs >= 0 (0: off), got {half_life!r}.")
 
 
 def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -112,5 +120,6 @@ def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 
-__all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "check_checkpoint_budget", "load_recipe",
+__all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "check_checkpoint_budget", "check_half_life",
+           "load_recipe",
            "parse_sets", "route", "training_fields"]

@@ -14,6 +14,7 @@ file. The output folders must be on a filesystem every process sees, as Trainer'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -36,8 +37,9 @@ from transformers.utils import logging
 from ..evaluation import _write_json, compute_metrics
 from ..data.schema import LABELS
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
-from ..recipes import PAPER_TRAINING, check_checkpoint_budget
+from ..recipes import PAPER_TRAINING, check_checkpoint_budget, check_half_life
 from ..utils import launched_on_cpu
+from .averaging import MisterEWeightAverage
 from .checkpoints import (
     BEST_WEIGHTS, MisterECheckpointPacing, load_trainable_weights, trainable_weights, write_best_weights,
 )
@@ -77,15 +79,21 @@ _OUTPUT_KEYS = frozenset(
 @dataclasses.dataclass
 class MisterETrainingArguments(TrainingArguments):
     """`TrainingArguments` plus `checkpoint_budget`: the largest share of training time that checkpoint writes may
-    take (`checkpoints.py`); 0 writes at every `save_strategy` point, as Trainer does."""
+    take (`checkpoints.py`; 0 writes at every `save_strategy` point, as Trainer does), and `weight_average_half_life`:
+    evaluate and keep a moving average of the weights with this half-life in epochs (`averaging.py`; 0: the raw
+    weights, as the paper)."""
 
     checkpoint_budget: float = dataclasses.field(
         default=0.05, metadata={"help": "Largest share of training time spent writing checkpoints (0: every save)."}
+    )
+    weight_average_half_life: float = dataclasses.field(
+        default=0.0, metadata={"help": "Half-life in epochs of the weight average evaluated and kept (0: off)."}
     )
 
     def __post_init__(self):
         super().__post_init__()
         check_checkpoint_budget(self.checkpoint_budget)
+        check_half_life(self.weight_average_half_life)
 
 
 class MisterETrainer(Trainer):
@@ -106,11 +114,26 @@ class MisterETrainer(Trainer):
         self.best_weights = None  # trainable weights of the best evaluation so far (see checkpoints.py)
         if getattr(self.args, "checkpoint_budget", 0):
             self.add_callback(MisterECheckpointPacing(self.args.checkpoint_budget))
+        self.weight_average = None
+        if getattr(self.args, "weight_average_half_life", 0):
+            self.weight_average = MisterEWeightAverage(self.args.weight_average_half_life)
+            self.add_callback(self.weight_average)
+
+    def _averaged(self):
+        """Inside the block the model holds the weight average when training keeps one (else its own weights)."""
+        if self.weight_average is None:
+            return contextlib.nullcontext()
+        return self.weight_average.swapped_into(self.model)
+
+    def _evaluate(self, *args, **kwargs):
+        with self._averaged():  # the evaluations inside training, which select the model
+            return super()._evaluate(*args, **kwargs)
 
     def _determine_best_metric(self, metrics, trial):
         is_new_best = super()._determine_best_metric(metrics, trial)
         if is_new_best and self.args.load_best_model_at_end:
-            self.best_weights = trainable_weights(self.model, self.best_weights)
+            with self._averaged():
+                self.best_weights = trainable_weights(self.model, self.best_weights)
         return is_new_best
 
     def _save_checkpoint(self, model, trial):
@@ -120,6 +143,8 @@ class MisterETrainer(Trainer):
             if self.args.should_save:
                 write_best_weights(self.best_weights, folder)
             self.state.best_model_checkpoint = str(folder)
+        if self.weight_average is not None and self.args.should_save:
+            self.weight_average.save(folder)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -127,6 +152,8 @@ class MisterETrainer(Trainer):
         path = Path(resume_from_checkpoint) / BEST_WEIGHTS
         if self.args.load_best_model_at_end and path.is_file():
             self.best_weights = load_file(path)
+        if self.weight_average is not None:
+            self.weight_average.load(resume_from_checkpoint, model or self.model)
 
     def _load_best_model(self):
         """The in-memory copy when there is one; otherwise (best = the resumed checkpoint's own) Trainer's loading."""
