@@ -424,8 +424,9 @@ def test_weight_average_is_selected_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(kept[key], value / (1 - decay**steps))
     assert any(not torch.allclose(kept[key], raw[key]) for key in saved)
 
-    with pytest.raises(_Crash):
-        train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=2, callbacks=[_CrashAfter(12)])
+    with pytest.raises(_Crash):  # right after the best evaluation's checkpoint, whose own weights are raw
+        train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=2,
+                                 callbacks=[_CrashAfter(best_step)])
     resumed = train_conversation_model(data, tmp_path / "resumed", SIZES, training, seed=2, report=False)
     for key, value in kept.items():
         torch.testing.assert_close(_weights(tmp_path / "resumed")[key], value, rtol=0, atol=1e-6)

@@ -139,7 +139,9 @@ class MisterETrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, holding the best evaluation's weights too when they are not its own."""
         folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.best_weights is not None and self.state.best_global_step != self.state.global_step:
+        # The checkpoint's own weights are the best ones only when they are evaluated as they are (no average).
+        own_is_best = self.weight_average is None and self.state.best_global_step == self.state.global_step
+        if self.best_weights is not None and not own_is_best:
             if self.args.should_save:
                 write_best_weights(self.best_weights, folder)
             self.state.best_model_checkpoint = str(folder)
