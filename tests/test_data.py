@@ -312,6 +312,23 @@ def test_meld_bad_csvs(tmp_path):
         build_meld(root)
 
 
+def test_meld_empty_split_bad_encoding_and_blank_utterance_name_the_csv(tmp_path, capsys):
+    root = make_meld(tmp_path / "MELD")
+    write_csv(root / "dev_sent_emo.csv", [], MELD_HEADER)
+    with pytest.raises(ValueError, match=r"dev_sent_emo\.csv has no utterances, so the validation split would be"):
+        build_meld(root)
+    assert main(["prepare", "meld", str(root), str(tmp_path / "out"), "--text-only"]) == 2
+    assert "dev_sent_emo.csv" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    make_meld(root)
+    (root / "train_sent_emo.csv").write_bytes((root / "train_sent_emo.csv").read_bytes().replace(b"Great", b"Caf\xe9"))
+    with pytest.raises(ValueError, match=r"train_sent_emo\.csv is not UTF-8"):
+        build_meld(root)
+    make_meld(root)
+    write_csv(root / "test_sent_emo.csv", [[1, " ", "Ross", "neutral", "neutral", 0, 1, 1, 1, "", ""]], MELD_HEADER)
+    with pytest.raises(ValueError, match=r"test_sent_emo\.csv: utterance dia0_utt1 has neither text nor audio"):
+        build_meld(root, audio=False)  # dia0_utt1 is in every CSV: only the file tells which one
+
+
 # --- CMU-MOSI -----------------------------------------------------------------------------------------
 
 MOSI_FOLDS = {"train": ["vidA", "vid_B"], "valid": ["vidC"], "test": ["vidD"]}
@@ -407,6 +424,46 @@ def test_mosi_bad_layouts(tmp_path):
         build_mosi(root)
     with pytest.raises(FileNotFoundError, match="transcripts.csv"):
         build_mosi(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("folds", "message"),
+    [
+        ('[["vidA"], ["vidC"], ["vidD"]]', r"folds\.json: expected a JSON object of train/valid/test lists"),
+        ('{"train": ["vidA", "vid_B"], "valid": [["vidC"]], "test": ["vidD"]}', r"folds\.json: key 'valid' must be"),
+        ('{"train": ["vidA", "vid_B"], "valid": [7], "test": ["vidD"]}', r"folds\.json: key 'valid' must be a list"),
+        ('{"train": ["vidA", "vid_B"],\n', r"folds\.json is not valid JSON: Expecting"),
+        ('{"train": ["vidA", "vid_B", "vidC"], "valid": [], "test": ["vidD"]}',
+         r"mosi\.csv: no segment falls in the validation split of .*folds\.json"),
+    ],
+)  # fmt: skip
+def test_mosi_bad_folds_are_named(tmp_path, folds, message):
+    root = make_mosi_scores(tmp_path / "mosi")
+    (root / "folds.json").write_text(folds)
+    with pytest.raises(ValueError, match=message):
+        build_mosi(root, folds=root / "folds.json")
+
+
+def test_mosi_bad_release_files_are_named(tmp_path, capsys):
+    root = make_mosi_release(tmp_path / "mosi")
+    acoustic = (root / "audio_train0.csv").read_text()
+    for bad in ("nan", "-inf"):
+        (root / "audio_train0.csv").write_text(acoustic.replace('"2.0"', f'"{bad}"', 1))  # row 2: segment 2
+        with pytest.raises(ValueError, match=r"audio_train0\.csv row 2: non-finite value"):
+            build_mosi(root, acoustic=True)
+    assert main(["prepare", "mosi", str(root), str(tmp_path / "out"), "--acoustic"]) == 2
+    assert "audio_train0.csv row 2" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    make_mosi_release(root)
+    (root / "text_test.csv").write_text("")
+    with pytest.raises(ValueError, match=r"text_test\.csv has no rows"):
+        build_mosi(root, acoustic=True)
+    make_mosi_release(root)
+    (root / "transcripts.csv").write_bytes((root / "transcripts.csv").read_bytes().replace(b"MEH", b"M\xe9H"))
+    with pytest.raises(ValueError, match=r"transcripts\.csv is not UTF-8"):
+        build_mosi(root)
+    (root / "mosi.csv").write_bytes(b"segment_id,video_id,clip,text,sentiment\nvidA_1,vidA,1,caf\xe9,1.0\n")
+    with pytest.raises(ValueError, match=r"mosi\.csv is not UTF-8"):
+        build_mosi(root)
 
 
 # --- COSMIC / DialogueRNN pickles ---------------------------------------------------------------------

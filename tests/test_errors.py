@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from datasets import DatasetDict
+
+from tiny import tiny_config
 from tiny_end_to_end import SR, tiny_model, tiny_processor
+from mister_e import MisterEForEmotionRecognition
 from mister_e.cli import main
+from mister_e.data import make_dialogue_dataset
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,31 @@ def root(tmp_path_factory):
     (root / "latin-1" / "transcripts.txt").write_bytes("clip\tcaf\u00e9\n".encode("latin-1"))
     (root / "names-no-file" / "transcripts.txt").write_text("utt1\tnames no file here\n")
     (root / "no-tab" / "transcripts.txt").write_text("clip without a tab\n")
+    MisterEForEmotionRecognition(tiny_config()).save_pretrained(root / "stage-2")
+    for name, labels, nan_split in [("embedded", LABELS, None), ("nan-train", LABELS, "train"),
+                                    ("nan-test", LABELS, "test"), ("other-labels", LABELS[::-1], None)]:
+        embedded_dialogues(labels, nan_split).save_to_disk(root / name)
+    embedded_dialogues(LABELS).remove_columns(["speech_embeds", "text_embeds"]).save_to_disk(root / "raw")
     return root
+
+
+LABELS = ["emotion_0", "emotion_1", "emotion_2"]
+
+
+def embedded_dialogues(labels, nan_split=None) -> DatasetDict:
+    """Three tiny conversations a split with `tiny_config`'s widths; `nan_split`'s first utterance holds a NaN."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split in ("train", "validation", "test"):
+        rows = [{"dialogue_id": f"{split}{d}", "labels": [0, 1, 2], "texts": ["a", "b", "c"],
+                 "speech_embeds": rng.standard_normal((3, 6)).tolist(), "text_embeds": rng.standard_normal((3, 5)).tolist()}
+                for d in range(3)]
+        splits[split] = make_dialogue_dataset(rows, labels)
+        if split == nan_split:
+            nan_first = lambda row, i: {"speech_embeds": [[float("nan")] * 6] + row["speech_embeds"][1:] if i == 0
+                                        else row["speech_embeds"]}
+            splits[split] = splits[split].map(nan_first, with_indices=True)
+    return DatasetDict(splits)
 
 
 CASES = {  # name -> (arguments, culprit the line must name, what it must say)
@@ -82,6 +111,26 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                     "--set", "focal_gamma=-1"], "focal_gamma", ""),
     "wrong training value (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",
                                       "--set", "checkpoint_budget=1.5"], "checkpoint_budget", ""),
+    "NaN in a training embedding": (["train", "--recipe", "small", "--dataset", "{root}/nan-train", "--output-dir",
+                                     "{out}", "--seeds", "0"], "train0", "non-finite"),
+    "NaN in a test embedding (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/nan-test",
+                                            "--output-dir", "{out}"], "test0", "non-finite"),
+    "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",
+                                           "--output-dir", "{out}"], "emotion_2", "labels"),
+    "no such split (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/embedded", "--split",
+                                  "dev", "--output-dir", "{out}"], "dev", "splits"),
+    "batch size 0 (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/embedded",
+                                 "--batch-size", "0", "--output-dir", "{out}"], "--batch-size", "positive"),
+    "drop probability above 1 (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/embedded",
+                                             "--probabilities", "1.5", "--output-dir", "{out}"], "--probabilities",
+                                            "[0, 1]"),
+    "output folder is a file (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/embedded",
+                                            "--output-dir", "{root}/hello.json"], "hello.json", "file"),
+    "shard size 0 (extract)": (["extract", "--dataset", "{root}/embedded", "--model", "{root}/model", "--shard-size",
+                                "0", "--output-dir", "{out}"], "--shard-size", "positive"),
+    "stage-2 model, no embeddings (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
+                                                 "{root}/raw", "--output-dir", "{out}"], "extract", "stage-2"),
+    "no GPU in the plan (plan)": (["plan", "--gpus", "0"], "--gpus", "positive"),
 }
 
 

@@ -15,7 +15,48 @@ from pathlib import Path
 from .configuration_mister_e import MODALITIES
 from .conversations import read_conversation, read_utf8
 from .data import PREPARE_DATASETS
-from .recipes import ABLATIONS, load_recipe, parse_sets, route, training_fields
+from .recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a wrong option value) as one line naming the option, exit status 2, as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has: asking for CUDA without it is an input error, not a crash mid-run."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device (use cpu)")
+    return text
 
 
 
@@ -25,13 +66,13 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="Where the dialogue DatasetDict is saved.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
     parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
-    parser.add_argument("--validation-dialogues", type=int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
+    parser.add_argument("--validation-dialogues", type=_positive_int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
     parser.add_argument("--seed", type=int, help="Seed of the held-out validation dialogues (0).")
     parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
                                                  "per line (instead of holding out --validation-dialogues).")
     parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted WAVs.")
     parser.add_argument("--extract-to", help="MELD: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
-    parser.add_argument("--num-workers", type=int, help="MELD: parallel FFmpeg jobs.")
+    parser.add_argument("--num-workers", type=_positive_int, help="MELD: parallel FFmpeg jobs.")
     parser.add_argument("--text-only", action="store_true", help="MELD: ignore audio (official CSVs alone).")
     parser.add_argument("--label-rule", choices=["nonnegative", "nonzero"], help="MOSI binary rule for scores.")
     parser.add_argument("--folds", help="MOSI: standard-folds JSON (default ROOT/mosi_standard_folds.json).")
@@ -40,7 +81,7 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-pickle", action="store_true", help="COSMIC: allow unpickling (runs code from it).")
     parser.add_argument("--test-speaker", help="EmoDB: the held-out test speaker, e.g. 03 (the first one).")
     parser.add_argument("--validation-speaker", help="EmoDB: the validation speaker (the one after the test speaker).")
-    parser.add_argument("--conversation-size", type=int, help="EmoDB: utterances per conversation (10); 1 = no context")
+    parser.add_argument("--conversation-size", type=_positive_int, help="EmoDB: utterances per conversation (10); 1 = no context")
 
 
 def _read_lines(path: str) -> list[str]:
@@ -79,10 +120,10 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Stage-1 model folder(s) (`train-encoder` output `merged/`), one per modality.")
     parser.add_argument("--output-dir", required=True, help="Where the dataset with embedding columns is saved.")
     parser.add_argument("--cache-dir", help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--shard-size", type=int, default=512, help="Utterances per cached shard.")
+    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--shard-size", type=_positive_int, default=512, help="Utterances per cached shard.")
     parser.add_argument("--embedding", choices=["projection", "backbone_mean"], default="projection")
-    parser.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available).")
+    parser.add_argument("--device", type=_device, help="e.g. cuda, cpu (default: cuda when available).")
     parser.add_argument("--overwrite", action="store_true")
 
 
@@ -92,6 +133,7 @@ def _run_extract(args: argparse.Namespace) -> None:
 
     from .assembly import require_kind
     from .data import describe, save_dialogues
+    from .data.schema import check_save_target
     from .extraction import extract_embeddings
     from .modeling_mister_e import MisterEForUtteranceClassification
     from .processing_mister_e import MisterEProcessor
@@ -99,6 +141,7 @@ def _run_extract(args: argparse.Namespace) -> None:
 
     for model_dir in args.model:
         require_kind(model_dir, ("stage-1",), "`extract --model`")
+    check_save_target(Path(args.output_dir), args.overwrite)  # before the extraction, not after
     dataset = load_from_disk(args.dataset)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for model_dir in args.model:
@@ -122,16 +165,16 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With a stage-2 `--model` (from `mister-e train`): a stage-1 encoder folder "
                              "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
                              "once per modality.")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--device")
+    parser.add_argument("--top-k", type=_positive_int)
+    parser.add_argument("--device", type=_device)
     recording = parser.add_argument_group("recordings")
     recording.add_argument("--asr", metavar="MODEL", help="Transcribe each utterance with this speech recognition model "
                            "(a Hub id such as openai/whisper-small, or a local folder); without it, speech alone.")
-    recording.add_argument("--min-silence", type=float, default=0.3, metavar="S",
+    recording.add_argument("--min-silence", type=_positive_float, default=0.3, metavar="S",
                            help="A pause of at least S seconds ends an utterance (0.3).")
-    recording.add_argument("--min-utterance", type=float, default=0.25, metavar="S",
+    recording.add_argument("--min-utterance", type=_positive_float, default=0.25, metavar="S",
                            help="Drop speech shorter than S seconds (0.25).")
-    recording.add_argument("--max-utterance", type=float, default=20.0, metavar="S",
+    recording.add_argument("--max-utterance", type=_positive_float, default=20.0, metavar="S",
                            help="Split longer speech, at its quietest moment in the second half (20).")
     recording.add_argument("--vad-threshold", type=float, default=0.5, help="Speech probability threshold (0.5).")
     recording.add_argument("--csv", metavar="FILE", help="Also write the timeline as CSV.")
@@ -242,9 +285,9 @@ def _add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
                                             "(default: the default text backbone's).")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lora-r", type=int, help="LoRA rank (default: 16 speech, 8 text).")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 8 speech, 32 text).")
-    parser.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05 speech, 0.1 text).")
+    parser.add_argument("--lora-r", type=_positive_int, help="LoRA rank (default: 16 speech, 8 text).")
+    parser.add_argument("--lora-alpha", type=_positive_float, help="LoRA alpha (default: 8 speech, 32 text).")
+    parser.add_argument("--lora-dropout", type=_probability, help="LoRA dropout (default: 0.05 speech, 0.1 text).")
     parser.add_argument("--lora-targets", nargs="+", help="LoRA target modules (default: the family's preset).")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="dtype the backbone loads in (default float32; the compute dtype of a quantized one, "
@@ -287,6 +330,7 @@ def _run_train_encoder(args: argparse.Namespace) -> None:
         if section[0] not in sections:
             raise ValueError(f"--set {key}: train-encoder takes MisterEConfig and TrainingArguments fields only.")
         sections[section[0]][section[1]] = value
+    sections["training"] = check_training(sections["training"])  # before any data or folder is touched
     if args.gradient_checkpointing:
         # transformers 5.2x renamed it `activation_checkpointing`, keeping the old name as a deprecated alias.
         new = "activation_checkpointing" in training_fields()
@@ -321,26 +365,32 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="Where the report goes (default: <model>/evaluation/<split>).")
     parser.add_argument("--no-robustness", dest="robustness", action="store_false",
                         help="Skip the missing-modality robustness curve.")
-    parser.add_argument("--probabilities", type=float, nargs="+",
+    parser.add_argument("--probabilities", type=_probability, nargs="+",
                         help="Drop probabilities of the robustness curve (default: 0.0, 0.1, ..., 0.9).")
     parser.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the robustness curve's random drops.")
-    parser.add_argument("--device", help="Where to run the model (default: cuda when available, else cpu).")
+    parser.add_argument("--device", type=_device, help="Where to run the model (default: cuda when available, else cpu).")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     import torch
-    from datasets import load_from_disk
+    from datasets import DatasetDict, load_from_disk
 
     from .assembly import require_kind
     from .evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
     from .training import evaluate_model
 
     require_kind(args.model, ("stage-2", "end-to-end"), "`evaluate --model`")
-    output_dir = args.output_dir or Path(args.model) / "evaluation" / args.split
+    output_dir = Path(args.output_dir or Path(args.model) / "evaluation" / args.split)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder.")
+    dataset = load_from_disk(args.dataset)
+    if not isinstance(dataset, DatasetDict) or args.split not in dataset:
+        splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
+        raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
     result = evaluate_model(
-        args.model, load_from_disk(args.dataset)[args.split], output_dir, robustness=args.robustness,
+        args.model, dataset[args.split], output_dir, robustness=args.robustness,
         probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
         batch_size=args.batch_size, seed=args.seed,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
@@ -353,7 +403,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="mister-e-quickstart", help="Corpus, model and reports go here.")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=_positive_int, default=30)
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -364,24 +414,26 @@ def _run_quickstart(args: argparse.Namespace) -> None:
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=8, help="Utterances per GPU and step.")
-    parser.add_argument("--text-tokens", type=int, default=128, help="Tokens per text utterance (the spec's maximum).")
-    parser.add_argument("--speech-seconds", type=float, default=5.0, help="Training crop of a speech utterance.")
-    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 8])
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="Utterances per GPU and step.")
+    parser.add_argument("--text-tokens", type=_positive_int, default=128, help="Tokens per text utterance (the spec's maximum).")
+    parser.add_argument("--speech-seconds", type=_positive_float, default=5.0, help="Training crop of a speech utterance.")
+    parser.add_argument("--gpus", type=_positive_int, nargs="+", default=[1, 2, 8])
     parser.add_argument("--json", help="Also write the plan, with per-kind memory breakdowns, to this JSON file.")
 
 
 def _run_plan(args: argparse.Namespace) -> None:
     from .training.memory_plan import format_plan, paper_scale_plan
+    from .utils import atomic_path
 
     plan = paper_scale_plan(args.batch_size, args.text_tokens, args.speech_seconds, gpus=tuple(args.gpus))
     print(format_plan(plan))
     if args.json:
-        Path(args.json).write_text(json.dumps(plan, indent=2))
+        with atomic_path(Path(args.json)) as partial:  # a cut-short write leaves no file that looks whole
+            partial.write_text(json.dumps(plan, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mister-e", description=__doc__)
+    parser = _Parser(prog="mister-e", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, add, run, summary in (
@@ -419,7 +471,10 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error already printed
+        return stop.code
     _quiet_libraries(args.debug)
     from huggingface_hub.errors import StrictDataclassError  # a config field with a wrong value (`--set`)
 

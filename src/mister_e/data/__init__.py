@@ -58,11 +58,11 @@ def prepare(
     ``options`` go to the builder (positional-only arguments leave their names free, so COSMIC's own ``dataset``
     option, `--source`, reaches it); for ``"cosmic"``, ``root`` is the pickle file.
     """
-    from .schema import _check_target, describe, save_dialogues
+    from .schema import check_save_target, describe, save_dialogues
 
     if dataset not in _REGISTRY:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(PREPARE_DATASETS)}")
-    _check_target(Path(output_dir), overwrite)  # fail before a long build, not after
+    check_save_target(Path(output_dir), overwrite)  # fail before a long build, not after
     logger.info("Building %s from %s", dataset, root)
     dialogues = _builder(dataset)(root, **options)
     save_dialogues(dialogues, output_dir, overwrite=overwrite)

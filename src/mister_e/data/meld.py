@@ -54,6 +54,8 @@ def build_meld(
     for split, name in _MELD_CSVS.items():
         path = root / name
         rows = _read_csv(path, required=("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"))
+        if not rows:  # a saved empty split cannot be loaded again
+            raise ValueError(f"{path} has no utterances, so the {split} split would be empty")
         records = []
         for number, row in enumerate(rows, start=1):
             where = f"{path} row {number}"
@@ -73,6 +75,10 @@ def build_meld(
             records.append(((dialogue, turn), record))
         utterances += [record for _, record in sorted(records, key=lambda item: item[0])]
     audio_from = _meld_audio(root, audio_dir, utterances, extract_to, num_workers) if audio else None
+    for utterance in utterances:  # here, because MELD ids repeat across the CSVs: name the file
+        if utterance["text"] is None and utterance["audio"] is None:
+            path = root / _MELD_CSVS[utterance["split"]]
+            raise ValueError(f"{path}: utterance {utterance['utterance_id']} has neither text nor audio")
     return _group_dialogues(utterances, MELD_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
 
 

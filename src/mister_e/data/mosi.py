@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 from datasets import DatasetDict
 
-from .schema import SPEECH_EMBEDS, _clean_text, _find_audio, _group_dialogues, _integer, _read_csv, attach_embeddings
+from ..conversations import read_utf8
+from .schema import (
+    SPEECH_EMBEDS, SPLITS, _clean_text, _find_audio, _group_dialogues, _integer, _read_csv, attach_embeddings
+)  # fmt: skip
 
 MOSI_LABELS = ["negative", "positive"]
 MOSI_LABEL_RULES = ("nonnegative", "nonzero")
@@ -57,12 +60,13 @@ def build_mosi(
     if table.is_file():
         segments, requested = _mosi_scored_segments(table, label_rule)
     elif (folder / "transcripts.csv").is_file():
+        table = folder / "transcripts.csv"
         if label_rule != "nonnegative":
             raise ValueError(
-                f"{folder / 'transcripts.csv'} has binary labels only, so label_rule={label_rule!r} cannot drop "
-                f"score-0 segments; use a scores layout ({MOSI_CSV}) for it"
+                f"{table} has binary labels only, so label_rule={label_rule!r} cannot drop score-0 segments; use a "
+                f"scores layout ({MOSI_CSV}) for it"
             )
-        segments, requested = _mosi_release_segments(folder / "transcripts.csv"), False
+        segments, requested = _mosi_release_segments(table), False
     else:
         raise FileNotFoundError(f"CMU-MOSI: neither {table} (scores layout) nor {folder / 'transcripts.csv'} found")
     folds = Path(folds) if folds is not None else folder / MOSI_FOLDS
@@ -70,6 +74,10 @@ def build_mosi(
     unassigned = sorted({segment["dialogue_id"] for segment in segments} - splits.keys())
     if unassigned:
         raise ValueError(f"{len(unassigned)} videos are in no fold of {folds} (first: {', '.join(unassigned[:5])})")
+    filled = {splits[segment["dialogue_id"]] for segment in segments}
+    empty = [split for split in SPLITS if split not in filled]
+    if empty:  # a saved empty split cannot be loaded again
+        raise ValueError(f"{table}: no segment falls in the {empty[0]} split of {folds}")
     requested = requested or audio_dir is not None
     for segment in segments:
         segment["split"] = splits[segment["dialogue_id"]]
@@ -132,13 +140,20 @@ def mosi_release_folds(root: str | os.PathLike, validation_every: int = 6) -> di
 
 
 def _read_matrix(path: Path) -> np.ndarray:
+    """A numeric CSV as a 2-D array; an empty file or a nan/inf value fails here, not as NaN features later."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    with open(path, newline="") as file:
+    with open(path, newline="", encoding="utf-8") as file:
         try:
-            return np.array([[float(value) for value in row] for row in csv.reader(file) if row], dtype=np.float64)
+            matrix = np.array([[float(value) for value in row] for row in csv.reader(file) if row], dtype=np.float64)
         except ValueError as error:
             raise ValueError(f"{path}: expected a numeric table ({error})") from None
+    if matrix.size == 0:
+        raise ValueError(f"{path} has no rows")
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{path} row {bad[0] + 1}: non-finite value (nan or inf)")
+    return matrix
 
 
 def _mosi_segment(segment_id: str, where: str) -> tuple[str, int]:
@@ -198,12 +213,18 @@ def _mosi_folds(path: Path) -> dict[str, str]:
     """Video id -> split, from the JSON transcription of the CMU-SDK standard folds."""
     if not path.is_file():
         raise FileNotFoundError(f"CMU-MOSI folds {path} not found (JSON with train/valid/test lists of video ids)")
-    folds = json.loads(path.read_text())
+    try:
+        folds = json.loads(read_utf8(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(folds, dict):
+        raise ValueError(f"{path}: expected a JSON object of train/valid/test lists of video ids, got {folds!r:.80}")
     splits = {}
     for key, split in (("train", "train"), ("valid", "validation"), ("test", "test")):
-        if not isinstance(folds.get(key), list):
-            raise ValueError(f"{path}: key {key!r} must be a list of video ids")
-        for video in folds[key]:
+        videos = folds.get(key)
+        if not isinstance(videos, list) or not all(isinstance(video, str) for video in videos):
+            raise ValueError(f"{path}: key {key!r} must be a list of video ids (strings), got {videos!r:.80}")
+        for video in videos:
             if splits.setdefault(video, split) != split:
                 raise ValueError(f"{path}: video {video!r} is in more than one fold")
     return splits

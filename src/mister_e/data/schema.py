@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from ..configuration_mister_e import MODALITIES
@@ -152,6 +153,33 @@ def validate_dialogues(dialogues: Dataset | DatasetDict | Iterable[Mapping], num
                 )
 
 
+def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
+    """Raise a ValueError naming the first utterance whose embedding holds NaN or inf: one such value turns every loss,
+    then every weight, into NaN without an error. Checked over whole Arrow columns at once; only a column that fails is
+    searched row by row for the utterance to name."""
+    if isinstance(dialogues, DatasetDict):
+        for split, dataset in dialogues.items():
+            try:
+                check_finite_embeddings(dataset)
+            except ValueError as error:
+                raise ValueError(f"split {split!r}: {error}") from None
+        return
+    for column in EMBED_COLUMNS:
+        if column not in dialogues.column_names:
+            continue
+        values = pa.chunked_array(dialogues.with_format("arrow")[column]).combine_chunks().flatten().flatten()
+        if np.isfinite(values.drop_null().to_numpy(zero_copy_only=False)).all():
+            continue
+        for position, row in enumerate(dialogues.select_columns([c for c in (DIALOGUE_ID, UTTERANCE_IDS, column)
+                                                                 if c in dialogues.column_names])):
+            for index, vector in enumerate(row[column]):
+                if vector is not None and not np.isfinite(np.asarray(vector, dtype=np.float64)).all():
+                    ids = row.get(UTTERANCE_IDS)
+                    utterance = ids[index] if ids else index
+                    raise ValueError(f"dialogue {row.get(DIALOGUE_ID, f'#{position}')!r}: utterance {utterance!r} has "
+                                     f"a non-finite value (NaN or inf) in {column}; re-extract or drop it")
+
+
 def make_dialogue_dataset(conversations: Sequence[Mapping], label_names: Sequence[str]) -> Dataset:
     """Build a validated dialogue `Dataset` from conversation dicts.
 
@@ -193,7 +221,9 @@ def make_dialogue_dataset(conversations: Sequence[Mapping], label_names: Sequenc
         rows.append(row)
     validate_dialogues(rows, len(label_names))
     features = dialogue_features(label_names, speech_embeds=SPEECH_EMBEDS in embeds, text_embeds=TEXT_EMBEDS in embeds)
-    return Dataset.from_dict({column: [row[column] for row in rows] for column in features}, features=features)
+    dataset = Dataset.from_dict({column: [row[column] for row in rows] for column in features}, features=features)
+    check_finite_embeddings(dataset)
+    return dataset
 
 
 def attach_embeddings(
@@ -220,7 +250,10 @@ def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite
     ``overwrite`` only ever replaces a saved `DatasetDict`, so a mistyped path cannot delete an unrelated folder.
     """
     path = Path(path)
-    _check_target(path, overwrite)
+    check_save_target(path, overwrite)
+    empty = [split for split, dataset in dialogues.items() if len(dataset) == 0]
+    if empty:  # `load_from_disk` cannot read an empty split back: every later command would fail on it
+        raise ValueError(f"the {empty[0]} split of {path} would be empty: no dialogue was found for it")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
@@ -248,7 +281,8 @@ def describe(dialogues: DatasetDict) -> str:
     return "\n".join(lines)
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_save_target(path: Path, overwrite: bool) -> None:
+    """`save_dialogues` can write `path`: checked before the work that produces the dataset, too."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if path.exists() and not (path / "dataset_dict.json").is_file():
@@ -319,15 +353,19 @@ def _find_audio(folder: Path, stem: str) -> str | None:
 def _read_csv(
     path: Path, *, columns: Sequence[str] | None = None, required: Sequence[str] = ()
 ) -> list[dict[str, str]]:
-    """Rows as dicts (``columns`` names a header-less file), failing with the file and missing column named."""
+    """Rows as dicts (``columns`` names a header-less file), failing with the file and missing column named, or with
+    the file named when it is not UTF-8 (the decoder's own message does not name it)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     with open(path, newline="", encoding="utf-8-sig") as file:
-        reader = csv.DictReader(file, fieldnames=columns)
-        missing = [column for column in required if column not in (reader.fieldnames or ())]
-        if missing:
-            raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
-        return list(reader)
+        try:
+            reader = csv.DictReader(file, fieldnames=columns)
+            missing = [column for column in required if column not in (reader.fieldnames or ())]
+            if missing:
+                raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
+            return list(reader)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
 
 
 def _integer(row: Mapping[str, str], column: str, where: str) -> int:
@@ -350,6 +388,8 @@ __all__ = [
     "UTTERANCE_COLUMNS",
     "UTTERANCE_IDS",
     "attach_embeddings",
+    "check_finite_embeddings",
+    "check_save_target",
     "dialogue_features",
     "describe",
     "make_dialogue_dataset",

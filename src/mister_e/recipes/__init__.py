@@ -9,6 +9,8 @@ import dataclasses
 import functools
 import math
 import os
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -29,14 +31,25 @@ RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality
                "early_stopping_patience", "config", "training")
 # Recipe keys that go to `train_conversation_model` as they are, and their defaults (the paper's behaviour).
 RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_stopping_patience": None}
+# The types a training field's value is checked against, and how a message names them.
+_BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+# Training fields below these train nothing or fail deep inside the Trainer.
+_TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+                    "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0}
 
 
 @functools.cache
-def training_fields() -> frozenset[str]:
-    """`MisterETrainingArguments` field names (imported on first use: it pulls in accelerate)."""
+def training_types() -> dict[str, Any]:
+    """`MisterETrainingArguments` fields and their types (imported on first use: it pulls in accelerate)."""
     from ..training.trainer import MisterETrainingArguments
 
-    return frozenset(field.name for field in dataclasses.fields(MisterETrainingArguments) if field.init)
+    hints = typing.get_type_hints(MisterETrainingArguments)
+    return {field.name: hints[field.name] for field in dataclasses.fields(MisterETrainingArguments) if field.init}
+
+
+def training_fields() -> frozenset[str]:
+    """`MisterETrainingArguments` field names."""
+    return frozenset(training_types())
 
 
 def route(key: str) -> tuple[str, ...]:
@@ -68,36 +81,116 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
         if not path.is_file():
             available = sorted(p.stem for p in path.parent.glob("*.yaml") if p.name not in _NOT_RECIPES)
             raise ValueError(f"No recipe named {name_or_path!r}; packaged recipes: {available}.")
-    recipe = {"modalities": list(MODALITIES), **RECIPE_OPTIONS, "config": {},
-              **(yaml.safe_load(path.read_text()) or {})}
-    recipe["training"] = {**PAPER_TRAINING, **(recipe.get("training") or {})}
+    loaded = _load_yaml(path.read_bytes(), f"Recipe {path}")
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"Recipe {path} must be a mapping of recipe keys {list(RECIPE_KEYS)}, "
+                         f"got a {type(loaded).__name__}.")
+    for section in ("config", "training"):
+        if loaded.get(section) is not None and not isinstance(loaded[section], Mapping):
+            raise ValueError(f"Recipe {path}: `{section}` must be a mapping of field: value, got {loaded[section]!r}.")
+    recipe = {"modalities": list(MODALITIES), **RECIPE_OPTIONS, **loaded, "config": dict(loaded.get("config") or {})}
+    recipe["training"] = {**PAPER_TRAINING, **(loaded.get("training") or {})}
     for key, value in (overrides or {}).items():
         *sections, field = route(key)
         target = recipe
         for section in sections:
             target = target.setdefault(section, {})
         target[field] = value
-    unknown = sorted(set(recipe) - set(RECIPE_KEYS) - {"ablation"})
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS) - {"ablation"}, key=str)
     unknown += sorted(f"training.{key}" for key in set(recipe["training"]) - training_fields())
     unknown += sorted(f"config.{key}" for key in set(recipe["config"]) - set(MisterEConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"Recipe {name_or_path!s} has unknown keys {unknown}.")
     # Wrong values fail now, naming their field, not after the data has loaded.
     MisterEConfig(**recipe["config"])
-    check_checkpoint_budget(recipe["training"].get("checkpoint_budget", 0))
-    check_half_life(recipe["training"].get("weight_average_half_life", 0))
+    _check_recipe_values(recipe)
+    recipe["training"] = check_training(recipe["training"])
     return recipe
+
+
+def _check_recipe_values(recipe: Mapping[str, Any]) -> None:
+    """The recipe keys that reach training as they are: a wrong one would fail deep inside it (a string of seeds is
+    even iterated as seeds)."""
+    if "seeds" in recipe:  # else `train_seeds` is given them
+        seeds = recipe["seeds"]
+        _require(isinstance(seeds, (list, tuple)) and len(seeds) > 0
+                 and all(_is_integer(seed) and seed >= 0 for seed in seeds),
+                 "seeds", "a non-empty list of integers >= 0", seeds)
+    modalities = recipe["modalities"]
+    _require(isinstance(modalities, (list, tuple)) and len(modalities) > 0 and all(m in MODALITIES for m in modalities),
+             "modalities", f"a non-empty list of {list(MODALITIES)}", modalities)
+    dropout = recipe["modality_dropout"]
+    _require(_is_number(dropout) and 0 <= dropout < 1, "modality_dropout", "a number in [0, 1)", dropout)
+    rate = recipe["gate_learning_rate"]
+    _require(rate is None or _is_number(rate) and 0 < rate < math.inf, "gate_learning_rate",
+             "a positive number or null (the experts' rate)", rate)
+    patience = recipe["early_stopping_patience"]
+    _require(patience is None or _is_integer(patience) and patience >= 1, "early_stopping_patience",
+             "a positive integer or null (no early stopping)", patience)
+
+
+def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
+    """`TrainingArguments` fields checked before any data or folder is touched: each value against its field's type
+    (an integral float for an int field, as `1e3` reads, made an int), and the values that would train nothing
+    (0 epochs) or fail deep inside the Trainer refused, naming the field."""
+    fields = training_types()
+    training = {key: _typed(f"training.{key}", value, fields.get(key, object)) for key, value in training.items()}
+    for key, least in _TRAINING_MINIMA.items():
+        if key in training:
+            _require(training[key] >= least, f"training.{key}", f">= {least}", training[key])
+    steps = training.get("max_steps", -1)  # Trainer: a negative `max_steps` is unset, 0 is zero steps
+    _require(steps != 0, "training.max_steps", "> 0, or -1 to train for num_train_epochs", steps)
+    if steps < 0:
+        epochs = training.get("num_train_epochs", 1)
+        _require(epochs > 0, "training.num_train_epochs", "> 0", epochs)
+    check_checkpoint_budget(training.get("checkpoint_budget", 0))
+    check_half_life(training.get("weight_average_half_life", 0))
+    return training
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """`value` checked against the type `hint` of field `name` where the hint is made of basic types (a float field
+    takes ints, an int field integral floats, made ints, a bool field only bools); richer hints (dicts, lists,
+    literals) are left to `TrainingArguments`."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    basic = [next((kind for kind in _BASIC_TYPES if typing.get_origin(option) is None and isinstance(option, type)
+                   and issubclass(option, kind)), None) for option in options]
+    if None in basic:
+        return value
+    if isinstance(value, float) and int in basic and float not in basic and value.is_integer():
+        return int(value)
+    accepted = (*basic, int) if float in basic else tuple(basic)
+    _require(isinstance(value, accepted) and (bool in basic or not isinstance(value, bool)), name,
+             " or ".join(dict.fromkeys(_BASIC_TYPES[kind] for kind in basic)), value)
+    return value
+
+
+def _require(ok: bool, name: str, expected: str, value: Any) -> None:
+    """Refuse a value in the one line the CLI prints: the field, what it must be, what it got."""
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float, not a bool (YAML's `true` is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_checkpoint_budget(budget: float) -> None:
     """`checkpoint_budget` (a share of training time, `training/checkpoints.py`) must lie in [0, 1)."""
-    if not 0 <= budget < 1:
-        raise ValueError(f"checkpoint_budget must be in [0, 1) (a share of training time), got {budget}.")
+    if not _is_number(budget) or not 0 <= budget < 1:
+        raise ValueError(f"checkpoint_budget must be in [0, 1) (a share of training time), got {budget!r}.")
 
 
 def check_half_life(half_life: float) -> None:
     """`weight_average_half_life` (epochs, `training/averaging.py`) must be a finite number >= 0 (0: off)."""
-    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not 0 <= half_life < math.inf:
+    if not _is_number(half_life) or not 0 <= half_life < math.inf:
         raise ValueError(f"weight_average_half_life must be a finite number of epochs >= 0 (0: off), got {half_life!r}.")
 
 
@@ -109,7 +202,7 @@ def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
         key, separator, text = pair.partition("=")
         if not separator or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}.")
-        value = yaml.safe_load(text)
+        value = _load_yaml(text, f"--set {pair!r}")
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -119,7 +212,18 @@ def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
     return overrides
 
 
+def _load_yaml(text: str | bytes, source: str) -> Any:
+    """YAML `text` (bytes are decoded by PyYAML, so a bad encoding is a YAML error too); an error is one line naming
+    `source`, not PyYAML's report on "<unicode string>"."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]  # an encoding error has no mark
+        raise ValueError(f"{source} is not valid YAML: {problem}{where}.") from error
+
+
 
 __all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "check_checkpoint_budget", "check_half_life",
-           "load_recipe",
-           "parse_sets", "route", "training_fields"]
+           "check_training", "load_recipe", "parse_sets", "route", "training_fields", "training_types"]

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from ..configuration_mister_e import MODALITIES
-from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS
+from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_finite_embeddings
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from .collator import MisterEDataCollator
@@ -75,9 +75,17 @@ def evaluate_model(
         path = model
         model = MisterEForEmotionRecognition.from_pretrained(path)
         if processor is None and not any(column in dataset.column_names for column in EMBED_COLUMN.values()):
+            if model.speech_encoder is None and model.text_encoder is None:
+                raise ValueError(f"{path} is a stage-2 model (embeddings in) and the dataset has no speech_embeds / "
+                                 "text_embeds columns: extract them first (`mister-e extract`).")
             from ..processing_mister_e import MisterEProcessor
 
             processor = MisterEProcessor.from_pretrained(path)
+    check_finite_embeddings(dataset)
+    model_labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
+    if label_names(dataset) != model_labels:  # same ids, other names (or order): every score would be silently wrong
+        raise ValueError(f"The dataset's labels {label_names(dataset)} are not the model's {model_labels} (same names, "
+                         "same order): prepare the data with the label set the model was trained on.")
     if device is not None:
         model.to(device)
     collator = MisterEDataCollator(processor, modalities)

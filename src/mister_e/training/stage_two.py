@@ -19,7 +19,7 @@ from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_t
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
-from ..data.schema import EMBED_COLUMN
+from ..data.schema import EMBED_COLUMN, check_finite_embeddings
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, finished_results, label_names
@@ -90,6 +90,7 @@ def train_conversation_model(
             )
         config = MisterEConfig(**{**_data_config(dataset["train"]), **(config_overrides or {})})
         model = MisterEForEmotionRecognition(config)
+    check_finite_embeddings(dataset)
     fit_input_statistics(model, dataset["train"])
     if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
         dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)

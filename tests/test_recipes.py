@@ -1,0 +1,134 @@
+"""Recipes: bad values, `--set` pairs and recipe files are refused at load time in one line naming the field or file."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mister_e.cli import main
+from mister_e.recipes import check_checkpoint_budget, load_recipe, parse_sets
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"num_train_epochs": 0}, "training.num_train_epochs must be > 0, got 0"),
+    ({"num_train_epochs": -1}, "training.num_train_epochs must be > 0, got -1"),
+    ({"num_train_epochs": float("nan")}, "training.num_train_epochs must be > 0, got nan"),
+    ({"max_steps": 0}, "training.max_steps must be > 0"),
+    ({"per_device_train_batch_size": 0}, "training.per_device_train_batch_size must be >= 1, got 0"),
+    ({"per_device_eval_batch_size": 0}, "training.per_device_eval_batch_size must be >= 1, got 0"),
+    ({"gradient_accumulation_steps": 0}, "training.gradient_accumulation_steps must be >= 1, got 0"),
+    ({"learning_rate": -1e-3}, "training.learning_rate must be >= 0, got -0.001"),
+    ({"weight_decay": -0.1}, "training.weight_decay must be >= 0, got -0.1"),
+])
+def test_training_that_would_train_nothing_is_refused(overrides, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_recipe("small", overrides)
+
+
+def test_max_steps_stands_for_the_epochs_and_minus_one_unsets_it():
+    """Trainer trains `max_steps` steps when it is > 0 whatever `num_train_epochs` says, and epochs when it is < 0."""
+    assert load_recipe("small", {"max_steps": 5, "num_train_epochs": 0})["training"]["max_steps"] == 5
+    assert load_recipe("small", {"max_steps": -1})["training"]["num_train_epochs"] == 40
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"learning_rate": "abc"}, "training.learning_rate must be a number, got 'abc'"),
+    ({"checkpoint_budget": "abc"}, "training.checkpoint_budget must be a number, got 'abc'"),
+    ({"per_device_train_batch_size": 2.5}, "training.per_device_train_batch_size must be an integer, got 2.5"),
+    ({"seed": True}, "training.seed must be an integer, got True"),
+    ({"bf16": 1}, "training.bf16 must be true or false, got 1"),
+    ({"training.optim": 3}, "training.optim must be a string, got 3"),
+    ({"save_total_limit": "two"}, "training.save_total_limit must be an integer or null, got 'two'"),
+])
+def test_training_values_must_have_their_fields_type(overrides, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_recipe("small", overrides)
+
+
+def test_training_values_of_a_compatible_type_are_taken():
+    training = load_recipe("small", {"learning_rate": 1, "max_steps": 1e3, "save_total_limit": None, "bf16": True,
+                                     "optim": "adamw_torch"})["training"]
+    assert training["learning_rate"] == 1 and training["save_total_limit"] is None and training["bf16"] is True
+    assert training["max_steps"] == 1000 and isinstance(training["max_steps"], int)  # `--set max_steps=1e3`
+    with pytest.raises(ValueError, match=re.escape("checkpoint_budget must be in [0, 1)")):
+        check_checkpoint_budget("abc")  # also when `MisterETrainingArguments` is built directly
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("seeds", "abc", "a non-empty list of integers >= 0"),
+    ("seeds", [], "a non-empty list of integers >= 0"),
+    ("seeds", [0, 1.5], "a non-empty list of integers >= 0"),
+    ("gate_learning_rate", "abc", "a positive number or null"),
+    ("gate_learning_rate", 0, "a positive number or null"),
+    ("modality_dropout", 1, "a number in [0, 1)"),
+    ("modality_dropout", -0.1, "a number in [0, 1)"),
+    ("modality_dropout", "abc", "a number in [0, 1)"),
+    ("early_stopping_patience", 0, "a positive integer or null"),
+    ("early_stopping_patience", 2.5, "a positive integer or null"),
+    ("modalities", [], "a non-empty list of ['speech', 'text']"),
+    ("modalities", "speech", "a non-empty list of ['speech', 'text']"),
+    ("modalities", ["voice"], "a non-empty list of ['speech', 'text']"),
+])
+def test_recipe_keys_are_checked(key, value, expected):
+    with pytest.raises(ValueError, match=re.escape(f"{key} must be {expected}") + ".*, got " + re.escape(repr(value))):
+        load_recipe("small", {key: value})
+
+
+def test_good_recipe_keys_are_taken():
+    recipe = load_recipe("small", {"seeds": [3, 4], "gate_learning_rate": None, "modality_dropout": 0,
+                                   "early_stopping_patience": None, "modalities": ["text"]})
+    assert recipe["seeds"] == [3, 4] and recipe["modalities"] == ["text"] and recipe["gate_learning_rate"] is None
+
+
+@pytest.mark.parametrize("pair", ["experts=[speech", 'name="meld', "config={a: 1"])
+def test_a_set_pair_that_is_not_yaml_is_named(pair):
+    with pytest.raises(ValueError, match=re.escape(f"--set {pair!r} is not valid YAML")):
+        parse_sets([pair])
+
+
+@pytest.mark.parametrize("text, named", [
+    ("config: {experts: [speech\n", "is not valid YAML"),
+    ("seeds: [0]\n  bad: indent\n", "is not valid YAML"),
+    (b"name: caf\xe9\n", "is not valid YAML"),  # Latin-1, not UTF-8
+    ("- a\n- b\n", "must be a mapping of recipe keys"),
+    ("just a string\n", "must be a mapping of recipe keys"),
+    ("training: [a, b]\n", ": `training` must be a mapping"),
+    ("config: 3\n", ": `config` must be a mapping"),
+])
+def test_a_malformed_recipe_file_is_named(text, named, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=re.escape(f"Recipe {path}") + ".*" + re.escape(named)):
+        load_recipe(path)
+
+
+def test_empty_recipe_sections_are_empty(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("seeds: [0]\nconfig:\ntraining:\n")
+    recipe = load_recipe(path)
+    assert recipe["config"] == {} and recipe["training"]["num_train_epochs"] == 100
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--set", "num_train_epochs=0"], "num_train_epochs must be > 0"),
+    (["--set", "learning_rate=abc"], "learning_rate must be a number, got 'abc'"),
+    (["--set", "seeds=abc"], "seeds must be a non-empty list"),
+    (["--set", "experts=[speech"], "--set 'experts=[speech' is not valid YAML"),
+])
+def test_bad_train_input_is_one_line_exit_2_and_touches_nothing(arguments, named, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", "--recipe", "small", "--dataset", str(tmp_path / "data"), "--output-dir", str(runs),
+                 *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("mister-e train: error:") and named in error, error
+    assert not runs.exists()
+
+
+def test_a_malformed_recipe_file_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("config: {experts: [speech\n")
+    assert main(["train", "--recipe", str(path), "--dataset", str(tmp_path / "data"), "--output-dir",
+                 str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"Recipe {path} is not valid YAML" in error, error
