@@ -75,6 +75,10 @@ def test_config_json_round_trip(tmp_path):
         ("experts", ["speach"]),
         ("experts", []),
         ("context_module", "lstm"),
+        ("context_module", {"txt": "gru"}),
+        ("context_module", {"text": "lstm"}),
+        ("gru_layers", {"text": 0}),
+        ("gru_layers", {"txt": 1}),
         ("speech_pooling", "max"),
         ("attention_dim", 7),
         ("conv_kernel_sizes", [2]),
@@ -144,10 +148,13 @@ def test_meta_device_init_then_init_weights_initialises_everything():
     _assert_initialised(model)
 
 
+PER_MODALITY = {"speech": "conv_gru", "text": "gru"}  # one context module per modality
+
+
 # --- masking, causality, missing modalities ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
+@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru", PER_MODALITY])
 @pytest.mark.parametrize("causal", [False, True])
 def test_padding_invariance(variant, causal):
     model = tiny_model(context_module=variant, causal=causal)
@@ -182,7 +189,7 @@ def test_context_convolutions_on_real_utterances_equal_torch_convolutions(causal
     assert max(module.kernel_sizes) > 1
 
 
-@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
+@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru", PER_MODALITY])
 def test_causal_mode_never_looks_ahead(variant):
     model = tiny_model(causal=True, context_module=variant)
     full = conversations(lengths=(8,))
@@ -191,6 +198,13 @@ def test_causal_mode_never_looks_ahead(variant):
         for t in range(1, 8):
             prefix = model(speech_embeds=full["speech_embeds"][:, :t], text_embeds=full["text_embeds"][:, :t]).logits
             torch.testing.assert_close(prefix, whole[:, :t], rtol=1e-5, atol=1e-5)
+
+
+def test_context_module_per_modality():
+    model = tiny_model(context_module={"text": "gru"}, gru_layers={"speech": 2, "text": 1})
+    assert len(model.speech_expert.convs) == 3 and model.speech_expert.gru.num_layers == 2  # unnamed: the paper's
+    assert len(model.text_expert.convs) == 0 and model.text_expert.gru.num_layers == 1
+    assert not any(key.startswith("text_expert.convs") for key in model.state_dict())
 
 
 def test_bidirectional_mode_uses_future_utterances():
@@ -414,7 +428,7 @@ def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path):
     assert "REMOTE-CODE-OK" in result.stdout
 
 
-@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru"])
+@pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru", PER_MODALITY])
 def test_step_by_step_equals_the_whole_causal_conversation(variant):
     model = tiny_model(causal=True, context_module=variant)
     full = conversations(lengths=(7,))

@@ -14,6 +14,8 @@ EXPERT_MODALITIES = {"speech": ("speech",), "text": ("text",), "cross_modal": ("
 MODALITIES = ("speech", "text")
 GATE_MODES = ("learned", "mean", *EXPERTS)
 CONTEXT_MODULES = ("conv_gru", "conv", "gru")
+# Context-module fields that may be set per modality (`{"speech": ..., "text": ...}`), with the paper's values.
+PER_MODALITY = {"context_module": "conv_gru", "gru_layers": 3}
 MIXTURE_SPACES = ("logits", "probabilities")
 POOLING_MODES = ("mean", "attentive")
 IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
@@ -136,15 +138,17 @@ class MisterEConfig(PreTrainedConfig):
         causal (`bool`, *optional*, defaults to `False`):
             Online mode: causal convolutions, unidirectional GRUs and causal attention, so the prediction for utterance
             `t` never depends on utterances after `t`.
-        context_module (`str`, *optional*, defaults to `"conv_gru"`):
-            Context module of the speech and text experts: `"conv_gru"` (the paper's), `"conv"` or `"gru"`.
+        context_module (`str` or `dict[str, str]`, *optional*, defaults to `"conv_gru"`):
+            Context module of the speech and text experts: `"conv_gru"` (the paper's), `"conv"` or `"gru"`; or one per
+            modality, `{"speech": "conv_gru", "text": "gru"}` (a modality not named gets `"conv_gru"`).
         context_dim (`int`, *optional*, defaults to 1024):
             Channels of each context convolution, output width of the GRU (2 x 512 bidirectional; 1024 when causal)
             and of the skip projection.
         conv_kernel_sizes (`list[int]`, *optional*, defaults to `(1, 3, 5)`):
             Kernel sizes of the parallel context convolutions (odd, so that "same" padding is centred).
-        gru_layers (`int`, *optional*, defaults to 3):
-            Stacked GRU layers of the context module.
+        gru_layers (`int` or `dict[str, int]`, *optional*, defaults to 3):
+            Stacked GRU layers of the context module; or one per modality, `{"speech": 2, "text": 1}` (a modality not
+            named gets 3).
         cross_modal_dim (`int`, *optional*, defaults to 1024):
             Width both modalities are projected to inside the cross-modal expert.
         coattention_layers (`int`, *optional*, defaults to 4):
@@ -222,10 +226,10 @@ class MisterEConfig(PreTrainedConfig):
     gate_temperature: float | int = 2.0
     mixture_space: str = "logits"
     causal: bool = False
-    context_module: str = "conv_gru"
+    context_module: str | dict[str, str] = "conv_gru"
     context_dim: int = 1024
     conv_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5)
-    gru_layers: int = 3
+    gru_layers: int | dict[str, int] = 3
     cross_modal_dim: int = 1024
     coattention_layers: int = 4
     attention_dim: int = 120
@@ -275,6 +279,8 @@ class MisterEConfig(PreTrainedConfig):
         """Part of `@strict`-powered validation: every error names the field at fault."""
         for name, value in vars(self).items():
             default = self.__dataclass_fields__.get(name)
+            if name in PER_MODALITY:  # checked below, per modality
+                continue
             if default is not None and isinstance(default.default, (int, float)) and not isinstance(default.default, bool):
                 if value is None and "None" in str(default.type):  # an optional number, left unset
                     continue
@@ -287,16 +293,24 @@ class MisterEConfig(PreTrainedConfig):
         if self.gate_mode in EXPERTS and self.gate_mode not in self.experts:
             raise ValueError(f"`gate_mode={self.gate_mode!r}` names an expert that is not in `experts={self.experts}`.")
         _check_choices("mixture_space", [self.mixture_space], MIXTURE_SPACES)
-        _check_choices("context_module", [self.context_module], CONTEXT_MODULES)
+        for name in PER_MODALITY:  # one value, or one per named modality
+            if isinstance(getattr(self, name), dict):
+                _check_choices(name, list(getattr(self, name)), MODALITIES)
+        contexts = [self.context_settings(modality) for modality in MODALITIES]
+        _check_choices("context_module", [context["context_module"] for context in contexts], CONTEXT_MODULES)
+        if any(isinstance(layers, bool) or not isinstance(layers, int) or layers < 1
+               for layers in (context["gru_layers"] for context in contexts)):
+            raise ValueError(f"`gru_layers` must be a positive integer (or one per modality), got {self.gru_layers!r}.")
         _check_choices("speech_pooling", [self.speech_pooling], POOLING_MODES)
         _check_choices("text_pooling", [self.text_pooling], POOLING_MODES)
-        for name in ("speech_embed_dim", "text_embed_dim", "context_dim", "gru_layers", "cross_modal_dim",
+        for name in ("speech_embed_dim", "text_embed_dim", "context_dim", "cross_modal_dim",
                      "coattention_layers", "attention_dim", "attention_heads", "fusion_hidden_size", "gate_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.encoder_batch_size is not None and self.encoder_batch_size < 1:
             raise ValueError(f"`encoder_batch_size` must be a positive integer or None, got {self.encoder_batch_size}.")
-        if not self.causal and self.context_module != "conv" and self.context_dim % 2:
+        recurrent = any(context["context_module"] != "conv" for context in contexts)
+        if not self.causal and recurrent and self.context_dim % 2:
             raise ValueError(f"`context_dim` must be even for a bidirectional GRU (2 directions), got {self.context_dim}.")
         if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
             raise ValueError(f"`conv_kernel_sizes` must be positive odd integers, got {self.conv_kernel_sizes}.")
@@ -317,6 +331,15 @@ class MisterEConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
         if self.num_labels is None or self.num_labels < 2:
             raise ValueError(f"`id2label` must name at least 2 classes, got {self.id2label}.")
+
+    def context_settings(self, modality: str) -> dict:
+        """`context_module` and `gru_layers` of `modality`'s expert: the field's value, or its entry for `modality`
+        when it names one per modality (the paper's value when it does not name `modality`)."""
+        settings = {}
+        for name, paper in PER_MODALITY.items():
+            value = getattr(self, name)
+            settings[name] = value.get(modality, paper) if isinstance(value, dict) else value
+        return settings
 
     @property
     def expert_mask(self) -> list[bool]:

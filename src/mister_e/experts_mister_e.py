@@ -26,17 +26,18 @@ class MisterEContextModule(nn.Module):
     and the GRU is packed so that no state passes through padding.
     """
 
-    def __init__(self, config: MisterEConfig, input_dim: int):
+    def __init__(self, config: MisterEConfig, input_dim: int, modality: str):
         super().__init__()
         self.causal = config.causal
-        self.kernel_sizes = config.conv_kernel_sizes if config.context_module in ("conv_gru", "conv") else []
+        settings = config.context_settings(modality)
+        self.kernel_sizes = config.conv_kernel_sizes if settings["context_module"] in ("conv_gru", "conv") else []
         self.convs = nn.ModuleList(nn.Conv1d(input_dim, config.context_dim, k) for k in self.kernel_sizes)
         self.gru = None
-        if config.context_module in ("conv_gru", "gru"):
+        if settings["context_module"] in ("conv_gru", "gru"):
             self.gru = nn.GRU(
                 input_size=config.context_dim if self.convs else input_dim,
                 hidden_size=config.context_dim if self.causal else config.context_dim // 2,
-                num_layers=config.gru_layers,
+                num_layers=settings["gru_layers"],
                 batch_first=True,
                 bidirectional=not self.causal,
             )

@@ -315,7 +315,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             module = None
             if expert in config.experts:
                 module = (MisterECrossModalExpert(config) if len(modalities) > 1
-                          else MisterEContextModule(config, getattr(config, f"{modalities[0]}_embed_dim")))
+                          else MisterEContextModule(config, getattr(config, f"{modalities[0]}_embed_dim"), modalities[0]))
             setattr(self, f"{expert}_expert", module)
         self.gate = MisterEGate(config) if config.gate_mode == "learned" else None
         # Training-split statistics of each modality's embeddings (`train_conversation_model` fits them), so that
