@@ -54,19 +54,20 @@ def root(tmp_path_factory):
                                     ("nan-test", LABELS, "test"), ("other-labels", LABELS[::-1], None)]:
         embedded_dialogues(labels, nan_split).save_to_disk(root / name)
     embedded_dialogues(LABELS).remove_columns(["speech_embeds", "text_embeds"]).save_to_disk(root / "raw")
+    embedded_dialogues(LABELS, speech_width=9).save_to_disk(root / "wide")
     return root
 
 
 LABELS = ["emotion_0", "emotion_1", "emotion_2"]
 
 
-def embedded_dialogues(labels, nan_split=None) -> DatasetDict:
+def embedded_dialogues(labels, nan_split=None, speech_width=6) -> DatasetDict:
     """Three tiny conversations a split with `tiny_config`'s widths; `nan_split`'s first utterance holds a NaN."""
     rng = np.random.default_rng(0)
     splits = {}
     for split in ("train", "validation", "test"):
         rows = [{"dialogue_id": f"{split}{d}", "labels": [0, 1, 2], "texts": ["a", "b", "c"],
-                 "speech_embeds": rng.standard_normal((3, 6)).tolist(), "text_embeds": rng.standard_normal((3, 5)).tolist()}
+                 "speech_embeds": rng.standard_normal((3, speech_width)).tolist(), "text_embeds": rng.standard_normal((3, 5)).tolist()}
                 for d in range(3)]
         splits[split] = make_dialogue_dataset(rows, labels)
         if split == nan_split:
@@ -117,6 +118,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                             "--output-dir", "{out}"], "test0", "non-finite"),
     "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",
                                            "--output-dir", "{out}"], "emotion_2", "labels"),
+    "embeddings of another width (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/wide",
+                                                "--output-dir", "{out}"], "speech_embeds are 9-d", "6-d"),
     "no such split (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/embedded", "--split",
                                   "dev", "--output-dir", "{out}"], "dev", "splits"),
     "batch size 0 (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/embedded",

@@ -468,6 +468,7 @@ def _quiet_libraries(debug: bool) -> None:
     if not debug:
         transformers_logging.set_verbosity_error()
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")  # torch's advice to library code
 
 
 def main(argv: list[str] | None = None) -> int:

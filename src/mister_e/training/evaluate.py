@@ -19,7 +19,7 @@ from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, chec
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from .collator import MisterEDataCollator
-from .trainer import label_names
+from .trainer import data_config, label_names
 
 logger = logging.get_logger(__name__)
 
@@ -82,10 +82,7 @@ def evaluate_model(
 
             processor = MisterEProcessor.from_pretrained(path)
     check_finite_embeddings(dataset)
-    model_labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
-    if label_names(dataset) != model_labels:  # same ids, other names (or order): every score would be silently wrong
-        raise ValueError(f"The dataset's labels {label_names(dataset)} are not the model's {model_labels} (same names, "
-                         "same order): prepare the data with the label set the model was trained on.")
+    _check_fits(model, dataset)
     if device is not None:
         model.to(device)
     collator = MisterEDataCollator(processor, modalities)
@@ -116,3 +113,18 @@ def evaluate_model(
         curve = robustness_curve(predict_fn, probabilities, seed)
         write_robustness_report(output_dir, curve)
     return {"metrics": metrics, "robustness": curve}
+
+
+def _check_fits(model: MisterEForEmotionRecognition, dataset: Dataset) -> None:
+    """The dataset's labels and embedding widths are the model's: other label names (or order) under the same ids
+    would make every score silently wrong."""
+    data = data_config(dataset)
+    model_labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
+    if list(data["id2label"].values()) != model_labels:
+        raise ValueError(f"The dataset's labels {list(data['id2label'].values())} are not the model's {model_labels} "
+                         "(same names, same order): prepare the data with the label set the model was trained on.")
+    for modality, column in EMBED_COLUMN.items():
+        width, expected = data.get(f"{modality}_embed_dim"), getattr(model.config, f"{modality}_embed_dim")
+        if width is not None and width != expected:
+            raise ValueError(f"The dataset's {column} are {width}-d; the model takes {expected}-d {modality} "
+                             "embeddings: extract them with the stage-1 encoder this model was trained on.")

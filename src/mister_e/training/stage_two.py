@@ -22,20 +22,11 @@ from ..utils import process_state
 from ..data.schema import EMBED_COLUMN, check_finite_embeddings
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
-from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, finished_results, label_names
+from .trainer import (
+    CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, finished_results, label_names,
+)
 
 
-def _data_config(dataset: Dataset) -> dict[str, Any]:
-    """Config fields the data decides: labels, and the width of each embedding column present."""
-    fields = {"id2label": dict(enumerate(label_names(dataset)))}
-    for modality, column in EMBED_COLUMN.items():
-        if column in dataset.column_names:
-            for row in dataset.select_columns(column):  # row by row: the column can be gigabytes as Python lists
-                width = next((len(vector) for vector in row[column] if vector is not None), None)
-                if width is not None:
-                    fields[f"{modality}_embed_dim"] = width
-                    break
-    return fields
 
 
 
@@ -88,7 +79,7 @@ def train_conversation_model(
                 "The dataset has no `speech_embeds`/`text_embeds` columns: extract them first (`mister-e extract`), "
                 "or pass a `model` with utterance encoders and its `processor`."
             )
-        config = MisterEConfig(**{**_data_config(dataset["train"]), **(config_overrides or {})})
+        config = MisterEConfig(**{**data_config(dataset["train"]), **(config_overrides or {})})
         model = MisterEForEmotionRecognition(config)
     check_finite_embeddings(dataset)
     fit_input_statistics(model, dataset["train"])

@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..evaluation import _write_json, compute_metrics
-from ..data.schema import LABELS
+from ..data.schema import EMBED_COLUMN, LABELS
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING, check_checkpoint_budget, check_half_life
 from ..utils import launched_on_cpu
@@ -313,3 +313,14 @@ def label_names(dataset: Dataset) -> list[str]:
     return list(dataset.features[LABELS].feature.names)
 
 
+def data_config(dataset: Dataset) -> dict[str, Any]:
+    """Config fields the data decides: labels, and the width of each embedding column present."""
+    fields = {"id2label": dict(enumerate(label_names(dataset)))}
+    for modality, column in EMBED_COLUMN.items():
+        if column in dataset.column_names:
+            for row in dataset.select_columns(column):  # row by row: the column can be gigabytes as Python lists
+                width = next((len(vector) for vector in row[column] if vector is not None), None)
+                if width is not None:
+                    fields[f"{modality}_embed_dim"] = width
+                    break
+    return fields
