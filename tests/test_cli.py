@@ -16,7 +16,8 @@ from transformers import BertConfig
 
 from mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from mister_e.assembly import folder_kind
-from mister_e.cli import build_parser, main, read_conversation
+from mister_e.cli import build_parser, main
+from mister_e.conversations import read_conversation
 
 
 VERBS = ("quickstart", "prepare", "train-encoder", "plan", "extract", "train", "evaluate", "predict")
@@ -58,7 +59,7 @@ def test_runtime_errors_a_user_can_cause_exit_2(tmp_path, capsys, monkeypatch):
     def stale_cache(args):
         raise RuntimeError(f"{tmp_path / 'cache'} was written by another extraction; delete it or pass --cache-dir.")
 
-    monkeypatch.setattr("mister_e.cli._run_extract", stale_cache)
+    monkeypatch.setattr("mister_e.cli.run_extract", stale_cache)
     assert main(["extract", "--dataset", "d", "--model", "m", "--output-dir", "o"]) == 2
     assert "another extraction" in capsys.readouterr().err
 

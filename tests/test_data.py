@@ -15,7 +15,8 @@ import soundfile as sf
 from datasets import DatasetDict, load_from_disk
 
 from mister_e import data
-from mister_e.cli import PREPARE_DATASETS, main
+from mister_e.cli import main
+from mister_e.data import PREPARE_DATASETS
 from mister_e.data import (
     BUILDERS,
     EMODB_LABELS,

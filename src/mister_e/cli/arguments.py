@@ -1,0 +1,47 @@
+"""Option values checked where argparse reads them, so a wrong one is the usual one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors (a wrong option value) as one line naming the option, exit status 2, as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    """A torch device this machine has: asking for CUDA without it is an input error, not a crash mid-run."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device (use cpu)")
+    return text

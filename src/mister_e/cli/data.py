@@ -1,0 +1,106 @@
+"""`prepare` and `extract`: dialogue datasets from releases, embeddings added to them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..conversations import read_utf8
+from ..data import PREPARE_DATASETS
+from .arguments import positive_int, torch_device
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=PREPARE_DATASETS)
+    parser.add_argument("root", help="Release folder (for `cosmic`: the pickle file).")
+    parser.add_argument("output_dir", help="Where the dialogue DatasetDict is saved.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
+    parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
+    parser.add_argument("--validation-dialogues", type=positive_int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
+    parser.add_argument("--seed", type=int, help="Seed of the held-out validation dialogues (0).")
+    parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
+                                                 "per line (instead of holding out --validation-dialogues).")
+    parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted WAVs.")
+    parser.add_argument("--extract-to", help="MELD: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
+    parser.add_argument("--num-workers", type=positive_int, help="MELD: parallel FFmpeg jobs.")
+    parser.add_argument("--text-only", action="store_true", help="MELD: ignore audio (official CSVs alone).")
+    parser.add_argument("--label-rule", choices=["nonnegative", "nonzero"], help="MOSI binary rule for scores.")
+    parser.add_argument("--folds", help="MOSI: standard-folds JSON (default ROOT/mosi_standard_folds.json).")
+    parser.add_argument("--acoustic", action="store_true", help="MOSI: attach the 73-d acoustic vectors as speech.")
+    parser.add_argument("--source", dest="cosmic_dataset", choices=["meld", "iemocap"], help="COSMIC: which pickle.")
+    parser.add_argument("--trust-pickle", action="store_true", help="COSMIC: allow unpickling (runs code from it).")
+    parser.add_argument("--test-speaker", help="EmoDB: the held-out test speaker, e.g. 03 (the first one).")
+    parser.add_argument("--validation-speaker", help="EmoDB: the validation speaker (the one after the test speaker).")
+    parser.add_argument("--conversation-size", type=positive_int, help="EmoDB: utterances per conversation (10); 1 = no context")
+
+
+def read_lines(path: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file."""
+    return [line.strip() for line in read_utf8(Path(path)).splitlines() if line.strip()]
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from ..data import prepare
+
+    options = {
+        "allow_missing_audio": args.allow_missing_audio or None,
+        "validation_dialogues": args.validation_dialogues,
+        "validation_ids": read_lines(args.validation_ids) if args.validation_ids else None,
+        "seed": args.seed,
+        "audio_dir": args.audio_dir,
+        "extract_to": args.extract_to,
+        "num_workers": args.num_workers,
+        "audio": False if args.text_only else None,
+        "label_rule": args.label_rule,
+        "folds": args.folds,
+        "acoustic": args.acoustic or None,
+        "dataset": args.cosmic_dataset,
+        "trust_pickle": args.trust_pickle or None,
+        "test_speaker": args.test_speaker,
+        "validation_speaker": args.validation_speaker,
+        "conversation_size": args.conversation_size,
+    }
+    options = {key: value for key, value in options.items() if value is not None}
+    prepare(args.dataset, args.root, args.output_dir, overwrite=args.overwrite, **options)
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="Dialogue dataset folder (from `mister-e prepare`).")
+    parser.add_argument("--model", required=True, nargs="+",
+                        help="Stage-1 model folder(s) (`train-encoder` output `merged/`), one per modality.")
+    parser.add_argument("--output-dir", required=True, help="Where the dataset with embedding columns is saved.")
+    parser.add_argument("--cache-dir", help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--shard-size", type=positive_int, default=512, help="Utterances per cached shard.")
+    parser.add_argument("--embedding", choices=["projection", "backbone_mean"], default="projection")
+    parser.add_argument("--device", type=torch_device, help="e.g. cuda, cpu (default: cuda when available).")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def run_extract(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import load_from_disk
+
+    from ..assembly import require_kind
+    from ..data import describe, save_dialogues
+    from ..data.schema import check_save_target
+    from ..extraction import extract_embeddings
+    from ..modeling_mister_e import MisterEForUtteranceClassification
+    from ..processing_mister_e import MisterEProcessor
+    from ..utils import process_state
+
+    for model_dir in args.model:
+        require_kind(model_dir, ("stage-1",), "`extract --model`")
+    check_save_target(Path(args.output_dir), args.overwrite)  # before the extraction, not after
+    dataset = load_from_disk(args.dataset)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for model_dir in args.model:
+        model = MisterEForUtteranceClassification.from_pretrained(model_dir)
+        processor = MisterEProcessor.from_pretrained(model_dir)
+        cache = args.cache_dir or f"{args.output_dir.rstrip('/')}.cache"
+        name = "+".join(m for m in ("speech", "text") if getattr(model, f"{m}_encoder") is not None)
+        dataset = extract_embeddings(dataset, model, processor, f"{cache}/{name}", args.batch_size, args.shard_size,
+                                     args.embedding, device)
+    if process_state().is_main_process:  # under torchrun every process holds the whole dataset; one saves it
+        save_dialogues(dataset, args.output_dir, overwrite=args.overwrite)
+        print(f"Saved {args.output_dir}\n{describe(dataset)}")

@@ -1,0 +1,89 @@
+"""`predict`: emotions for conversations and recordings, as JSON (or CSV)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..conversations import read_conversation
+from .arguments import positive_float, positive_int, torch_device
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="End-to-end model folder (with its processor).")
+    parser.add_argument("conversation", help="A conversation JSON file, a folder of WAVs with transcripts.txt, or a "
+                                             "recording (.wav/.flac/.ogg/.mp3), cut into utterances by voice activity "
+                                             "detection (extra `mister-e[recording]`).")
+    parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR",
+                        help="With a stage-2 `--model` (from `mister-e train`): a stage-1 encoder folder "
+                             "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
+                             "once per modality.")
+    parser.add_argument("--top-k", type=positive_int)
+    parser.add_argument("--device", type=torch_device)
+    recording = parser.add_argument_group("recordings")
+    recording.add_argument("--asr", metavar="MODEL", help="Transcribe each utterance with this speech recognition model "
+                           "(a Hub id such as openai/whisper-small, or a local folder); without it, speech alone.")
+    recording.add_argument("--min-silence", type=positive_float, default=0.3, metavar="S",
+                           help="A pause of at least S seconds ends an utterance (0.3).")
+    recording.add_argument("--min-utterance", type=positive_float, default=0.25, metavar="S",
+                           help="Drop speech shorter than S seconds (0.25).")
+    recording.add_argument("--max-utterance", type=positive_float, default=20.0, metavar="S",
+                           help="Split longer speech, at its quietest moment in the second half (20).")
+    recording.add_argument("--vad-threshold", type=float, default=0.5, help="Speech probability threshold (0.5).")
+    recording.add_argument("--csv", metavar="FILE", help="Also write the timeline as CSV.")
+    recording.add_argument("--plot", metavar="FILE", help="Also draw the timeline as a PNG.")
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from transformers import pipeline
+
+    from ..assembly import join_stages, require_kind
+    from ..modeling_mister_e import MisterEForEmotionRecognition
+    from ..processing_mister_e import MisterEProcessor
+    from ..segmentation_mister_e import RECORDING_EXTENSIONS, MisterESegmentation
+
+    recording = Path(args.conversation).suffix.lower() in RECORDING_EXTENSIONS
+    if recording:
+        if not Path(args.conversation).is_file():
+            raise FileNotFoundError(f"Recording not found: {args.conversation}.")
+        segmentation = MisterESegmentation(args.min_silence, args.min_utterance, args.max_utterance,
+                                           args.vad_threshold)
+    else:
+        if args.asr or args.csv or args.plot:
+            raise ValueError("--asr, --csv and --plot are for a recording (.wav/.flac/.ogg/.mp3), not "
+                             f"{args.conversation}.")
+        conversation = read_conversation(args.conversation)
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"No model folder at {args.model}.")
+    if args.encoders:
+        model, processor = join_stages(args.model, args.encoders)
+    else:  # loaded here, not by `pipeline`, which folds a loading error into a traceback-laden message
+        require_kind(args.model, ("end-to-end",), "`predict --model` (without `--encoder`)")
+        model = MisterEForEmotionRecognition.from_pretrained(args.model)
+        processor = MisterEProcessor.from_pretrained(args.model)
+    pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor, device=args.device)
+    if recording:
+        predict_recording(pipe, args, segmentation)
+        return
+    predictions = pipe(conversation, top_k=args.top_k)
+    ids = [u.get("id", i) for i, u in enumerate(conversation["utterances"])]
+    print(json.dumps([{"id": i, **p} for i, p in zip(ids, predictions)], indent=2))
+
+
+def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
+    """A recording's timeline: JSON on stdout (`start`, `end`, `text` per utterance), optionally CSV and PNG."""
+    from ..timeline import save_timeline_plot, write_timeline_csv
+
+    predictions = pipe(args.conversation, top_k=args.top_k, segmentation=segmentation, asr=args.asr)
+    if not predictions:
+        print(f"No speech found in {args.conversation}: no utterance to predict.", file=sys.stderr)
+    elif not args.asr:
+        print(f"{len(predictions)} utterances, answered from speech alone (no transcripts: --asr MODEL transcribes "
+              "them).", file=sys.stderr)
+    if args.csv:
+        write_timeline_csv(predictions, args.csv)
+    if args.plot:
+        save_timeline_plot(predictions, list(pipe.model.config.id2label.values()), args.plot)
+    print(json.dumps([{"id": index, **p} for index, p in enumerate(predictions)], indent=2))
