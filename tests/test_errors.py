@@ -37,6 +37,7 @@ def root(tmp_path_factory):
     (root / "other-model" / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     (root / "empty").mkdir()
     (root / "hello.json").write_text(json.dumps([{"text": "hello"}]))
+    (root / "bare.yaml").write_text("config:\n  focal_gamma: 1.0\n")
     (root / "not-json.json").write_text("{not json")
     (root / "no-utterances.json").write_text(json.dumps({"turns": []}))
     (root / "blank.json").write_text(json.dumps([{"text": "hello"}, {"text": "  "}]))
@@ -133,6 +134,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                 "0", "--output-dir", "{out}"], "--shard-size", "positive"),
     "stage-2 model, no embeddings (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
                                                  "{root}/raw", "--output-dir", "{out}"], "extract", "stage-2"),
+    "recipe without a dataset (train)": (["train", "--recipe", "{root}/bare.yaml", "--output-dir", "{out}"],
+                                         "--dataset", "bare.yaml"),
     "no GPU in the plan (plan)": (["plan", "--gpus", "0"], "--gpus", "positive"),
 }
 

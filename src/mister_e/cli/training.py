@@ -43,6 +43,10 @@ def run_train(args: argparse.Namespace) -> None:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     recipe = load_recipe(args.recipe, overrides)
+    missing = [key for key in ("dataset", "output_dir", "seeds") if key not in recipe]
+    if missing:  # a recipe file may leave them to the command line
+        options = " ".join(f"--{key.replace('_', '-')}" for key in missing)
+        raise ValueError(f"Recipe {args.recipe} names no {', '.join(missing)}: give {options}.")
     if args.ablation:
         names = list(ABLATIONS) if "all" in args.ablation else args.ablation
         summaries = run_ablations(recipe, names, keep_checkpoints=args.keep_checkpoints)
