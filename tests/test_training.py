@@ -401,6 +401,10 @@ def test_weight_average_is_the_decay_weighted_mean_of_the_steps():
     with average.swapped_into(model):
         torch.testing.assert_close(model.weight.detach(), expected)
     torch.testing.assert_close(model.weight.detach(), steps[-1])  # the raw weights back for training
+    average.on_train_end(args, None, None, model=model)  # the trainer has loaded the best average itself
+    torch.testing.assert_close(model.weight.detach(), steps[-1])
+    average.on_train_end(SimpleNamespace(load_best_model_at_end=False), None, None, model=model)
+    torch.testing.assert_close(model.weight.detach(), expected)  # no selection: training ends with the average
     with pytest.raises(ValueError, match="weight_average_half_life"):
         MisterEWeightAverage(-1.0)
 
