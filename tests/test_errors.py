@@ -56,6 +56,8 @@ def root(tmp_path_factory):
         embedded_dialogues(labels, nan_split).save_to_disk(root / name)
     embedded_dialogues(LABELS).remove_columns(["speech_embeds", "text_embeds"]).save_to_disk(root / "raw")
     embedded_dialogues(LABELS, speech_width=9).save_to_disk(root / "wide")
+    empty = embedded_dialogues(LABELS)
+    DatasetDict({**empty, "validation": empty["validation"].select([])}).save_to_disk(root / "empty-split")
     return root
 
 
@@ -136,6 +138,10 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                                  "{root}/raw", "--output-dir", "{out}"], "extract", "stage-2"),
     "recipe without a dataset (train)": (["train", "--recipe", "{root}/bare.yaml", "--output-dir", "{out}"],
                                          "--dataset", "bare.yaml"),
+    "a split saved empty (train)": (["train", "--recipe", "small", "--dataset", "{root}/empty-split", "--output-dir",
+                                     "{out}", "--seeds", "0"], "empty-split", "no rows"),
+    "a split saved empty (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/empty-split",
+                                        "--output-dir", "{out}"], "empty-split", "no rows"),
     "no GPU in the plan (plan)": (["plan", "--gpus", "0"], "--gpus", "positive"),
 }
 

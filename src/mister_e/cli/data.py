@@ -79,11 +79,10 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_extract(args: argparse.Namespace) -> None:
     import torch
-    from datasets import load_from_disk
 
     from ..assembly import require_kind
     from ..data import describe, save_dialogues
-    from ..data.schema import check_save_target
+    from ..data.schema import check_save_target, load_dialogues
     from ..extraction import extract_embeddings
     from ..modeling_mister_e import MisterEForUtteranceClassification
     from ..processing_mister_e import MisterEProcessor
@@ -92,7 +91,7 @@ def run_extract(args: argparse.Namespace) -> None:
     for model_dir in args.model:
         require_kind(model_dir, ("stage-1",), "`extract --model`")
     check_save_target(Path(args.output_dir), args.overwrite)  # before the extraction, not after
-    dataset = load_from_disk(args.dataset)
+    dataset = load_dialogues(args.dataset)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for model_dir in args.model:
         model = MisterEForUtteranceClassification.from_pretrained(model_dir)

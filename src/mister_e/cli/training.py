@@ -92,9 +92,9 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train_encoder(args: argparse.Namespace) -> None:
     import torch
-    from datasets import load_from_disk
 
     from ..backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
+    from ..data.schema import load_dialogues
     from ..processing_mister_e import MisterEProcessor
     from ..training import finished_results, save_frozen_encoder, train_encoder
     from ..training.stage_one import processor_for
@@ -118,12 +118,12 @@ def run_train_encoder(args: argparse.Namespace) -> None:
         new = "activation_checkpointing" in training_fields()
         sections["training"]["activation_checkpointing" if new else "gradient_checkpointing"] = True
     if args.frozen:
-        merged = save_frozen_encoder(load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone,
+        merged = save_frozen_encoder(load_dialogues(args.dataset), args.modality, args.output_dir, processor, backbone,
                                      sections["config"], args.seed)
         print_once(f"Saved the frozen {args.modality} encoder to {merged}")
         return
     results = finished_results(args.output_dir, args.seed) or train_encoder(
-        load_from_disk(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
+        load_dialogues(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
         config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
         dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
         load_in_bits=args.load_in_bits, solver=args.solver, l2=args.l2,
@@ -157,9 +157,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     import torch
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict
 
     from ..assembly import require_kind
+    from ..data.schema import load_dialogues
     from ..evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
     from ..training import evaluate_model
 
@@ -167,7 +168,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir or Path(args.model) / "evaluation" / args.split)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output-dir {output_dir} is a file, not a folder.")
-    dataset = load_from_disk(args.dataset)
+    dataset = load_dialogues(args.dataset)
     if not isinstance(dataset, DatasetDict) or args.split not in dataset:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")

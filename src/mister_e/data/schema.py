@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
 
 from ..configuration_mister_e import MODALITIES
 
@@ -281,6 +281,16 @@ def describe(dialogues: DatasetDict) -> str:
     return "\n".join(lines)
 
 
+def load_dialogues(path: str | os.PathLike) -> Dataset | DatasetDict:
+    """`load_from_disk`, naming the folder when `datasets` cannot read it back: a split saved with no rows (by
+    `save_to_disk`; `save_dialogues` refuses one) fails inside `datasets` with an IndexError that names nothing."""
+    try:
+        return load_from_disk(str(path))
+    except IndexError:
+        raise ValueError(f"{path} holds a split with no rows, which `datasets` cannot load: rebuild it with at least "
+                         "one dialogue in every split") from None
+
+
 def check_save_target(path: Path, overwrite: bool) -> None:
     """`save_dialogues` can write `path`: checked before the work that produces the dataset, too."""
     if path.exists() and not overwrite:
@@ -391,6 +401,7 @@ __all__ = [
     "check_finite_embeddings",
     "check_save_target",
     "dialogue_features",
+    "load_dialogues",
     "describe",
     "make_dialogue_dataset",
     "save_dialogues",

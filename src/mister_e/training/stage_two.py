@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, MisterEConfig
@@ -19,7 +19,7 @@ from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_t
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
-from ..data.schema import EMBED_COLUMN, check_finite_embeddings
+from ..data.schema import EMBED_COLUMN, check_finite_embeddings, load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .trainer import (
@@ -174,7 +174,7 @@ def train_seeds(
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
     seeds = list(recipe["seeds"] if seeds is None else seeds)
-    dataset = load_from_disk(str(recipe["dataset"])) if dataset is None else dataset
+    dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
     output_dir = Path(output_dir or recipe["output_dir"])
     runs = {seed: train_recipe(recipe, dataset, output_dir / f"seed_{seed}", seed, callbacks=callbacks,
                                keep_checkpoints=keep_checkpoints) for seed in seeds}
@@ -225,7 +225,7 @@ def run_ablations(
     names = list(ABLATIONS if names is None else names)
     for name in names:
         apply_ablation(recipe, name)  # Reject a typo before hours of training.
-    dataset = load_from_disk(str(recipe["dataset"])) if dataset is None else dataset
+    dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
     output_dir = Path(output_dir or recipe["output_dir"])
     summaries = {
         name: train_seeds(apply_ablation(recipe, name), seeds, dataset, output_dir / name,
