@@ -132,3 +132,9 @@ def test_a_malformed_recipe_file_is_one_line_exit_2(tmp_path, capsys):
                  str(tmp_path / "runs")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"Recipe {path} is not valid YAML" in error, error
+
+
+@pytest.mark.parametrize("section", ["training", "config"])
+def test_a_whole_section_cannot_be_set(section):
+    with pytest.raises(ValueError, match=re.escape(f"--set {section}=...: set its fields one by one")):
+        load_recipe("small", {section: "abc"})

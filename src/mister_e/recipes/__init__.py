@@ -93,6 +93,8 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     recipe["training"] = {**PAPER_TRAINING, **(loaded.get("training") or {})}
     for key, value in (overrides or {}).items():
         *sections, field = route(key)
+        if not sections and field in ("config", "training"):  # a whole section: its fields one by one instead
+            raise ValueError(f"--set {key}=...: set its fields one by one ({key}.<field>=value), not the section.")
         target = recipe
         for section in sections:
             target = target.setdefault(section, {})
