@@ -106,11 +106,7 @@ def validate_dialogues(dialogues: Dataset | DatasetDict | Iterable[Mapping], num
     ``num_labels`` is read from the features of a `Dataset`; give it for a list of conversation dicts.
     """
     if isinstance(dialogues, DatasetDict):
-        for split, dataset in dialogues.items():
-            try:
-                validate_dialogues(dataset)
-            except ValueError as error:
-                raise ValueError(f"split {split!r}: {error}") from None
+        _check_each_split(validate_dialogues, dialogues)
         return
     if isinstance(dialogues, Dataset):
         num_labels = dialogues.features[LABELS].feature.num_classes
@@ -158,11 +154,7 @@ def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
     then every weight, into NaN without an error. Checked over whole Arrow columns at once; only a column that fails is
     searched row by row for the utterance to name."""
     if isinstance(dialogues, DatasetDict):
-        for split, dataset in dialogues.items():
-            try:
-                check_finite_embeddings(dataset)
-            except ValueError as error:
-                raise ValueError(f"split {split!r}: {error}") from None
+        _check_each_split(check_finite_embeddings, dialogues)
         return
     for column in EMBED_COLUMNS:
         if column not in dialogues.column_names:
@@ -178,6 +170,15 @@ def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
                     utterance = ids[index] if ids else index
                     raise ValueError(f"dialogue {row.get(DIALOGUE_ID, f'#{position}')!r}: utterance {utterance!r} has "
                                      f"a non-finite value (NaN or inf) in {column}; re-extract or drop it")
+
+
+def _check_each_split(check, dialogues: DatasetDict) -> None:
+    """`check` on every split, its error naming the split."""
+    for split, dataset in dialogues.items():
+        try:
+            check(dataset)
+        except ValueError as error:
+            raise ValueError(f"split {split!r}: {error}") from None
 
 
 def make_dialogue_dataset(conversations: Sequence[Mapping], label_names: Sequence[str]) -> Dataset:
