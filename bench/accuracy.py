@@ -16,9 +16,10 @@ run on the same embeddings, and the selected models' mean test gate weight per e
 * MELD-7, text only (no MELD audio or acoustic features exist here): the BiGRU, a no-context utterance classifier (the
   text expert with a width-1 context convolution, so each utterance sees only itself) and the text expert with the
   conversation context module (MiSTER-E on text-only conversations), on (i) frozen all-MiniLM-L6-v2 embeddings
-  (mean-pooled last hidden states) and (ii) LoRA-fine-tuned MiniLM (stage 1, one encoder per seed, then extraction of
-  its projection).
-* CMU-MOSI binary: text = frozen MiniLM embeddings of the transcripts, speech = the release's 73-d acoustic vectors.
+  (every layer's hidden states mean-pooled, concatenated: `FROZEN_TEXT_EMBEDDING`) and (ii) LoRA-fine-tuned MiniLM
+  (stage 1, one encoder per seed, then extraction of its projection).
+* CMU-MOSI binary: text = frozen MiniLM embeddings of the transcripts (the last layer's hidden states mean-pooled),
+  speech = the release's 73-d acoustic vectors.
   The BiGRU (on both modalities, and on the text alone), full MiSTER-E, each expert alone, no gate (plain mean) and the paper's logit-space mixture, on the
   standard CMU-SDK folds and on the release's own train/test split (validation = every 6th release-train video); and
   on the standard folds with LoRA-fine-tuned MiniLM text. The release's text-CNN features are never used (they were
@@ -67,6 +68,10 @@ NO_CONTEXT = dict(context_module="conv", conv_kernel_sizes=[1])
 ENCODER_TRAINING = dict(learning_rate=2e-4, num_train_epochs=2, per_device_train_batch_size=32,
                         per_device_eval_batch_size=64)
 ENCODER_EMBED_DIM = 256
+# Frozen MiniLM text embeddings per data set, chosen on validation by `search_small_recipe.py --grid text-embedding`:
+# every layer's mean-pooled states concatenated for MELD (its emotions sit more in the middle layers), the last layer's
+# for CMU-MOSI (level or better there). EmoDB's text carries no emotion and keeps the last layer.
+FROZEN_TEXT_EMBEDDING = {"meld": "backbone_layers", "mosi": "backbone_mean"}
 MOSI_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only", "no_gate", "logit_mixture")
 MOSI_LORA_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only")
 MOSI_RELEASE_VALIDATION_EVERY = 6
@@ -205,9 +210,13 @@ def meld(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) ->
             runs[f"{encoder}/{name}"].append(
                 stage_two(embedded, run_dir / name / f"seed_{seed}", config, seed, ["text"], quick))
 
-    frozen = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / "frozen", "backbone_mean")
+    embedding = FROZEN_TEXT_EMBEDDING["meld"]
+    frozen_dir = work / ("frozen" if embedding == "backbone_mean" else f"frozen-{embedding}")
+    frozen = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, frozen_dir, embedding)
+    if not quick:  # the last layer's embeddings too: the MELD data set of `search_small_recipe.py`'s grids
+        embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / "frozen", "backbone_mean")
     for seed in seeds:
-        train_all(frozen, "frozen", work / "frozen", seed)
+        train_all(frozen, "frozen", frozen_dir, seed)
         if lora:
             stage_one, tuned = lora_text_embeddings(dialogues, work / "lora", minilm, processor, seed, quick)
             runs.setdefault("lora/stage1_classifier", []).append(stage_one)
@@ -230,7 +239,8 @@ def mosi(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) ->
         if quick:
             dialogues = subset(dialogues, 6)
         id2label = dict(enumerate(dialogues["train"].features["labels"].feature.names))
-        embedded = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / split, "backbone_mean")
+        embedded = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / split,
+                              FROZEN_TEXT_EMBEDDING["mosi"])
         ablations = MOSI_ABLATIONS[:2] if quick else MOSI_ABLATIONS
         results[split] = multimodal(embedded, work / split, ablations, seeds, quick, robustness=True)
         results[split]["utterances"] = {name: sum(map(len, part["labels"])) for name, part in dialogues.items()}

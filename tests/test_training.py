@@ -486,6 +486,11 @@ def test_frozen_encoder_folder_from_the_cli_feeds_backbone_mean_extraction(data,
                  "backbone_mean", "--output-dir", str(tmp_path / "embedded")]) == 0
     embedded = load_from_disk(str(tmp_path / "embedded"))
     assert np.asarray(embedded["test"][0]["text_embeds"]).shape[-1] == 32  # the backbone's width
+    assert main(["extract", "--dataset", str(tmp_path / "data"), "--model", str(merged), "--embedding",
+                 "backbone_layers", "--output-dir", str(tmp_path / "layers")]) == 0
+    layers = np.asarray(load_from_disk(str(tmp_path / "layers"))["test"][0]["text_embeds"])
+    assert layers.shape[-1] == 3 * 32  # the embeddings' and both layers' states
+    np.testing.assert_allclose(layers[:, -32:], np.asarray(embedded["test"][0]["text_embeds"]), rtol=1e-5, atol=1e-6)
 
 
 # --- evaluation, seeds, recipes ------------------------------------------------------------------------------------

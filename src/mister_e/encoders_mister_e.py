@@ -3,7 +3,6 @@ embedding and one emotion prediction per utterance; `modeling_mister_e.py` build
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig
@@ -11,6 +10,9 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .configuration_mister_e import MisterEOpenSmileConfig
 
+# What `extract` stores per utterance: the encoder's trained projection, or its backbone's states mean-pooled (the last
+# layer's, or every layer's concatenated: frozen-backbone baselines).
+EMBEDDINGS = ("projection", "backbone_mean", "backbone_layers")
 
 class MisterEAttentiveStatisticsPooling(nn.Module):
     """`[mu; sigma]` of the valid positions under learned attention weights `softmax(v . tanh(W h + b))`."""
@@ -50,17 +52,24 @@ class MisterEBackboneFamily:
     def hidden_size(self, config: PreTrainedConfig) -> int:
         return getattr(config, "hidden_size", None) or config.d_model
 
-    def states(self, encoder, inputs, attention_mask):
-        """Last hidden states and the mask of their valid positions (`None`: all valid)."""
-        return encoder.backbone(input_ids=inputs, attention_mask=attention_mask).last_hidden_state, attention_mask
+    def num_hidden_states(self, config: PreTrainedConfig) -> int:
+        """How many hidden states `output_hidden_states` gives: the embeddings' and one per layer."""
+        return config.num_hidden_layers + 1
+
+    def states(self, encoder, inputs, attention_mask, all_layers=False):
+        """Last hidden states (with `all_layers`, every layer's, concatenated) and the mask of their valid positions
+        (`None`: all valid)."""
+        outputs = encoder.backbone(input_ids=inputs, attention_mask=attention_mask, output_hidden_states=all_layers)
+        return _hidden(outputs, all_layers), attention_mask
 
 
 class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
     """Wav2Vec2-style speech encoders (Wav2Vec2, HuBERT, WavLM, data2vec-audio) on raw `input_values`."""
 
-    def states(self, encoder, inputs, attention_mask):
+    def states(self, encoder, inputs, attention_mask, all_layers=False):
         backbone = encoder.backbone
-        hidden = backbone(input_values=inputs, attention_mask=attention_mask).last_hidden_state
+        hidden = _hidden(backbone(input_values=inputs, attention_mask=attention_mask, output_hidden_states=all_layers),
+                         all_layers)
         if attention_mask is None:
             return hidden, None
         return hidden, backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
@@ -77,8 +86,8 @@ class MisterEWhisperFamily(MisterEBackboneFamily):
 
         return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
 
-    def states(self, encoder, inputs, attention_mask):
-        hidden = encoder.backbone(input_features=inputs).last_hidden_state
+    def states(self, encoder, inputs, attention_mask, all_layers=False):
+        hidden = _hidden(encoder.backbone(input_features=inputs, output_hidden_states=all_layers), all_layers)
         # The encoder's stride-2 convolution halves the mel frames.
         return hidden, attention_mask[:, ::2] if attention_mask is not None else None
 
@@ -91,7 +100,10 @@ class MisterESpeechLLMFamily(MisterEBackboneFamily):
     def hidden_size(self, config):
         return config.text_config.hidden_size
 
-    def states(self, encoder, features, feature_mask):
+    def num_hidden_states(self, config):
+        return config.text_config.num_hidden_layers + 1
+
+    def states(self, encoder, features, feature_mask, all_layers=False):
         """Run the language model on `[audio tokens; prompt]`, right-padded."""
         backbone = encoder.backbone
         audio = backbone.multi_modal_projector(backbone.audio_tower(features).last_hidden_state)
@@ -110,8 +122,14 @@ class MisterESpeechLLMFamily(MisterEBackboneFamily):
         embeds[in_audio] = audio[torch.arange(max_audio, device=audio.device)[None, :] < audio_lengths[:, None]]
         embeds[in_prompt] = prompt.repeat(count, 1)
         mask = in_audio | in_prompt
-        hidden = backbone.language_model(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
-        return hidden, mask
+        outputs = backbone.language_model(inputs_embeds=embeds, attention_mask=mask.long(),
+                                          output_hidden_states=all_layers)
+        return _hidden(outputs, all_layers), mask
+
+
+def _hidden(outputs, all_layers: bool) -> torch.Tensor:
+    """The last hidden states, or every layer's (the embeddings' included) concatenated along the features."""
+    return torch.cat(outputs.hidden_states, dim=-1) if all_layers else outputs.last_hidden_state
 
 
 # `model_type` -> family; any other type is a text model, or a Wav2Vec2-style speech encoder when the built backbone
@@ -171,8 +189,10 @@ class MisterEFunctionalsEncoder(nn.Module):
         embeds = self.projection(self.feature_dropout(self.standardizer(inputs)))
         return embeds, self.classifier(embeds)
 
-    def backbone_states(self, inputs, attention_mask):
+    def backbone_states(self, inputs, attention_mask, all_layers=False):
         """The standardised functionals as one frame per utterance (the frozen-features baseline's input)."""
+        if all_layers:
+            raise ValueError("openSMILE functionals have no layers: extract them with `backbone_mean`.")
         standardized = self.standardizer(inputs)[:, None]
         return standardized, torch.ones(standardized.shape[:2], dtype=torch.bool, device=standardized.device)
 
@@ -191,6 +211,7 @@ class MisterEUtteranceEncoder(nn.Module):
         self.backbone = backbone if backbone is not None else backbone_family(backbone_config).build(backbone_config)
         self.family = backbone_family(backbone_config, self.backbone)
         hidden_size = self.hidden_size = self.family.hidden_size(backbone_config)
+        self.num_hidden_states = self.family.num_hidden_states(backbone_config)
         self.norm = nn.LayerNorm(hidden_size)
         self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
         self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
@@ -203,11 +224,12 @@ class MisterEUtteranceEncoder(nn.Module):
         embeds = self.projection(self.pooling(self.norm(hidden.to(self.norm.weight.dtype)), mask))
         return embeds, self.classifier(embeds)
 
-    def backbone_states(self, inputs, attention_mask):
-        """Last hidden states and the mask of their valid positions."""
+    def backbone_states(self, inputs, attention_mask, all_layers=False):
+        """Last hidden states (with `all_layers`, every layer's, the embeddings' included, concatenated along the
+        features) and the mask of their valid positions."""
         if inputs.is_floating_point():
             inputs = inputs.to(self.backbone.dtype)
-        hidden, mask = self.family.states(self, inputs, attention_mask)
+        hidden, mask = self.family.states(self, inputs, attention_mask, all_layers)
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return hidden, mask.bool()

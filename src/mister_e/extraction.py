@@ -27,14 +27,13 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, processor_utterances
-from .encoders_mister_e import MisterEMeanPooling
+from .encoders_mister_e import EMBEDDINGS, MisterEMeanPooling
 from .modeling_mister_e import MisterEForUtteranceClassification
 from .utils import atomic_path, process_state
 
 logger = logging.get_logger(__name__)
 
 MODALITIES = ("speech", "text")
-EMBEDDINGS = ("projection", "backbone_mean")
 
 
 def extract_embeddings(
@@ -57,7 +56,10 @@ def extract_embeddings(
         batch_size: Utterances per forward pass.
         shard_size: Utterances per cached shard (the unit of resumption).
         embedding: `"projection"` (the trained encoder's embedding, taken before the classifier's ReLU) or
-            `"backbone_mean"` (the backbone's last hidden states, mean-pooled: frozen-backbone baselines).
+            `"backbone_mean"` (the backbone's last hidden states, mean-pooled: frozen-backbone baselines) or
+            `"backbone_layers"` (every hidden state of the backbone, the embeddings' included, each mean-pooled and
+            concatenated: `num_hidden_layers + 1` times the backbone's width; a sentence encoder's last layer is tuned
+            for similarity, and on MELD its middle layers carry more of the emotion, see BENCHMARKS.md).
         device: Where to run the model (defaults to the model's device); under a launcher `"cuda"` is each process's
             own GPU.
     """
@@ -66,6 +68,10 @@ def extract_embeddings(
     modalities = [m for m in MODALITIES if getattr(model, f"{m}_encoder") is not None]
     if not modalities:
         raise ValueError("The model has no utterance encoder to extract with.")
+    for modality in modalities:
+        if embedding == "backbone_layers" and not hasattr(getattr(model, f"{modality}_encoder"), "num_hidden_states"):
+            raise ValueError(f"The {modality} encoder has no layers (openSMILE functionals): extract it with "
+                             "`backbone_mean`.")
     if isinstance(dataset, DatasetDict):
         return DatasetDict(
             {
@@ -163,14 +169,16 @@ def _modality_vectors(model, batch, modality, embedding, device) -> torch.Tensor
     else:
         inputs, mask = batch["input_ids"], batch["text_attention_mask"]
     inputs, mask = inputs.to(device), mask.to(device) if mask is not None else None
-    if embedding == "backbone_mean":
-        hidden, valid = encoder.backbone_states(inputs, mask)
+    if embedding != "projection":
+        hidden, valid = encoder.backbone_states(inputs, mask, all_layers=embedding == "backbone_layers")
         return MisterEMeanPooling()(hidden, valid).float().cpu()
     return encoder(inputs, mask)[0].float().cpu()
 
 
 def _width(model, modality, embedding) -> int:
     encoder = getattr(model, f"{modality}_encoder")
+    if embedding == "backbone_layers":
+        return encoder.hidden_size * encoder.num_hidden_states
     return encoder.hidden_size if embedding == "backbone_mean" else encoder.projection.out_features
 
 

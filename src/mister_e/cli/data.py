@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..conversations import read_utf8
 from ..data import PREPARE_DATASETS
+from ..encoders_mister_e import EMBEDDINGS
 from .arguments import positive_int, torch_device
 
 
@@ -72,7 +73,10 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--shard-size", type=positive_int, default=512, help="Utterances per cached shard.")
-    parser.add_argument("--embedding", choices=["projection", "backbone_mean"], default="projection")
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default="projection",
+                        help="projection: the trained encoder's embedding; backbone_mean: the backbone's last hidden "
+                             "states, mean-pooled; backbone_layers: every layer's, mean-pooled and concatenated "
+                             "(frozen-backbone baselines).")
     parser.add_argument("--device", type=torch_device, help="e.g. cuda, cpu (default: cuda when available).")
     parser.add_argument("--overwrite", action="store_true")
 

@@ -86,7 +86,7 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--l2", type=float, help="L2 strength of --solver lbfgs (default 0.03).")
     parser.add_argument("--frozen", action="store_true",
                         help="No training: save the pretrained backbone with untrained heads to OUTPUT_DIR/merged, "
-                             "for `extract --embedding backbone_mean` (frozen-feature baselines).")
+                             "for `extract --embedding backbone_mean` or backbone_layers (frozen-feature baselines).")
     add_common_arguments(parser)
 
 

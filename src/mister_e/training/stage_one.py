@@ -146,8 +146,8 @@ def save_frozen_encoder(
     seed: int = 0,
 ) -> Path:
     """A stage-1 folder without training (`output_dir/merged`): the pretrained backbone with seeded, untrained heads,
-    for `extract --embedding backbone_mean` (frozen-feature baselines); openSMILE functionals get their training-split
-    standardisation. Written whole under a temporary name, then renamed into place."""
+    for `extract --embedding backbone_mean` or `backbone_layers` (frozen-feature baselines); openSMILE functionals get
+    their training-split standardisation. Written whole under a temporary name, then renamed into place."""
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
     set_seed(seed)
