@@ -306,7 +306,8 @@ def markdown(results: dict) -> str:
                   "| embeddings | BiGRU baseline | no-context classifier | MiSTER-E text-only (text expert + context) "
                   "| stage-1 classifier |", "|---|---|---|---|---|"]
         summaries = results["meld"]["summaries"]
-        for encoder, label in (("frozen", "frozen MiniLM"), ("lora", "LoRA-fine-tuned MiniLM")):
+        frozen = {"backbone_mean": "last layer", "backbone_layers": "every layer"}[FROZEN_TEXT_EMBEDDING["meld"]]
+        for encoder, label in (("frozen", f"frozen MiniLM, {frozen}"), ("lora", "LoRA-fine-tuned MiniLM")):
             if f"{encoder}/context" not in summaries:
                 continue
             stage1 = cell(summaries["lora/stage1_classifier"], "test/weighted_f1") if encoder == "lora" else "–"

@@ -215,7 +215,8 @@ def markdown(results: dict) -> str:
             overrides = ", ".join(f"{k}={v}" for k, v in result["candidates"][candidate].items())
             chosen = ""
             if per_dataset:
-                chosen = "".join(f" (chosen: {name})" for name, best in per_dataset.items() if best == candidate)
+                names_chosen = [name for name, best in per_dataset.items() if best == candidate]
+                chosen = f" (chosen: {', '.join(names_chosen)})" if names_chosen else ""
             elif candidate == result["chosen"]:
                 chosen = " (chosen)" if result.get("adopted", True) else " (best here, not adopted)"
             lines.append(f"| {candidate}{chosen} | {overrides} | "
