@@ -199,7 +199,8 @@ def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
 def test_from_stages_rejects_mismatched_embedding_widths():
     stage_one = utterance_model("text", "bert")
     stage_two = MisterEForEmotionRecognition(tiny_config(4, EMBED_DIM + 1, NUM_LABELS))
-    with pytest.raises(ValueError, match="text_embed_dim"):
+    with pytest.raises(ValueError, match=rf"reads {EMBED_DIM + 1}-d text embeddings; .* `projection` embeddings are "
+                                         rf"{EMBED_DIM}-d\."):
         MisterEForEmotionRecognition.from_stages(stage_one, stage_two)
 
 

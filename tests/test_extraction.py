@@ -127,7 +127,7 @@ def test_backbone_layers_of_functionals_is_refused_naming_the_modality(dataset, 
     config = MisterEConfig(speech_config=MisterEOpenSmileConfig(feature_set="eGeMAPSv02"), speech_embed_dim=8,
                            num_labels=2, id2label={0: "neg", 1: "pos"})
     functionals = MisterEForUtteranceClassification(config).eval()
-    with pytest.raises(ValueError, match="speech encoder has no layers"):
+    with pytest.raises(ValueError, match="speech encoder reads openSMILE functionals, which have no layers"):
         extract_embeddings(dataset, functionals, processor, tmp_path / "cache", embedding="backbone_layers")
 
 
@@ -149,13 +149,24 @@ def test_real_minilm_loads_offline_and_embeds_a_sentence():
     assert 0.0 < float(sentence[0] @ sentence[1]) < 0.9
 
 
-def test_raw_conversation_end_to_end_equals_extract_then_stage_two(dataset, model, processor, tmp_path):
+@pytest.mark.parametrize("embedding, widths", [("projection", (8, 6)), ("backbone_mean", (32, 32)),
+                                               ("backbone_layers", (64, 64))])
+def test_raw_conversation_end_to_end_equals_extract_then_stage_two(dataset, model, processor, tmp_path, embedding,
+                                                                   widths):
+    """Joined with the embedding its stage 2 was trained on (frozen-backbone ones too), the end-to-end model gives on
+    raw audio and text what extraction then stage 2 give, and keeps doing so after a save and reload."""
     from mister_e import MisterEForEmotionRecognition
     from mister_e.training import MisterEDataCollator
 
     torch.manual_seed(1)
-    stage_two = MisterEForEmotionRecognition(tiny_config(8, 6, id2label={0: "neg", 1: "pos"})).eval()
-    end_to_end = MisterEForEmotionRecognition.from_stages(model, stage_two).eval()
+    stage_two = MisterEForEmotionRecognition(tiny_config(*widths, id2label={0: "neg", 1: "pos"})).eval()
+    end_to_end = MisterEForEmotionRecognition.from_stages(model, stage_two, embedding).eval()
+    headless = embedding != "projection"
+    assert ("text_encoder.projection.weight" in end_to_end.state_dict()) != headless
+    if headless:
+        end_to_end.save_pretrained(tmp_path / "joined")
+        end_to_end = MisterEForEmotionRecognition.from_pretrained(tmp_path / "joined").eval()
+        assert end_to_end.config.text_embedding == end_to_end.config.speech_embedding == embedding
     # Utterances of equal length: WavLM's group norm sees padding, so mixed lengths would differ by padding alone.
     conversation = {"utterances": [{"audio": dataset[3]["audio"][0], "text": t} for t in ("i am happy", "so sad")]
                                   + [{"text": "not fine"}]}
@@ -164,9 +175,22 @@ def test_raw_conversation_end_to_end_equals_extract_then_stage_two(dataset, mode
     rows = make_dialogue_dataset([dict(dialogue_id="x", labels=[0, 1, 0],
                                        texts=[u["text"] for u in conversation["utterances"]],
                                        audio=[u.get("audio") for u in conversation["utterances"]])], ["neg", "pos"])
-    embedded = extract_embeddings(rows, model, processor, tmp_path / "cache")
+    embedded = extract_embeddings(rows, model, processor, tmp_path / "cache", embedding=embedding)
     batch = MisterEDataCollator()([embedded[0]])
     with torch.no_grad():
         two_step = stage_two(**batch)
     torch.testing.assert_close(direct.logits, two_step.logits, rtol=1e-4, atol=1e-5)
     assert direct.gate_weights[0, 2].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_joining_with_the_wrong_embedding_names_the_one_that_fits(model):
+    from mister_e import MisterEForEmotionRecognition
+
+    stage_two = MisterEForEmotionRecognition(tiny_config(64, 64, id2label={0: "neg", 1: "pos"}))
+    with pytest.raises(ValueError, match=r"reads 64-d speech embeddings; the utterance model's `projection` "
+                                         r"embeddings are 8-d \(its `backbone_layers` embeddings are: pass "
+                                         r"`embedding='backbone_layers'`\)"):
+        MisterEForEmotionRecognition.from_stages(model, stage_two)
+    with pytest.raises(ValueError, match="`text_embedding` is for conversation models"):
+        MisterEForUtteranceClassification(MisterEConfig(text_config=model.config.text_config, num_labels=2,
+                                                        text_embedding="backbone_mean"))

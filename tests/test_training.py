@@ -465,7 +465,7 @@ def test_stage_one_trains_selects_on_validation_and_merges(data, processor, tmp_
     assert merged(**batch).text_logits.shape[-1] == len(LABELS)
 
 
-def test_frozen_encoder_folder_from_the_cli_feeds_backbone_mean_extraction(data, processor, tmp_path):
+def test_frozen_encoder_folder_from_the_cli_feeds_extraction_and_prediction(data, processor, tmp_path, capsys):
     """`train-encoder --frozen`: the CLI route to the frozen-backbone folder `extract --embedding backbone_mean` needs."""
     torch.manual_seed(0)
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
@@ -491,6 +491,19 @@ def test_frozen_encoder_folder_from_the_cli_feeds_backbone_mean_extraction(data,
     layers = np.asarray(load_from_disk(str(tmp_path / "layers"))["test"][0]["text_embeds"])
     assert layers.shape[-1] == 3 * 32  # the embeddings' and both layers' states
     np.testing.assert_allclose(layers[:, -32:], np.asarray(embedded["test"][0]["text_embeds"]), rtol=1e-5, atol=1e-6)
+
+    # A stage 2 trained on those vectors predicts from raw text once joined with the embedding it was trained on.
+    sets = [f"{key}={value}" for key, value in {**SIZES, **FAST, "num_train_epochs": 1}.items()]
+    assert main(["train", "--recipe", "mosi", "--dataset", str(tmp_path / "layers"), "--output-dir",
+                 str(tmp_path / "runs"), "--seeds", "0", "--set", "modalities=[text]", "experts=[text]", *sets]) == 0
+    (tmp_path / "c.json").write_text(json.dumps({"utterances": [{"text": "hello world"}, {"text": "oh no"}]}))
+    predict = ["predict", "--model", str(tmp_path / "runs" / "seed_0"), "--encoder", str(merged),
+               str(tmp_path / "c.json")]
+    capsys.readouterr()
+    assert main([*predict, "--embedding", "backbone_layers"]) == 0
+    assert [p["label"] in LABELS for p in json.loads(capsys.readouterr().out)] == [True, True]
+    assert main(predict) == 2  # joined by default with the untrained projection: refused, naming the fitting one
+    assert "pass `embedding='backbone_layers'`" in capsys.readouterr().err
 
 
 # --- evaluation, seeds, recipes ------------------------------------------------------------------------------------

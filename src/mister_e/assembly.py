@@ -43,11 +43,12 @@ def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> N
 
 
 def join_stages(
-    conversation_model: str | os.PathLike, encoders: list[str | os.PathLike]
+    conversation_model: str | os.PathLike, encoders: list[str | os.PathLike], embedding: str = "projection"
 ) -> tuple[MisterEForEmotionRecognition, MisterEProcessor]:
     """The stage-2 model at `conversation_model` with the stage-1 encoders at `encoders` (each a `train-encoder`
     `merged/` folder, one per modality), and the processor that feeds them: audio preprocessing from the speech
-    encoder's processor, the tokenizer from the text encoder's. Save both to one folder for the pipeline."""
+    encoder's processor, the tokenizer from the text encoder's. Save both to one folder for the pipeline.
+    `embedding` names the encoders' vectors the stage-2 model was trained on (`extract --embedding`)."""
     require_kind(conversation_model, ("stage-2",), "`--model` with `--encoder`")
     for path in encoders:
         require_kind(path, ("stage-1",), "`--encoder`")
@@ -55,7 +56,7 @@ def join_stages(
     processors = {}
     for folder in encoders:
         encoder = MisterEForUtteranceClassification.from_pretrained(folder)
-        model = MisterEForEmotionRecognition.from_stages(encoder, model)
+        model = MisterEForEmotionRecognition.from_stages(encoder, model, embedding)
         for modality in ("speech", "text"):
             if getattr(encoder, f"{modality}_encoder") is not None:
                 processors[modality] = MisterEProcessor.from_pretrained(folder)

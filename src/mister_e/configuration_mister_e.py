@@ -18,6 +18,9 @@ CONTEXT_MODULES = ("conv_gru", "conv", "gru")
 PER_MODALITY = {"context_module": "conv_gru", "gru_layers": 3}
 MIXTURE_SPACES = ("logits", "probabilities")
 POOLING_MODES = ("mean", "attentive")
+# Which vector of an utterance encoder is its embedding: the trained projection, or the backbone's states mean-pooled
+# (the last layer's, or every layer's concatenated: frozen-backbone embeddings, `extract --embedding`).
+EMBEDDINGS = ("projection", "backbone_mean", "backbone_layers")
 IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
 # openSMILE functionals sets (name -> width): the field's standard light-weight speech representations.
 OPENSMILE_FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
@@ -185,6 +188,13 @@ class MisterEConfig(PreTrainedConfig):
             Pooling of the speech backbone's frames: `"mean"` or `"attentive"` (attentive statistics pooling).
         text_pooling (`str`, *optional*, defaults to `"attentive"`):
             Pooling of the text backbone's tokens.
+        speech_embedding (`str`, *optional*, defaults to `"projection"`):
+            Which vector of the speech encoder the conversation model reads when it embeds raw audio itself:
+            `"projection"` (the trained encoder's embedding), or `"backbone_mean"` / `"backbone_layers"` (the
+            backbone's states mean-pooled, the last layer's / every layer's concatenated), for a conversation model
+            trained on `extract --embedding backbone_*` vectors; such an encoder has no head. Set by `join_stages`.
+        text_embedding (`str`, *optional*, defaults to `"projection"`):
+            The same for the text encoder.
         speech_prompt_ids (`list[int]`, *optional*):
             Token ids of the instruction a speech LLM backbone (Qwen2-Audio) reads after the audio; set by
             `from_backbones` from the prompt text ("What is the emotion of the person?:" by default).
@@ -248,6 +258,8 @@ class MisterEConfig(PreTrainedConfig):
     text_config: PreTrainedConfig | dict | None = None
     speech_pooling: str = "mean"
     text_pooling: str = "attentive"
+    speech_embedding: str = "projection"
+    text_embedding: str = "projection"
     speech_prompt_ids: list[int] | None = None
     encoder_dropout: float | int = 0.5
     encoder_focal_gamma: float | int = 2.0
@@ -303,6 +315,8 @@ class MisterEConfig(PreTrainedConfig):
             raise ValueError(f"`gru_layers` must be a positive integer (or one per modality), got {self.gru_layers!r}.")
         _check_choices("speech_pooling", [self.speech_pooling], POOLING_MODES)
         _check_choices("text_pooling", [self.text_pooling], POOLING_MODES)
+        _check_choices("speech_embedding", [self.speech_embedding], EMBEDDINGS)
+        _check_choices("text_embedding", [self.text_embedding], EMBEDDINGS)
         for name in ("speech_embed_dim", "text_embed_dim", "context_dim", "cross_modal_dim",
                      "coattention_layers", "attention_dim", "attention_heads", "fusion_hidden_size", "gate_hidden_size"):
             if getattr(self, name) < 1:

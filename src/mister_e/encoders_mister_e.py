@@ -10,9 +10,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .configuration_mister_e import MisterEOpenSmileConfig
 
-# What `extract` stores per utterance: the encoder's trained projection, or its backbone's states mean-pooled (the last
-# layer's, or every layer's concatenated: frozen-backbone baselines).
-EMBEDDINGS = ("projection", "backbone_mean", "backbone_layers")
+# The modules of an utterance encoder around its backbone: trained in stage 1, absent from a frozen-backbone embedding.
+HEAD_MODULES = ("norm", "pooling", "feature_dropout", "projection", "classifier")
 
 class MisterEAttentiveStatisticsPooling(nn.Module):
     """`[mu; sigma]` of the valid positions under learned attention weights `softmax(v . tanh(W h + b))`."""
@@ -173,28 +172,39 @@ class MisterEFeatureStandardizer(nn.Module):
 
 class MisterEFunctionalsEncoder(nn.Module):
     """openSMILE functionals -> standardisation (training-split statistics) -> dropout -> projection (the embedding)
-    -> utterance classifier: the head of `MisterEUtteranceEncoder` on a fixed vector instead of a backbone's frames."""
+    -> utterance classifier: the head of `MisterEUtteranceEncoder` on a fixed vector instead of a backbone's frames.
+    With `embedding="backbone_mean"` it has no head: the standardised functionals are the embedding."""
 
     model_type = MisterEOpenSmileConfig.model_type
 
-    def __init__(self, backbone_config: MisterEOpenSmileConfig, embed_dim, num_labels, dropout):
+    def __init__(self, backbone_config: MisterEOpenSmileConfig, embed_dim, num_labels, dropout, embedding="projection"):
         super().__init__()
         self.hidden_size = backbone_config.hidden_size
         self.standardizer = MisterEFeatureStandardizer(self.hidden_size)
-        self.feature_dropout = nn.Dropout(backbone_config.feature_dropout)
-        self.projection = nn.Linear(self.hidden_size, embed_dim)
-        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+        self.embedding = embedding
+        if embedding == "projection":
+            self.feature_dropout = nn.Dropout(backbone_config.feature_dropout)
+            self.projection = nn.Linear(self.hidden_size, embed_dim)
+            self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+        self.embedding_width(embedding)  # openSMILE functionals have no layers
 
-    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None):
+        """`(embeddings, utterance logits)`; the logits are `None` without a head."""
+        if self.embedding != "projection":
+            return self.pooled_states(inputs, attention_mask, self.embedding), None
         embeds = self.projection(self.feature_dropout(self.standardizer(inputs)))
         return embeds, self.classifier(embeds)
 
-    def backbone_states(self, inputs, attention_mask, all_layers=False):
-        """The standardised functionals as one frame per utterance (the frozen-features baseline's input)."""
-        if all_layers:
-            raise ValueError("openSMILE functionals have no layers: extract them with `backbone_mean`.")
-        standardized = self.standardizer(inputs)[:, None]
-        return standardized, torch.ones(standardized.shape[:2], dtype=torch.bool, device=standardized.device)
+    def pooled_states(self, inputs, attention_mask, embedding: str) -> torch.Tensor:
+        """The standardised functionals (the frozen-features embedding: one frame, so its mean is itself)."""
+        self.embedding_width(embedding)
+        return self.standardizer(inputs)
+
+    def embedding_width(self, embedding: str) -> int:
+        if embedding == "backbone_layers":
+            raise ValueError("The speech encoder reads openSMILE functionals, which have no layers: use the "
+                             "`backbone_mean` embedding.")
+        return self.hidden_size if embedding == "backbone_mean" else self.projection.out_features
 
 
 class MisterEUtteranceEncoder(nn.Module):
@@ -202,27 +212,46 @@ class MisterEUtteranceEncoder(nn.Module):
 
     Speech backbones: Wav2Vec2-style encoders (Wav2Vec2, HuBERT, WavLM, data2vec-audio) on `input_values`, the Whisper
     encoder and the Qwen2-Audio speech LLM on `input_features`. Text backbones: any `AutoModel` on `input_ids`
-    (BERT-family encoders, Llama/Qwen2-style decoders).
+    (BERT-family encoders, Llama/Qwen2-style decoders). With `embedding="backbone_mean"` or `"backbone_layers"` it has
+    no head: the backbone's states, mean-pooled, are the embedding (`MisterEConfig.<modality>_embedding`).
     """
 
-    def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None, backbone=None):
+    def __init__(self, backbone_config, embed_dim, pooling, num_labels, dropout, prompt_ids=None, backbone=None,
+                 embedding="projection"):
         super().__init__()
         self.model_type = backbone_config.model_type
         self.backbone = backbone if backbone is not None else backbone_family(backbone_config).build(backbone_config)
         self.family = backbone_family(backbone_config, self.backbone)
         hidden_size = self.hidden_size = self.family.hidden_size(backbone_config)
         self.num_hidden_states = self.family.num_hidden_states(backbone_config)
-        self.norm = nn.LayerNorm(hidden_size)
-        self.pooling = MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive" else MisterEMeanPooling()
-        self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
-        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
+        self.embedding = embedding
+        if embedding == "projection":
+            self.norm = nn.LayerNorm(hidden_size)
+            self.pooling = (MisterEAttentiveStatisticsPooling(hidden_size) if pooling == "attentive"
+                            else MisterEMeanPooling())
+            self.projection = nn.Linear(2 * hidden_size if pooling == "attentive" else hidden_size, embed_dim)
+            self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
         self.register_buffer("prompt_ids", torch.tensor(prompt_ids or [], dtype=torch.long), persistent=False)
 
-    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None):
+        """`(embeddings, utterance logits)`; the logits are `None` without a head."""
+        if self.embedding != "projection":
+            return self.pooled_states(inputs, attention_mask, self.embedding), None
         hidden, mask = self.backbone_states(inputs, attention_mask)
         # A bf16/fp16 (or quantized) backbone feeds a head that trains in its own dtype, fp32 by default.
         embeds = self.projection(self.pooling(self.norm(hidden.to(self.norm.weight.dtype)), mask))
         return embeds, self.classifier(embeds)
+
+    def pooled_states(self, inputs, attention_mask, embedding: str) -> torch.Tensor:
+        """The backbone's states mean-pooled over valid positions: the last layer's (`"backbone_mean"`) or every
+        layer's, concatenated (`"backbone_layers"`): the frozen-backbone embeddings."""
+        hidden, mask = self.backbone_states(inputs, attention_mask, all_layers=embedding == "backbone_layers")
+        return MisterEMeanPooling()(hidden, mask)
+
+    def embedding_width(self, embedding: str) -> int:
+        if embedding == "backbone_layers":
+            return self.hidden_size * self.num_hidden_states
+        return self.hidden_size if embedding == "backbone_mean" else self.projection.out_features
 
     def backbone_states(self, inputs, attention_mask, all_layers=False):
         """Last hidden states (with `all_layers`, every layer's, the embeddings' included, concatenated along the

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, processor_utterances
-from .encoders_mister_e import EMBEDDINGS, MisterEMeanPooling
+from .configuration_mister_e import EMBEDDINGS
 from .modeling_mister_e import MisterEForUtteranceClassification
 from .utils import atomic_path, process_state
 
@@ -69,9 +69,7 @@ def extract_embeddings(
     if not modalities:
         raise ValueError("The model has no utterance encoder to extract with.")
     for modality in modalities:
-        if embedding == "backbone_layers" and not hasattr(getattr(model, f"{modality}_encoder"), "num_hidden_states"):
-            raise ValueError(f"The {modality} encoder has no layers (openSMILE functionals): extract it with "
-                             "`backbone_mean`.")
+        _width(model, modality, embedding)  # openSMILE functionals have no layers to extract
     if isinstance(dataset, DatasetDict):
         return DatasetDict(
             {
@@ -170,16 +168,12 @@ def _modality_vectors(model, batch, modality, embedding, device) -> torch.Tensor
         inputs, mask = batch["input_ids"], batch["text_attention_mask"]
     inputs, mask = inputs.to(device), mask.to(device) if mask is not None else None
     if embedding != "projection":
-        hidden, valid = encoder.backbone_states(inputs, mask, all_layers=embedding == "backbone_layers")
-        return MisterEMeanPooling()(hidden, valid).float().cpu()
+        return encoder.pooled_states(inputs, mask, embedding).float().cpu()
     return encoder(inputs, mask)[0].float().cpu()
 
 
 def _width(model, modality, embedding) -> int:
-    encoder = getattr(model, f"{modality}_encoder")
-    if embedding == "backbone_layers":
-        return encoder.hidden_size * encoder.num_hidden_states
-    return encoder.hidden_size if embedding == "backbone_mean" else encoder.projection.out_features
+    return getattr(model, f"{modality}_encoder").embedding_width(embedding)
 
 
 def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], key: str

@@ -18,12 +18,14 @@ from transformers.utils import ModelOutput
 
 from .configuration_mister_e import (
     CUSTOM_PIPELINES,
+    EMBEDDINGS,
     EXPERT_MODALITIES,
     EXPERTS,
     MisterEConfig,
     MisterEOpenSmileConfig,
 )
 from .encoders_mister_e import (
+    HEAD_MODULES,
     MisterEFeatureStandardizer,
     MisterEFunctionalsEncoder,
     MisterEUtteranceEncoder,
@@ -56,6 +58,14 @@ class MisterEOutput(ModelOutput):
     gate_weights: torch.FloatTensor | None = None
     speech_representations: torch.FloatTensor | None = None
     text_representations: torch.FloatTensor | None = None
+
+
+def _width_or_none(encoder, embedding: str) -> int | None:
+    """`encoder.embedding_width(embedding)`, or `None` where the encoder has no such embedding."""
+    try:
+        return encoder.embedding_width(embedding)
+    except ValueError:
+        return None
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -154,17 +164,18 @@ class MisterEPreTrainedModel(PreTrainedModel):
         # By model type, not class: a remote-code copy of the config module holds its own class object.
         if getattr(config.speech_config, "model_type", None) == MisterEOpenSmileConfig.model_type:
             self.speech_encoder = MisterEFunctionalsEncoder(
-                config.speech_config, config.speech_embed_dim, config.num_labels, config.encoder_dropout
+                config.speech_config, config.speech_embed_dim, config.num_labels, config.encoder_dropout,
+                config.speech_embedding,
             )
         elif config.speech_config is not None:
             self.speech_encoder = MisterEUtteranceEncoder(
                 config.speech_config, config.speech_embed_dim, config.speech_pooling, config.num_labels,
-                config.encoder_dropout, config.speech_prompt_ids, speech_backbone,
+                config.encoder_dropout, config.speech_prompt_ids, speech_backbone, config.speech_embedding,
             )
         if config.text_config is not None:
             self.text_encoder = MisterEUtteranceEncoder(
                 config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels,
-                config.encoder_dropout, backbone=text_backbone,
+                config.encoder_dropout, backbone=text_backbone, embedding=config.text_embedding,
             )
 
     def encode_utterances(
@@ -201,7 +212,9 @@ class MisterEPreTrainedModel(PreTrainedModel):
                 )
             embeds, logits = self._encode_in_chunks(encoder, inputs, mask)
             output[f"{name}_embeds"] = embeds.new_zeros(*present.shape, embeds.shape[-1]).index_put((present,), embeds)
-            output[f"{name}_logits"] = logits.new_zeros(*present.shape, logits.shape[-1]).index_put((present,), logits)
+            if logits is not None:  # a frozen-backbone embedding has no utterance classifier
+                output[f"{name}_logits"] = logits.new_zeros(*present.shape, logits.shape[-1]).index_put((present,),
+                                                                                                      logits)
         return output
 
     def _encode_in_chunks(self, encoder, inputs, mask):
@@ -219,7 +232,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
                 width = int(rows_mask.any(0).nonzero().max()) + 1
                 rows, rows_mask = rows[:, :width], rows_mask[:, :width]
             parts.append(encoder(rows, rows_mask))
-        return torch.cat([embeds for embeds, _ in parts]), torch.cat([logits for _, logits in parts])
+        logits = None if parts[0][1] is None else torch.cat([logits for _, logits in parts])
+        return torch.cat([embeds for embeds, _ in parts]), logits
 
 
 class MisterEForUtteranceClassification(MisterEPreTrainedModel):
@@ -232,6 +246,10 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
     def __init__(self, config: MisterEConfig, speech_backbone: nn.Module | None = None,
                  text_backbone: nn.Module | None = None):
         super().__init__(config)
+        for modality in ("speech", "text"):
+            if getattr(config, f"{modality}_embedding") != "projection":
+                raise ValueError(f"`{modality}_embedding` is for conversation models; an utterance classifier "
+                                 "needs its head (`projection`).")
         self._build_encoders(speech_backbone, text_backbone)
         if self.speech_encoder is None and self.text_encoder is None:
             raise ValueError("MisterEForUtteranceClassification needs `speech_config`, `text_config` or both.")
@@ -342,25 +360,36 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
                 shutil.copyfile(path, Path(save_directory) / path.name)
 
     @classmethod
-    def from_stages(cls, utterance_model: MisterEForUtteranceClassification, conversation_model):
-        """One end-to-end model (raw audio/text in) from trained stage-1 encoders and a trained stage-2 model."""
+    def from_stages(cls, utterance_model: MisterEForUtteranceClassification, conversation_model,
+                    embedding: str = "projection"):
+        """One end-to-end model (raw audio/text in) from trained stage-1 encoders and a trained stage-2 model.
+
+        `embedding` names the encoders' vectors the conversation model was trained on (`extract --embedding`): with
+        `"backbone_mean"` or `"backbone_layers"` (a frozen backbone's states) the joined encoders keep no head.
+        """
         config = copy.deepcopy(conversation_model.config)
         source = utterance_model.config
+        state = conversation_model.state_dict()
         for modality in ("speech", "text"):
-            if getattr(utterance_model, f"{modality}_encoder") is None:
+            encoder = getattr(utterance_model, f"{modality}_encoder")
+            if encoder is None:
                 continue
-            width = f"{modality}_embed_dim"
-            if getattr(config, width) != getattr(source, width):
-                raise ValueError(
-                    f"`{width}` differs: {getattr(source, width)} in the utterance model, "
-                    f"{getattr(config, width)} in the conversation model."
-                )
+            width, expected = encoder.embedding_width(embedding), getattr(config, f"{modality}_embed_dim")
+            if width != expected:
+                fitting = [name for name in EMBEDDINGS if _width_or_none(encoder, name) == expected]
+                hint = f" (its `{fitting[0]}` embeddings are: pass `embedding={fitting[0]!r}`)" if fitting else ""
+                raise ValueError(f"The conversation model reads {expected}-d {modality} embeddings; the utterance "
+                                 f"model's `{embedding}` embeddings are {width}-d{hint}.")
             for key in (f"{modality}_config", f"{modality}_pooling"):
                 setattr(config, key, getattr(source, key))
+            setattr(config, f"{modality}_embedding", embedding)
+            head = () if embedding == "projection" else HEAD_MODULES
+            state.update({f"{modality}_encoder.{key}": value for key, value in encoder.state_dict().items()
+                          if key.split(".")[0] not in head})
         config.speech_prompt_ids = source.speech_prompt_ids
         config.encoder_dropout, config.encoder_focal_gamma = source.encoder_dropout, source.encoder_focal_gamma
         model = cls(config)
-        model.load_state_dict({**conversation_model.state_dict(), **utterance_model.state_dict()}, strict=True)
+        model.load_state_dict(state, strict=True)
         return model
 
     def forward(

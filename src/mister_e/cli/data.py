@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_utf8
 from ..data import PREPARE_DATASETS
-from ..encoders_mister_e import EMBEDDINGS
 from .arguments import positive_int, torch_device
 
 

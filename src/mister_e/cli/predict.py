@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_conversation
 from .arguments import positive_float, positive_int, torch_device
 
@@ -20,6 +21,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With a stage-2 `--model` (from `mister-e train`): a stage-1 encoder folder "
                              "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
                              "once per modality.")
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default="projection",
+                        help="With --encoder: the encoders' vectors the stage-2 model was trained on, as `extract "
+                             "--embedding` made them (backbone_mean / backbone_layers for a frozen backbone).")
     parser.add_argument("--top-k", type=positive_int)
     parser.add_argument("--device", type=torch_device)
     recording = parser.add_argument_group("recordings")
@@ -58,7 +62,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"No model folder at {args.model}.")
     if args.encoders:
-        model, processor = join_stages(args.model, args.encoders)
+        model, processor = join_stages(args.model, args.encoders, args.embedding)
     else:  # loaded here, not by `pipeline`, which folds a loading error into a traceback-laden message
         require_kind(args.model, ("end-to-end",), "`predict --model` (without `--encoder`)")
         model = MisterEForEmotionRecognition.from_pretrained(args.model)

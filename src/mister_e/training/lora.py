@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
 
+from ..encoders_mister_e import HEAD_MODULES
 from ..modeling_mister_e import MisterEForUtteranceClassification
 
 _SSL_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
@@ -57,8 +59,8 @@ def lora_config(model: MisterEForUtteranceClassification, modality: str, target_
     pattern = rf"{modality}_encoder\.backbone\.{scope}(?:.*\.)?(?:{'|'.join(map(re.escape, targets))})"
     heads = [
         f"{modality}_encoder.{name}"
-        for name in ("norm", "pooling", "projection", "classifier")
-        if any(True for _ in getattr(encoder, name).parameters())
+        for name in HEAD_MODULES
+        if any(True for _ in getattr(encoder, name, nn.Identity()).parameters())
     ]
     return LoraConfig(target_modules=pattern, modules_to_save=heads, **{**LORA_DEFAULTS[modality], **overrides})
 
