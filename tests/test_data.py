@@ -326,7 +326,7 @@ def test_meld_empty_split_bad_encoding_and_blank_utterance_name_the_csv(tmp_path
         build_meld(root)
     make_meld(root)
     write_csv(root / "test_sent_emo.csv", [[1, " ", "Ross", "neutral", "neutral", 0, 1, 1, 1, "", ""]], MELD_HEADER)
-    with pytest.raises(ValueError, match=r"test_sent_emo\.csv: utterance dia0_utt1 has neither text nor audio"):
+    with pytest.raises(ValueError, match=r"test_sent_emo\.csv row 1: utterance dia0_utt1 has neither"):
         build_meld(root, audio=False)  # dia0_utt1 is in every CSV: only the file tells which one
 
 

@@ -50,7 +50,7 @@ def build_meld(
     they are kept text-only instead (the release has a few missing or unreadable clips).
     """
     root = Path(root)
-    utterances = []
+    utterances, row_numbers = [], {}
     for split, name in _MELD_CSVS.items():
         path = root / name
         rows = _read_csv(path, required=("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"))
@@ -73,12 +73,14 @@ def build_meld(
                 "speaker": row["Speaker"],
             }
             records.append(((dialogue, turn), record))
+            row_numbers[split, record["utterance_id"]] = number
         utterances += [record for _, record in sorted(records, key=lambda item: item[0])]
     audio_from = _meld_audio(root, audio_dir, utterances, extract_to, num_workers) if audio else None
     for utterance in utterances:  # here, because MELD ids repeat across the CSVs: name the file
         if utterance["text"] is None and utterance["audio"] is None:
             path = root / _MELD_CSVS[utterance["split"]]
-            raise ValueError(f"{path}: utterance {utterance['utterance_id']} has neither text nor audio")
+            number = row_numbers[utterance["split"], utterance["utterance_id"]]
+            raise ValueError(f"{path} row {number}: utterance {utterance['utterance_id']} has neither text nor audio")
     return _group_dialogues(utterances, MELD_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
 
 
