@@ -210,11 +210,11 @@ def meld(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) ->
             runs[f"{encoder}/{name}"].append(
                 stage_two(embedded, run_dir / name / f"seed_{seed}", config, seed, ["text"], quick))
 
-    embedding = FROZEN_TEXT_EMBEDDING["meld"]
+    embedding, frozen_model = FROZEN_TEXT_EMBEDDING["meld"], frozen_minilm(minilm, id2label)
     frozen_dir = work / ("frozen" if embedding == "backbone_mean" else f"frozen-{embedding}")
-    frozen = embed_text(dialogues, frozen_minilm(minilm, id2label), processor, frozen_dir, embedding)
+    frozen = embed_text(dialogues, frozen_model, processor, frozen_dir, embedding)
     if not quick:  # the last layer's embeddings too: the MELD data set of `search_small_recipe.py`'s grids
-        embed_text(dialogues, frozen_minilm(minilm, id2label), processor, work / "frozen", "backbone_mean")
+        embed_text(dialogues, frozen_model, processor, work / "frozen", "backbone_mean")
     for seed in seeds:
         train_all(frozen, "frozen", frozen_dir, seed)
         if lora:

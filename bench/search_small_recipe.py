@@ -157,8 +157,8 @@ def run(work: Path, dataset_name: str, candidate: str, overrides: dict, seed: in
     overrides = dict(overrides)
     embedding = overrides.pop("text_embedding", "backbone_mean")
     dataset = load_from_disk(str(work / DATASETS[dataset_name] / "dataset"))  # memory-mapped: cheap when reused
-    if embedding != "backbone_mean":
-        dataset = reembed_text(dataset, work / "search" / "datasets" / f"{dataset_name}-{embedding}", embedding)
+    if embedding != "backbone_mean":  # MELD's is `bench/accuracy.py`'s folder of the same name: extracted once
+        dataset = reembed_text(dataset, work / f"{DATASETS[dataset_name]}-{embedding}", embedding)
     recipe = load_recipe("small", overrides)
     if "speech_embeds" not in dataset["train"].column_names:
         recipe["modalities"], recipe["config"]["experts"] = ["text"], ["text"]

@@ -13,6 +13,7 @@ from .configuration_mister_e import MisterEOpenSmileConfig
 # The modules of an utterance encoder around its backbone: trained in stage 1, absent from a frozen-backbone embedding.
 HEAD_MODULES = ("norm", "pooling", "feature_dropout", "projection", "classifier")
 
+
 class MisterEAttentiveStatisticsPooling(nn.Module):
     """`[mu; sigma]` of the valid positions under learned attention weights `softmax(v . tanh(W h + b))`."""
 
