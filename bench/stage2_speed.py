@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
-from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss
+from mister_e.losses_mister_e import focal_loss, supervised_contrastive_loss
 
 from timing import RESULTS, best_of_alternating
 

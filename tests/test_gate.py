@@ -9,6 +9,7 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value
 from datasets import ClassLabel
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
+from mister_e.experts_mister_e import mix_experts
 from mister_e.training import (
     GATE_HOLDOUT_COLUMN,
     MisterEDataCollator,
@@ -194,7 +195,7 @@ def test_probability_mixture_rewards_the_gate_for_trusting_the_right_expert():
     expert_logits[..., 1, :] = torch.tensor([2.0, 0.0, 0.0])  # text: right, mildly
     available = torch.ones(1, 3, 3, dtype=torch.bool)
     weights = torch.full((1, 3, 3), 1 / 3, requires_grad=True)
-    loss = -model._mixture(weights, expert_logits).log_softmax(-1)[..., 0].mean()
+    loss = -mix_experts(model.config.mixture_space, weights, expert_logits).log_softmax(-1)[..., 0].mean()
     loss.backward()
     assert (weights.grad[..., 1] < weights.grad[..., 0]).all()  # descending the loss moves weight to text
     assert torch.isfinite(model._mix(expert_logits, available)[2]).all()

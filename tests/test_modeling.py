@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
-from mister_e.modeling_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
+from mister_e.losses_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
 
 import tiny
 

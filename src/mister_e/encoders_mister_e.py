@@ -263,3 +263,45 @@ class MisterEUtteranceEncoder(nn.Module):
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return hidden, mask.bool()
+
+
+def build_encoders(config, speech_backbone: nn.Module | None = None, text_backbone: nn.Module | None = None):
+    """`(speech_encoder, text_encoder)` of a `MisterEConfig`: one for each modality whose backbone config is set, else
+    `None`. A given backbone module is used as is; otherwise one is built (randomly initialised) from its config."""
+    speech_encoder = text_encoder = None
+    # By model type, not class: a remote-code copy of the config module holds its own class object.
+    if getattr(config.speech_config, "model_type", None) == MisterEOpenSmileConfig.model_type:
+        speech_encoder = MisterEFunctionalsEncoder(
+            config.speech_config, config.speech_embed_dim, config.num_labels, config.encoder_dropout,
+            config.speech_embedding,
+        )
+    elif config.speech_config is not None:
+        speech_encoder = MisterEUtteranceEncoder(
+            config.speech_config, config.speech_embed_dim, config.speech_pooling, config.num_labels,
+            config.encoder_dropout, config.speech_prompt_ids, speech_backbone, config.speech_embedding,
+        )
+    if config.text_config is not None:
+        text_encoder = MisterEUtteranceEncoder(
+            config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels,
+            config.encoder_dropout, backbone=text_backbone, embedding=config.text_embedding,
+        )
+    return speech_encoder, text_encoder
+
+
+def encode_in_chunks(encoder: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None, size: int | None):
+    """The encoder over the utterance rows, `size` rows a pass (all at once when `None`), so that the backbone's
+    activations stay bounded however many utterances a conversation has. The result equals one pass up to float
+    error: audio keeps the batch's padding (a group-norm front end sees it), and token ids lose only the trailing
+    columns that are padding in every row of the pass (attention masks them; positions do not move)."""
+    size = size or len(inputs)
+    if len(inputs) <= size:
+        return encoder(inputs, mask)
+    parts = []
+    for start in range(0, len(inputs), size):
+        rows, rows_mask = inputs[start : start + size], None if mask is None else mask[start : start + size]
+        if rows_mask is not None and not rows.is_floating_point() and rows_mask.any():
+            width = int(rows_mask.any(0).nonzero().max()) + 1
+            rows, rows_mask = rows[:, :width], rows_mask[:, :width]
+        parts.append(encoder(rows, rows_mask))
+    logits = None if parts[0][1] is None else torch.cat([logits for _, logits in parts])
+    return torch.cat([embeds for embeds, _ in parts]), logits

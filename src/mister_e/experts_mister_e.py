@@ -1,15 +1,15 @@
 """The conversation-level modules of MiSTER-E (stage 2): the per-modality context module, the cross-modal expert's
-co-attention and the gate; `modeling_mister_e.py` assembles them into `MisterEForEmotionRecognition`."""
+co-attention, the gate and the mixture of the experts; `modeling_mister_e.py` assembles them into
+`MisterEForEmotionRecognition`."""
 
 from __future__ import annotations
-
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .configuration_mister_e import EXPERTS, MisterEConfig
+from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, MisterEConfig
 
 
 def scatter_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -232,3 +232,38 @@ class MisterEGate(nn.Module):
 
     def forward(self, expert_logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.mlp(expert_logits.flatten(-2)) / self.temperature, dim=-1)
+
+
+def available_experts(has_speech: torch.Tensor, has_text: torch.Tensor, expert_mask) -> torch.Tensor:
+    """Which experts can answer each utterance, `(..., len(EXPERTS))`: enabled in `expert_mask`, and given every
+    modality they need."""
+    present = {"speech": has_speech, "text": has_text}
+    available = torch.stack([
+        torch.stack([present[modality] for modality in EXPERT_MODALITIES[expert]]).all(0) for expert in EXPERTS
+    ], dim=-1)
+    return available & torch.tensor(expert_mask, device=available.device)
+
+
+def weigh_experts(mode: str, gate: MisterEGate | None, expert_logits: torch.Tensor, available: torch.Tensor):
+    """Each expert's weight per utterance (`config.gate_mode`: the learned `gate`, the plain mean, or one named
+    expert), zero where it is unavailable; rows with no available expert are zero."""
+    if mode == "learned":
+        prior = gate(expert_logits)
+    elif mode == "mean":
+        prior = torch.ones_like(available, dtype=expert_logits.dtype)
+    else:
+        prior = F.one_hot(torch.tensor(EXPERTS.index(mode)), len(EXPERTS)).to(expert_logits)
+    weights = prior * available
+    total = weights.sum(-1, keepdim=True)
+    # A named single expert that is unavailable here falls back to the mean of the available ones.
+    fallback = available / available.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(total > 0, weights / total.clamp(min=torch.finfo(total.dtype).tiny), fallback)
+
+
+def mix_experts(space: str, weights: torch.Tensor, expert_logits: torch.Tensor) -> torch.Tensor:
+    """The gated mixture's logits (`config.mixture_space`): the weighted raw logits (the paper's `"logits"`), or the
+    log of the weighted probabilities (`"probabilities"`)."""
+    if space == "logits":
+        return (weights[..., None] * expert_logits).sum(-2)
+    probabilities = (weights[..., None] * expert_logits.softmax(-1)).sum(-2)
+    return probabilities.clamp(min=torch.finfo(probabilities.dtype).tiny).log()

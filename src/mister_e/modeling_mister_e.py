@@ -6,11 +6,9 @@ import copy
 import math
 import shutil
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -27,11 +25,19 @@ from .configuration_mister_e import (
 from .encoders_mister_e import (
     HEAD_MODULES,
     MisterEFeatureStandardizer,
-    MisterEFunctionalsEncoder,
-    MisterEUtteranceEncoder,
     backbone_family,
+    build_encoders,
+    encode_in_chunks,
 )
-from .experts_mister_e import MisterEContextModule, MisterECrossModalExpert, MisterEGate
+from .experts_mister_e import (
+    MisterEContextModule,
+    MisterECrossModalExpert,
+    MisterEGate,
+    available_experts,
+    mix_experts,
+    weigh_experts,
+)
+from .losses_mister_e import conversation_loss, focal_loss
 
 
 @dataclass
@@ -66,34 +72,6 @@ def _width_or_none(encoder, embedding: str) -> int | None:
         return encoder.embedding_width(embedding)
     except ValueError:
         return None
-
-
-def focal_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Mean of `(1 - p) ** gamma * CE` over the utterances selected by `mask` (zero when none is)."""
-    if not mask.any():
-        return logits.sum() * 0.0
-    cross_entropy = F.cross_entropy(logits[mask], labels[mask], reduction="none")
-    return ((1 - torch.exp(-cross_entropy)) ** gamma * cross_entropy).mean()
-
-
-def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SupCon (Khosla et al., 2020): every other vector with the same label is a positive of an anchor."""
-    features = F.normalize(features, dim=-1)
-    not_self = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    positives = (labels[:, None] == labels[None, :]) & not_self
-    anchors = positives.any(1)
-    if not anchors.any():
-        return features.sum() * 0.0
-    similarity = (features @ features.T / temperature).masked_fill(~not_self, float("-inf"))
-    log_prob = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)
-    log_prob = log_prob.masked_fill(~positives, 0.0)
-    return -(log_prob.sum(1)[anchors] / positives.sum(1)[anchors]).mean()
-
-
-def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """`(KL(p||q) + KL(q||p)) / 2` per row, for rows of logits."""
-    log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-    return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
 
 
 @dataclass
@@ -154,30 +132,6 @@ class MisterEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.mean)
             init.ones_(module.std)
 
-    def _build_encoders(self, speech_backbone=None, text_backbone=None):
-        """Utterance encoders for the modalities whose backbone config is set (stage 1; optional in stage 2).
-
-        A given backbone module is used as is; otherwise one is built (randomly initialised) from its config.
-        """
-        config = self.config
-        self.speech_encoder = self.text_encoder = None
-        # By model type, not class: a remote-code copy of the config module holds its own class object.
-        if getattr(config.speech_config, "model_type", None) == MisterEOpenSmileConfig.model_type:
-            self.speech_encoder = MisterEFunctionalsEncoder(
-                config.speech_config, config.speech_embed_dim, config.num_labels, config.encoder_dropout,
-                config.speech_embedding,
-            )
-        elif config.speech_config is not None:
-            self.speech_encoder = MisterEUtteranceEncoder(
-                config.speech_config, config.speech_embed_dim, config.speech_pooling, config.num_labels,
-                config.encoder_dropout, config.speech_prompt_ids, speech_backbone, config.speech_embedding,
-            )
-        if config.text_config is not None:
-            self.text_encoder = MisterEUtteranceEncoder(
-                config.text_config, config.text_embed_dim, config.text_pooling, config.num_labels,
-                config.encoder_dropout, backbone=text_backbone, embedding=config.text_embedding,
-            )
-
     def encode_utterances(
         self,
         attention_mask: torch.Tensor,
@@ -210,31 +164,12 @@ class MisterEPreTrainedModel(PreTrainedModel):
                 raise ValueError(
                     f"{len(inputs)} {name} rows for {int(present.sum())} utterances marked as having {name}."
                 )
-            embeds, logits = self._encode_in_chunks(encoder, inputs, mask)
+            embeds, logits = encode_in_chunks(encoder, inputs, mask, self.config.encoder_batch_size)
             output[f"{name}_embeds"] = embeds.new_zeros(*present.shape, embeds.shape[-1]).index_put((present,), embeds)
             if logits is not None:  # a frozen-backbone embedding has no utterance classifier
                 output[f"{name}_logits"] = logits.new_zeros(*present.shape, logits.shape[-1]).index_put((present,),
                                                                                                       logits)
         return output
-
-    def _encode_in_chunks(self, encoder, inputs, mask):
-        """The encoder over the utterance rows, `config.encoder_batch_size` rows a pass, so that the backbone's
-        activations stay bounded however many utterances a conversation has. The result equals one pass up to float
-        error: audio keeps the batch's padding (a group-norm front end sees it), and token ids lose only the trailing
-        columns that are padding in every row of the pass (attention masks them; positions do not move)."""
-        size = self.config.encoder_batch_size or len(inputs)
-        if len(inputs) <= size:
-            return encoder(inputs, mask)
-        parts = []
-        for start in range(0, len(inputs), size):
-            rows, rows_mask = inputs[start : start + size], None if mask is None else mask[start : start + size]
-            if rows_mask is not None and not rows.is_floating_point() and rows_mask.any():
-                width = int(rows_mask.any(0).nonzero().max()) + 1
-                rows, rows_mask = rows[:, :width], rows_mask[:, :width]
-            parts.append(encoder(rows, rows_mask))
-        logits = None if parts[0][1] is None else torch.cat([logits for _, logits in parts])
-        return torch.cat([embeds for embeds, _ in parts]), logits
-
 
 class MisterEForUtteranceClassification(MisterEPreTrainedModel):
     """Stage 1: the speech and/or text utterance encoders, each trained alone as an utterance emotion classifier.
@@ -250,7 +185,7 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
             if getattr(config, f"{modality}_embedding") != "projection":
                 raise ValueError(f"`{modality}_embedding` is for conversation models; an utterance classifier "
                                  "needs its head (`projection`).")
-        self._build_encoders(speech_backbone, text_backbone)
+        self.speech_encoder, self.text_encoder = build_encoders(config, speech_backbone, text_backbone)
         if self.speech_encoder is None and self.text_encoder is None:
             raise ValueError("MisterEForUtteranceClassification needs `speech_config`, `text_config` or both.")
         self.post_init()
@@ -343,7 +278,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             self.speech_standardizer = MisterEFeatureStandardizer(config.speech_embed_dim)
             self.text_standardizer = MisterEFeatureStandardizer(config.text_embed_dim)
         self.input_dropout = nn.Dropout(config.input_dropout)
-        self._build_encoders()
+        self.speech_encoder, self.text_encoder = build_encoders(config)  # for raw inputs (`from_stages`)
         self.post_init()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -454,7 +389,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         speech_embeds = self._prepared_inputs("speech", speech_embeds, has_speech, reference)
         text_embeds = self._prepared_inputs("text", text_embeds, has_text, reference)
 
-        available = self._available(has_speech, has_text)
+        available = available_experts(has_speech, has_text, self.config.expert_mask)
         expert_logits, speech_representations, text_representations = self._run_experts(
             speech_embeds, text_embeds, has_speech, has_text, attention_mask
         )
@@ -502,7 +437,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         expert_logits, speech_representations, text_representations = self._run_experts(
             speech_embeds[:, None], text_embeds[:, None], has_speech, has_text, state=state
         )
-        expert_logits, gate_weights, logits = self._mix(expert_logits, self._available(has_speech, has_text))
+        expert_logits, gate_weights, logits = self._mix(expert_logits, available_experts(has_speech, has_text, self.config.expert_mask))
         output = MisterEOutput(
             logits=logits,
             expert_logits=expert_logits,
@@ -538,25 +473,11 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             expert_logits[:, :, index] = logits
         return expert_logits, speech_representations, text_representations
 
-    def _available(self, has_speech: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
-        """Which experts can answer each utterance: enabled, and given every modality they need."""
-        present = {"speech": has_speech, "text": has_text}
-        available = torch.stack([
-            torch.stack([present[modality] for modality in EXPERT_MODALITIES[expert]]).all(0) for expert in EXPERTS
-        ], dim=-1)
-        return available & torch.tensor(self.config.expert_mask, device=available.device)
-
     def _mix(self, expert_logits, available):
+        """The experts' logits (zero where unavailable), their gate weights and the mixture's logits."""
         expert_logits = expert_logits * available[..., None]
-        gate_weights = self._gate_weights(expert_logits, available)
-        return expert_logits, gate_weights, self._mixture(gate_weights, expert_logits)
-
-    def _mixture(self, gate_weights, expert_logits):
-        """The gated mixture's logits: weighted raw logits (the paper), or the log of the weighted probabilities."""
-        if self.config.mixture_space == "logits":
-            return (gate_weights[..., None] * expert_logits).sum(-2)
-        probabilities = (gate_weights[..., None] * expert_logits.softmax(-1)).sum(-2)
-        return probabilities.clamp(min=torch.finfo(probabilities.dtype).tiny).log()
+        weights = weigh_experts(self.config.gate_mode, self.gate, expert_logits, available)
+        return expert_logits, weights, mix_experts(self.config.mixture_space, weights, expert_logits)
 
     def _prepared_inputs(self, modality, embeds, present, reference):
         """Standardised (when the config says so), dropped out in training, and zero for padded and missing
@@ -571,20 +492,6 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             embeds = standardizer(embeds).to(embeds.dtype)
         return self.input_dropout(embeds) * present[..., None]
 
-    def _gate_weights(self, expert_logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        mode = self.config.gate_mode
-        if mode == "learned":
-            prior = self.gate(expert_logits)
-        elif mode == "mean":
-            prior = torch.ones_like(available, dtype=expert_logits.dtype)
-        else:
-            prior = F.one_hot(torch.tensor(EXPERTS.index(mode)), len(EXPERTS)).to(expert_logits)
-        weights = prior * available
-        total = weights.sum(-1, keepdim=True)
-        # A named single expert that is unavailable here falls back to the mean of the available ones.
-        fallback = available / available.sum(-1, keepdim=True).clamp(min=1)
-        return torch.where(total > 0, weights / total.clamp(min=torch.finfo(total.dtype).tiny), fallback)
-
     def _loss(self, logits, expert_logits, available, labels, attention_mask,
               speech_representations, text_representations, has_speech, has_text, gate_holdout=None):
         config = self.config
@@ -593,39 +500,14 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         # Rows the experts learn from, and rows the mixture (so the gate) learns from: all of them in the paper's
         # joint training; disjoint conversations with a gate hold-out.
         expert_rows = mixture_rows = labelled
+        expert_utterances = attention_mask
         if gate_holdout is not None:
             held_out = gate_holdout.bool()[:, None] & attention_mask
             expert_rows, mixture_rows = labelled & ~held_out, labelled & held_out
-            detached = expert_logits.detach()
-            logits = self._mixture(self._gate_weights(detached, available), detached)
-        loss = logits.new_zeros(())
-        if config.mixture_loss_weight:
-            loss = loss + config.mixture_loss_weight * focal_loss(
-                logits, labels, mixture_rows & available.any(-1), config.focal_gamma
-            )
-        enabled = [i for i, on in enumerate(config.expert_mask) if on]
-        if config.expert_loss_weight:
-            loss = loss + config.expert_loss_weight * sum(
-                focal_loss(expert_logits[:, :, i], labels, expert_rows & available[..., i], config.focal_gamma)
-                for i in enabled
-            )
-        if config.supcon_weight and speech_representations is not None:
-            speech_rows, text_rows = expert_rows & has_speech, expert_rows & has_text
-            features = torch.cat([speech_representations[speech_rows], text_representations[text_rows]])
-            loss = loss + config.supcon_weight * supervised_contrastive_loss(
-                features, torch.cat([labels[speech_rows], labels[text_rows]]), config.supcon_temperature
-            )
-        pairs = list(combinations(enabled, 2))
-        if config.kl_weight and pairs:
-            kl = logits.new_zeros(())
-            for i, j in pairs:
-                both = available[..., i] & available[..., j]
-                if gate_holdout is not None:
-                    both = both & ~held_out
-                if both.any():
-                    kl = kl + symmetric_kl(expert_logits[:, :, i][both], expert_logits[:, :, j][both]).mean()
-            loss = loss + config.kl_weight * kl / len(pairs)
-        return loss
+            expert_utterances = attention_mask & ~held_out
+            logits = self._mix(expert_logits.detach(), available)[2]
+        return conversation_loss(config, logits, expert_logits, available, labels, expert_rows, mixture_rows,
+                                 expert_utterances, speech_representations, text_representations, has_speech, has_text)
 
 
 __all__ = [
