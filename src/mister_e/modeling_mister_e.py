@@ -171,6 +171,7 @@ class MisterEPreTrainedModel(PreTrainedModel):
                                                                                                       logits)
         return output
 
+
 class MisterEForUtteranceClassification(MisterEPreTrainedModel):
     """Stage 1: the speech and/or text utterance encoders, each trained alone as an utterance emotion classifier.
 
