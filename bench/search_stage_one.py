@@ -1,8 +1,8 @@
 """The validation search that chose stage 1's schedule for the LoRA MiniLM text encoder per data set
 (`bench/accuracy.py`'s `ENCODER_SCHEDULE`). Test scores are never read.
 
-    python bench/search_stage_one.py                      # CMU-MOSI -> bench/results/search_stage_one.{json,md}
-    python bench/search_stage_one.py --dataset meld --seeds 0   # MELD (15-40 min a run here), seed 0 only
+    python bench/search_stage_one.py                 # CMU-MOSI -> bench/results/search_stage_one.{json,md}
+    python bench/search_stage_one.py --dataset meld  # MELD's candidates (15-40 min a run here); so far seeds 0-1
 
 Each candidate (learning rate x epochs; the best validation epoch is kept, as `train_encoder` does) trains the stage-1
 text classifier exactly as `bench/accuracy.py` does; the score is its validation weighted F1 (MELD dev; CMU-MOSI's
@@ -37,6 +37,11 @@ CANDIDATES = {
     "5 epochs, lr 1e-3": dict(learning_rate=1e-3, num_train_epochs=5),
     "10 epochs, lr 5e-4": dict(learning_rate=5e-4, num_train_epochs=10),
 }
+# The candidates searched per data set (a rerun repeats that search rather than widening it).
+SEARCHED = {
+    "mosi-standard": ("2 epochs, lr 2e-4 (MELD's)", "5 epochs, lr 5e-4", "5 epochs, lr 1e-3", "10 epochs, lr 5e-4"),
+    "meld": ("2 epochs, lr 2e-4 (MELD's)", "2 epochs, lr 5e-4", "4 epochs, lr 2e-4"),
+}
 
 
 def main() -> None:
@@ -45,7 +50,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "search-stage-one")
     parser.add_argument("--dataset", choices=list(DATASETS), default="mosi-standard")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
+                        help="Default: the data set's searched candidates (`SEARCHED`).")
     args = parser.parse_args()
     disable_progress_bars()
     hf_logging.set_verbosity_error()
@@ -55,7 +61,7 @@ def main() -> None:
     folder, build = DATASETS[args.dataset]
     dialogues = build(args.data / folder)
     processor = accuracy.text_processor(minilm)
-    for name in args.candidates:
+    for name in args.candidates or SEARCHED[args.dataset]:
         for seed in args.seeds:
             accuracy.stage_one(dialogues, run_dir(args.work, args.dataset, name, seed), minilm, processor, seed,
                                CANDIDATES[name])

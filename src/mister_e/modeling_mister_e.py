@@ -438,7 +438,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         expert_logits, speech_representations, text_representations = self._run_experts(
             speech_embeds[:, None], text_embeds[:, None], has_speech, has_text, state=state
         )
-        expert_logits, gate_weights, logits = self._mix(expert_logits, available_experts(has_speech, has_text, self.config.expert_mask))
+        available = available_experts(has_speech, has_text, self.config.expert_mask)
+        expert_logits, gate_weights, logits = self._mix(expert_logits, available)
         output = MisterEOutput(
             logits=logits,
             expert_logits=expert_logits,
