@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from datasets import load_from_disk
 from transformers import AutoTokenizer, BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig
 
 import mister_e.extraction as extraction
 from mister_e import MisterEConfig, MisterEForUtteranceClassification, MisterEProcessor
 from mister_e.backbones import packaged_minilm
 from mister_e.data import make_dialogue_dataset
+from mister_e.data.schema import column_embedding
 from mister_e.extraction import extract_embeddings
 
 from tiny import tiny_config
@@ -111,7 +113,11 @@ def test_backbone_layers_embeddings_stack_every_layers_mean(dataset, model, proc
     """Every hidden state (embeddings + 1 layer) mean-pooled, concatenated; the last block is `backbone_mean`."""
     layers = extract_embeddings(dataset, model, processor, tmp_path / "layers", embedding="backbone_layers")
     last = extract_embeddings(dataset, model, processor, tmp_path / "last", embedding="backbone_mean")
-    for column in ("text_embeds", "speech_embeds"):
+    layers.select([1, 0]).save_to_disk(tmp_path / "saved")
+    for column in ("text_embeds", "speech_embeds"):  # each column records what it holds, through a save and reload
+        assert column_embedding(last, column) == "backbone_mean"
+        assert column_embedding(layers, column) == column_embedding(load_from_disk(tmp_path / "saved"), column)
+        assert column_embedding(layers, column) == "backbone_layers"
         for stacked, mean in zip(layers[column], last[column]):
             for stacked_vector, mean_vector in zip(stacked, mean):
                 assert (stacked_vector is None) == (mean_vector is None)
@@ -191,6 +197,15 @@ def test_joining_with_the_wrong_embedding_names_the_one_that_fits(model):
                                          r"embeddings are 8-d \(its `backbone_layers` embeddings are: pass "
                                          r"`embedding='backbone_layers'`\)"):
         MisterEForEmotionRecognition.from_stages(model, stage_two)
+    # A conversation model that recorded its input (stage-2 training does) joins with it by default, and refuses
+    # another even when the widths would fit.
+    stage_two.config.speech_embedding = stage_two.config.text_embedding = "backbone_layers"
+    joined = MisterEForEmotionRecognition.from_stages(model, stage_two)
+    assert joined.config.text_embedding == "backbone_layers"
+    assert "text_encoder.projection.weight" not in joined.state_dict()
+    stage_two.config.text_embedding = "backbone_mean"
+    with pytest.raises(ValueError, match=r"trained on `backbone_mean` text embeddings, not `backbone_layers`"):
+        MisterEForEmotionRecognition.from_stages(model, stage_two, "backbone_layers")
     with pytest.raises(ValueError, match="`text_embedding` is for conversation models"):
         MisterEForUtteranceClassification(MisterEConfig(text_config=model.config.text_config, num_labels=2,
                                                         text_embedding="backbone_mean"))

@@ -17,6 +17,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallba
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from mister_e.assembly import folder_kind
 from mister_e.data import make_dialogue_dataset
+from mister_e.data.schema import embedding_feature
 from mister_e.evaluation import load_erc_metric
 from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
@@ -500,10 +501,16 @@ def test_frozen_encoder_folder_from_the_cli_feeds_extraction_and_prediction(data
     predict = ["predict", "--model", str(tmp_path / "runs" / "seed_0"), "--encoder", str(merged),
                str(tmp_path / "c.json")]
     capsys.readouterr()
-    assert main([*predict, "--embedding", "backbone_layers"]) == 0
+    assert json.loads((tmp_path / "runs" / "seed_0" / "config.json").read_text())["text_embedding"] == "backbone_layers"
+    assert main(predict) == 0  # joined with the embedding its training data recorded
     assert [p["label"] in LABELS for p in json.loads(capsys.readouterr().out)] == [True, True]
-    assert main(predict) == 2  # joined by default with the untrained projection: refused, naming the fitting one
-    assert "pass `embedding='backbone_layers'`" in capsys.readouterr().err
+    assert main([*predict, "--embedding", "backbone_mean"]) == 2  # another one: refused in one line
+    assert "trained on `backbone_layers` text embeddings, not `backbone_mean`" in capsys.readouterr().err
+    relabelled = load_from_disk(str(tmp_path / "layers")).cast_column("text_embeds", embedding_feature("backbone_mean"))
+    relabelled.save_to_disk(tmp_path / "relabelled")  # the same width, recorded as another embedding
+    assert main(["evaluate", "--model", str(tmp_path / "runs" / "seed_0"), "--dataset", str(tmp_path / "relabelled"),
+                 "--output-dir", str(tmp_path / "eval")]) == 2
+    assert "are `backbone_mean` embeddings; the model was trained on `backbone_layers`" in capsys.readouterr().err
 
 
 # --- evaluation, seeds, recipes ------------------------------------------------------------------------------------

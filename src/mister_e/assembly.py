@@ -43,12 +43,13 @@ def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> N
 
 
 def join_stages(
-    conversation_model: str | os.PathLike, encoders: list[str | os.PathLike], embedding: str = "projection"
+    conversation_model: str | os.PathLike, encoders: list[str | os.PathLike], embedding: str | None = None
 ) -> tuple[MisterEForEmotionRecognition, MisterEProcessor]:
     """The stage-2 model at `conversation_model` with the stage-1 encoders at `encoders` (each a `train-encoder`
     `merged/` folder, one per modality), and the processor that feeds them: audio preprocessing from the speech
     encoder's processor, the tokenizer from the text encoder's. Save both to one folder for the pipeline.
-    `embedding` names the encoders' vectors the stage-2 model was trained on (`extract --embedding`)."""
+    `embedding` names the encoders' vectors the stage-2 model was trained on (`extract --embedding`); by default the
+    one recorded in its config when it was trained on extracted data, else the trained projection."""
     require_kind(conversation_model, ("stage-2",), "`--model` with `--encoder`")
     for path in encoders:
         require_kind(path, ("stage-1",), "`--encoder`")

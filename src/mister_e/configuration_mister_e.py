@@ -192,7 +192,8 @@ class MisterEConfig(PreTrainedConfig):
             Which vector of the speech encoder the conversation model reads when it embeds raw audio itself:
             `"projection"` (the trained encoder's embedding), or `"backbone_mean"` / `"backbone_layers"` (the
             backbone's states mean-pooled, the last layer's / every layer's concatenated), for a conversation model
-            trained on `extract --embedding backbone_*` vectors; such an encoder has no head. Set by `join_stages`.
+            trained on `extract --embedding backbone_*` vectors; such an encoder has no head. Recorded by stage-2
+            training from the extracted data's columns, and the default of `join_stages`.
         text_embedding (`str`, *optional*, defaults to `"projection"`):
             The same for the text encoder.
         speech_prompt_ids (`list[int]`, *optional*):

@@ -21,12 +21,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 from accelerate.utils import gather_object
-from datasets import Dataset, DatasetDict, Sequence, Value
+from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .data.schema import AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, processor_utterances
+from .data.schema import (
+    AUDIO, DIALOGUE_ID, EMBED_COLUMN, TEXTS, UTTERANCE_IDS, UTTERANCE_KEYS, embedding_feature, processor_utterances,
+)
 from .configuration_mister_e import EMBEDDINGS
 from .modeling_mister_e import MisterEForUtteranceClassification
 from .utils import atomic_path, process_state
@@ -116,7 +118,7 @@ def extract_embeddings(
     }
     if any(len(present) != len(utterances) for _, present in columns.values()):
         raise RuntimeError(f"The cache in {cache_dir} does not cover the dataset; delete it and extract again.")
-    return _attach(dataset, lengths, columns, json.dumps(manifest, sort_keys=True))
+    return _attach(dataset, lengths, columns, embedding, json.dumps(manifest, sort_keys=True))
 
 
 def _shard_path(cache_dir: Path, start: int) -> Path:
@@ -176,10 +178,10 @@ def _width(model, modality, embedding) -> int:
     return getattr(model, f"{modality}_encoder").embedding_width(embedding)
 
 
-def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], key: str
-            ) -> Dataset:
+def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], embedding: str,
+            key: str) -> Dataset:
     """Regroup the flat utterance vectors (`(vectors, present)` per modality) by dialogue and (re)place the embedding
-    columns. Built as Arrow arrays, with a fingerprint derived from the extraction's `key`: as Python lists, 13k
+    columns, which record `embedding` (`embedding_feature`). Built as Arrow arrays, with a fingerprint derived from the extraction's `key`: as Python lists, 13k
     utterances x 2048 floats take seconds to convert and far longer to hash."""
     dialogue_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     for modality, (vectors, present) in columns.items():
@@ -195,7 +197,7 @@ def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.n
             dataset = dataset.remove_columns(name)
         fingerprint = hashlib.sha256(f"{dataset._fingerprint}/{name}/{key}".encode()).hexdigest()[:32]
         dataset = dataset.add_column(name, pa.ListArray.from_arrays(dialogue_offsets, utterances),
-                                     feature=Sequence(Sequence(Value("float32"))), new_fingerprint=fingerprint)
+                                     feature=embedding_feature(embedding), new_fingerprint=fingerprint)
     return dataset
 
 

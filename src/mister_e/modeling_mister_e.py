@@ -297,11 +297,12 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
 
     @classmethod
     def from_stages(cls, utterance_model: MisterEForUtteranceClassification, conversation_model,
-                    embedding: str = "projection"):
+                    embedding: str | None = None):
         """One end-to-end model (raw audio/text in) from trained stage-1 encoders and a trained stage-2 model.
 
-        `embedding` names the encoders' vectors the conversation model was trained on (`extract --embedding`): with
-        `"backbone_mean"` or `"backbone_layers"` (a frozen backbone's states) the joined encoders keep no head.
+        `embedding` names the encoders' vectors the conversation model was trained on (`extract --embedding`); by
+        default the one its config recorded (`<modality>_embedding`, set by stage-2 training from extracted data).
+        With `"backbone_mean"` or `"backbone_layers"` (a frozen backbone's states) the joined encoders keep no head.
         """
         config = copy.deepcopy(conversation_model.config)
         source = utterance_model.config
@@ -310,16 +311,22 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             encoder = getattr(utterance_model, f"{modality}_encoder")
             if encoder is None:
                 continue
-            width, expected = encoder.embedding_width(embedding), getattr(config, f"{modality}_embed_dim")
+            recorded = getattr(config, f"{modality}_embedding")
+            # "projection" is also the default of models trained before the embedding was recorded: not evidence.
+            if embedding not in (None, recorded) and recorded != "projection":
+                raise ValueError(f"The conversation model was trained on `{recorded}` {modality} embeddings, not "
+                                 f"`{embedding}`: leave `embedding` unset to use the recorded one.")
+            chosen = embedding or recorded
+            width, expected = encoder.embedding_width(chosen), getattr(config, f"{modality}_embed_dim")
             if width != expected:
                 fitting = [name for name in EMBEDDINGS if _width_or_none(encoder, name) == expected]
                 hint = f" (its `{fitting[0]}` embeddings are: pass `embedding={fitting[0]!r}`)" if fitting else ""
                 raise ValueError(f"The conversation model reads {expected}-d {modality} embeddings; the utterance "
-                                 f"model's `{embedding}` embeddings are {width}-d{hint}.")
+                                 f"model's `{chosen}` embeddings are {width}-d{hint}.")
             for key in (f"{modality}_config", f"{modality}_pooling"):
                 setattr(config, key, getattr(source, key))
-            setattr(config, f"{modality}_embedding", embedding)
-            head = () if embedding == "projection" else HEAD_MODULES
+            setattr(config, f"{modality}_embedding", chosen)
+            head = () if chosen == "projection" else HEAD_MODULES
             state.update({f"{modality}_encoder.{key}": value for key, value in encoder.state_dict().items()
                           if key.split(".")[0] not in head})
         config.speech_prompt_ids = source.speech_prompt_ids

@@ -21,9 +21,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With a stage-2 `--model` (from `mister-e train`): a stage-1 encoder folder "
                              "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
                              "once per modality.")
-    parser.add_argument("--embedding", choices=EMBEDDINGS, default="projection",
+    parser.add_argument("--embedding", choices=EMBEDDINGS,
                         help="With --encoder: the encoders' vectors the stage-2 model was trained on, as `extract "
-                             "--embedding` made them (backbone_mean / backbone_layers for a frozen backbone).")
+                             "--embedding` made them. Default: the one recorded when it was trained (models trained "
+                             "before it was recorded: projection; give backbone_mean / backbone_layers for those).")
     parser.add_argument("--top-k", type=positive_int)
     parser.add_argument("--device", type=torch_device)
     recording = parser.add_argument_group("recordings")

@@ -93,7 +93,7 @@ def dialogue_features(
     }
     for column, wanted in zip(EMBED_COLUMNS, (speech_embeds, text_embeds)):
         if wanted:
-            features[column] = List(List(Value("float32")))
+            features[column] = embedding_feature()
     return Features(features)
 
 
@@ -242,7 +242,23 @@ def attach_embeddings(
     values = [[np.asarray(vectors[utterance], dtype=np.float32) for utterance in ids] for ids in utterances]
     if column in dataset.column_names:
         dataset = dataset.remove_columns(column)
-    return dataset.add_column(column, values, feature=List(List(Value("float32"))))
+    return dataset.add_column(column, values, feature=embedding_feature())
+
+
+def embedding_feature(embedding: str | None = None) -> List:
+    """The feature of an embedding column: per dialogue, per utterance, a float vector. `embedding` names the encoder
+    vector it holds (`extract --embedding`); it is kept as the `id` of the vectors' values, which `datasets` carries
+    through `map`, `select`, `save_to_disk` and `load_from_disk`, so that stage 2 can record what it reads."""
+    return List(List(Value("float32", id=embedding)))
+
+
+def column_embedding(dataset: Dataset, column: str) -> str | None:
+    """The encoder vector an embedding column holds (see `embedding_feature`); `None` when unrecorded (precomputed
+    vectors such as CMU-MOSI's acoustic features, or data extracted before it was recorded)."""
+    feature = dataset.features.get(column)
+    while hasattr(feature, "feature"):
+        feature = feature.feature
+    return getattr(feature, "id", None)
 
 
 def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite: bool = False) -> None:

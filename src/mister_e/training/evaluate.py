@@ -116,8 +116,8 @@ def evaluate_model(
 
 
 def _check_fits(model: MisterEForEmotionRecognition, dataset: Dataset) -> None:
-    """The dataset's labels and embedding widths are the model's: other label names (or order) under the same ids
-    would make every score silently wrong."""
+    """The dataset's labels, embedding widths and (where both record them) embedding kinds are the model's: other label
+    names (or order) under the same ids would make every score silently wrong."""
     data = data_config(dataset)
     model_labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
     if list(data["id2label"].values()) != model_labels:
@@ -128,3 +128,7 @@ def _check_fits(model: MisterEForEmotionRecognition, dataset: Dataset) -> None:
         if width is not None and width != expected:
             raise ValueError(f"The dataset's {column} are {width}-d; the model takes {expected}-d {modality} "
                              "embeddings: extract them with the stage-1 encoder this model was trained on.")
+        found, trained_on = data.get(f"{modality}_embedding"), getattr(model.config, f"{modality}_embedding")
+        if found is not None and trained_on != "projection" and found != trained_on:  # see `from_stages`
+            raise ValueError(f"The dataset's {column} are `{found}` embeddings; the model was trained on "
+                             f"`{trained_on}` ones: extract them with `--embedding {trained_on}`.")

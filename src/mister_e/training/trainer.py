@@ -35,7 +35,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..evaluation import _write_json, compute_metrics
-from ..data.schema import EMBED_COLUMN, LABELS
+from ..configuration_mister_e import EMBEDDINGS
+from ..data.schema import EMBED_COLUMN, LABELS, column_embedding
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING, check_checkpoint_budget, check_half_life
 from ..utils import launched_on_cpu
@@ -314,10 +315,13 @@ def label_names(dataset: Dataset) -> list[str]:
 
 
 def data_config(dataset: Dataset) -> dict[str, Any]:
-    """Config fields the data decides: labels, and the width of each embedding column present."""
+    """Config fields the data decides: labels, and the width of each embedding column present, with the encoder vector
+    it holds where extraction recorded it (`<modality>_embedding`, which `join_stages` then defaults to)."""
     fields = {"id2label": dict(enumerate(label_names(dataset)))}
     for modality, column in EMBED_COLUMN.items():
         if column in dataset.column_names:
+            if column_embedding(dataset, column) in EMBEDDINGS:
+                fields[f"{modality}_embedding"] = column_embedding(dataset, column)
             for row in dataset.select_columns(column):  # row by row: the column can be gigabytes as Python lists
                 width = next((len(vector) for vector in row[column] if vector is not None), None)
                 if width is not None:
