@@ -2,7 +2,7 @@
 (`bench/accuracy.py`'s `ENCODER_SCHEDULE`). Test scores are never read.
 
     python bench/search_stage_one.py                 # CMU-MOSI -> bench/results/search_stage_one.{json,md}
-    python bench/search_stage_one.py --dataset meld  # MELD's candidates (15-40 min a run here); so far seeds 0-1
+    python bench/search_stage_one.py --dataset meld  # MELD's candidates (15-40 min a run here)
 
 Each candidate (learning rate x epochs; the best validation epoch is kept, as `train_encoder` does) trains the stage-1
 text classifier exactly as `bench/accuracy.py` does; the score is its validation weighted F1 (MELD dev; CMU-MOSI's
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 DATASETS = {"mosi-standard": ("mosi", lambda root: build_mosi(root, acoustic=True)), "meld": ("meld", build_meld_csv)}
 CANDIDATES = {
-    "2 epochs, lr 2e-4 (MELD's)": dict(learning_rate=2e-4, num_train_epochs=2),
+    "2 epochs, lr 2e-4 (the first)": dict(learning_rate=2e-4, num_train_epochs=2),
     "2 epochs, lr 5e-4": dict(learning_rate=5e-4, num_train_epochs=2),
     "4 epochs, lr 2e-4": dict(learning_rate=2e-4, num_train_epochs=4),
     "5 epochs, lr 5e-4": dict(learning_rate=5e-4, num_train_epochs=5),
@@ -39,8 +39,8 @@ CANDIDATES = {
 }
 # The candidates searched per data set (a rerun repeats that search rather than widening it).
 SEARCHED = {
-    "mosi-standard": ("2 epochs, lr 2e-4 (MELD's)", "5 epochs, lr 5e-4", "5 epochs, lr 1e-3", "10 epochs, lr 5e-4"),
-    "meld": ("2 epochs, lr 2e-4 (MELD's)", "2 epochs, lr 5e-4", "4 epochs, lr 2e-4"),
+    "mosi-standard": ("2 epochs, lr 2e-4 (the first)", "5 epochs, lr 5e-4", "5 epochs, lr 1e-3", "10 epochs, lr 5e-4"),
+    "meld": ("2 epochs, lr 2e-4 (the first)", "2 epochs, lr 5e-4", "4 epochs, lr 2e-4"),
 }
 
 
