@@ -181,8 +181,8 @@ def _width(model, modality, embedding) -> int:
 def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], embedding: str,
             key: str) -> Dataset:
     """Regroup the flat utterance vectors (`(vectors, present)` per modality) by dialogue and (re)place the embedding
-    columns, which record `embedding` (`embedding_feature`). Built as Arrow arrays, with a fingerprint derived from the extraction's `key`: as Python lists, 13k
-    utterances x 2048 floats take seconds to convert and far longer to hash."""
+    columns, which record `embedding` (`embedding_feature`). Built as Arrow arrays, with a fingerprint derived from the
+    extraction's `key`: as Python lists, 13k utterances x 2048 floats take seconds to convert and far longer to hash."""
     dialogue_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     for modality, (vectors, present) in columns.items():
         name = EMBED_COLUMN[modality]
