@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import transformers
 from datasets import DatasetDict, load_from_disk
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallback, Wav2Vec2FeatureExtractor
+from transformers.testing_utils import CaptureLogger
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from mister_e.assembly import folder_kind
@@ -334,6 +336,24 @@ def _weights(folder):
 
 PACED = {**FAST, "learning_rate": 0.1, "num_train_epochs": 5, "per_device_train_batch_size": 2,
          "save_total_limit": None}
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_gain(tmp_path, capsys):
+    """At lr 0 validation never beats its first epoch, so patience 2 ends training after epoch 3 of 10; scoring the
+    splits afterwards does not make early stopping warn that it finds no validation metric."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    try:
+        with CaptureLogger(transformers.logging.get_logger("transformers.trainer_callback")) as captured:
+            capsys.readouterr()
+            train_conversation_model(corpus(train=8, validation=4, test=2), tmp_path, SIZES,
+                                     {**FAST, "learning_rate": 0.0, "num_train_epochs": 10}, report=False,
+                                     early_stopping_patience=2)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    epochs = [line.split(":")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert epochs == ["epoch 1/10", "epoch 2/10", "epoch 3/10"]
+    assert "early stopping" not in captured.out
 
 
 @pytest.fixture(scope="module")

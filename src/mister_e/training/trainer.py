@@ -28,7 +28,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -265,6 +265,8 @@ def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -
     if checkpoint:
         logger.warning(f"Resuming from {checkpoint}.")
     trainer.train(resume_from_checkpoint=checkpoint)
+    # Training is over: early stopping would warn, on each split scored below, that it finds no validation metric.
+    trainer.remove_callback(EarlyStoppingCallback)
     return _score(trainer, splits, dataset)
 
 
