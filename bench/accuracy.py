@@ -17,13 +17,14 @@ run on the same embeddings, and the selected models' mean test gate weight per e
   text expert with a width-1 context convolution, so each utterance sees only itself) and the text expert with the
   conversation context module (MiSTER-E on text-only conversations), on (i) frozen all-MiniLM-L6-v2 embeddings
   (every layer's hidden states mean-pooled, concatenated: `FROZEN_TEXT_EMBEDDING`) and (ii) LoRA-fine-tuned MiniLM
-  (stage 1, one encoder per seed, then extraction of its projection).
+  (stage 1, one encoder per seed, then extraction of its projection: `LORA_TEXT_EMBEDDING`).
 * CMU-MOSI binary: text = frozen MiniLM embeddings of the transcripts (the last layer's hidden states mean-pooled),
   speech = the release's 73-d acoustic vectors.
-  The BiGRU (on both modalities, and on the text alone), full MiSTER-E, each expert alone, no gate (plain mean) and the paper's logit-space mixture, on the
-  standard CMU-SDK folds and on the release's own train/test split (validation = every 6th release-train video); and
-  on the standard folds with LoRA-fine-tuned MiniLM text. The release's text-CNN features are never used (they were
-  trained on release-train videos, 24 of which are in the standard test fold).
+  The BiGRU (on both modalities, and on the text alone), full MiSTER-E, each expert alone, no gate (plain mean) and
+  the paper's logit-space mixture, on the standard CMU-SDK folds and on the release's own train/test split
+  (validation = every 6th release-train video); and on the standard folds with LoRA-fine-tuned MiniLM text (its
+  backbone's every layer: `LORA_TEXT_EMBEDDING`). The release's text-CNN features are never used (they were trained
+  on release-train videos, 24 of which are in the standard test fold).
 * EmoDB (real recorded emotional speech, 7 classes), leave-one-speaker-out: openSMILE functionals encoders, MiSTER-E
   speech-only with and without context, full MiSTER-E with the emotion-free transcripts, the BiGRU and the
   logistic-regression reference of the data's README; see `bench/emodb.py`.
@@ -73,6 +74,9 @@ ENCODER_EMBED_DIM = 256
 # every layer's mean-pooled states concatenated for MELD (its emotions sit more in the middle layers), the last layer's
 # for CMU-MOSI (level or better there). EmoDB's text carries no emotion and keeps the last layer.
 FROZEN_TEXT_EMBEDDING = {"meld": "backbone_layers", "mosi": "backbone_mean"}
+# What stage 2 reads of the LoRA MiniLM encoder per data set, chosen on validation by `search_lora_input.py`: its
+# trained projection on MELD, its fine-tuned backbone's every layer on CMU-MOSI.
+LORA_TEXT_EMBEDDING = {"meld": "projection", "mosi": "backbone_layers"}
 MOSI_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only", "no_gate", "logit_mixture")
 MOSI_LORA_ABLATIONS = ("full", "speech_only", "text_only", "cross_modal_only")
 MOSI_RELEASE_VALIDATION_EVERY = 6
@@ -188,13 +192,20 @@ def stage_one(dialogues, encoder_dir: Path, minilm: str, processor, seed: int, s
     return json.loads((encoder_dir / "results.json").read_text())
 
 
-def lora_text_embeddings(dialogues, work: Path, minilm: str, processor, seed: int, quick: bool, schedule: dict):
-    """Stage 1 (one per seed), then its projection extracted for every utterance."""
+def lora_text_embeddings(dialogues, work: Path, minilm: str, processor, seed: int, quick: bool, schedule: dict,
+                         embedding: str):
+    """Stage 1 (one per seed, in `work/seed_X/encoder`), then its `embedding` extracted for every utterance (in
+    `lora_folder`)."""
     encoder_dir = work / f"seed_{seed}" / "encoder"
     results = stage_one(dialogues, encoder_dir, minilm, processor, seed,
                         {**schedule, "num_train_epochs": 1} if quick else schedule)
     merged = MisterEForUtteranceClassification.from_pretrained(encoder_dir / "merged").eval()
-    return results, embed_text(dialogues, merged, processor, work / f"seed_{seed}", "projection")
+    return results, embed_text(dialogues, merged, processor, lora_folder(work, seed, embedding), embedding)
+
+
+def lora_folder(work: Path, seed: int, embedding: str) -> Path:
+    """Where a seed's LoRA embeddings go: beside its encoder for the projection, in a folder of their own otherwise."""
+    return work / f"seed_{seed}" / ("" if embedding == "projection" else embedding)
 
 
 # --- MELD ----------------------------------------------------------------------------------------------------------
@@ -225,10 +236,11 @@ def meld(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) ->
     for seed in seeds:
         train_all(frozen, "frozen", frozen_dir, seed)
         if lora:
+            embedding = LORA_TEXT_EMBEDDING["meld"]
             classifier, tuned = lora_text_embeddings(dialogues, work / "lora", minilm, processor, seed, quick,
-                                                     ENCODER_SCHEDULE["meld"])
+                                                     ENCODER_SCHEDULE["meld"], embedding)
             runs.setdefault("lora/stage1_classifier", []).append(classifier)
-            train_all(tuned, "lora", work / "lora", seed)
+            train_all(tuned, "lora", work / ("lora" if embedding == "projection" else f"lora-{embedding}"), seed)
     return {"summaries": {name: summary(seed_runs) for name, seed_runs in runs.items()},
             "utterances": {split: sum(map(len, part["labels"])) for split, part in dialogues.items()}}
 
@@ -256,14 +268,15 @@ def mosi(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) ->
         dialogues = build_mosi(root, acoustic=True)
         if quick:
             dialogues = subset(dialogues, 6)
-        tuned = {seed: lora_text_embeddings(dialogues, work / "standard-lora", minilm, processor, seed, quick,
-                                         ENCODER_SCHEDULE["mosi"])
+        embedding, lora_work = LORA_TEXT_EMBEDDING["mosi"], work / "standard-lora"
+        tuned = {seed: lora_text_embeddings(dialogues, lora_work, minilm, processor, seed, quick,
+                                            ENCODER_SCHEDULE["mosi"], embedding)
                  for seed in seeds}
         ablations = MOSI_LORA_ABLATIONS[:2] if quick else MOSI_LORA_ABLATIONS
         names = ("bigru", "bigru_text", *ablations)
         for seed, (_, embedded) in tuned.items():  # each seed on its own stage-1 embeddings
-            multimodal(embedded, work / "standard-lora" / f"seed_{seed}", ablations, [seed], quick)
-        runs = {name: [json.loads((work / "standard-lora" / f"seed_{seed}" / "runs" / name / f"seed_{seed}"
+            multimodal(embedded, lora_folder(lora_work, seed, embedding), ablations, [seed], quick)
+        runs = {name: [json.loads((lora_folder(lora_work, seed, embedding) / "runs" / name / f"seed_{seed}"
                                    / "results.json").read_text()) for seed in seeds] for name in names}
         results["standard-lora"] = {"summaries": {
             "stage1_classifier": summary([classifier for classifier, _ in tuned.values()]),
