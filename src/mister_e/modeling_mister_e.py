@@ -21,6 +21,7 @@ from .configuration_mister_e import (
     EXPERTS,
     MisterEConfig,
     MisterEOpenSmileConfig,
+    contradicts_recorded_embedding,
 )
 from .encoders_mister_e import (
     HEAD_MODULES,
@@ -312,8 +313,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             if encoder is None:
                 continue
             recorded = getattr(config, f"{modality}_embedding")
-            # "projection" is also the default of models trained before the embedding was recorded: not evidence.
-            if embedding not in (None, recorded) and recorded != "projection":
+            if contradicts_recorded_embedding(recorded, embedding):
                 raise ValueError(f"The conversation model was trained on `{recorded}` {modality} embeddings, not "
                                  f"`{embedding}`: leave `embedding` unset to use the recorded one.")
             chosen = embedding or recorded

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from ..configuration_mister_e import MODALITIES
+from ..configuration_mister_e import MODALITIES, contradicts_recorded_embedding
 from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_finite_embeddings
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
@@ -129,6 +129,6 @@ def _check_fits(model: MisterEForEmotionRecognition, dataset: Dataset) -> None:
             raise ValueError(f"The dataset's {column} are {width}-d; the model takes {expected}-d {modality} "
                              "embeddings: extract them with the stage-1 encoder this model was trained on.")
         found, trained_on = data.get(f"{modality}_embedding"), getattr(model.config, f"{modality}_embedding")
-        if found is not None and trained_on != "projection" and found != trained_on:  # see `from_stages`
+        if contradicts_recorded_embedding(trained_on, found):
             raise ValueError(f"The dataset's {column} are `{found}` embeddings; the model was trained on "
                              f"`{trained_on}` ones: extract them with `--embedding {trained_on}`.")

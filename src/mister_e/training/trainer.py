@@ -322,8 +322,8 @@ def data_config(dataset: Dataset) -> dict[str, Any]:
     fields = {"id2label": dict(enumerate(label_names(dataset)))}
     for modality, column in EMBED_COLUMN.items():
         if column in dataset.column_names:
-            if column_embedding(dataset, column) in EMBEDDINGS:
-                fields[f"{modality}_embedding"] = column_embedding(dataset, column)
+            if (embedding := column_embedding(dataset, column)) in EMBEDDINGS:
+                fields[f"{modality}_embedding"] = embedding
             for row in dataset.select_columns(column):  # row by row: the column can be gigabytes as Python lists
                 width = next((len(vector) for vector in row[column] if vector is not None), None)
                 if width is not None:
