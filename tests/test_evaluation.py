@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from mister_e.evaluation import (
@@ -166,10 +167,16 @@ def test_compute_metrics_takes_trainer_outputs(erc_metric):
     expected = erc_metric.compute(
         predictions=logits.argmax(-1).ravel(), references=labels.ravel(), label_names=LABELS
     )
+    kept = labels.ravel() != -100
+    expected_log_loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits.reshape(-1, len(LABELS))[kept]),
+                                                          torch.from_numpy(labels.ravel()[kept]))
+    assert results.pop("log_loss") == pytest.approx(float(expected_log_loss))
     assert results == {
         **{name: expected[name] for name in SCALAR_METRICS},
         **{f"f1_{name}": score for name, score in expected["f1_per_class"].items()},
     }
+    # Class ids (reduced by `preprocess_logits_for_metrics`) carry no probabilities, so no log loss.
+    assert "log_loss" not in compute_metrics((logits.argmax(-1), labels), label_names=LABELS)
 
 
 def _assert_png(path: Path) -> None:

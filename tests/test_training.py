@@ -356,6 +356,25 @@ def test_early_stopping_stops_after_patience_evaluations_without_gain(tmp_path, 
     assert "early stopping" not in captured.out
 
 
+class _EvaluationLog(TrainerCallback):
+    def __init__(self):
+        self.metrics = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.metrics.append(metrics)
+
+
+def test_selection_on_log_loss_keeps_the_epoch_of_lowest_validation_log_loss(tmp_path):
+    """`metric_for_best_model="log_loss"` alone (no `greater_is_better`) selects the minimum, not the maximum."""
+    log = _EvaluationLog()
+    results = train_conversation_model(corpus(train=8, validation=4, test=2), tmp_path, SIZES,
+                                       {**FAST, "num_train_epochs": 4, "learning_rate": 3e-2,
+                                        "metric_for_best_model": "log_loss"}, seed=1, report=False, callbacks=[log])
+    per_epoch = [metrics["eval_log_loss"] for metrics in log.metrics if "eval_log_loss" in metrics]
+    assert len(per_epoch) == 4 and max(per_epoch) > min(per_epoch)
+    assert results["validation"]["log_loss"] == pytest.approx(min(per_epoch))
+
+
 @pytest.fixture(scope="module")
 def every_epoch(tmp_path_factory):
     """A run that writes a checkpoint at every epoch (budget 0), all kept: the reference of the pacing tests. Its

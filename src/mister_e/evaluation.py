@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy import special
 from sklearn.metrics import classification_report, confusion_matrix
 
 from .configuration_mister_e import EXPERTS
@@ -87,19 +88,34 @@ def compute_metrics(eval_pred: Any, label_names: Sequence[str] | None = None) ->
     the model also returns gate weights or expert logits) or class ids already reduced by
     `preprocess_logits_for_metrics`, and labels of any shape padded with -100. Per-class F1 is flattened into
     `f1_<label>` scalars because the Trainer logs, and selects the best model on, scalars only; select on
-    `metric_for_best_model="weighted_f1"`, the paper's metric.
+    `metric_for_best_model="weighted_f1"`, the paper's metric. Given logits, also `log_loss`: the mean negative
+    log-likelihood of the labels, which `metric_for_best_model="log_loss"` minimises (BENCHMARKS.md compares the two).
     """
     predictions, labels = eval_pred[0], eval_pred[1]
     if isinstance(predictions, (tuple, list)):
         predictions = predictions[0]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
+    extra = {}
     if predictions.ndim == labels.ndim + 1:
+        extra["log_loss"] = log_loss(predictions, labels)
         predictions = predictions.argmax(-1)
     scores = _shared_metric().compute(
         predictions=predictions.reshape(-1), references=labels.reshape(-1), label_names=label_names
     )
     per_class = scores.pop("f1_per_class")
-    return {**scores, **{f"f1_{name}": score for name, score in per_class.items()}}
+    return {**scores, **extra, **{f"f1_{name}": score for name, score in per_class.items()}}
+
+
+def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labelled entries (-100 skipped) under `softmax(logits)`; a mixture's
+    logits in probability space are log-probabilities already, which the softmax leaves as they are."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1, np.shape(logits)[-1])
+    labels = np.asarray(labels).reshape(-1)
+    kept = labels != _IGNORE_INDEX
+    if not kept.any():
+        return float("nan")
+    log_probabilities = special.log_softmax(logits[kept], axis=-1)
+    return float(-log_probabilities[np.arange(int(kept.sum())), labels[kept]].mean())
 
 
 def _write_text(path: Path, text: str) -> None:

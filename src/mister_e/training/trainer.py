@@ -56,8 +56,7 @@ CONVERSATION_TRAINING_DEFAULTS: dict[str, Any] = {
     "save_strategy": "epoch",
     "logging_strategy": "epoch",
     "load_best_model_at_end": True,
-    "metric_for_best_model": "weighted_f1",
-    "greater_is_better": True,
+    "metric_for_best_model": "weighted_f1",  # `greater_is_better` follows the name (False for `log_loss`)
     "report_to": "none",
 }
 # Stage 1 (spec): AdamW lr 1e-5 (torch's default weight decay 0.01), text 20 epochs of 8 utterances.
