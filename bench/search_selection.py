@@ -14,6 +14,9 @@ The runs: the `small` recipe without early stopping (all 40 epochs), on the trai
 recording every epoch's validation logits (`validation_logits.npz` in the run folder), on the frozen-MiniLM data sets
 `bench/accuracy.py` prepares (run it first): CMU-MOSI standard and release (speech + text), MELD-7 (text only, every
 layer) and EmoDB (speech + emotion-free text, 7 leave-one-speaker-out folds).
+
+Outcome (BENCHMARKS.md): no criterion leads everywhere; the recipe keeps weighted F1, and EmoDB, whose validation is one
+speaker and where log loss led beyond its spread, selects on log loss (`emodb.SELECTION`).
 """
 
 from __future__ import annotations

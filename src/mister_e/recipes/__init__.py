@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..configuration_mister_e import MODALITIES, MisterEConfig
+from ..summaries import SCALAR_METRICS
 
 ABLATIONS_FILE = "ablations.yaml"
 PAPER_TRAINING_FILE = "paper_training.yaml"
@@ -32,6 +33,8 @@ RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality
 # Recipe keys that go to `train_conversation_model` as they are, and their defaults (the paper's behaviour).
 RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_stopping_patience": None}
 # The types a training field's value is checked against, and how a message names them.
+# What `evaluation.compute_metrics` reports on validation (plus the Trainer's `loss`): what a model can be selected on.
+SELECTION_METRICS = (*SCALAR_METRICS, "log_loss", "loss")
 _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # Training fields below these train nothing or fail deep inside the Trainer.
 _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
@@ -146,6 +149,9 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
     if steps < 0:
         epochs = training.get("num_train_epochs", 1)
         _require(epochs > 0, "training.num_train_epochs", "> 0", epochs)
+    metric = training.get("metric_for_best_model")
+    _require(metric is None or metric in SELECTION_METRICS or str(metric).startswith("f1_"),
+             "training.metric_for_best_model", f"one of {list(SELECTION_METRICS)} or f1_<label>", metric)
     check_checkpoint_budget(training.get("checkpoint_budget", 0))
     check_half_life(training.get("weight_average_half_life", 0))
     return training
