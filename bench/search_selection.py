@@ -34,9 +34,8 @@ from mister_e import MisterEForUtteranceClassification, MisterEFunctionalsFeatur
 from mister_e.data import build_emodb, emodb_folds
 from mister_e.evaluation import log_loss
 from mister_e.extraction import extract_embeddings
-from mister_e.training import load_recipe, train_recipe
+from mister_e.training import load_recipe, predict_split, train_recipe
 from mister_e.training.collator import MisterEDataCollator
-from mister_e.training.evaluate import _predict
 
 import accuracy
 import emodb as emodb_bench
@@ -90,7 +89,7 @@ class ValidationLogits(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if state.global_step not in self.epochs:  # not the selected model's scoring after training
-            self.epochs[state.global_step] = _predict(model, self.validation, self.collator, 8, "record")
+            self.epochs[state.global_step] = predict_split(model, self.validation, self.collator)
         model.train()
 
 

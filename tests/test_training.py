@@ -34,6 +34,7 @@ from mister_e.training import (
     evaluate_model,
     flatten_utterances,
     load_recipe,
+    predict_split,
     train_conversation_model,
     train_encoder,
     train_seeds,
@@ -163,6 +164,22 @@ def test_modality_dropout_only_where_an_expert_can_still_answer(experts, expecte
     dropped = drop_modalities(presence, *useful_modality_dropout(0.2, experts), np.random.default_rng(0))
     speech_kept, text_kept = dropped[:, 0].all(), dropped[:, 1].all()
     assert (speech_kept, text_kept) == (expected[0] == 0, expected[1] == 0)  # nothing dropped at probability 0
+
+
+def test_predict_split_returns_each_real_utterance_once_in_order(data):
+    """Batches pad conversations to the longest; the predictions keep real utterances only, in the split's order, and
+    equal the model's forward on each conversation alone."""
+    split = data["validation"].select(range(5))
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       num_labels=len(LABELS))).eval()
+    predicted = predict_split(model, split, MisterEDataCollator(), batch_size=2)
+    lengths = [len(labels) for labels in split["labels"]]
+    assert len(set(lengths)) > 1 and predicted["logits"].shape == (sum(lengths), len(LABELS))
+    np.testing.assert_array_equal(predicted["labels"], np.concatenate(split["labels"]))
+    assert list(predicted["dialogue_ids"]) == [d for d, n in zip(split["dialogue_id"], lengths) for _ in range(n)]
+    alone = predict_split(model, split.select([1]), MisterEDataCollator(), batch_size=1)
+    start = lengths[0]
+    np.testing.assert_allclose(predicted["logits"][start:start + lengths[1]], alone["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_drop_modalities_never_empties_an_utterance():

@@ -384,6 +384,7 @@ __all__ = [
     "compute_metrics",
     "format_seed_table",
     "load_erc_metric",
+    "log_loss",
     "robustness_curve",
     "summarize_seeds",
     "write_evaluation_report",

@@ -14,7 +14,7 @@ Everything public is importable from `mister_e.training`.
 from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, load_recipe
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator, drop_modalities, flatten_utterances
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, predict_split
 from .functionals import fit_functionals_head, fit_functionals_statistics, speech_features
 from .stage_one import save_frozen_encoder, train_encoder
 from .stage_two import (
@@ -57,6 +57,7 @@ __all__ = [
     "label_names",
     "last_checkpoint",
     "load_recipe",
+    "predict_split",
     "run_ablations",
     "save_frozen_encoder",
     "speech_features",

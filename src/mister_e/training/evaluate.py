@@ -25,7 +25,9 @@ logger = logging.get_logger(__name__)
 
 
 @torch.inference_mode()
-def _predict(model, dataset: Dataset, collator: MisterEDataCollator, batch_size: int, desc: str) -> dict:
+def predict_split(
+    model, dataset: Dataset, collator: MisterEDataCollator, batch_size: int = 8, desc: str = "predict"
+) -> dict:
     """Per-utterance logits, gate weights, labels and modality masks (the collator's) of a split, padding removed."""
     model.eval()
     tensors = ("logits", "gate_weights", "labels", "modality_mask")
@@ -86,7 +88,7 @@ def evaluate_model(
     if device is not None:
         model.to(device)
     collator = MisterEDataCollator(processor, modalities)
-    predicted = _predict(model, dataset, collator, batch_size, "evaluate")
+    predicted = predict_split(model, dataset, collator, batch_size, "evaluate")
     logits = torch.from_numpy(predicted["logits"])
     metrics = write_evaluation_report(
         output_dir,
@@ -107,7 +109,7 @@ def evaluate_model(
         def predict_fn(drop_speech_p: float, drop_text_p: float, seed: int):
             dropped = dataclasses.replace(collator, modality_dropout=(drop_speech_p, drop_text_p), seed=seed)
             desc = f"robustness p=({drop_speech_p:.2f}, {drop_text_p:.2f})"
-            run = _predict(model, dataset, dropped, batch_size, desc)
+            run = predict_split(model, dataset, dropped, batch_size, desc)
             return run["logits"].argmax(-1), run["labels"]
 
         curve = robustness_curve(predict_fn, probabilities, seed)
