@@ -10,8 +10,9 @@ seeds.
 Reads `../shared/data` (or `--data`): the official MELD CSVs, the bc-LSTM CMU-MOSI release and EmoDB (see its
 README). Every model is selected on its validation split only and scores the test split once. Finished runs are reused
 when the command is run again with the same `--work` folder (each run's `results.json`), so an interrupted run resumes.
-Stage 2 is the `small` recipe everywhere (on EmoDB selected on validation log loss: `emodb.SELECTION`); every table has the plain BiGRU baseline (`baselines.py`) trained in the same
-run on the same embeddings, and the selected models' mean test gate weight per expert.
+Stage 2 is the `small` recipe everywhere (on EmoDB selected on validation log loss: `emodb.SELECTION`); every table has
+the plain BiGRU baseline (`baselines.py`) trained in the same run on the same embeddings, and the selected models' mean
+test gate weight per expert.
 
 * MELD-7, text only (no MELD audio or acoustic features exist here): the BiGRU, a no-context utterance classifier (the
   text expert with a width-1 context convolution, so each utterance sees only itself) and the text expert with the

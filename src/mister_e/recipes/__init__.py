@@ -32,9 +32,9 @@ RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality
                "early_stopping_patience", "config", "training")
 # Recipe keys that go to `train_conversation_model` as they are, and their defaults (the paper's behaviour).
 RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_stopping_patience": None}
-# The types a training field's value is checked against, and how a message names them.
 # What `evaluation.compute_metrics` reports on validation (plus the Trainer's `loss`): what a model can be selected on.
 SELECTION_METRICS = (*SCALAR_METRICS, "log_loss", "loss")
+# The types a training field's value is checked against, and how a message names them.
 _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # Training fields below these train nothing or fail deep inside the Trainer.
 _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,

@@ -65,7 +65,8 @@ def train_conversation_model(
         seed: Seeds model initialisation, data order (`data_seed`), the gate's held-out conversations and every
             random draw of training.
         gate_learning_rate: Learning rate of the gate's own optimizer group (default: the experts').
-        early_stopping_patience: Stop after this many evaluations without a better validation weighted F1.
+        early_stopping_patience: Stop after this many evaluations without a better validation score (the
+            selection metric, `metric_for_best_model`: weighted F1 unless `training_overrides` say otherwise).
 
     With `config.standardize_inputs`, the input statistics are fitted on the training split's embeddings first; with
     `config.gate_holdout_fraction`, that fraction of the training conversations (drawn with `seed`) is held out from
