@@ -65,8 +65,8 @@ BIGRU_BASELINES = {"speech_only/context": "bigru/speech", "full/context": "bigru
 
 
 def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm, small_recipe) -> dict:
-    speakers = sorted({path.name[:2] for path in root.glob("*.wav")} | {p.name[:2] for p in root.glob("wav/*.wav")})
-    folds = emodb_folds(speakers)[:2] if quick else emodb_folds(speakers)
+    folds = emodb_folds(speakers(root))
+    folds = folds[:2] if quick else folds
     tokenizer = AutoTokenizer.from_pretrained(minilm)
     processors = {name: MisterEProcessor(MisterEFunctionalsFeatureExtractor(name), tokenizer) for name in FEATURE_SETS}
     rows = {}  # run name -> list of {"fold", "seed", "matrix", "gates"}
@@ -100,7 +100,7 @@ def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm
             for model, (size, modalities, experts) in MODELS.items():
                 source = text if "text" in modalities else data[size]
                 embedded = extract_embeddings(source, encoders["ComParE_2016"], processors["ComParE_2016"],
-                                              work / fold / f"seed_{seed}" / f"speech-cache-{model.replace('/', '-')}")
+                                              speech_cache(work / fold, seed, model))
                 run_dir = work / fold / f"seed_{seed}" / model.replace("/", "-")
                 recipe = small_recipe(quick, modalities=modalities, **{"config.experts": experts}, **SELECTION)
                 metrics = stage_two(embedded, run_dir, recipe, seed)
@@ -112,6 +112,16 @@ def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm
                     rows.setdefault(BIGRU_BASELINES[model], []).append(
                         {"fold": fold, "seed": seed, "matrix": baseline["test"]["confusion_matrix"]})
     return {"labels": list(labels), "folds": [list(f) for f in folds], "runs": {k: summarize(v) for k, v in rows.items()}}
+
+
+def speakers(root: Path) -> list[str]:
+    """The EmoDB speakers of `root` (its WAVs, or those in `root/wav/`), from the file names' first two digits."""
+    return sorted({path.name[:2] for path in root.glob("*.wav")} | {p.name[:2] for p in root.glob("wav/*.wav")})
+
+
+def speech_cache(fold_dir: Path, seed: int, model: str) -> Path:
+    """Where a fold and seed's stage-2 data of `model` (a `MODELS` name) are extracted: its embeddings' cache."""
+    return fold_dir / f"seed_{seed}" / f"speech-cache-{model.replace('/', '-')}"
 
 
 def logistic_regression(dataset: DatasetDict, processor, num_labels: int) -> list[list[int]]:

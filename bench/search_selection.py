@@ -145,8 +145,7 @@ def emodb_datasets(data: Path, work: Path, seed: int):
     """EmoDB's full-model data sets of `bench/emodb.py` (ComParE speech + MiniLM text), one per fold, from its caches."""
     root, minilm = data / "emodb", accuracy.required_minilm()
     tokenizer = AutoTokenizer.from_pretrained(minilm)
-    speakers = sorted({path.name[:2] for path in root.glob("*.wav")} | {p.name[:2] for p in root.glob("wav/*.wav")})
-    for test_speaker, validation_speaker in emodb_folds(speakers):
+    for test_speaker, validation_speaker in emodb_folds(emodb_bench.speakers(root)):
         fold = work / "emodb" / f"test_{test_speaker}"
         dialogues = build_emodb(root, test_speaker, validation_speaker, conversation_size=emodb_bench.CONVERSATION_SIZE)
         labels = dialogues["train"].features["labels"].feature.names
@@ -156,7 +155,7 @@ def emodb_datasets(data: Path, work: Path, seed: int):
         encoder = MisterEForUtteranceClassification.from_pretrained(fold / f"seed_{seed}" / "encoder-ComParE_2016"
                                                                      / "merged").eval()
         yield f"test_{test_speaker}", extract_embeddings(text, encoder, processor,
-                                                         fold / f"seed_{seed}" / "speech-cache-full-context")
+                                                         emodb_bench.speech_cache(fold, seed, "full/context"))
 
 
 def main() -> None:

@@ -21,13 +21,6 @@ POOLING_MODES = ("mean", "attentive")
 # Which vector of an utterance encoder is its embedding: the trained projection, or the backbone's states mean-pooled
 # (the last layer's, or every layer's concatenated: frozen-backbone embeddings, `extract --embedding`).
 EMBEDDINGS = ("projection", "backbone_mean", "backbone_layers")
-
-
-def contradicts_recorded_embedding(recorded: str, other: str | None) -> bool:
-    """Whether `other` (an embedding given or found) contradicts the one a conversation model's config records.
-    "projection" is also the default of models trained before the embedding was recorded, so it is not evidence."""
-    return other is not None and recorded != "projection" and other != recorded
-
 IEMOCAP_LABELS = ("hap", "sad", "neu", "ang", "exc", "fru")
 # openSMILE functionals sets (name -> width): the field's standard light-weight speech representations.
 OPENSMILE_FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
@@ -59,6 +52,12 @@ _BASE_KWARGS = {
     "_attn_implementation_internal",
     "_experts_implementation_internal",
 }
+
+
+def contradicts_recorded_embedding(recorded: str, other: str | None) -> bool:
+    """Whether `other` (an embedding given or found) contradicts the one a conversation model's config records.
+    "projection" is also the default of models trained before the embedding was recorded, so it is not evidence."""
+    return other is not None and recorded != "projection" and other != recorded
 
 
 def _task_registered() -> bool:
