@@ -11,7 +11,8 @@ conversations are split into random halves, the criterion picks an epoch on one 
 stopping), and the other half scores that epoch's weighted F1; both ways round, `SPLITS` splits.
 
 The runs: the `small` recipe without early stopping (all 40 epochs), on the training and validation splits only,
-recording every epoch's validation logits (`validation_logits.npz` in the run folder), on the frozen-MiniLM data sets
+recording every epoch's validation logits, the mixture's and each expert's (`validation_logits.npz` in the run
+folder; recordings made before the experts' were added hold the mixture's only), on the frozen-MiniLM data sets
 `bench/accuracy.py` prepares (run it first): CMU-MOSI standard and release (speech + text), MELD-7 (text only, every
 layer) and EmoDB (speech + emotion-free text, 7 leave-one-speaker-out folds).
 
@@ -107,7 +108,8 @@ def record(dataset: DatasetDict, output_dir: Path, seed: int, modalities) -> Pat
     steps = sorted(recorder.epochs)
     first = recorder.epochs[steps[0]]
     np.savez(path.with_suffix(".tmp.npz"), logits=np.stack([recorder.epochs[s]["logits"] for s in steps]),
-             labels=first["labels"], dialogues=first["dialogue_ids"].astype(str))
+             expert_logits=np.stack([recorder.epochs[s]["expert_logits"] for s in steps]),
+             modality_mask=first["modality_mask"], labels=first["labels"], dialogues=first["dialogue_ids"].astype(str))
     path.with_suffix(".tmp.npz").rename(path)
     return path
 
@@ -125,17 +127,17 @@ def selected_epoch(scores: np.ndarray) -> int:
     return best
 
 
-def held_out_scores(path: Path, seed: int) -> dict[str, float]:
-    """Each criterion's mean weighted F1 on the half it did not select on, over `SPLITS` random halvings."""
-    data = np.load(path)
-    logits, labels, dialogues = data["logits"], data["labels"], data["dialogues"]
+def held_out_scores(logits: np.ndarray, labels: np.ndarray, dialogues: np.ndarray, seed: int,
+                    criteria=CRITERIA) -> dict[str, float]:
+    """Each criterion's mean weighted F1 on the half it did not select on, over `SPLITS` random halvings of the
+    validation conversations (`logits`: per epoch, `(epochs, utterances, classes)`)."""
     names = np.unique(dialogues)
     rng = np.random.default_rng(seed)
-    scores = {name: [] for name in CRITERIA}
+    scores = {name: [] for name in criteria}
     for _ in range(SPLITS):
         half = np.isin(dialogues, rng.permutation(names)[: len(names) // 2])
         for selecting, scoring in ((half, ~half), (~half, half)):
-            for name, criterion in CRITERIA.items():
+            for name, criterion in criteria.items():
                 epoch = selected_epoch(criterion(logits[:, selecting], labels[selecting]))
                 scores[name].append(weighted_f1(logits[epoch][scoring], labels[scoring]))
     return {name: float(np.mean(values)) for name, values in scores.items()}
@@ -179,8 +181,9 @@ def main() -> None:
                 modalities = ["speech", "text"] if "speech_embeds" in dataset["train"].column_names else ["text"]
                 runs = [(name, dataset, modalities)]
             for run_name, dataset, modalities in runs:
-                path = record(dataset, search / run_name / f"seed_{seed}", seed, modalities)
-                results.setdefault(name, []).append(held_out_scores(path, seed))
+                data = np.load(record(dataset, search / run_name / f"seed_{seed}", seed, modalities))
+                results.setdefault(name, []).append(held_out_scores(data["logits"], data["labels"],
+                                                                    data["dialogues"], seed))
     path = ROOT / "results" / "search_selection.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     payload = {"seeds": args.seeds, "splits": SPLITS, "patience": PATIENCE,

@@ -18,6 +18,8 @@ from transformers.testing_utils import CaptureLogger
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from mister_e.assembly import folder_kind
+from mister_e.configuration_mister_e import EXPERTS
+from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
 from mister_e.data.schema import embedding_feature
 from mister_e.evaluation import load_erc_metric
@@ -179,7 +181,13 @@ def test_predict_split_returns_each_real_utterance_once_in_order(data):
     assert list(predicted["dialogue_ids"]) == [d for d, n in zip(split["dialogue_id"], lengths) for _ in range(n)]
     alone = predict_split(model, split.select([1]), MisterEDataCollator(), batch_size=1)
     start = lengths[0]
-    np.testing.assert_allclose(predicted["logits"][start:start + lengths[1]], alone["logits"], rtol=1e-5, atol=1e-5)
+    for key in ("logits", "expert_logits"):
+        np.testing.assert_allclose(predicted[key][start:start + lengths[1]], alone[key], rtol=1e-5, atol=1e-5)
+    # Each expert's logits are returned too, and the gate's weights over them give the mixture.
+    assert predicted["expert_logits"].shape == (sum(lengths), len(EXPERTS), len(LABELS))
+    mixture = mix_experts(model.config.mixture_space, torch.from_numpy(predicted["gate_weights"]),
+                          torch.from_numpy(predicted["expert_logits"]))
+    np.testing.assert_allclose(mixture.numpy(), predicted["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_drop_modalities_never_empties_an_utterance():

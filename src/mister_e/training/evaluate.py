@@ -28,9 +28,10 @@ logger = logging.get_logger(__name__)
 def predict_split(
     model, dataset: Dataset, collator: MisterEDataCollator, batch_size: int = 8, desc: str = "predict"
 ) -> dict:
-    """Per-utterance logits, gate weights, labels and modality masks (the collator's) of a split, padding removed."""
+    """Per-utterance logits (the mixture's and each expert's), gate weights, labels and modality masks (the collator's)
+    of a split, padding removed."""
     model.eval()
-    tensors = ("logits", "gate_weights", "labels", "modality_mask")
+    tensors = ("logits", "expert_logits", "gate_weights", "labels", "modality_mask")
     outputs = {key: [] for key in (*tensors, "dialogue_ids", "utterance_ids")}
     for batch_rows in tqdm(dataset.iter(batch_size), total=-(-len(dataset) // batch_size), desc=desc, unit="batch",
                            disable=None):  # none when not a terminal
@@ -40,6 +41,7 @@ def predict_split(
         mask = batch["attention_mask"].bool()
         output = model(**{key: value.to(model.device) for key, value in batch.items()})
         outputs["logits"].append(output.logits.float().cpu()[mask])
+        outputs["expert_logits"].append(output.expert_logits.float().cpu()[mask])
         outputs["gate_weights"].append(output.gate_weights.float().cpu()[mask])
         outputs["labels"].append(labels[mask])
         outputs["modality_mask"].append(batch["modality_mask"][mask])

@@ -27,10 +27,6 @@ from .trainer import (
 )
 
 
-
-
-
-
 def train_conversation_model(
     dataset: DatasetDict,
     output_dir: str | os.PathLike,
