@@ -51,6 +51,7 @@ def root(tmp_path_factory):
     (root / "names-no-file" / "transcripts.txt").write_text("utt1\tnames no file here\n")
     (root / "no-tab" / "transcripts.txt").write_text("clip without a tab\n")
     MisterEForEmotionRecognition(tiny_config()).save_pretrained(root / "stage-2")
+    MisterEForEmotionRecognition(tiny_config(experts=["text"])).save_pretrained(root / "stage-2-text")
     for name, labels, nan_split in [("embedded", LABELS, None), ("nan-train", LABELS, "train"),
                                     ("nan-test", LABELS, "test"), ("other-labels", LABELS[::-1], None)]:
         embedded_dialogues(labels, nan_split).save_to_disk(root / name)
@@ -118,8 +119,14 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "selection on a metric never computed (train)": (["train", "--recipe", "small", "--dataset", "{root}/model",
                                                       "--output-dir", "{out}", "--set", "metric_for_best_model=wf1"],
                                                      "metric_for_best_model", "log_loss"),
+    "no expert given what it reads (train)": (["train", "--recipe", "small", "--dataset", "{root}/embedded",
+                                                "--output-dir", "{out}", "--seeds", "0", "--modalities", "speech",
+                                                "--set", "experts=[text]"], "'text': ['text']", "No enabled expert"),
     "NaN in a training embedding": (["train", "--recipe", "small", "--dataset", "{root}/nan-train", "--output-dir",
                                      "{out}", "--seeds", "0"], "train0", "non-finite"),
+    "no expert given what it reads (evaluate)": (["evaluate", "--model", "{root}/stage-2-text", "--dataset",
+                                                   "{root}/embedded", "--output-dir", "{out}", "--modalities",
+                                                   "speech"], "'text': ['text']", "No enabled expert"),
     "NaN in a test embedding (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/nan-test",
                                             "--output-dir", "{out}"], "test0", "non-finite"),
     "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import string
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_over_long_speech_is_split_and_short_speech_dropped(recording):
         MisterESegmentation(min_utterance_seconds=2.0, max_utterance_seconds=1.0)
 
 
-def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir):
+def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir, tmp_path, caplog):
     path, truth = recording
     pipe = pipeline(TASK, model=str(model_dir))
     results = pipe(str(path))
@@ -135,6 +136,10 @@ def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir):
     for result, expected in zip(results, pipe(conversation)):
         assert result["label"] == expected["label"] and result["score"] == pytest.approx(expected["score"], abs=1e-6)
     assert pipe({"recording": {"array": np.zeros(3 * SR, np.float32), "sampling_rate": SR}}) == []  # no speech
+    sf.write(tmp_path / "quiet.wav", np.zeros(2 * SR, np.float32), SR)
+    with caplog.at_level(logging.WARNING):
+        assert pipe(str(tmp_path / "quiet.wav")) == []
+    assert f"No speech found in {tmp_path / 'quiet.wav'}" in caplog.text  # the warning names the file
 
 
 def test_asr_text_reaches_the_model(recording, model_dir, tmp_path):
@@ -216,7 +221,8 @@ def test_silence_and_a_missing_asr_model_say_why(recording, model_dir, tmp_path,
     capsys.readouterr()
     assert main(["predict", "--model", str(model_dir), str(tmp_path / "quiet.wav")]) == 0
     printed = capsys.readouterr()
-    assert json.loads(printed.out) == [] and "No speech found in" in printed.err
+    assert json.loads(printed.out) == [] and printed.err.count("No speech found in") == 1, printed.err
+    assert f"No speech found in {tmp_path / 'quiet.wav'}" in printed.err
     assert main(["predict", "--model", str(model_dir), str(recording[0]), "--asr", str(tmp_path / "no-asr")]) == 2
     error = capsys.readouterr().err.strip()
     assert "no-asr" in error and "ASR model" in error and len(error.splitlines()) == 1, error

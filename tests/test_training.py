@@ -21,12 +21,13 @@ from mister_e.assembly import folder_kind
 from mister_e.configuration_mister_e import EXPERTS
 from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
-from mister_e.data.schema import embedding_feature
+from mister_e.data.schema import check_experts_can_answer, embedding_feature
 from mister_e.evaluation import load_erc_metric
 from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.recipes import parse_sets
 from mister_e.training.checkpoints import BEST_WEIGHTS
+from mister_e.training.stage_two import warn_of_unseen_classes
 from mister_e.training import (
     ABLATIONS,
     MisterEDataCollator,
@@ -188,6 +189,27 @@ def test_predict_split_returns_each_real_utterance_once_in_order(data):
     mixture = mix_experts(model.config.mixture_space, torch.from_numpy(predicted["gate_weights"]),
                           torch.from_numpy(predicted["expert_logits"]))
     np.testing.assert_allclose(mixture.numpy(), predicted["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_classes_without_a_training_utterance_are_named(data):
+    config = MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM, num_labels=len(LABELS),
+                           id2label=dict(enumerate(LABELS)))
+    first_class_only = data["train"].map(lambda row: {"labels": [0] * len(row["labels"])})
+    with CaptureLogger(transformers.logging.get_logger("mister_e.training.stage_two")) as captured:
+        warn_of_unseen_classes(config, data["train"])
+    assert captured.out == ""
+    with CaptureLogger(transformers.logging.get_logger("mister_e.training.stage_two")) as captured:
+        warn_of_unseen_classes(config, first_class_only)
+    assert all(name in captured.out for name in LABELS[1:]) and LABELS[0] not in captured.out
+
+
+def test_a_split_no_enabled_expert_can_answer_is_refused(data):
+    """Speech alone still serves the speech expert; the text expert alone has nothing to read without text."""
+    check_experts_can_answer(["speech", "text", "cross_modal"], data["train"], ["speech"])
+    with pytest.raises(ValueError, match="No enabled expert"):
+        check_experts_can_answer(["text"], data["train"], ["speech"])
+    with pytest.raises(ValueError, match="No enabled expert"):
+        check_experts_can_answer(["text", "cross_modal"], data["train"].remove_columns("text_embeds"))
 
 
 def test_drop_modalities_never_empties_an_utterance():

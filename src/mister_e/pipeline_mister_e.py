@@ -182,7 +182,7 @@ class MisterEConversationPipeline(Pipeline):
         options = {key: kwargs.pop(key) for key in ("segmentation", "asr") if key in kwargs}
         utterances = list(self.recording_utterances(recording, **options))
         if not utterances:
-            logger.warning("No speech found in the recording: no utterance to predict.")
+            logger.warning(f"No speech found in {_recording_name(recording)}: no utterance to predict.")
             return []
         conversation = {"utterances": [_as_input(utterance) for utterance in utterances]}
         results = super().__call__(conversation, **kwargs)
@@ -310,7 +310,7 @@ class MisterEConversationPipeline(Pipeline):
             for result in self.stream(cut(), top_k):
                 yield {**_timing(heard[-1]), **result}
             if not heard:
-                logger.warning("No speech found in the recording: no utterance to predict.")
+                logger.warning(f"No speech found in {_recording_name(utterances)}: no utterance to predict.")
             return
         _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")
@@ -344,6 +344,15 @@ def _is_recording(inputs) -> bool:
     if isinstance(inputs, str):
         return os.path.isfile(inputs) or inputs.lower().endswith(RECORDING_EXTENSIONS)
     return isinstance(inputs, os.PathLike) or isinstance(inputs, Mapping) and "recording" in inputs
+
+
+def _recording_name(recording) -> str:
+    """The recording's file, for messages; "the recording" for an array."""
+    if isinstance(recording, Mapping):  # {"recording": ...}, then an audio dict {"path": ...} or {"array": ...}
+        recording = recording.get("recording", recording)
+    if isinstance(recording, Mapping):
+        recording = recording.get("path")
+    return os.fspath(recording) if isinstance(recording, (str, os.PathLike)) else "the recording"
 
 
 def _as_input(utterance: Mapping) -> dict:

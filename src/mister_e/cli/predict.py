@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
     """A recording's timeline: JSON on stdout (`start`, `end`, `text` per utterance), optionally CSV and PNG."""
     from ..timeline import save_timeline_plot, write_timeline_csv
 
+    # The pipeline warns of a recording without speech through its logger; here it is said once, on stderr.
+    logging.getLogger(type(pipe).__module__).setLevel(logging.ERROR)
     predictions = pipe(args.conversation, top_k=args.top_k, segmentation=segmentation, asr=args.asr)
     if not predictions:
         print(f"No speech found in {args.conversation}: no utterance to predict.", file=sys.stderr)

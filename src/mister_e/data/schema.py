@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
 
-from ..configuration_mister_e import MODALITIES
+from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,18 @@ def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
                     utterance = ids[index] if ids else index
                     raise ValueError(f"dialogue {row.get(DIALOGUE_ID, f'#{position}')!r}: utterance {utterance!r} has "
                                      f"a non-finite value (NaN or inf) in {column}; re-extract or drop it")
+
+
+def check_experts_can_answer(experts: Sequence[str], split: Dataset, modalities: Sequence[str] = MODALITIES,
+                             raw: bool = False) -> None:
+    """Raise a ValueError when no enabled expert is given every modality it reads: the gate would have no expert to
+    weigh, so a model would train on nothing and score as chance without an error. A modality is given when it is
+    fed (`modalities`) and the split has its embedding column (or `raw`: a processor reads audio and text)."""
+    given = [modality for modality in modalities if raw or EMBED_COLUMN[modality] in split.column_names]
+    if not any(set(EXPERT_MODALITIES[expert]) <= set(given) for expert in experts):
+        needs = {expert: list(EXPERT_MODALITIES[expert]) for expert in experts}
+        raise ValueError(f"No enabled expert can answer: the experts read {needs}, but the split gives "
+                         f"{given or 'no modality'} (`modalities`, and its embedding columns).")
 
 
 def _check_each_split(check, dialogues: DatasetDict) -> None:

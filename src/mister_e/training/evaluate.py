@@ -15,7 +15,9 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from ..configuration_mister_e import MODALITIES, contradicts_recorded_embedding
-from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_finite_embeddings
+from ..data.schema import (
+    DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_experts_can_answer, check_finite_embeddings,
+)
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from .collator import MisterEDataCollator
@@ -86,6 +88,7 @@ def evaluate_model(
 
             processor = MisterEProcessor.from_pretrained(path)
     check_finite_embeddings(dataset)
+    check_experts_can_answer(model.config.experts, dataset, modalities, raw=processor is not None)
     _check_fits(model, dataset)
     if device is not None:
         model.to(device)

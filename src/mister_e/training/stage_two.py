@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -13,18 +14,23 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+from transformers.utils import logging
 
 from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, MisterEConfig
 from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
-from ..data.schema import EMBED_COLUMN, check_finite_embeddings, load_dialogues
+from ..data.schema import (
+    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, load_dialogues,
+)
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .trainer import (
     CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, finished_results, label_names,
 )
+
+logger = logging.get_logger(__name__)
 
 
 def train_conversation_model(
@@ -79,6 +85,8 @@ def train_conversation_model(
         config = MisterEConfig(**{**data_config(dataset["train"]), **(config_overrides or {})})
         model = MisterEForEmotionRecognition(config)
     check_finite_embeddings(dataset)
+    check_experts_can_answer(model.config.experts, dataset["train"], modalities, raw=processor is not None)
+    warn_of_unseen_classes(model.config, dataset["train"])
     fit_input_statistics(model, dataset["train"])
     if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
         dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)
@@ -103,6 +111,15 @@ def train_conversation_model(
         if "gates" in metrics:  # which expert the selected model trusts, on average
             results["test"]["gate"] = metrics["gates"]["mean"]
     return _finish(trainer, results, keep_checkpoints)
+
+
+def warn_of_unseen_classes(config: MisterEConfig, train: Dataset) -> None:
+    """Name the classes without a training utterance: the model cannot learn them."""
+    seen = set(itertools.chain.from_iterable(train[LABELS]))
+    missing = [name for index, name in config.id2label.items() if int(index) not in seen]
+    if missing:
+        logger.warning(f"No training utterance is labelled {', '.join(missing)}: the model cannot learn "
+                       f"{'that class' if len(missing) == 1 else 'those classes'}.")
 
 
 @torch.no_grad()
