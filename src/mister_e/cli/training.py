@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -172,6 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if not isinstance(dataset, DatasetDict) or args.split not in dataset:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
+    logging.getLogger(evaluate_model.__module__).setLevel(logging.ERROR)  # a missing curve is said once, below
     result = evaluate_model(
         args.model, dataset[args.split], output_dir, robustness=args.robustness,
         probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
