@@ -146,6 +146,27 @@ def test_missing_audio_file_is_named(pipe, wavs, tmp_path):
         pipe("hello")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_an_utterance_no_expert_can_answer_is_named(causal, wavs, tmp_path):
+    """A text-only model given speech alone would answer with an arbitrary label: refused, naming the utterance by the
+    caller's conversation and position (also through windows, and when streamed)."""
+    model = tiny_model(causal)
+    model.config.experts = ["text"]
+    text_only = MisterEForEmotionRecognition(model.config)
+    text_only.load_state_dict(model.state_dict(), strict=False)
+    text_only.save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    text_pipe = pipeline(TASK, model=str(tmp_path), device="cpu")
+    speech_at_3 = {"utterances": [{"text": t} for t in ("hello", "oh no", "yes")] + [{"audio": wavs[0], "id": "u3"}]}
+    assert len(text_pipe({"utterances": speech_at_3["utterances"][:3]})) == 3
+    for options in ({}, {"max_utterances": 2}):
+        with pytest.raises(ValueError, match=r"conversation 0, utterance 3 \(id='u3'\): no enabled expert"):
+            text_pipe(speech_at_3, **options)
+    if causal:
+        with pytest.raises(ValueError, match="streamed utterance 3: no enabled expert"):
+            list(text_pipe.stream(speech_at_3["utterances"]))
+
+
 def test_stream_matches_whole_causal_conversation(causal_pipe, wavs):
     mixed = {"utterances": [
         {"audio": wavs[0], "text": "hello world"}, {"text": "oh no"}, {"audio": wavs[1]},

@@ -30,7 +30,9 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
-from .configuration_mister_e import EXPERTS, PIPELINE_TASK
+from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, PIPELINE_TASK
+from .experts_mister_e import available_experts
+from .processing_mister_e import _describe
 from .segmentation_mister_e import (
     RECORDING_EXTENSIONS,
     SAMPLING_RATE,
@@ -225,11 +227,31 @@ class MisterEConversationPipeline(Pipeline):
         if len(windows) == len(conversations):
             windows = conversations
         model_inputs = dict(self.processor(windows, return_tensors="pt"))
+        unanswerable = self._unanswerable(model_inputs)
+        if unanswerable is not None:  # name it by the caller's conversation and utterance, not by window
+            window, position = unanswerable
+            index = next(c for c in range(len(counts)) if sum(counts[: c + 1]) > window)
+            utterances = list(conversations[index]["utterances"])
+            utterance = (window - sum(counts[:index])) * (max_utterances or len(utterances)) + position
+            raise ValueError(f"{_describe('conversation', index, conversations[index])}, "
+                             f"{_describe('utterance', utterance, utterances[utterance])}: {self._no_expert_reads()}")
         if self.dtype is not None and self.dtype.is_floating_point:
             for key in ("input_values", "input_features"):
                 if key in model_inputs:
                     model_inputs[key] = model_inputs[key].to(self.dtype)
         return {"model_inputs": model_inputs, "windows_per_conversation": counts, "single": single}
+
+    def _unanswerable(self, model_inputs) -> tuple[int, int] | None:
+        """`(conversation, utterance)` of the first real utterance that no enabled expert can answer (it lacks a
+        modality every expert reads: a text-only model given speech alone); its prediction would be arbitrary."""
+        mask = model_inputs["modality_mask"].bool()
+        answerable = available_experts(mask[..., 0], mask[..., 1], self.model.config.expert_mask).any(-1)
+        missing = (model_inputs["attention_mask"].bool() & ~answerable).nonzero()
+        return tuple(missing[0].tolist()) if len(missing) else None
+
+    def _no_expert_reads(self) -> str:
+        needs = {expert: list(EXPERT_MODALITIES[expert]) for expert in self.model.config.experts}
+        return f"no enabled expert of this model can answer it (the experts read {needs})."
 
     def _forward(self, inputs):
         model_inputs = inputs["model_inputs"]
@@ -323,6 +345,8 @@ class MisterEConversationPipeline(Pipeline):
                 model_inputs = dict(self.processor(conversation, return_tensors="pt"))
             except (ValueError, FileNotFoundError) as err:
                 raise type(err)(f"streamed utterance {index}: {err}") from err
+            if self._unanswerable(model_inputs) is not None:
+                raise ValueError(f"streamed utterance {index}: {self._no_expert_reads()}")
             with self.device_placement(), torch.no_grad():
                 model_inputs = self._ensure_tensor_on_device(model_inputs, device=self.device)
                 for key in ("input_values", "input_features"):
