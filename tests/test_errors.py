@@ -57,6 +57,10 @@ def root(tmp_path_factory):
         embedded_dialogues(labels, nan_split).save_to_disk(root / name)
     embedded_dialogues(LABELS).remove_columns(["speech_embeds", "text_embeds"]).save_to_disk(root / "raw")
     embedded_dialogues(LABELS, speech_width=9).save_to_disk(root / "wide")
+    no_text_first = lambda row, i: {"text_embeds": [None] + row["text_embeds"][1:] if i == 0 else row["text_embeds"]}
+    text_missing = embedded_dialogues(LABELS)
+    DatasetDict({**text_missing, "test": text_missing["test"].map(no_text_first, with_indices=True)}).save_to_disk(
+        root / "text-missing")
     empty = embedded_dialogues(LABELS)
     DatasetDict({**empty, "validation": empty["validation"].select([])}).save_to_disk(root / "empty-split")
     return root
@@ -127,6 +131,9 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "no expert given what it reads (evaluate)": (["evaluate", "--model", "{root}/stage-2-text", "--dataset",
                                                    "{root}/embedded", "--output-dir", "{out}", "--modalities",
                                                    "speech"], "'text': ['text']", "No enabled expert"),
+    "an utterance no expert can read (evaluate)": (["evaluate", "--model", "{root}/stage-2-text", "--dataset",
+                                                     "{root}/text-missing", "--output-dir", "{out}"], "test0",
+                                                    "lacks every modality an enabled expert reads (1 such"),
     "NaN in a test embedding (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/nan-test",
                                             "--output-dir", "{out}"], "test0", "non-finite"),
     "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",

@@ -94,6 +94,12 @@ def evaluate_model(
         model.to(device)
     collator = MisterEDataCollator(processor, modalities)
     predicted = predict_split(model, dataset, collator, batch_size, "evaluate")
+    unanswered = np.flatnonzero(predicted["gate_weights"].sum(-1) == 0)  # no enabled expert was given its modality
+    if len(unanswered):
+        first = unanswered[0]
+        raise ValueError(f"dialogue {predicted['dialogue_ids'][first]!r}: utterance "
+                         f"{predicted['utterance_ids'][first]!r} lacks every modality an enabled expert reads "
+                         f"({len(unanswered)} such utterances): its prediction would be arbitrary; drop them.")
     logits = torch.from_numpy(predicted["logits"])
     metrics = write_evaluation_report(
         output_dir,
