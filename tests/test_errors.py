@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from datasets import DatasetDict
+from transformers import BertConfig
 
 from tiny import tiny_config
 from tiny_end_to_end import SR, tiny_model, tiny_processor
@@ -52,6 +53,10 @@ def root(tmp_path_factory):
     (root / "no-tab" / "transcripts.txt").write_text("clip without a tab\n")
     MisterEForEmotionRecognition(tiny_config()).save_pretrained(root / "stage-2")
     MisterEForEmotionRecognition(tiny_config(experts=["text"])).save_pretrained(root / "stage-2-text")
+    stage_one = tiny_config(text_config=BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=8, vocab_size=20),
+                            architectures=["MisterEForUtteranceClassification"])
+    stage_one.save_pretrained(root / "stage-1-text")  # its config alone: what `extract` reads first
     for name, labels, nan_split in [("embedded", LABELS, None), ("nan-train", LABELS, "train"),
                                     ("nan-test", LABELS, "test"), ("other-labels", LABELS[::-1], None)]:
         embedded_dialogues(labels, nan_split).save_to_disk(root / name)
@@ -134,6 +139,9 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "an utterance no expert can read (evaluate)": (["evaluate", "--model", "{root}/stage-2-text", "--dataset",
                                                      "{root}/text-missing", "--output-dir", "{out}"], "test0",
                                                     "lacks every modality an enabled expert reads (1 such"),
+    "two models for one modality (extract)": (["extract", "--dataset", "{root}/raw", "--model", "{root}/stage-1-text",
+                                               "{root}/stage-1-text", "--output-dir", "{out}"], "stage-1-text",
+                                              "both encode text"),
     "NaN in a test embedding (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/nan-test",
                                             "--output-dir", "{out}"], "test0", "non-finite"),
     "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",
