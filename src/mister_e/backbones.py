@@ -31,6 +31,8 @@ def resolve_backbone(name_or_path: str | Path) -> str:
     the Hub is off (`HF_HUB_OFFLINE=1`) or unreachable; any other id is left for `from_pretrained` to fetch.
     """
     name = str(name_or_path)
+    if not Path(name).is_dir() and (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1):
+        raise FileNotFoundError(f"Backbone folder not found: {name} (a Hub id is `owner/name`).")
     if Path(name).is_dir() or name != DEFAULT_TEXT_BACKBONE:
         return name
     if isinstance(try_to_load_from_cache(name, "config.json"), str):

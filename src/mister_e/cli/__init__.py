@@ -47,11 +47,14 @@ def _quiet_libraries(debug: bool) -> None:
     for every `datasets` map, transformers' advisory warnings and deprecation notices (`--debug` keeps the warnings).
     Training shows one bar and a line per epoch; extraction and evaluation one bar each, on a terminal only."""
     import os
+    import sys
     import warnings
 
     from transformers.utils import logging as transformers_logging
 
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:  # imported before `main` (it is called from Python): the variable came too late
+        sys.modules["datasets"].disable_progress_bars()
     transformers_logging.disable_progress_bar()
     if not debug:
         transformers_logging.set_verbosity_error()

@@ -67,9 +67,18 @@ def lora_config(model: MisterEForUtteranceClassification, modality: str, target_
 
 def apply_lora(model: MisterEForUtteranceClassification, modality: str, target_modules=None, **overrides) -> PeftModel:
     """Wrap the model so that only the LoRA weights of one backbone and that encoder's head train."""
-    peft_model = get_peft_model(model, lora_config(model, modality, target_modules, **overrides))
+    config = lora_config(model, modality, target_modules, **overrides)
+    targets = list(target_modules) if target_modules else "of the family's preset"
+    unmatched = ValueError(f"LoRA target modules {targets} match no module of the {modality} backbone; check "
+                           "`target_modules` (CLI: --lora-targets).")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as error:  # peft's own message names neither the modules nor the option
+        if "target" in str(error):
+            raise unmatched from error
+        raise
     if not any("lora_" in name for name, _ in peft_model.named_parameters()):
-        raise ValueError(f"LoRA matched no module of the {modality} backbone; check `target_modules`.")
+        raise unmatched
     return peft_model
 
 
