@@ -13,6 +13,7 @@ import transformers.dynamic_module_utils as dynamic_module_utils
 from transformers import AutoProcessor, BertTokenizerFast, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
 from mister_e.processing_mister_e import MisterEProcessor
+from mister_e.segmentation_mister_e import load_recording
 
 
 SR = 16000
@@ -270,6 +271,19 @@ def test_non_finite_file(processor, tmp_path):
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("dtype, scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 128, 128)])
+def test_integer_pcm_reads_as_its_float_samples(processor, dtype, scale, offset):
+    """Integer PCM (scipy.io.wavfile's arrays) is scaled as soundfile scales those files, for an utterance and for a
+    recording alike."""
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, SR).astype(np.float32)
+    pcm = (np.round(samples * scale) + offset).astype(dtype)
+    expected = ((pcm.astype(np.float64) - offset) / scale).astype(np.float32)
+    as_pcm = processor({"utterances": [{"audio": {"array": pcm, "sampling_rate": SR}}]})["input_values"]
+    as_float = processor({"utterances": [{"audio": {"array": expected, "sampling_rate": SR}}]})["input_values"]
+    np.testing.assert_allclose(as_pcm, as_float, atol=1e-6)
+    np.testing.assert_allclose(load_recording({"array": pcm, "sampling_rate": SR}), expected, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "utterance, match",
     [
@@ -282,8 +296,8 @@ def test_non_finite_file(processor, tmp_path):
         ({"audio": np.zeros(SR), "sampling_rate": np.array([16000.0])}, "positive whole number"),
         ({"audio": np.zeros(SR), "sampling_rate": -16000}, "positive whole number"),
         ({"audio": np.zeros(SR), "sampling_rate": 22050.5}, "positive whole number"),
-        ({"audio": np.zeros(SR, dtype=np.int16), "sampling_rate": SR}, "float array"),
-        ({"audio": 3, "sampling_rate": SR}, "float array"),
+        ({"audio": np.zeros(SR, dtype=np.int64), "sampling_rate": SR}, "int16, int32 or uint8 PCM"),
+        ({"audio": 3, "sampling_rate": SR}, "float samples"),
         ({"audio": {"sampling_rate": SR}}, "an `array`"),
         ({"audio": np.zeros((2, 3, SR)), "sampling_rate": SR}, "1-D or 2-D"),
         ({"audio": np.zeros((16, SR)), "sampling_rate": SR}, "cannot tell channels"),
@@ -300,7 +314,7 @@ def test_non_finite_file(processor, tmp_path):
         "rate-array",
         "rate-negative",
         "rate-fractional",
-        "int-samples",
+        "int64-samples",
         "audio-int",
         "dict-without-audio",
         "3d-array",

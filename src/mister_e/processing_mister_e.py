@@ -63,6 +63,29 @@ def _check_sampling_rate(sampling_rate, where: str) -> int:
     return int(sampling_rate)
 
 
+_PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
+
+
+def _float_samples(array, where: str) -> np.ndarray:
+    """An audio array's samples as floats: float arrays (or tensors) as they are; 16- and 32-bit integer PCM (what
+    `scipy.io.wavfile` reads) and 8-bit unsigned PCM scaled to [-1, 1), as soundfile reads those files."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu()
+        array = array.float().numpy() if array.is_floating_point() else array.numpy()
+    try:
+        array = np.asarray(array)
+    except ValueError as err:
+        raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
+    if array.dtype.kind == "f":
+        return array
+    if array.dtype in _PCM_SCALE:
+        return (array / _PCM_SCALE[array.dtype]).astype(np.float32)
+    if array.dtype == np.uint8:
+        return ((array.astype(np.float32) - 128) / 128).astype(np.float32)
+    raise ValueError(f"{where}: `audio` must be a file path, an audio dict, or an array of float samples or of int16, "
+                     f"int32 or uint8 PCM, got dtype {array.dtype}.")
+
+
 def _to_mono(array: np.ndarray, where: str) -> np.ndarray:
     """Averages the channels of a 2-D array.
 
@@ -190,8 +213,9 @@ class MisterEProcessor(ProcessorMixin):
                 A conversation `{"utterances": [{"audio": ..., "text": ...}, ...]}` or a list of them; other keys
                 (`id`, `label`, `speaker`, ...) are ignored, and `id`s name the culprit in error messages. An
                 utterance has `audio` and/or `text` (a missing modality is an absent key or `None`). `audio` is a
-                local file path, a dict `{"array": ..., "sampling_rate": ...}` or `{"path": ...}`, or a float array
-                (1-D, or 2-D with up to 8 channels on the shorter axis) with `sampling_rate` on the utterance.
+                local file path, a dict `{"array": ..., "sampling_rate": ...}` or `{"path": ...}`, or an array of float
+                samples or int16/int32/uint8 PCM (1-D, or 2-D with up to 8 channels on the shorter axis) with
+                `sampling_rate` on the utterance.
             training (`bool`, *optional*, defaults to `False`):
                 Cut audio longer than `train_crop_seconds` (at most `max_audio_seconds`) to a random window of that
                 length and pad shorter rows to it, instead of keeping the first `max_audio_seconds` of each clip.
@@ -329,18 +353,7 @@ class MisterEProcessor(ProcessorMixin):
         else:
             array, source_rate = audio, utterance.get("sampling_rate")
 
-        if isinstance(array, torch.Tensor):
-            array = array.detach().cpu()
-            array = array.float().numpy() if array.is_floating_point() else array.numpy()
-        try:
-            array = np.asarray(array)
-        except ValueError as err:
-            raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
-        if array.dtype.kind != "f":
-            raise ValueError(
-                f"{where}: `audio` must be a file path, an audio dict or a float array, got "
-                f"{type(audio).__name__} with dtype {array.dtype}."
-            )
+        array = _float_samples(array, where)
         source_rate = _check_sampling_rate(source_rate, where)
         waveform = _to_mono(array, where).astype(np.float32)
         self._check_samples(waveform, where, "audio array")

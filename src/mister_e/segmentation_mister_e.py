@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from .processing_mister_e import _check_sampling_rate, _resample, _to_mono
+from .processing_mister_e import _check_sampling_rate, _float_samples, _resample, _to_mono
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000
@@ -122,12 +122,7 @@ def _read_file_blocks(path: str, block_seconds: float) -> Iterator[np.ndarray]:
 
 
 def _array_blocks(array, sampling_rate, block_seconds: float) -> Iterator[np.ndarray]:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().float().numpy()
-    array = np.asarray(array)
-    if array.dtype.kind != "f":
-        raise ValueError(f"A recording must be a file path, an audio dict or a float array, got {array.dtype}.")
-    waveform = _to_mono(array, "recording").astype(np.float32, copy=False)
+    waveform = _to_mono(_float_samples(array, "recording"), "recording").astype(np.float32, copy=False)
     rate = _check_sampling_rate(sampling_rate, "recording")
     if rate != SAMPLING_RATE and waveform.size:
         waveform = _resample(waveform, rate, SAMPLING_RATE)
