@@ -40,6 +40,7 @@ def root(tmp_path_factory):
     (root / "hello.json").write_text(json.dumps([{"text": "hello"}]))
     (root / "bare.yaml").write_text("config:\n  focal_gamma: 1.0\n")
     (root / "not-json.json").write_text("{not json")
+    (root / "not-a-pickle.pkl").write_text("not a pickle")
     (root / "no-utterances.json").write_text(json.dumps({"turns": []}))
     (root / "blank.json").write_text(json.dumps([{"text": "hello"}, {"text": "  "}]))
     (root / "broken.wav").write_bytes(b"RIFF but not audio")
@@ -148,6 +149,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "LoRA targets matching nothing (train-encoder)": (["train-encoder", "--dataset", "{root}/raw", "--modality",
                                                        "text", "--lora-targets", "nosuchmodule", "--output-dir",
                                                        "{out}"], "nosuchmodule", "--lora-targets"),
+    "not a pickle (prepare cosmic)": (["prepare", "cosmic", "{root}/not-a-pickle.pkl", "{out}", "--trust-pickle"],
+                                      "not-a-pickle.pkl", "not a readable pickle"),
     "NaN in a test embedding (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/nan-test",
                                             "--output-dir", "{out}"], "test0", "non-finite"),
     "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",

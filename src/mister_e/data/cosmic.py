@@ -78,7 +78,10 @@ def build_cosmic_pickle(
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     with open(path, "rb") as file:
-        data = pickle.load(file, encoding="latin1")
+        try:
+            data = pickle.load(file, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as error:
+            raise ValueError(f"{path} is not a readable pickle ({type(error).__name__}: {error}).") from error
     if dataset == "meld":
         fields = _unpack(data, _COSMIC_MELD_FIELDS, path)
         ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
