@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
+from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,4 +44,14 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device (use cpu)")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write: its folder exists and it is not itself a folder, known before the work that fills it."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} does not exist")
     return text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_conversation
-from .arguments import positive_float, positive_int, torch_device
+from .arguments import output_file, positive_float, positive_int, torch_device
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     recording.add_argument("--max-utterance", type=positive_float, default=20.0, metavar="S",
                            help="Split longer speech, at its quietest moment in the second half (20).")
     recording.add_argument("--vad-threshold", type=float, default=0.5, help="Speech probability threshold (0.5).")
-    recording.add_argument("--csv", metavar="FILE", help="Also write the timeline as CSV.")
-    recording.add_argument("--plot", metavar="FILE", help="Also draw the timeline as a PNG.")
+    recording.add_argument("--csv", metavar="FILE", type=output_file, help="Also write the timeline as CSV.")
+    recording.add_argument("--plot", metavar="FILE", type=output_file, help="Also draw the timeline as a PNG.")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -88,8 +88,8 @@ def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
     if not predictions:
         print(f"No speech found in {args.conversation}: no utterance to predict.", file=sys.stderr)
     elif not args.asr:
-        print(f"{len(predictions)} utterances, answered from speech alone (no transcripts: --asr MODEL transcribes "
-              "them).", file=sys.stderr)
+        count = f"{len(predictions)} utterance{'s' if len(predictions) > 1 else ''}"
+        print(f"{count}, answered from speech alone (no transcripts: --asr MODEL transcribes them).", file=sys.stderr)
     if args.csv:
         write_timeline_csv(predictions, args.csv)
     if args.plot:
