@@ -8,13 +8,13 @@ from pathlib import Path
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_utf8
 from ..data import PREPARE_DATASETS
-from .arguments import positive_int, torch_device
+from .arguments import output_folder, positive_int, torch_device
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=PREPARE_DATASETS)
     parser.add_argument("root", help="Release folder (for `cosmic`: the pickle file).")
-    parser.add_argument("output_dir", help="Where the dialogue DatasetDict is saved.")
+    parser.add_argument("output_dir", type=output_folder, help="Where the dialogue DatasetDict is saved.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
     parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
     parser.add_argument("--validation-dialogues", type=positive_int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
@@ -69,7 +69,8 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="Dialogue dataset folder (from `mister-e prepare`).")
     parser.add_argument("--model", required=True, nargs="+",
                         help="Stage-1 model folder(s) (`train-encoder` output `merged/`), one per modality.")
-    parser.add_argument("--output-dir", required=True, help="Where the dataset with embedding columns is saved.")
+    parser.add_argument("--output-dir", type=output_folder, required=True,
+                        help="Where the dataset with embedding columns is saved.")
     parser.add_argument("--cache-dir", help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--shard-size", type=positive_int, default=512, help="Utterances per cached shard.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
-from .arguments import positive_float, positive_int, probability, torch_device
+from .arguments import output_folder, positive_float, positive_int, probability, torch_device
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mister-e train` (stage 2)."""
     parser.add_argument("--recipe", required=True, help="Packaged recipe (iemocap, meld, mosi, small) or a YAML file.")
     parser.add_argument("--dataset", help="Dialogue DatasetDict folder with embedding columns (overrides the recipe).")
-    parser.add_argument("--output-dir", help="Where runs go (overrides the recipe).")
+    parser.add_argument("--output-dir", type=output_folder, help="Where runs go (overrides the recipe).")
     parser.add_argument("--seeds", type=int, nargs="+", help="Seeds to train (default: the recipe's).")
     parser.add_argument("--ablation", nargs="+", choices=[*ABLATIONS, "all"],
                         help="Train these ablations (or all) into <output-dir>/<name> and write one table.")
@@ -66,7 +66,7 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processor", help="Saved MisterEProcessor folder (default: built from the backbone).")
     parser.add_argument("--tokenizer", help="Text tokenizer stored in the processor of a speech encoder "
                                             "(default: the default text backbone's).")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", type=output_folder, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-r", type=positive_int, help="LoRA rank (default: 16 speech, 8 text).")
     parser.add_argument("--lora-alpha", type=positive_float, help="LoRA alpha (default: 8 speech, 32 text).")
@@ -187,7 +187,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="mister-e-quickstart", help="Corpus, model and reports go here.")
+    parser.add_argument("--output-dir", type=output_folder, default="mister-e-quickstart",
+                        help="Corpus, model and reports go here.")
     parser.add_argument("--epochs", type=positive_int, default=30)
     parser.add_argument("--seed", type=int, default=0)
 
