@@ -160,6 +160,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                          "{root}/hello.json"], "hello.json", "is a file, not a folder"),
     "output folder is a file (quickstart)": (["quickstart", "--output-dir", "{root}/hello.json"], "hello.json",
                                              "is a file, not a folder"),
+    "a device that cannot compute (predict)": (["predict", "--model", "{root}/model", "{root}/hello.json", "--device",
+                                                "meta"], "--device", "not a device this machine can compute on"),
     "NaN in a test embedding (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/nan-test",
                                             "--output-dir", "{out}"], "test0", "non-finite"),
     "labels not the model's (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/other-labels",
