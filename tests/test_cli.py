@@ -64,6 +64,18 @@ def test_runtime_errors_a_user_can_cause_exit_2(tmp_path, capsys, monkeypatch):
     assert "another extraction" in capsys.readouterr().err
 
 
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mister_e.cli.run_train", interrupted)
+    assert main(["train", "--recipe", "small", "--dataset", "d", "--output-dir", "o"]) == 130
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "interrupted" in error and "resumes training" in error, error
+    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
+        main(["--debug", "train", "--recipe", "small", "--dataset", "d", "--output-dir", "o"])
+
+
 def test_read_conversation_from_json_and_folders(tmp_path):
     sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
     sf.write(tmp_path / "b.wav", np.zeros(1600, np.float32), 16000)

@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         cause = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
         print(f"mister-e {args.command}: error: {' '.join(str(cause).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # Every verb writes through temporary names, training keeps checkpoints and extraction its cached shards.
+        print(f"mister-e {args.command}: interrupted; nothing half-written is left, and the same command again "
+              "resumes training and extraction from their last checkpoint or shard.", file=sys.stderr)
+        return 130
     return 0
 
 
