@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import transformers
 import transformers.dynamic_module_utils as dynamic_module_utils
 from transformers import AutoProcessor, BertTokenizerFast, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
+from transformers.testing_utils import CaptureLogger
 
 from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.segmentation_mister_e import load_recording
@@ -269,6 +271,19 @@ def test_non_finite_file(processor, tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite") as error:
         processor(_conversation({"audio": str(path)}))
     assert str(path) in str(error.value)
+
+
+def test_a_capped_utterance_is_said(processor):
+    """Inference reads the first `max_audio_seconds` of a longer utterance, and says so (once); training crops."""
+    long_turn = {"utterances": [{"audio": np.zeros(2 * SR, np.float32), "sampling_rate": SR}]}
+    logger = transformers.logging.get_logger("mister_e.processing_mister_e")
+    with CaptureLogger(logger) as captured:
+        processor(long_turn, training=True, max_audio_seconds=0.75, train_crop_seconds=0.5, min_audio_seconds=0.25)
+    assert captured.out == ""
+    with CaptureLogger(logger) as captured:
+        features = processor(long_turn, max_audio_seconds=0.75, min_audio_seconds=0.25)
+    assert "longer than max_audio_seconds (0.75 s)" in captured.out
+    assert features["input_values"].shape[-1] == round(0.75 * SR)
 
 
 @pytest.mark.parametrize("dtype, scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 128, 128)])

@@ -29,6 +29,9 @@ import torch
 from transformers import BatchFeature
 from transformers.audio_utils import load_audio
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 # Channel-count limit that lets a 2-D array's layout be told apart from its shape (see `_to_mono`).
@@ -279,6 +282,11 @@ class MisterEProcessor(ProcessorMixin):
                         start = rng.integers(0, waveform.shape[0] - crop_samples + 1)
                         waveform = waveform[start : start + crop_samples]
                     elif not training:
+                        if waveform.shape[0] > max_samples:  # once a process: long turns tend to come in numbers
+                            logger.warning_once(
+                                f"An utterance is longer than max_audio_seconds ({max_audio_seconds:g} s): only its "
+                                "first part is read. Cut long turns into utterances, or give the whole file to "
+                                "`predict` as a recording (voice activity detection cuts it).")
                         waveform = waveform[:max_samples]
                     if waveform.shape[0] < min_samples:
                         waveform = np.pad(waveform, (0, min_samples - waveform.shape[0]))
