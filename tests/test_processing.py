@@ -274,7 +274,8 @@ def test_non_finite_file(processor, tmp_path):
 
 
 def test_a_capped_utterance_is_said(processor):
-    """Inference reads the first `max_audio_seconds` of a longer utterance, and says so (once); training crops."""
+    """Inference reads the first `max_audio_seconds` of a longer utterance, a text up to `max_text_length` tokens, and
+    says so (once a process); training crops audio without a word."""
     long_turn = {"utterances": [{"audio": np.zeros(2 * SR, np.float32), "sampling_rate": SR}]}
     logger = transformers.logging.get_logger("mister_e.processing_mister_e")
     with CaptureLogger(logger) as captured:
@@ -284,6 +285,9 @@ def test_a_capped_utterance_is_said(processor):
         features = processor(long_turn, max_audio_seconds=0.75, min_audio_seconds=0.25)
     assert "longer than max_audio_seconds (0.75 s)" in captured.out
     assert features["input_values"].shape[-1] == round(0.75 * SR)
+    with CaptureLogger(logger) as captured:
+        features = processor({"utterances": [{"text": " ".join(WORDS * 3)}]}, max_text_length=7)
+    assert "fills max_text_length (7 tokens)" in captured.out and features["input_ids"].shape[-1] == 7
 
 
 @pytest.mark.parametrize("dtype, scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 128, 128)])

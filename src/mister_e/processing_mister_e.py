@@ -313,6 +313,9 @@ class MisterEProcessor(ProcessorMixin):
             )
             data["input_ids"] = encoding["input_ids"].astype(np.int64)
             data["text_attention_mask"] = encoding["attention_mask"].astype(np.int64)
+            if data["text_attention_mask"].sum(-1).max() >= max_text_length:  # a text filled it: likely cut
+                logger.warning_once(f"An utterance's text fills max_text_length ({max_text_length} tokens): a longer "
+                                    "text is cut there.")
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property
