@@ -696,6 +696,16 @@ def test_train_command_runs_ablations_into_one_table(tmp_path):
     assert "| metric | full (n=1) | no_kl (n=1) |" in table and "test/weighted_f1" in table
 
 
+def test_an_ablation_the_data_cannot_serve_is_refused_before_any_training(tmp_path, capsys):
+    corpus(train=6, validation=3, test=3).remove_columns("speech_embeds").save_to_disk(tmp_path / "data")
+    capsys.readouterr()
+    assert main(["train", "--recipe", "mosi", "--dataset", str(tmp_path / "data"), "--output-dir",
+                 str(tmp_path / "runs"), "--seeds", "0", "--ablation", "full", "speech_only"]) == 2
+    error = capsys.readouterr().err
+    assert "Ablation 'speech_only'" in error and "No enabled expert" in error, error
+    assert not (tmp_path / "runs").exists()  # `full` was not trained first
+
+
 def test_set_values_get_their_types():
     sets = parse_sets(["learning_rate=1e-5", "warmup=1.0e-3", "experts=[text]", "bf16=true", "name=meld", "seed=3"])
     assert sets == {"learning_rate": 1e-5, "warmup": 1e-3, "experts": ["text"], "bf16": True, "name": "meld", "seed": 3}

@@ -240,6 +240,12 @@ def run_ablations(
     for name in names:
         apply_ablation(recipe, name)  # Reject a typo before hours of training.
     dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
+    for name in names:  # and an ablation the data cannot serve (speech_only on text-only data) before the others train
+        ablated = MisterEConfig(**{**data_config(dataset["train"]), **apply_ablation(recipe, name)["config"]})
+        try:
+            check_experts_can_answer(ablated.experts, dataset["train"], recipe["modalities"])
+        except ValueError as error:
+            raise ValueError(f"Ablation {name!r}: {error}") from None
     output_dir = Path(output_dir or recipe["output_dir"])
     summaries = {
         name: train_seeds(apply_ablation(recipe, name), seeds, dataset, output_dir / name,
