@@ -60,6 +60,11 @@ def contradicts_recorded_embedding(recorded: str, other: str | None) -> bool:
     return other is not None and recorded != "projection" and other != recorded
 
 
+def modalities_read(experts) -> dict[str, list[str]]:
+    """What each of `experts` reads, for the messages that refuse data no enabled expert can answer."""
+    return {expert: list(EXPERT_MODALITIES[expert]) for expert in experts}
+
+
 def _task_registered() -> bool:
     """Whether `import mister_e` has registered the pipeline task (read from `sys.modules`: importing the pipelines
     module here would cost every config load a second)."""

@@ -30,7 +30,7 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
-from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, PIPELINE_TASK
+from .configuration_mister_e import EXPERTS, PIPELINE_TASK, modalities_read
 from .experts_mister_e import available_experts
 from .processing_mister_e import _describe
 from .segmentation_mister_e import (
@@ -250,8 +250,8 @@ class MisterEConversationPipeline(Pipeline):
         return tuple(missing[0].tolist()) if len(missing) else None
 
     def _no_expert_reads(self) -> str:
-        needs = {expert: list(EXPERT_MODALITIES[expert]) for expert in self.model.config.experts}
-        return f"no enabled expert of this model can answer it (the experts read {needs})."
+        reads = modalities_read(self.model.config.experts)
+        return f"no enabled expert of this model can answer it (the experts read {reads})."
 
     def _forward(self, inputs):
         model_inputs = inputs["model_inputs"]

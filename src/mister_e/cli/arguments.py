@@ -44,8 +44,8 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device (use cpu)")
-    backend = getattr(torch, device.type, None)
-    if device.type != "cpu" and not (backend is not None and getattr(backend, "is_available", lambda: False)()):
+    is_available = getattr(getattr(torch, device.type, None), "is_available", None)  # torch.cuda, torch.mps, ...
+    if device.type != "cpu" and not (is_available and is_available()):
         raise argparse.ArgumentTypeError(f"{text!r}: not a device this machine can compute on (use cpu)")
     return text
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
 
-from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES
+from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, modalities_read
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,8 @@ def check_experts_can_answer(experts: Sequence[str], split: Dataset, modalities:
     fed (`modalities`) and the split has its embedding column (or `raw`: a processor reads audio and text)."""
     given = [modality for modality in modalities if raw or EMBED_COLUMN[modality] in split.column_names]
     if not any(set(EXPERT_MODALITIES[expert]) <= set(given) for expert in experts):
-        needs = {expert: list(EXPERT_MODALITIES[expert]) for expert in experts}
-        raise ValueError(f"No enabled expert can answer: the experts read {needs}, but the split gives "
-                         f"{given or 'no modality'} (`modalities`, and its embedding columns).")
+        raise ValueError(f"No enabled expert can answer: the experts read {modalities_read(experts)}, but the split "
+                         f"gives {given or 'no modality'} (`modalities`, and its embedding columns).")
 
 
 def _check_each_split(check, dialogues: DatasetDict) -> None:
