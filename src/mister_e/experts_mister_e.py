@@ -244,6 +244,13 @@ def available_experts(has_speech: torch.Tensor, has_text: torch.Tensor, expert_m
     return available & torch.tensor(expert_mask, device=available.device)
 
 
+def answerable(modality_mask: torch.Tensor, expert_mask) -> torch.Tensor:
+    """Whether some enabled expert can answer each utterance of a `(..., 2)` (speech, text) modality mask: where none
+    can, the gate has nothing to weigh and a prediction would be arbitrary (the pipeline and evaluation refuse it)."""
+    mask = modality_mask.bool()
+    return available_experts(mask[..., 0], mask[..., 1], expert_mask).any(-1)
+
+
 def weigh_experts(mode: str, gate: MisterEGate | None, expert_logits: torch.Tensor, available: torch.Tensor):
     """Each expert's weight per utterance (`config.gate_mode`: the learned `gate`, the plain mean, or one named
     expert), zero where it is unavailable; rows with no available expert are zero."""

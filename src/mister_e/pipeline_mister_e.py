@@ -31,7 +31,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration_mister_e import EXPERTS, PIPELINE_TASK, modalities_read
-from .experts_mister_e import available_experts
+from .experts_mister_e import answerable
 from .processing_mister_e import _describe
 from .segmentation_mister_e import (
     RECORDING_EXTENSIONS,
@@ -244,9 +244,8 @@ class MisterEConversationPipeline(Pipeline):
     def _unanswerable(self, model_inputs) -> tuple[int, int] | None:
         """`(conversation, utterance)` of the first real utterance that no enabled expert can answer (it lacks a
         modality every expert reads: a text-only model given speech alone); its prediction would be arbitrary."""
-        mask = model_inputs["modality_mask"].bool()
-        answerable = available_experts(mask[..., 0], mask[..., 1], self.model.config.expert_mask).any(-1)
-        missing = (model_inputs["attention_mask"].bool() & ~answerable).nonzero()
+        answered = answerable(model_inputs["modality_mask"], self.model.config.expert_mask)
+        missing = (model_inputs["attention_mask"].bool() & ~answered).nonzero()
         return tuple(missing[0].tolist()) if len(missing) else None
 
     def _no_expert_reads(self) -> str:

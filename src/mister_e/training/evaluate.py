@@ -19,6 +19,7 @@ from ..data.schema import (
     DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_experts_can_answer, check_finite_embeddings,
 )
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
+from ..experts_mister_e import answerable
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from .collator import MisterEDataCollator
 from .trainer import data_config, label_names
@@ -94,7 +95,7 @@ def evaluate_model(
         model.to(device)
     collator = MisterEDataCollator(processor, modalities)
     predicted = predict_split(model, dataset, collator, batch_size, "evaluate")
-    unanswered = np.flatnonzero(predicted["gate_weights"].sum(-1) == 0)  # no enabled expert was given its modality
+    unanswered = np.flatnonzero(~answerable(torch.from_numpy(predicted["modality_mask"]), model.config.expert_mask))
     if len(unanswered):
         first = unanswered[0]
         raise ValueError(f"dialogue {predicted['dialogue_ids'][first]!r}: utterance "
