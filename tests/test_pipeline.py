@@ -146,6 +146,20 @@ def test_missing_audio_file_is_named(pipe, wavs, tmp_path):
         pipe("hello")
 
 
+def test_errors_name_the_callers_conversation_and_utterance(pipe):
+    """A batch runs in chunks and `max_utterances` in windows: neither may renumber the utterance at fault."""
+    ok = {"utterances": [{"text": "hi"}, {"text": "yo"}]}
+    bad = {"utterances": [{"text": "a"}, {"text": "b"}, {"text": ""}]}
+    for batch_size in (1, 2, 4):
+        with pytest.raises(ValueError, match=r"^conversation 3, utterance 2: the utterance has neither"):
+            pipe([ok, ok, ok, bad], batch_size=batch_size)
+    long = {"utterances": [{"text": "x"}] * 7 + [{"text": " "}]}
+    with pytest.raises(ValueError, match=r"^conversation 0, utterance 7: "):
+        pipe(long, max_utterances=3)
+    with pytest.raises(ValueError, match=r"^conversation 1, utterance 7: "):
+        pipe([ok, long], max_utterances=3, batch_size=2)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_an_utterance_no_expert_can_answer_is_named(causal, wavs, tmp_path):
     """A text-only model given speech alone would answer with an arbitrary label: refused, naming the utterance by the
@@ -181,6 +195,10 @@ def test_stream_matches_whole_causal_conversation(causal_pipe, wavs):
         assert got["scores"] == pytest.approx(expected["scores"], abs=1e-5)
         assert got["expert_weights"] == pytest.approx(expected["expert_weights"], abs=1e-5)
     assert len(next(causal_pipe.stream(mixed["utterances"], top_k=1))["scores"]) == 1
+    # the conversation dict `__call__` takes streams too; a bad utterance is named once, by its stream position
+    assert [r["scores"] for r in causal_pipe.stream(mixed)] == [r["scores"] for r in streamed]
+    with pytest.raises(ValueError, match=r"^streamed utterance 2 \(id='c'\): the utterance has neither"):
+        list(causal_pipe.stream([{"text": "a"}, {"text": "b"}, {"text": "", "id": "c"}]))
 
 
 def test_stream_needs_causal_model(pipe, wavs):

@@ -199,24 +199,28 @@ class MisterEConversationPipeline(Pipeline):
         )
 
     def _iterate(self, conversations: Iterable, batch_size: int, params) -> Iterator[list[dict]]:
-        chunk = []
+        preprocess_params, forward_params, postprocess_params = params
+        chunk, first = [], 0
         for conversation in conversations:
             chunk.append(conversation)
             if len(chunk) == batch_size:
-                yield from self.run_single(chunk, *params)
-                chunk = []
+                yield from self.run_single(chunk, {**preprocess_params, "first_index": first}, forward_params,
+                                           postprocess_params)
+                chunk, first = [], first + batch_size
         if chunk:
-            yield from self.run_single(chunk, *params)
+            yield from self.run_single(chunk, {**preprocess_params, "first_index": first}, forward_params,
+                                       postprocess_params)
 
     # ------------------------------------------------------------------ pipeline steps
 
-    def preprocess(self, inputs, max_utterances=None):
+    def preprocess(self, inputs, max_utterances=None, first_index=0):
+        """`first_index`: the caller's index of `inputs`' first conversation (a batch call runs them in chunks), so
+        that errors name conversations and utterances as the caller numbers them, never by chunk or window."""
         single = isinstance(inputs, Mapping)
         conversations = [inputs] if single else list(inputs)
         if not conversations:
             raise ValueError("Got an empty batch: expected at least one conversation.")
-        # Validate (and name the culprit) before windowing, so errors index the caller's conversations.
-        self.processor._as_batch(conversations)
+        self._checked(lambda: self.processor._as_batch(conversations), conversations, first_index)
         windows, counts = [], []
         for conversation in conversations:
             utterances = list(conversation["utterances"])
@@ -226,20 +230,37 @@ class MisterEConversationPipeline(Pipeline):
             counts.append(len(parts))
         if len(windows) == len(conversations):
             windows = conversations
-        model_inputs = dict(self.processor(windows, return_tensors="pt"))
+        model_inputs = self._checked(lambda: dict(self.processor(windows, return_tensors="pt")), conversations,
+                                     first_index)
         unanswerable = self._unanswerable(model_inputs)
         if unanswerable is not None:  # name it by the caller's conversation and utterance, not by window
             window, position = unanswerable
             index = next(c for c in range(len(counts)) if sum(counts[: c + 1]) > window)
             utterances = list(conversations[index]["utterances"])
             utterance = (window - sum(counts[:index])) * (max_utterances or len(utterances)) + position
-            raise ValueError(f"{_describe('conversation', index, conversations[index])}, "
+            raise ValueError(f"{_describe('conversation', first_index + index, conversations[index])}, "
                              f"{_describe('utterance', utterance, utterances[utterance])}: {self._no_expert_reads()}")
         if self.dtype is not None and self.dtype.is_floating_point:
             for key in ("input_values", "input_features"):
                 if key in model_inputs:
                     model_inputs[key] = model_inputs[key].to(self.dtype)
         return {"model_inputs": model_inputs, "windows_per_conversation": counts, "single": single}
+
+    def _checked(self, run, conversations: list, first_index: int):
+        """`run()`, and when its input is refused, the same refusal for the caller's own conversation: the batch
+        that failed may be a chunk of the caller's list, or windows of a conversation, with indices of their own."""
+        try:
+            return run()
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            for index, conversation in enumerate(conversations):
+                try:
+                    self.processor._as_batch([conversation])
+                    if isinstance(conversation, Mapping):
+                        self.processor(conversation)
+                except type(error) as culprit:
+                    raise _renamed(culprit, _describe("conversation", 0, conversation),
+                                   _describe("conversation", first_index + index, conversation)) from None
+            raise
 
     def _unanswerable(self, model_inputs) -> tuple[int, int] | None:
         """`(conversation, utterance)` of the first real utterance that no enabled expert can answer (it lacks a
@@ -335,15 +356,16 @@ class MisterEConversationPipeline(Pipeline):
             return
         _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")
+        if isinstance(utterances, Mapping) and "utterances" in utterances:  # a conversation, as `__call__` takes
+            utterances = utterances["utterances"]
         state = None
         for index, utterance in enumerate(utterances):
             conversation = {"utterances": [utterance]}
-            if isinstance(utterance, Mapping) and utterance.get("id") is not None:
-                conversation["id"] = utterance["id"]
             try:
                 model_inputs = dict(self.processor(conversation, return_tensors="pt"))
-            except (ValueError, FileNotFoundError) as err:
-                raise type(err)(f"streamed utterance {index}: {err}") from err
+            except (ValueError, TypeError, FileNotFoundError) as error:
+                raise _renamed(error, f"conversation 0, {_describe('utterance', 0, utterance)}",
+                               f"streamed {_describe('utterance', index, utterance)}") from None
             if self._unanswerable(model_inputs) is not None:
                 raise ValueError(f"streamed utterance {index}: {self._no_expert_reads()}")
             with self.device_placement(), torch.no_grad():
@@ -360,6 +382,12 @@ class MisterEConversationPipeline(Pipeline):
                 )
             probabilities = output.logits[0, -1].float().softmax(-1).cpu()
             yield self._utterance_result(probabilities, output.gate_weights[0, -1].float().cpu(), top_k)
+
+
+def _renamed(error: Exception, old: str, new: str) -> Exception:
+    """`error` again, its message starting with `new` where it started with `old`."""
+    message = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+    return type(error)(new + message[len(old):] if message.startswith(old) else message)
 
 
 def _is_recording(inputs) -> bool:
