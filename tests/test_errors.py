@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+from safetensors.torch import load_file, save_file
 
 from datasets import DatasetDict
 from transformers import BertConfig
@@ -30,6 +31,10 @@ def root(tmp_path_factory):
         shutil.copytree(root / "model", root / name)
         weights = root / name / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
+    shutil.copytree(root / "model", root / "lacking-tensor")
+    weights = load_file(root / "lacking-tensor" / "model.safetensors")
+    del weights["text_expert.classifier.weight"]
+    save_file(weights, root / "lacking-tensor" / "model.safetensors", metadata={"format": "pt"})
     shutil.copytree(root / "model", root / "no-weights")
     (root / "no-weights" / "model.safetensors").unlink()
     (root / "bad-config").mkdir()
@@ -95,6 +100,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "truncated weights": (["predict", "--model", "{root}/truncated", "{root}/hello.json"], "truncated", "truncated"),
     "not a weights file": (["predict", "--model", "{root}/not-safetensors", "{root}/hello.json"], "not-safetensors",
                            "safetensors"),
+    "weights lacking a tensor": (["predict", "--model", "{root}/lacking-tensor", "{root}/hello.json"], "lacking-tensor",
+                                 "text_expert.classifier.weight"),
     "no weights file": (["predict", "--model", "{root}/no-weights", "{root}/hello.json"], "no-weights", "model"),
     "empty model folder (predict)": (["predict", "--model", "{root}/empty", "{root}/hello.json"], "empty",
                                      "config.json"),
@@ -208,3 +215,24 @@ def test_bad_input_is_one_named_line_and_exit_2(case, root, tmp_path, capsys):
 def test_debug_gives_the_traceback_instead(root):
     with pytest.raises(OSError, match="truncated"):
         main(["--debug", "predict", "--model", str(root / "truncated"), str(root / "hello.json")])
+
+
+def test_a_folder_of_the_other_model_or_without_config_is_refused_in_python(root, tmp_path):
+    """What `from_pretrained` would otherwise load with random weights (a stage-1 encoder as a conversation model, the
+    auto class `pipeline` uses) or fail on deep inside transformers (no config.json) is one clear error."""
+    from transformers import AutoModel
+
+    from mister_e import MisterEForUtteranceClassification
+
+    MisterEForUtteranceClassification(tiny_model().config).save_pretrained(tmp_path / "stage-1")
+    for load in (AutoModel.from_pretrained, MisterEForEmotionRecognition.from_pretrained):
+        with pytest.raises(ValueError, match="holds a MisterEForUtteranceClassification.*from_stages"):
+            load(tmp_path / "stage-1")
+    with pytest.raises(ValueError, match="holds a MisterEForEmotionRecognition"):
+        MisterEForUtteranceClassification.from_pretrained(root / "model")
+    shutil.copytree(root / "model", tmp_path / "no-config")
+    (tmp_path / "no-config" / "config.json").unlink()
+    with pytest.raises(OSError, match="No config.json in .*no-config"):
+        MisterEForEmotionRecognition.from_pretrained(tmp_path / "no-config")
+    model, info = MisterEForEmotionRecognition.from_pretrained(root / "model", output_loading_info=True)
+    assert not info["missing_keys"] and isinstance(model, MisterEForEmotionRecognition)

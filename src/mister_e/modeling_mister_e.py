@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,15 +106,35 @@ class MisterEPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with a damaged weights file named: safetensors' own error ("incomplete
-        metadata", "header too small") says neither which file nor what to do."""
+        """`PreTrainedModel.from_pretrained`, refusing what would otherwise load with random weights or fail deep
+        inside transformers: a folder without config.json, a folder of the other MiSTER-E model (a stage-1 encoder
+        loaded as a conversation model), weights lacking some of the model's tensors, and a damaged weights file
+        (safetensors' own error says neither which file nor what to do)."""
+        path = pretrained_model_name_or_path
+        folder = isinstance(path, (str, os.PathLike)) and os.path.isdir(path)
+        if kwargs.get("config") is None and folder and not os.path.isfile(Path(path, "config.json")):
+            raise OSError(f"No config.json in {path}: not a saved model folder, or an incomplete copy of one.")
+        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         except Exception as error:  # safetensors is not imported here (remote-code files import torch/transformers)
             if not type(error).__module__.startswith("safetensors"):
                 raise
-            raise OSError(f"The weights in {pretrained_model_name_or_path} cannot be read ({error}): the file is "
-                          "truncated or not a safetensors file; save or download the model again.") from error
+            raise OSError(f"The weights in {path} cannot be read ({error}): the file is truncated or not a "
+                          "safetensors file; save or download the model again.") from error
+        saved_as = [name for name in model.config.architectures or [] if name.startswith("MisterEFor")]
+        if saved_as and cls.__name__ not in saved_as:
+            hint = (" To predict with it, join it to a conversation model: `MisterEForEmotionRecognition.from_stages`"
+                    " (or `mister-e predict --model STAGE2 --encoder DIR`)."
+                    if saved_as[0] == "MisterEForUtteranceClassification" else "")
+            raise ValueError(f"{path} holds a {saved_as[0]}, not a {cls.__name__}: load it with "
+                             f"{saved_as[0]}.from_pretrained.{hint}")
+        if info["missing_keys"] and kwargs.get("state_dict") is None:  # a state_dict given is the caller's choice
+            missing = sorted(info["missing_keys"])
+            raise OSError(f"The weights in {path} lack {len(missing)} of the model's tensors ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}): they would be random. The file is incomplete or "
+                          "belongs to another configuration; save or download the model again.")
+        return (model, info) if wants_info else model
 
     def _init_weights(self, module):
         """PyTorch's default initialisation (the authors' code relies on it) for linear, conv and GRU weights."""
