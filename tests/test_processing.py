@@ -301,6 +301,12 @@ def test_integer_pcm_reads_as_its_float_samples(processor, dtype, scale, offset)
     as_float = processor({"utterances": [{"audio": {"array": expected, "sampling_rate": SR}}]})["input_values"]
     np.testing.assert_allclose(as_pcm, as_float, atol=1e-6)
     np.testing.assert_allclose(load_recording({"array": pcm, "sampling_rate": SR}), expected, atol=1e-7)
+    if dtype is np.int16:  # the common slip, PCM cast to float unscaled, is refused rather than read as a shout
+        for read in (lambda a: processor({"utterances": [{"audio": {"array": a, "sampling_rate": SR}}]}),
+                     lambda a: load_recording({"array": a, "sampling_rate": SR})):
+            with pytest.raises(ValueError, match="samples reach .*integer PCM cast to float"):
+                read(pcm.astype(np.float32))
+            read(expected * 8)  # loud float audio past full scale is still audio
 
 
 @pytest.mark.parametrize(

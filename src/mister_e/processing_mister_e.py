@@ -67,6 +67,10 @@ def _check_sampling_rate(sampling_rate, where: str) -> int:
 
 
 _PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
+# Float samples live in [-1, 1]. A peak beyond this limit is integer PCM cast to float unscaled (`x.astype(np.float32)`:
+# speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
+# leaves room for loud or synthetic float audio (white noise of unit variance peaks near 5).
+_FLOAT_PEAK_LIMIT = 32.0
 
 
 def _float_samples(array, where: str) -> np.ndarray:
@@ -80,6 +84,11 @@ def _float_samples(array, where: str) -> np.ndarray:
     except ValueError as err:
         raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
     if array.dtype.kind == "f":
+        finite = np.abs(array[np.isfinite(array)])  # NaN and inf are refused, by name, where samples are checked
+        if finite.size and finite.max() > _FLOAT_PEAK_LIMIT:
+            raise ValueError(f"{where}: float audio samples reach {finite.max():.4g}, far outside [-1, 1]: integer "
+                             "PCM cast to float without scaling? Pass the integer array as it is (int16, int32 and uint8 are "
+                             "scaled), or divide it by 32768 (int16).")
         return array
     if array.dtype in _PCM_SCALE:
         return (array / _PCM_SCALE[array.dtype]).astype(np.float32)
