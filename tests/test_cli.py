@@ -97,6 +97,13 @@ def test_read_conversation_from_json_and_folders(tmp_path):
     (tmp_path / "transcripts.txt").write_text("utt1\tnames no file here\n")  # formerly: every WAV silently dropped
     with pytest.raises(ValueError, match="no line names one of the 2 WAV files"):
         read_conversation(tmp_path)
+    (tmp_path / "transcripts.txt").write_text("a\tfine\nbb\ta typo for b\n")  # formerly: b.wav silently dropped
+    with pytest.raises(ValueError, match=r"no line names b\.wav; lines naming no WAV: \['bb'\]"):
+        read_conversation(tmp_path)
+    (tmp_path / "b.wav").rename(tmp_path / "B.WAV")  # upper-case extensions are WAVs too
+    (tmp_path / "transcripts.txt").write_text("a\tfine\nB.wav\tshouted\n")
+    assert [u["audio"] for u in read_conversation(tmp_path)["utterances"]] == [str(tmp_path / "a.wav"),
+                                                                               str(tmp_path / "B.WAV")]
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"turns": []}', "utterances")])

@@ -10,11 +10,13 @@ def read_conversation(path: str | Path) -> dict:
     """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of WAVs.
 
     In a folder, `transcripts.txt` (one `name<TAB>text` line per utterance, `name` = WAV file stem) gives the order
-    and the texts; without it the WAVs are taken in name order, audio only. A line without a WAV is text only.
+    and the texts; without it the WAVs are taken in name order, audio only. A line without a WAV is text only, but
+    every WAV must be named by a line: a WAV left out is most likely a typo in its line, and dropping its audio
+    silently would change the answers.
     """
     path = Path(path)
     if path.is_dir():
-        wavs = {wav.stem: str(wav) for wav in sorted(path.glob("*.wav"))}
+        wavs = {wav.stem: str(wav) for wav in sorted(path.iterdir()) if wav.suffix.lower() == ".wav" and wav.is_file()}
         transcripts = path / "transcripts.txt"
         if not transcripts.is_file():
             if not wavs:
@@ -26,11 +28,19 @@ def read_conversation(path: str | Path) -> dict:
                 name, tab, text = line.partition("\t")
                 if not tab:
                     raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
-                name = name.strip().removesuffix(".wav").removesuffix(".WAV")  # `utt00.wav` names `utt00.wav` too
+                name = name.strip()
+                name = name[:-4] if name.lower().endswith(".wav") else name  # `utt00.wav` names `utt00.wav` too
                 utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
         if wavs and not any(utterance["audio"] for utterance in utterances):
             raise ValueError(f"{transcripts}: no line names one of the {len(wavs)} WAV files beside it (a line is "
                              f"`name<TAB>text` with the file's name, e.g. `{next(iter(wavs))}`).")
+        unnamed = sorted(set(wavs) - {utterance["id"] for utterance in utterances})
+        if unnamed:
+            unmatched = [utterance["id"] for utterance in utterances if not utterance["audio"]]
+            raise ValueError(f"{transcripts}: no line names {Path(wavs[unnamed[0]]).name}"
+                             f"{f' (and {len(unnamed) - 1} more WAVs)' if len(unnamed) > 1 else ''}"
+                             f"{f'; lines naming no WAV: {unmatched[:3]}' if unmatched else ''}. Name every WAV "
+                             "of the folder in a line (`name<TAB>text`), or move it out.")
         return {"id": path.name, "utterances": utterances}
     if not path.is_file():
         raise FileNotFoundError(f"No conversation file or folder at {path}.")
