@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -196,3 +197,14 @@ def test_save_for_hub_restores_missing_processor_code(tmp_path):
     assert restored["auto_map"]["AutoProcessor"] == "processing_mister_e.MisterEProcessor"
     with pytest.raises(ValueError, match="processor"):
         save_for_hub(tiny_model(), None, tmp_path / "other")
+
+
+def test_a_model_saved_alone_carries_every_module_its_code_imports(tmp_path):
+    """`model.save_pretrained` copies the pipeline's code for `trust_remote_code`: every sibling module that code
+    imports must be in the folder too, or the pipeline fails without the package (`processing_mister_e.py` was not)."""
+    tiny_model().save_pretrained(tmp_path)
+    copied = {path.stem for path in tmp_path.glob("*.py")}
+    assert {"pipeline_mister_e", "modeling_mister_e"} <= copied
+    for name in copied:
+        imported = set(re.findall(r"^\s*from \.(\w+) import", (tmp_path / f"{name}.py").read_text(), re.MULTILINE))
+        assert imported <= copied, f"{name}.py imports {imported - copied}, which the folder lacks"

@@ -304,11 +304,14 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         self.speech_encoder, self.text_encoder = build_encoders(config)  # for raw inputs (`from_stages`)
         self.post_init()
 
+    # The pipeline's module and the sibling modules it imports that the model's own code does not.
+    PIPELINE_CODE = ("pipeline_mister_e.py", "segmentation_mister_e.py", "processing_mister_e.py")
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; a folder that gets the code files (`auto_map`) gets the conversation
         pipeline's too (`pipeline_mister_e.py`, `custom_pipelines` in config.json), so that `pipeline(model=folder,
         trust_remote_code=True)` works without the package installed."""
-        pipeline_code = [Path(__file__).with_name(name) for name in ("pipeline_mister_e.py", "segmentation_mister_e.py")]
+        pipeline_code = [Path(__file__).with_name(name) for name in self.PIPELINE_CODE]
         carries_code = getattr(self, "_auto_class", None) is not None and all(path.is_file() for path in pipeline_code)
         if carries_code:
             self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
