@@ -136,6 +136,10 @@ def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir, 
     for result, expected in zip(results, pipe(conversation)):
         assert result["label"] == expected["label"] and result["score"] == pytest.approx(expected["score"], abs=1e-6)
     assert pipe({"recording": {"array": np.zeros(3 * SR, np.float32), "sampling_rate": SR}}) == []  # no speech
+    array = load_recording(path)  # an array with its rate beside it, as the README shows, is the same recording
+    assert [r["scores"] for r in pipe({"recording": array, "sampling_rate": SR})] == [r["scores"] for r in results]
+    with pytest.raises(ValueError, match="'sampling_rate': rate"):
+        pipe(array)
     sf.write(tmp_path / "quiet.wav", np.zeros(2 * SR, np.float32), SR)
     with caplog.at_level(logging.WARNING):
         assert pipe(str(tmp_path / "quiet.wav")) == []

@@ -82,8 +82,8 @@ class MisterEConversationPipeline(Pipeline):
       to its window. `None` (default) runs the whole conversation at once, whatever its length (memory grows with
       the number of utterances and, for audio, with the longest clip).
 
-    Recordings: `pipe("call.wav")` or `pipe({"recording": "call.wav"})` (a path, an audio dict or an array with
-    `sampling_rate`) cuts the recording into utterances by voice activity detection (Silero VAD, extra
+    Recordings: `pipe("call.wav")` or `pipe({"recording": "call.wav"})` (a path, an audio dict, or an array with
+    `sampling_rate` beside it: `{"recording": array, "sampling_rate": 44100}`) cuts the recording into utterances by voice activity detection (Silero VAD, extra
     `mister-e[recording]`) and predicts over all of them in order; each result also has the utterance's `start` and
     `end` (seconds) and its `text`. Recording options: `segmentation` (a [`MisterESegmentation`] or a dict of its
     fields: minimum silence, minimum and maximum utterance length, threshold, padding) and `asr` (a model id or folder
@@ -151,7 +151,8 @@ class MisterEConversationPipeline(Pipeline):
         raise ValueError(
             "Expected a conversation dict `{'utterances': [...]}`, a list of them, or a recording (an audio file path "
             "or `{'recording': ...}`), got "
-            f"{type(inputs).__name__}. (A list is a batch of conversations, not a list of utterances.)"
+            f"{type(inputs).__name__}. (A list is a batch of conversations, not a list of utterances; an audio array is "
+            "a recording as `{'recording': array, 'sampling_rate': rate}`.)"
         )
 
     # ------------------------------------------------------------------ recordings
@@ -161,8 +162,10 @@ class MisterEConversationPipeline(Pipeline):
         `{"audio", "start", "end", "text"}` (see the class docstring)."""
         if isinstance(segmentation, Mapping):
             segmentation = MisterESegmentation(**segmentation)
-        source = recording.get("recording") if isinstance(recording, Mapping) and "recording" in recording else recording
-        for segment in iter_segments(read_recording(source), segmentation):
+        source, rate = recording, None
+        if isinstance(recording, Mapping) and "recording" in recording:  # {"recording": array, "sampling_rate": sr}
+            source, rate = recording["recording"], recording.get("sampling_rate")
+        for segment in iter_segments(read_recording(source, rate), segmentation):
             yield {**segment, "text": self._transcribe(segment["audio"]["array"], asr) if asr else None}
 
     def _transcribe(self, array, asr) -> str:
