@@ -172,6 +172,24 @@ def test_padding_invariance(variant, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_placeholders_in_padded_or_missing_slots_never_reach_real_utterances(causal):
+    """NaN (or any value) where `attention_mask` or `modality_mask` says there is nothing is ignored: a NaN
+    placeholder for a missing modality must not turn the conversation's predictions into NaN."""
+    model = tiny_model(causal=causal)
+    batch = conversations(lengths=(3, 5))
+    batch["modality_mask"] = batch["attention_mask"][..., None].repeat(1, 1, 2).bool()
+    batch["modality_mask"][1, 2, 0] = False  # utterance 2 of conversation 1 has no speech
+    with torch.no_grad():
+        clean = model(**batch)
+        batch["speech_embeds"][1, 2] = float("nan")
+        batch["speech_embeds"][0, 3:] = float("nan")  # padding
+        batch["text_embeds"][0, 4] = float("inf")
+        placeholders = model(**batch)
+    torch.testing.assert_close(placeholders.logits, clean.logits)
+    torch.testing.assert_close(placeholders.gate_weights, clean.gate_weights)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_context_convolutions_on_real_utterances_equal_torch_convolutions(causal):
     """The context module convolves real utterances only, as matrix products: the same numbers as `nn.Conv1d` over the
     zero-padded batch, values and gradients."""

@@ -523,7 +523,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         standardizer = getattr(self, f"{modality}_standardizer")
         if standardizer is not None:
             embeds = standardizer(embeds).to(embeds.dtype)
-        return self.input_dropout(embeds) * present[..., None]
+        # masked_fill, not a product: a placeholder NaN in a padded or missing slot must not reach the real rows
+        return self.input_dropout(embeds).masked_fill(~present[..., None].bool(), 0.0)
 
     def _loss(self, logits, expert_logits, available, labels, attention_mask,
               speech_representations, text_representations, has_speech, has_text, gate_holdout=None):

@@ -71,6 +71,8 @@ _PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 # speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
 # leaves room for loud or synthetic float audio (white noise of unit variance peaks near 5).
 _FLOAT_PEAK_LIMIT = 32.0
+# The polyphase resampler's filter bank (phases x taps); common rate pairs need at most ~1e5 (44.1 kHz -> 16 kHz).
+_MAX_FILTER_TAPS = 4_000_000
 
 
 def _float_samples(array, where: str) -> np.ndarray:
@@ -130,6 +132,8 @@ def _resample(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray
     orig, new = orig_freq // gcd, new_freq // gcd
     base_freq = min(orig, new) * _ROLLOFF
     width = math.ceil(_LOWPASS_FILTER_WIDTH * orig / base_freq)
+    if new * (orig + 2 * width) > _MAX_FILTER_TAPS:  # rates sharing almost no factor (16001 Hz): gigabytes of filters
+        return _resample_with_soxr(waveform, orig_freq, new_freq)
     # One filter per output phase: time offsets (in input samples) of the taps around each output sample.
     taps = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
     t = torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + taps
@@ -144,6 +148,18 @@ def _resample(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray
     resampled = torch.nn.functional.conv1d(signal, kernels, stride=orig)  # (1, new, frames)
     resampled = resampled.transpose(1, 2).reshape(-1)
     return resampled[: math.ceil(new * waveform.shape[0] / orig)].numpy()
+
+
+def _resample_with_soxr(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
+    """soxr (what files are decoded with) for rate pairs whose polyphase filter bank would not fit in memory; it is
+    imported here, not above, because remote-code files import only torch, transformers and numpy at module level."""
+    try:
+        import soxr
+    except ImportError:
+        raise ValueError(f"Resampling audio from {orig_freq} Hz to {new_freq} Hz (rates that share almost no factor) "
+                         "needs soxr: `pip install soxr`, or resample the audio beforehand.") from None
+    resampled = soxr.resample(waveform.astype(np.float32, copy=False), orig_freq, new_freq, quality="HQ")
+    return np.asarray(resampled, dtype=np.float32)
 
 
 def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:
