@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
+from tiny import tiny_config
 from tiny_end_to_end import LABELS, TASK, tiny_model, tiny_processor, write_clips
 from transformers import pipeline
 
@@ -208,3 +209,20 @@ def test_a_model_saved_alone_carries_every_module_its_code_imports(tmp_path):
     for name in copied:
         imported = set(re.findall(r"^\s*from \.(\w+) import", (tmp_path / f"{name}.py").read_text(), re.MULTILINE))
         assert imported <= copied, f"{name}.py imports {imported - copied}, which the folder lacks"
+
+
+def test_save_for_hub_writes_all_or_nothing_and_keeps_local_paths_off_the_card(tmp_path):
+    model = tiny_model()
+    model.config.text_config._name_or_path = str(tmp_path / "home" / "alice" / "minilm")
+    with pytest.raises(FileNotFoundError, match="No results file at .*no-summary.json"):
+        save_for_hub(model, tiny_processor(), tmp_path / "out", results=tmp_path / "no-summary.json")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == []  # nothing half-written
+    folder = save_for_hub(model, tiny_processor(), tmp_path / "out")
+    card = (folder / "README.md").read_text()
+    assert "alice" not in card and "**Text backbone**: `bert` (from a local folder)" in card
+    assert "opensmile" not in card  # the note is for openSMILE speech encoders only
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_for_hub(model, tiny_processor(), folder)
+    stage_two = MisterEForEmotionRecognition(tiny_config())
+    with pytest.raises(ValueError, match="end-to-end model"):
+        save_for_hub(stage_two, tiny_processor(), tmp_path / "stage-2")

@@ -88,7 +88,13 @@ def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, floa
     `results.json` dicts (one per seed).
     """
     if isinstance(results, (str, os.PathLike)):
-        results = json.loads(Path(results).read_text())
+        if not Path(results).is_file():
+            raise FileNotFoundError(f"No results file at {results} (a run's results.json or a summary.json of "
+                                    "`mister-e train`).")
+        try:
+            results = json.loads(Path(results).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{results} is not a readable results file: {error}") from None
     if isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping):
         return list(results.get("seeds") or []) or None, dict(results["summary"])
     if isinstance(results, Mapping) and results and all(
@@ -238,8 +244,8 @@ def model_card(
             summary.append(f"**{modality.capitalize()} backbone**: none (this model takes precomputed "
                            f"{modality} embeddings)")
         else:
-            model_type, name = backbone
-            origin = f" (from `{name}`)" if name else ""
+            model_type, name = backbone  # a local folder's path is the uploader's machine's business, not the card's
+            origin = f" (from `{name}`)" if _hub_id(name) else " (from a local folder)" if name else ""
             summary.append(f"**{modality.capitalize()} backbone**: `{model_type}`{origin}")
     try:
         summary.append(f"**Parameters**: {model.num_parameters():,}")
@@ -268,6 +274,7 @@ def model_card(
         metadata, template_path=str(MODEL_CARD_TEMPLATE), title=title, labels=sorted(id2label.items()),
         summary=summary, training_data=data_text, metrics=metrics_text, domain=dataset_name or "its training data",
         has_speech=backbones["speech"] is not None, has_text=backbones["text"] is not None, task=TASK, repo=repo,
+        needs_opensmile=bool(backbones["speech"]) and backbones["speech"][0] == "opensmile",
     )
     return str(card) + "\n"
 
@@ -335,13 +342,25 @@ def save_for_hub(model, processor, folder: str | os.PathLike, results: Any = Non
     """
     if processor is None:
         raise ValueError("save_for_hub needs the model's processor: the shared model must come with it.")
+    config = model.config
+    if getattr(config, "speech_config", None) is None and getattr(config, "text_config", None) is None:
+        raise ValueError("save_for_hub needs an end-to-end model (utterance encoders inside): this one reads "
+                         "embeddings; join it to its encoders with `MisterEForEmotionRecognition.from_stages`.")
+    card = model_card(model, results, **card_kwargs)  # reads `results` first: a bad one must leave nothing behind
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    _ensure_code_files(folder)
-    (folder / "README.md").write_text(model_card(model, results, **card_kwargs), encoding="utf-8")
-    _check_folder(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty; save the Hub folder to a new or empty folder.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.tmp", dir=folder.parent) as tmp:
+        staged = Path(tmp) / "folder"
+        model.save_pretrained(staged)
+        processor.save_pretrained(staged)
+        _ensure_code_files(staged)
+        (staged / "README.md").write_text(card, encoding="utf-8")
+        _check_folder(staged)
+        if folder.exists():
+            folder.rmdir()
+        staged.rename(folder)
     return folder
 
 
