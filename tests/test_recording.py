@@ -24,7 +24,7 @@ from transformers import (WhisperConfig, WhisperFeatureExtractor, WhisperForCond
 from tiny_end_to_end import _SSL, SR, TASK, tiny_model, tiny_processor
 from mister_e.cli import main
 from mister_e.data.demo import demo_conversation
-from mister_e.segmentation_mister_e import MisterESegmentation, load_recording, segment_recording
+from mister_e.segmentation_mister_e import MisterESegmentation, iter_segments, load_recording, segment_recording
 
 pytest.importorskip("silero_vad")
 
@@ -97,6 +97,18 @@ def test_segments_match_the_utterances_within_0_3_s(recording):
     for segment, (start, end) in zip(segments, truth):
         assert abs(segment["start"] - start) < 0.3 and abs(segment["end"] - end) < 0.3, (segment, start, end)
         assert segment["audio"]["array"].shape == (round((segment["end"] - segment["start"]) * SR),)
+
+
+def test_blocks_of_any_sample_type_are_cut_the_same_and_stereo_blocks_are_named(recording):
+    """`iter_segments` takes any iterable of 16-kHz mono blocks: numpy's default float64 and int16 PCM are read as
+    their float32 samples; a 2-D block is refused by its number."""
+    waveform = load_recording(recording[0])
+    expected = [(s["start"], s["end"]) for s in segment_recording(waveform)]
+    blocks = np.array_split(waveform, 7)
+    for converted in ([b.astype(np.float64) for b in blocks], [np.round(b * 2**15).astype(np.int16) for b in blocks]):
+        assert [(s["start"], s["end"]) for s in iter_segments(converted)] == expected
+    with pytest.raises(ValueError, match=r"recording block 1: expected 16-kHz mono samples \(1-D\)"):
+        list(iter_segments([blocks[0], np.stack([blocks[1], blocks[1]], axis=1)]))
 
 
 def test_stereo_44k_recording_is_cut_the_same(recording, tmp_path):

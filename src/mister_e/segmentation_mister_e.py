@@ -169,7 +169,11 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
         return {"start": first / SAMPLING_RATE, "end": last / SAMPLING_RATE,
                 "audio": {"array": held[first - offset : last - offset].copy(), "sampling_rate": SAMPLING_RATE}}
 
-    for block in blocks:
+    for number, block in enumerate(blocks):
+        block = _float_samples(block, f"recording block {number}").astype(np.float32, copy=False)
+        if block.ndim != 1:
+            raise ValueError(f"recording block {number}: expected 16-kHz mono samples (1-D), got shape "
+                             f"{block.shape}; `read_recording` makes such blocks from any file or array.")
         held = np.concatenate([held, block])
         while offset + len(held) - position >= _WINDOW:
             window = held[position - offset : position - offset + _WINDOW]
