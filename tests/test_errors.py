@@ -161,6 +161,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "CSV in a folder that does not exist (predict)": (["predict", "--model", "{root}/model", "{root}/hello.json",
                                                        "--csv", "{root}/no-folder/timeline.csv"], "no-folder",
                                                       "does not exist"),
+    "plot in a format it cannot be drawn in (predict)": (["predict", "--model", "{root}/model", "{root}/hello.json",
+                                                          "--plot", "{root}/timeline.txt"], "timeline.txt", "by its suffix"),
     "plot onto a folder (predict)": (["predict", "--model", "{root}/model", "{root}/hello.json", "--plot", "{root}"],
                                      "--plot", "is a folder"),
     "output folder is a file (train)": (["train", "--recipe", "small", "--dataset", "{root}/embedded", "--output-dir",
@@ -236,3 +238,15 @@ def test_a_folder_of_the_other_model_or_without_config_is_refused_in_python(root
         MisterEForEmotionRecognition.from_pretrained(tmp_path / "no-config")
     model, info = MisterEForEmotionRecognition.from_pretrained(root / "model", output_loading_info=True)
     assert not info["missing_keys"] and isinstance(model, MisterEForEmotionRecognition)
+
+
+def test_a_reader_that_stops_early_is_no_error(root):
+    """`mister-e predict ... | head`: the closed pipe ends the command quietly, with a shell's SIGPIPE status."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "mister_e.cli", "predict", "--model", str(root / "model"),
+                                str(root / "hello.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written
+    assert process.wait(timeout=300) == 141
+    assert process.stderr.read().decode().strip() == ""

@@ -337,3 +337,17 @@ def test_gate_plot_legend_covers_no_plot_and_every_expert_is_drawn():
     histogram = figure.axes[1]
     drawn = {patch.get_facecolor() for patch in histogram.patches if patch.get_height() > 0}
     assert len(drawn) == len(GATE_NAMES)  # a visible bar of every expert's colour
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".jpg", b"\xff\xd8"), (".svg", b"<?xml"),
+                                           (".pdf", b"%PDF")])
+def test_figures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, magic):
+    from matplotlib.figure import Figure
+
+    from mister_e.evaluation import _save_figure
+
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    _save_figure(figure, tmp_path / f"plot{suffix}")
+    assert (tmp_path / f"plot{suffix}").read_bytes().startswith(magic)
+    assert [p.name for p in tmp_path.iterdir()] == [f"plot{suffix}"]  # no temporary file left

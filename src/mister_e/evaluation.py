@@ -35,7 +35,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 from .configuration_mister_e import EXPERTS
 from .summaries import SCALAR_METRICS, format_seed_table, summarize_seeds
-from .utils import atomic_path
+from .utils import PLOT_FORMATS, atomic_path
 
 
 if TYPE_CHECKING:
@@ -128,8 +128,10 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
+    """`figure` in the format its suffix names (PNG for any other), written under a temporary name, then renamed."""
+    suffix = Path(path).suffix.lower().lstrip(".")
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+        figure.savefig(tmp, format=suffix if suffix in PLOT_FORMATS else "png", dpi=150, bbox_inches="tight")
 
 
 def _per_expert(values: np.ndarray) -> dict[str, float]:

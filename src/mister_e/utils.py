@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from accelerate import PartialState
 
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what a figure is saved as, by its file's suffix
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -41,4 +43,4 @@ def process_state() -> PartialState:
     return PartialState(cpu=launched_on_cpu())
 
 
-__all__ = ["atomic_path", "launched_on_cpu", "process_state"]
+__all__ = ["PLOT_FORMATS", "atomic_path", "launched_on_cpu", "process_state"]

@@ -9,6 +9,7 @@ that runs, so `--help` and `predict` start without the Trainer, `datasets` or pe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .arguments import Parser
@@ -72,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.run(args)
+    except BrokenPipeError:  # `mister-e predict ... | head`: the reader has what it wanted; no error to report
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush raises no more
+        except (OSError, ValueError):  # stdout is no file (captured)
+            pass
+        return 141  # as a shell reports a process ended by SIGPIPE
     except (OSError, ImportError, ValueError, RuntimeError, StrictDataclassError) as error:  # a user's input or machine
         if args.debug:
             raise

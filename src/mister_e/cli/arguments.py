@@ -60,6 +60,16 @@ def output_file(text: str) -> str:
     return text
 
 
+def plot_file(text: str) -> str:
+    """An `output_file` whose suffix names a format the figure can be saved in."""
+    from ..utils import PLOT_FORMATS
+
+    output_file(text)
+    if Path(text).suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(f"{text}: a plot is written as {', '.join(PLOT_FORMATS)} (by its suffix)")
+    return text
+
+
 def output_folder(text: str) -> str:
     """A folder to write into (created when missing): not an existing file."""
     if Path(text).exists() and not Path(text).is_dir():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_conversation
-from .arguments import output_file, positive_float, positive_int, torch_device
+from .arguments import output_file, plot_file, positive_float, positive_int, torch_device
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                            help="Split longer speech, at its quietest moment in the second half (20).")
     recording.add_argument("--vad-threshold", type=float, default=0.5, help="Speech probability threshold (0.5).")
     recording.add_argument("--csv", metavar="FILE", type=output_file, help="Also write the timeline as CSV.")
-    recording.add_argument("--plot", metavar="FILE", type=output_file, help="Also draw the timeline as a PNG.")
+    recording.add_argument("--plot", metavar="FILE", type=plot_file,
+                           help="Also draw the timeline (PNG, PDF, SVG or JPEG, by the file's suffix).")
 
 
 def run_predict(args: argparse.Namespace) -> None:
