@@ -87,12 +87,22 @@ def test_config_json_round_trip(tmp_path):
         ("kl_weight", -1.0),
         ("context_dim", "wide"),
         ("gate_temprature", 3.0),
+        ("causal", "yes"),
+        ("standardize_inputs", 1),
+        ("id2label", {0: "a", 1: "b", 7: "c"}),
+        ("id2label", {0: "a", 1: "a"}),
     ],
 )
 def test_config_rejects_invalid_values_naming_the_field(field, value):
     with pytest.raises((ValueError, TypeError, StrictDataclassError)) as error:
         tiny_config(**{field: value})
     assert field in str(error.value)
+
+
+def test_config_reads_one_expert_name_and_labels_given_one_way_round():
+    assert tiny_config(experts="text").experts == ["text"]  # `--set experts=text` (YAML gives a string)
+    config = MisterEConfig(label2id={"calm": 0, "angry": 1})
+    assert config.id2label == {0: "calm", 1: "angry"} and config.num_labels == 2
 
 
 def test_config_rejects_a_single_expert_gate_on_a_disabled_expert():

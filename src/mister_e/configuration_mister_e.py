@@ -291,11 +291,13 @@ class MisterEConfig(PreTrainedConfig):
         unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
         if unknown:
             raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")
+        if self.id2label is None and isinstance(self.label2id, dict):  # the labels given one way round only
+            self.id2label = {index: label for label, index in self.label2id.items()}
         if self.id2label is None and kwargs.get("num_labels") is None:
             self.id2label = dict(enumerate(IEMOCAP_LABELS))
         if self.id2label is not None and self.label2id is None:
             self.label2id = {label: int(i) for i, label in self.id2label.items()}
-        self.experts = list(self.experts)
+        self.experts = [self.experts] if isinstance(self.experts, str) else list(self.experts)  # "text": one expert
         self.conv_kernel_sizes = list(self.conv_kernel_sizes)
         super().__post_init__(**kwargs)
 
@@ -305,6 +307,8 @@ class MisterEConfig(PreTrainedConfig):
             default = self.__dataclass_fields__.get(name)
             if name in PER_MODALITY:  # checked below, per modality
                 continue
+            if default is not None and isinstance(default.default, bool) and not isinstance(value, bool):
+                raise TypeError(f"`{name}` must be true or false, got {value!r}.")
             if default is not None and isinstance(default.default, (int, float)) and not isinstance(default.default, bool):
                 if value is None and "None" in str(default.type):  # an optional number, left unset
                     continue
@@ -357,6 +361,10 @@ class MisterEConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
         if self.num_labels is None or self.num_labels < 2:
             raise ValueError(f"`id2label` must name at least 2 classes, got {self.id2label}.")
+        if sorted(int(index) for index in self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"`id2label` must number its classes 0 to {self.num_labels - 1}, got {self.id2label}.")
+        if len(set(self.id2label.values())) != self.num_labels:
+            raise ValueError(f"`id2label` names a class twice: {self.id2label}.")
 
     def context_settings(self, modality: str) -> dict:
         """`context_module` and `gru_layers` of `modality`'s expert: the field's value, or its entry for `modality`
