@@ -99,6 +99,29 @@ def test_config_rejects_invalid_values_naming_the_field(field, value):
     assert field in str(error.value)
 
 
+@pytest.mark.parametrize("change, error, match", [
+    (lambda b: {**b, "speech_embeds": b["speech_embeds"].numpy()}, TypeError, "`speech_embeds` must be a torch tensor"),
+    (lambda b: {**b, "text_embeds": b["text_embeds"][:, :2]}, ValueError, r"`text_embeds` has \(2, 2\)"),
+    (lambda b: {**b, "attention_mask": b["attention_mask"][:, :2]}, ValueError, "`attention_mask` has"),
+    (lambda b: {**b, "modality_mask": torch.ones(2, 7, 3)}, ValueError, r"`modality_mask` must have shape"),
+    (lambda b: {**b, "speech_embeds": b["speech_embeds"][0]}, ValueError, "`speech_embeds` must have shape"),
+    (lambda b: {**b, "labels": b["labels"] + 5}, ValueError, "`labels` must be class ids 0.."),
+    (lambda b: {key: value[:, :0] for key, value in b.items()}, ValueError, "empty batch"),
+])
+def test_inputs_off_the_grid_are_named(change, error, match):
+    """Mismatched inputs name the one at fault, rather than torch's shape error from inside an expert."""
+    with pytest.raises(error, match=match):
+        tiny_model()(**change(conversations(lengths=(3, 7))))
+
+
+def test_float64_embeddings_are_read_in_the_weights_dtype():
+    model, batch = tiny_model(), conversations(lengths=(3, 7))
+    with torch.no_grad():
+        as_float64 = model(**{**batch, "speech_embeds": batch["speech_embeds"].double(),
+                              "text_embeds": batch["text_embeds"].double()})
+        torch.testing.assert_close(as_float64.logits, model(**batch).logits)
+
+
 def test_config_reads_one_expert_name_and_labels_given_one_way_round():
     assert tiny_config(experts="text").experts == ["text"]  # `--set experts=text` (YAML gives a string)
     config = MisterEConfig(label2id={"calm": 0, "angry": 1})

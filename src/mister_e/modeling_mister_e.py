@@ -68,6 +68,32 @@ class MisterEOutput(ModelOutput):
     text_representations: torch.FloatTensor | None = None
 
 
+def _check_grid(num_labels: int, **inputs) -> None:
+    """Name the input at fault before torch fails deep inside an expert with a message that names none: every input
+    is a tensor on the same `(batch, utterances)` grid, and labels are class ids or -100."""
+    grid = None
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch tensor, got {type(value).__name__}.")
+        dims = {"speech_embeds": 3, "text_embeds": 3, "modality_mask": 3}.get(name, 2)
+        if value.dim() != dims or (name == "modality_mask" and value.shape[-1] != 2):
+            shape = {3: "(batch, utterances, width)", 2: "(batch, utterances)"}[dims]
+            raise ValueError(f"`{name}` must have shape {'(batch, utterances, 2)' if name == 'modality_mask' else shape}"
+                             f", got {tuple(value.shape)}.")
+        if grid is None:
+            grid, first = tuple(value.shape[:2]), name
+        elif tuple(value.shape[:2]) != grid:
+            raise ValueError(f"`{name}` has {tuple(value.shape[:2])} (batch, utterances), `{first}` {grid}.")
+    if grid is not None and 0 in grid:
+        raise ValueError(f"Got an empty batch {grid} (batch, utterances): nothing to predict.")
+    labels = inputs.get("labels")
+    if labels is not None and ((labels != -100) & ((labels < 0) | (labels >= num_labels))).any():
+        raise ValueError(f"`labels` must be class ids 0..{num_labels - 1} (or -100 for none), got "
+                         f"{sorted(set(labels[labels != -100].tolist()) - set(range(num_labels)))[:5]}.")
+
+
 def _width_or_none(encoder, embedding: str) -> int | None:
     """`encoder.embedding_width(embedding)`, or `None` where the encoder has no such embedding."""
     try:
@@ -408,6 +434,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         reference = speech_embeds if speech_embeds is not None else text_embeds
         if reference is None:
             raise ValueError("MiSTER-E needs `speech_embeds`, `text_embeds` or both.")
+        _check_grid(speech_embeds=speech_embeds, text_embeds=text_embeds, attention_mask=attention_mask,
+                    modality_mask=modality_mask, labels=labels, num_labels=self.config.num_labels)
         batch, length = reference.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.bool, device=reference.device)
@@ -520,6 +548,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             return reference.new_zeros(*present.shape, width)
         if embeds.shape[-1] != width:
             raise ValueError(f"Expected {modality} embeddings of width {width}, got shape {tuple(embeds.shape)}.")
+        embeds = embeds.to(self.dtype)  # float64 (numpy's default) or integers: the weights' dtype
         standardizer = getattr(self, f"{modality}_standardizer")
         if standardizer is not None:
             embeds = standardizer(embeds).to(embeds.dtype)
