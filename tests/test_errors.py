@@ -35,6 +35,8 @@ def root(tmp_path_factory):
     weights = load_file(root / "lacking-tensor" / "model.safetensors")
     del weights["text_expert.classifier.weight"]
     save_file(weights, root / "lacking-tensor" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(root / "model", root / "no-vocabulary")
+    (root / "no-vocabulary" / "tokenizer.json").unlink()
     shutil.copytree(root / "model", root / "no-weights")
     (root / "no-weights" / "model.safetensors").unlink()
     (root / "bad-config").mkdir()
@@ -102,6 +104,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                            "safetensors"),
     "weights lacking a tensor": (["predict", "--model", "{root}/lacking-tensor", "{root}/hello.json"], "lacking-tensor",
                                  "text_expert.classifier.weight"),
+    "tokenizer without its vocabulary": (["predict", "--model", "{root}/no-vocabulary", "{root}/hello.json"],
+                                         "tokenizer.json", "tokenizer knows"),
     "no weights file": (["predict", "--model", "{root}/no-weights", "{root}/hello.json"], "no-weights", "model"),
     "empty model folder (predict)": (["predict", "--model", "{root}/empty", "{root}/hello.json"], "empty",
                                      "config.json"),

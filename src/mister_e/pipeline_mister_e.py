@@ -115,6 +115,14 @@ class MisterEConversationPipeline(Pipeline):
                 "This model has no utterance encoders (neither `speech_config` nor `text_config`): the pipeline needs "
                 "an end-to-end model, e.g. `MisterEForEmotionRecognition.from_stages(utterance_model, model)`."
             )
+        tokenizer, text_config = getattr(self.processor, "tokenizer", None), getattr(config, "text_config", None)
+        if tokenizer is not None and text_config is not None and len(tokenizer) < text_config.vocab_size / 2:
+            # what transformers builds when tokenizer.json is missing: a few special tokens, every word unknown
+            raise ValueError(
+                f"The processor's tokenizer knows {len(tokenizer)} tokens, the text encoder {text_config.vocab_size}: "
+                "its vocabulary (tokenizer.json) is missing from the model folder or belongs to another model; save "
+                "the processor again (`processor.save_pretrained(folder)`)."
+            )
         self.model.eval()
         self._asr_pipelines = {}  # model id or folder -> loaded ASR pipeline
 
