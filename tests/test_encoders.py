@@ -181,6 +181,19 @@ def test_from_backbones_loads_pretrained_weights(tmp_path):
     assert model.config.text_config.model_type == "bert" and model.config.speech_config.model_type == "whisper"
 
 
+def test_from_backbones_resolves_names_as_the_cli_does(tmp_path):
+    """A missing folder is named as such (not as a malformed Hub id), and the default text backbone's id loads its
+    packaged copy offline (the tests run with `HF_HUB_OFFLINE=1`)."""
+    from mister_e.backbones import DEFAULT_TEXT_BACKBONE, packaged_minilm
+
+    with pytest.raises(FileNotFoundError, match="Backbone folder not found: ./no-such-minilm"):
+        MisterEForUtteranceClassification.from_backbones(text="./no-such-minilm")
+    if packaged_minilm() is None:
+        pytest.skip("the `minilm` extra is not installed")
+    model = MisterEForUtteranceClassification.from_backbones(text=DEFAULT_TEXT_BACKBONE, text_embed_dim=8, num_labels=2)
+    assert model.config.text_config.hidden_size == 384
+
+
 def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
     stage_one = utterance_model("text", "bert", text_embed_dim=EMBED_DIM)
     stage_two = MisterEForEmotionRecognition(tiny_config(EMBED_DIM, EMBED_DIM, NUM_LABELS))

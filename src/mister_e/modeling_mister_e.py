@@ -260,14 +260,19 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
         """
         from transformers import AutoConfig, AutoTokenizer
 
-        paths = {name: path for name, path in (("speech", speech), ("text", text)) if path}
+        try:  # the package's resolution: a missing folder named as such, the packaged MiniLM when offline
+            from mister_e.backbones import resolve_backbone
+        except ImportError:  # remote code, without the package
+            resolve_backbone = str
+        paths = {name: resolve_backbone(path) for name, path in (("speech", speech), ("text", text)) if path}
         configs = {}
         if speech and (functionals := MisterEOpenSmileConfig.from_backbone_name(speech)) is not None:
             configs["speech_config"] = functionals  # computed features: nothing to load
             del paths["speech"]
         configs.update({f"{name}_config": AutoConfig.from_pretrained(path) for name, path in paths.items()})
         if speech and backbone_family(configs["speech_config"]).prompted and speech_prompt:
-            config_kwargs.setdefault("speech_prompt_ids", AutoTokenizer.from_pretrained(speech)(speech_prompt)["input_ids"])
+            config_kwargs.setdefault("speech_prompt_ids",
+                                     AutoTokenizer.from_pretrained(paths["speech"])(speech_prompt)["input_ids"])
         loading = {"dtype": dtype, **(backbone_kwargs or {})}
         backbones = {f"{name}_backbone": backbone_family(configs[f"{name}_config"]).load(path, **loading)
                      for name, path in paths.items()}

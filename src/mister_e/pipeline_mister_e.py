@@ -185,9 +185,9 @@ class MisterEConversationPipeline(Pipeline):
             if key not in self._asr_pipelines:
                 try:
                     self._asr_pipelines[key] = pipeline("automatic-speech-recognition", model=key, device=self.device)
-                except OSError as error:
-                    raise OSError(f"ASR model {key!r} could not be loaded (offline without its weights, or not a "
-                                  f"model): {error}") from error
+                except (OSError, ValueError) as error:  # ValueError: huggingface_hub's malformed-id error
+                    raise OSError(f"ASR model {key!r} could not be loaded (a folder that is not there, offline without "
+                                  f"its weights, or not a model): {error}") from error
             asr = self._asr_pipelines[key]
         return asr({"raw": array, "sampling_rate": SAMPLING_RATE})["text"].strip()
 
