@@ -95,10 +95,10 @@ def data() -> DatasetDict:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+def tokenizer():
+    # a vocabulary dict: transformers 5 ignores `vocab_file=` here, leaving only the special tokens (every word [UNK])
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    return BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
 
 
 @pytest.fixture(scope="module")
@@ -646,6 +646,27 @@ def test_train_seeds_summarises_mean_and_std(tmp_path):
     finished = (tmp_path / "seed_0" / "results.json").stat().st_mtime_ns
     assert train_seeds(recipe, seeds=(0, 1), dataset=data) == summary  # finished seeds are read, not retrained
     assert (tmp_path / "seed_0" / "results.json").stat().st_mtime_ns == finished
+    # ... but only with the settings they were trained with: other ones are refused, not answered with the old run
+    changed = load_recipe("iemocap", {**SIZES, **FAST, "output_dir": str(tmp_path), "kl_weight": 0.5})
+    refused = r"seed_0 holds a run with other settings \(config\.kl_weight: \(unset\) -> 0\.5\)"
+    with pytest.raises(ValueError, match=refused):
+        train_seeds(changed, seeds=(0, 1), dataset=data)
+    assert json.loads((tmp_path / "summary.json").read_text()) == written  # untouched
+
+
+def test_a_run_folder_refuses_other_data(data, processor, tmp_path, capsys):
+    """What a run was trained on is recorded as it starts (`run.json`): a rerun with another data set saved on disk is
+    refused by the CLI in one line, before anything is read back or resumed."""
+    for name, size in (("a", 2), ("b", 3)):
+        DatasetDict({split: part.select(range(size)) for split, part in data.items()}).save_to_disk(tmp_path / name)
+    processor.save_pretrained(tmp_path / "processor")
+    sets = [f"{key}={value}" for key, value in {**SIZES, **FAST, "num_train_epochs": 1}.items()]
+    train = ["train", "--recipe", "mosi", "--output-dir", str(tmp_path / "runs"), "--seeds", "0", "--set", *sets]
+    assert main([*train[:1], "--dataset", str(tmp_path / "a"), *train[1:]]) == 0
+    assert main([*train[:1], "--dataset", str(tmp_path / "a"), *train[1:]]) == 0  # the same run: read back
+    capsys.readouterr()
+    assert main([*train[:1], "--dataset", str(tmp_path / "b"), *train[1:]]) == 2
+    assert "holds a run with other settings (data.test:" in capsys.readouterr().err
 
 
 def test_recipes_load_and_every_ablation_builds():

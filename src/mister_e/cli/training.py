@@ -97,7 +97,7 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     from ..backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
     from ..data.schema import load_dialogues
     from ..processing_mister_e import MisterEProcessor
-    from ..training import finished_results, save_frozen_encoder, train_encoder
+    from ..training import check_run, data_identity, finished_results, save_frozen_encoder, train_encoder
     from ..training.stage_one import processor_for
 
     default = DEFAULT_SPEECH_BACKBONE if args.modality == "speech" else DEFAULT_TEXT_BACKBONE
@@ -123,11 +123,16 @@ def run_train_encoder(args: argparse.Namespace) -> None:
                                      sections["config"], args.seed)
         print_once(f"Saved the frozen {args.modality} encoder to {merged}")
         return
+    dataset = load_dialogues(args.dataset)
+    settings = {"modality": args.modality, "backbone": args.backbone or default, "processor": args.processor,
+                "tokenizer": args.tokenizer, "lora": lora, **sections, "seed": args.seed, "dtype": args.dtype,
+                "load_in_bits": args.load_in_bits, "solver": args.solver, "l2": args.l2, "data": data_identity(dataset)}
+    check_run(args.output_dir, settings)
     results = finished_results(args.output_dir, args.seed) or train_encoder(
-        load_dialogues(args.dataset), args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
+        dataset, args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
         config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
         dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
-        load_in_bits=args.load_in_bits, solver=args.solver, l2=args.l2,
+        load_in_bits=args.load_in_bits, solver=args.solver, l2=args.l2, run_settings=settings,
     )
     print_once(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
 

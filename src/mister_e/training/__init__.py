@@ -32,9 +32,12 @@ from .trainer import (
     ENCODER_TRAINING_DEFAULTS,
     MisterETrainer,
     build_trainer,
+    check_run,
+    data_identity,
     finished_results,
     label_names,
     last_checkpoint,
+    record_run,
 )
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
     "MisterETrainer",
     "apply_ablation",
     "build_trainer",
+    "check_run",
+    "data_identity",
     "drop_modalities",
     "evaluate_model",
     "fit_functionals_head",
@@ -58,6 +63,7 @@ __all__ = [
     "last_checkpoint",
     "load_recipe",
     "predict_split",
+    "record_run",
     "run_ablations",
     "save_frozen_encoder",
     "speech_features",

@@ -20,7 +20,7 @@ from ..encoders_mister_e import MisterEFunctionalsEncoder
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
-from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names
+from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names, record_run
 
 
 def train_encoder(
@@ -40,6 +40,7 @@ def train_encoder(
     load_in_bits: int | None = None,
     solver: str | None = None,
     l2: float | None = None,
+    run_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one utterance encoder with LoRA as an utterance emotion classifier (stage 1).
 
@@ -61,6 +62,8 @@ def train_encoder(
             `"lbfgs"` (the default for openSMILE functionals): the head fitted full batch to convergence with an L2
             penalty `l2` (default `FUNCTIONALS_L2`), validation only scored (`functionals.py`); it takes no
             `training_overrides` (they set the Trainer's epochs, which it has none of).
+        run_settings: What defines the run, written to `output_dir/run.json` as training begins (`record_run`), so
+            that a rerun with other settings is refused (`check_run`) rather than resumed or read back.
     """
     from .lora import apply_lora, load_lora, merge_lora  # peft is needed here only.
 
@@ -88,13 +91,16 @@ def train_encoder(
         if load_in_bits:
             prepare_quantized_backbones(model)
     utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
-    if functionals:  # no network to adapt: the standardisation is fitted on train, then the head trains fully
+    if not functionals:  # no network to adapt in functionals: their standardisation is fitted, then the head trains
+        model = apply_lora(model, modality, **(lora or {}))
+    record_run(output_dir, run_settings)
+    if functionals:
         features = fit_functionals_statistics(model, processor, utterances["train"])
         if solver == "lbfgs":
             fit_functionals_head(model.speech_encoder, features, train_labels(utterances["train"]),
                                  FUNCTIONALS_L2 if l2 is None else l2)
     trainer = build_trainer(
-        model if functionals else apply_lora(model, modality, **(lora or {})), utterances, output_dir,
+        model, utterances, output_dir,
         MisterEDataCollator(processor, (modality,)), {**ENCODER_TRAINING_DEFAULTS, **(training_overrides or {})},
         seed, f"{modality}_logits", processor, callbacks,
     )

@@ -27,7 +27,8 @@ from ..data.schema import (
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .trainer import (
-    CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, finished_results, label_names,
+    CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, check_run, data_config, data_identity, finished_results,
+    label_names, record_run,
 )
 
 logger = logging.get_logger(__name__)
@@ -48,6 +49,7 @@ def train_conversation_model(
     keep_checkpoints: bool = False,
     gate_learning_rate: float | None = None,
     early_stopping_patience: int | None = None,
+    run_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train MiSTER-E (stage 2) on a dialogue `DatasetDict`, select on validation, score on test, save.
 
@@ -69,6 +71,8 @@ def train_conversation_model(
         gate_learning_rate: Learning rate of the gate's own optimizer group (default: the experts').
         early_stopping_patience: Stop after this many evaluations without a better validation score (the
             selection metric, `metric_for_best_model`: weighted F1 unless `training_overrides` say otherwise).
+        run_settings: What defines the run, written to `output_dir/run.json` as training begins (`record_run`), so
+            that a rerun with other settings is refused (`check_run`) rather than resumed or read back.
 
     With `config.standardize_inputs`, the input statistics are fitted on the training split's embeddings first; with
     `config.gate_holdout_fraction`, that fraction of the training conversations (drawn with `seed`) is held out from
@@ -93,6 +97,7 @@ def train_conversation_model(
     if early_stopping_patience:
         callbacks = [*(callbacks or []), EarlyStoppingCallback(early_stopping_patience)]
     collator = MisterEDataCollator(processor, modalities, useful_modality_dropout(modality_dropout, model.config.experts))
+    record_run(output_dir, run_settings)
     trainer = build_trainer(
         model, dataset, output_dir, collator, {**CONVERSATION_TRAINING_DEFAULTS, **(training_overrides or {})}, seed,
         "logits", processor, callbacks, gate_learning_rate,
@@ -163,12 +168,16 @@ def train_recipe(
     """One seed of a loaded recipe into `output_dir` (`train_conversation_model` with the recipe's config, training,
     modalities and options). A finished run (its `results.json` exists) is read back instead, and an unfinished one
     resumes."""
+    ignored = ("seeds", "output_dir", "dataset", "name")  # where and under what name; `data` says what it trains on
+    settings = {**{key: value for key, value in recipe.items() if key not in ignored}, "seed": seed,
+                "data": data_identity(dataset)}
+    check_run(output_dir, settings)
     finished = finished_results(output_dir)
     if finished is not None:
         return finished
     return train_conversation_model(
         dataset, output_dir, recipe["config"], recipe["training"], seed, recipe["modalities"], callbacks=callbacks,
-        report=report, keep_checkpoints=keep_checkpoints,
+        report=report, keep_checkpoints=keep_checkpoints, run_settings=settings,
         **{key: recipe.get(key, default) for key, default in RECIPE_OPTIONS.items()},
     )
 
