@@ -226,3 +226,13 @@ def test_long_conversations_go_through_the_backbones_in_micro_batches(tmp_path):
     assert widths == [4, 4, 3], widths  # [CLS] hello world [SEP]; then "no", "fine", "hello" with [CLS]/[SEP]
     torch.testing.assert_close(chunked.logits, whole.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(chunked.gate_weights, whole.gate_weights, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_weights_are_refused_not_printed_as_scores(wavs, tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.text_expert.classifier.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="predictions are not finite"):
+        pipeline(TASK, model=str(tmp_path), device="cpu")(conversation(wavs))

@@ -28,6 +28,7 @@ from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.recipes import parse_sets
 from mister_e.training.checkpoints import BEST_WEIGHTS
 from mister_e.training.stage_two import warn_of_unseen_classes
+from mister_e.training.trainer import data_config
 from mister_e.training import (
     ABLATIONS,
     MisterEDataCollator,
@@ -771,3 +772,29 @@ def test_the_papers_optimisation_has_one_home():
     assert CONVERSATION_TRAINING_DEFAULTS.items() >= PAPER_TRAINING.items()
     small = load_recipe("small")["training"]  # a recipe states only what differs
     assert small["learning_rate"] == 3e-4 and small["max_grad_norm"] == PAPER_TRAINING["max_grad_norm"]
+
+
+class _PoisonAfter(TrainerCallback):
+    """Turns one weight into NaN after step `step`: what a diverging run does to every weight an update later."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_a_diverging_run_stops_and_nan_weights_are_never_answered_with(data, tmp_path):
+    """Trainer's logs average a NaN loss away: training stops on it instead, and a model whose weights hold NaN is
+    refused by evaluation and by the pipeline rather than reported or printed as NaN scores."""
+    training = {**FAST, "num_train_epochs": 3}
+    with pytest.raises(ValueError, match=r"Training diverged: the loss is nan at step 3 .*lower the learning rate"):
+        train_conversation_model(data, tmp_path / "run", SIZES, training, seed=0, callbacks=[_PoisonAfter(2)])
+    assert not (tmp_path / "run" / "results.json").exists()
+    model = MisterEForEmotionRecognition(MisterEConfig(**{**data_config(data["train"]), **SIZES}))
+    with torch.no_grad():
+        model.text_expert.classifier.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="dialogue .*: The model's predictions are not finite"):
+        evaluate_model(model, data["test"], tmp_path / "evaluation", robustness=False)

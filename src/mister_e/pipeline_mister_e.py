@@ -43,6 +43,8 @@ from .segmentation_mister_e import (
 
 
 TASK = PIPELINE_TASK
+NON_FINITE = ("The model's predictions are not finite (NaN or inf): its weights hold NaN or inf (a training run that "
+              "diverged, or a damaged file)")
 logger = logging.get_logger(__name__)
 
 
@@ -310,6 +312,8 @@ class MisterEConversationPipeline(Pipeline):
         return results[0] if model_outputs["single"] else results
 
     def _utterance_result(self, probabilities: torch.Tensor, gate_weights: torch.Tensor, top_k=None) -> dict:
+        if not (torch.isfinite(probabilities).all() and torch.isfinite(gate_weights).all()):
+            raise ValueError(f"{NON_FINITE}.")
         id2label = self.model.config.id2label
         order = probabilities.argsort(descending=True, stable=True).tolist()
         if top_k is not None:

@@ -21,6 +21,7 @@ from ..data.schema import (
 from ..evaluation import DEFAULT_DROP_PROBABILITIES, robustness_curve, write_evaluation_report, write_robustness_report
 from ..experts_mister_e import answerable
 from ..modeling_mister_e import MisterEForEmotionRecognition
+from ..pipeline_mister_e import NON_FINITE
 from .collator import MisterEDataCollator
 from .trainer import data_config, label_names
 
@@ -101,6 +102,10 @@ def evaluate_model(
         raise ValueError(f"dialogue {predicted['dialogue_ids'][first]!r}: utterance "
                          f"{predicted['utterance_ids'][first]!r} lacks every modality an enabled expert reads "
                          f"({len(unanswered)} such utterances): its prediction would be arbitrary; drop them.")
+    broken = np.flatnonzero(~np.isfinite(predicted["logits"]).all(-1))
+    if len(broken):
+        raise ValueError(f"dialogue {predicted['dialogue_ids'][broken[0]]!r}, utterance "
+                         f"{predicted['utterance_ids'][broken[0]]!r}: {NON_FINITE} ({len(broken)} such utterances).")
     logits = torch.from_numpy(predicted["logits"])
     metrics = write_evaluation_report(
         output_dir,

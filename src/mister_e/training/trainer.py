@@ -119,6 +119,17 @@ class MisterETrainer(Trainer):
             self.weight_average = MisterEWeightAverage(self.args.weight_average_half_life)
             self.add_callback(self.weight_average)
 
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        """Trainer's loss, refused when it is not finite: the logs would hide it (Trainer averages NaN away) and every
+        weight would be NaN from that update on, then selected, saved and reported as a trained model."""
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        loss = result[0] if return_outputs else result
+        if model.training and not torch.isfinite(loss.detach()).all():
+            raise ValueError(f"Training diverged: the loss is {loss.detach().float().mean().item()} at step "
+                             f"{self.state.global_step + 1} (epoch {int(self.state.epoch or 0) + 1}); lower the learning "
+                             f"rate ({self.args.learning_rate:g}) or check the inputs.")
+        return result
+
     def _averaged(self):
         """Inside the block the model holds the weight average when training keeps one (else its own weights)."""
         if self.weight_average is None:
