@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from safetensors.torch import load_file, save_file
 
-from datasets import DatasetDict
+from datasets import DatasetDict, List, Value
 from transformers import BertConfig
 
 from tiny import tiny_config
@@ -74,6 +74,11 @@ def root(tmp_path_factory):
     text_missing = embedded_dialogues(LABELS)
     DatasetDict({**text_missing, "test": text_missing["test"].map(no_text_first, with_indices=True)}).save_to_disk(
         root / "text-missing")
+    no_train = embedded_dialogues(LABELS)
+    DatasetDict({"validation": no_train["validation"], "test": no_train["test"]}).save_to_disk(root / "no-train")
+    plain = embedded_dialogues(LABELS)
+    DatasetDict({split: part.cast_column("labels", List(Value("int64"))) for split, part in plain.items()}).save_to_disk(
+        root / "plain-labels")
     empty = embedded_dialogues(LABELS)
     DatasetDict({**empty, "validation": empty["validation"].select([])}).save_to_disk(root / "empty-split")
     return root
@@ -130,6 +135,16 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                       "tab"),
     "missing data set (evaluate)": (["evaluate", "--model", "{root}/model", "--dataset", "{root}/no-data"], "no-data",
                                     ""),
+    "an option of another data set (prepare)": (["prepare", "meld", "{root}/no-release", "{out}", "--seed", "3"],
+                                                "--seed", "meld takes no --seed"),
+    "no train split (train)": (["train", "--recipe", "small", "--dataset", "{root}/no-train", "--output-dir", "{out}"],
+                               "no-train", "training needs ['train']"),
+    "no train split (train-encoder)": (["train-encoder", "--dataset", "{root}/no-train", "--modality", "speech",
+                                       "--backbone", "opensmile:eGeMAPSv02", "--output-dir", "{out}"], "no-train",
+                                      "training needs ['train']"),
+    "labels without class names (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
+                                               "{root}/plain-labels", "--output-dir", "{out}"], "labels",
+                                              "not class labels"),
     "missing release (prepare)": (["prepare", "meld", "{root}/no-release", "{out}", "--text-only"], "no-release", ""),
     "unknown config field (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",
                                       "--set", "no_such_field=1"], "no_such_field", ""),

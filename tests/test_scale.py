@@ -155,9 +155,10 @@ def test_train_encoder_command_routes_memory_options(monkeypatch, tmp_path, caps
         return {}
 
     monkeypatch.setattr(training, "train_encoder", fake_train_encoder)
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
 
-    monkeypatch.setattr("mister_e.data.schema.load_dialogues", lambda path: DatasetDict())
+    splits = DatasetDict({split: Dataset.from_dict({"labels": [[0]]}) for split in ("train", "validation")})
+    monkeypatch.setattr("mister_e.data.schema.load_dialogues", lambda path: splits)
     arguments = ["train-encoder", "--dataset", "d", "--modality", "text", "--backbone", str(tmp_path),
                  "--processor", str(tmp_path / "processor"), "--output-dir", "o", "--dtype", "bfloat16",
                  "--gradient-checkpointing", "--set", "bf16=true", "--load-in-bits", "4"]

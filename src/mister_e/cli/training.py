@@ -95,7 +95,7 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     import torch
 
     from ..backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
-    from ..data.schema import load_dialogues
+    from ..data.schema import load_dialogues, require_splits
     from ..processing_mister_e import MisterEProcessor
     from ..training import check_run, data_identity, finished_results, save_frozen_encoder, train_encoder
     from ..training.stage_one import processor_for
@@ -124,6 +124,7 @@ def run_train_encoder(args: argparse.Namespace) -> None:
         print_once(f"Saved the frozen {args.modality} encoder to {merged}")
         return
     dataset = load_dialogues(args.dataset)
+    require_splits(dataset, args.dataset)
     settings = {"modality": args.modality, "backbone": args.backbone or default, "processor": args.processor,
                 "tokenizer": args.tokenizer, "lora": lora, **sections, "seed": args.seed, "dtype": args.dtype,
                 "load_in_bits": args.load_in_bits, "solver": args.solver, "l2": args.l2, "data": data_identity(dataset)}

@@ -7,6 +7,7 @@ the public names. They are imported on first use, so that the CLI can list `PREP
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -62,12 +63,23 @@ def prepare(
 
     if dataset not in _REGISTRY:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(PREPARE_DATASETS)}")
+    builder = _builder(dataset)
+    accepted = list(inspect.signature(builder).parameters)[1:]  # after the release folder (or pickle)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:  # options of another data set: one line, not the builder's TypeError
+        raise ValueError(f"{dataset} takes no {', '.join(_option(key) for key in unknown)} (its options: "
+                         f"{', '.join(_option(key) for key in accepted) or 'none'}).")
     check_save_target(Path(output_dir), overwrite)  # fail before a long build, not after
     logger.info("Building %s from %s", dataset, root)
-    dialogues = _builder(dataset)(root, **options)
+    dialogues = builder(root, **options)
     save_dialogues(dialogues, output_dir, overwrite=overwrite)
     print(f"Saved {dataset} to {output_dir}\n{describe(dialogues)}")
     return dialogues
+
+
+def _option(key: str) -> str:
+    """A builder option as `mister-e prepare` spells it."""
+    return {"audio": "--text-only", "dataset": "--source"}.get(key, f"--{key.replace('_', '-')}")
 
 
 def _builder(dataset: str) -> Callable[..., Any]:

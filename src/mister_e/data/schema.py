@@ -319,6 +319,16 @@ def load_dialogues(path: str | os.PathLike) -> Dataset | DatasetDict:
                          "one dialogue in every split") from None
 
 
+def require_splits(dialogues, where: str | os.PathLike | None = None,
+                   splits: Sequence[str] = ("train", "validation")) -> None:
+    """Raise unless `dialogues` has `splits`: training fits on `train` and selects its epoch on `validation`."""
+    held = list(dialogues) if isinstance(dialogues, DatasetDict) else []
+    missing = [split for split in splits if split not in held]
+    if missing:
+        raise ValueError(f"{where or 'The data set'} has splits {held or 'none (a single Dataset)'}; training needs "
+                         f"{missing} too (`train` to fit, `validation` to select the epoch).")
+
+
 def check_save_target(path: Path, overwrite: bool) -> None:
     """`save_dialogues` can write `path`: checked before the work that produces the dataset, too."""
     if path.exists() and not overwrite:
@@ -428,6 +438,7 @@ __all__ = [
     "attach_embeddings",
     "check_finite_embeddings",
     "check_save_target",
+    "require_splits",
     "dialogue_features",
     "load_dialogues",
     "describe",

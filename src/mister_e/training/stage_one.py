@@ -17,6 +17,7 @@ from transformers import TrainerCallback, set_seed
 
 from ..configuration_mister_e import MODALITIES, MisterEOpenSmileConfig
 from ..encoders_mister_e import MisterEFunctionalsEncoder
+from ..data.schema import require_splits
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
@@ -69,6 +70,7 @@ def train_encoder(
 
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
+    require_splits(dataset)
     if load_in_bits and model is not None:
         raise ValueError("`load_in_bits` quantizes the backbone of a new model: pass `backbone`, not `model`.")
     if model is None and backbone is None:
@@ -156,6 +158,7 @@ def save_frozen_encoder(
     their training-split standardisation. Written whole under a temporary name, then renamed into place."""
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
+    require_splits(dataset)
     set_seed(seed)
     model = MisterEForUtteranceClassification.from_backbones(
         **{modality: str(backbone)}, id2label=dict(enumerate(label_names(dataset["train"]))), **(config_overrides or {})

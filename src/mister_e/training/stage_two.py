@@ -22,7 +22,7 @@ from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
 from ..data.schema import (
-    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, load_dialogues,
+    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, load_dialogues, require_splits,
 )
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
@@ -78,6 +78,7 @@ def train_conversation_model(
     `config.gate_holdout_fraction`, that fraction of the training conversations (drawn with `seed`) is held out from
     the experts' losses for the gate.
     """
+    require_splits(dataset)
     output_dir = Path(output_dir)
     set_seed(seed)
     if model is None:
@@ -198,6 +199,7 @@ def train_seeds(
     recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
     seeds = list(recipe["seeds"] if seeds is None else seeds)
     dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
+    require_splits(dataset, recipe.get("dataset"))
     output_dir = Path(output_dir or recipe["output_dir"])
     runs = {seed: train_recipe(recipe, dataset, output_dir / f"seed_{seed}", seed, callbacks=callbacks,
                                keep_checkpoints=keep_checkpoints) for seed in seeds}
@@ -249,6 +251,7 @@ def run_ablations(
     for name in names:
         apply_ablation(recipe, name)  # Reject a typo before hours of training.
     dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
+    require_splits(dataset, recipe.get("dataset"))
     for name in names:  # and an ablation the data cannot serve (speech_only on text-only data) before the others train
         ablated = MisterEConfig(**{**data_config(dataset["train"]), **apply_ablation(recipe, name)["config"]})
         try:

@@ -384,7 +384,13 @@ def _finish(trainer: MisterETrainer, results: dict[str, Any], keep_checkpoints: 
 
 def label_names(dataset: Dataset) -> list[str]:
     """Class names from the dataset's `ClassLabel` features: the label set is the data's, not the recipe's."""
-    return list(dataset.features[LABELS].feature.names)
+    feature = dataset.features.get(LABELS)
+    names = getattr(getattr(feature, "feature", None), "names", None)
+    if not names:
+        raise ValueError(f"The `{LABELS}` column holds {feature} values, not class labels, so the classes have no "
+                         "names: build the data set with `mister-e prepare` or `make_dialogue_dataset`, which name "
+                         "them.")
+    return list(names)
 
 
 def data_config(dataset: Dataset) -> dict[str, Any]:
