@@ -174,3 +174,23 @@ def test_blank_text_is_no_text(tmp_path):
     assert batch["modality_mask"][0].tolist() == [[False, True], [True, False]]
     with pytest.raises(ValueError, match="utterance 1.*its text is empty"):
         processor({"utterances": [{"text": "hello"}, {"text": " \t"}]})
+
+
+def test_read_conversation_reads_files_as_people_write_them(tmp_path):
+    """Numbered WAVs in number order, a UTF-8 byte-order mark dropped, audio dicts' paths relative to the JSON file;
+    a line named twice and a file of several conversations refused by name."""
+    for name in ("utt1", "utt2", "utt10"):
+        sf.write(tmp_path / f"{name}.wav", np.zeros(1600, np.float32), 16000)
+    assert [u["id"] for u in read_conversation(tmp_path)["utterances"]] == ["utt1", "utt2", "utt10"]
+    (tmp_path / "transcripts.txt").write_text("\ufeffutt1\thi\nutt2\tyes\nutt10\tno\n", encoding="utf-8")
+    assert read_conversation(tmp_path)["utterances"][0] == {"id": "utt1", "audio": str(tmp_path / "utt1.wav"),
+                                                            "text": "hi"}
+    (tmp_path / "transcripts.txt").write_text("utt1\thi\nutt2\tyes\nutt10\tno\nutt2\tagain\n")
+    with pytest.raises(ValueError, match=r"transcripts\.txt:4: 'utt2' is named twice"):
+        read_conversation(tmp_path)
+    (tmp_path / "c.json").write_text("\ufeff" + json.dumps([{"audio": {"path": "utt1.wav"}, "text": "hi"}]),
+                                     encoding="utf-8")
+    assert read_conversation(tmp_path / "c.json")["utterances"][0]["audio"] == {"path": str(tmp_path / "utt1.wav")}
+    (tmp_path / "batch.json").write_text(json.dumps([{"utterances": [{"text": "a"}]}, {"utterances": [{"text": "b"}]}]))
+    with pytest.raises(ValueError, match="holds a list of conversations"):
+        read_conversation(tmp_path / "batch.json")

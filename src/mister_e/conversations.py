@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 
@@ -16,7 +17,8 @@ def read_conversation(path: str | Path) -> dict:
     """
     path = Path(path)
     if path.is_dir():
-        wavs = {wav.stem: str(wav) for wav in sorted(path.iterdir()) if wav.suffix.lower() == ".wav" and wav.is_file()}
+        files = sorted((wav for wav in path.iterdir() if wav.suffix.lower() == ".wav" and wav.is_file()), key=_natural)
+        wavs = {wav.stem: str(wav) for wav in files}  # utt2 before utt10, as a conversation's turns are numbered
         transcripts = path / "transcripts.txt"
         if not transcripts.is_file():
             if not wavs:
@@ -30,6 +32,8 @@ def read_conversation(path: str | Path) -> dict:
                     raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
                 name = name.strip()
                 name = name[:-4] if name.lower().endswith(".wav") else name  # `utt00.wav` names `utt00.wav` too
+                if any(utterance["id"] == name for utterance in utterances):
+                    raise ValueError(f"{transcripts}:{number}: {name!r} is named twice; an utterance has one line.")
                 utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
         if wavs and not any(utterance["audio"] for utterance in utterances):
             raise ValueError(f"{transcripts}: no line names one of the {len(wavs)} WAV files beside it (a line is "
@@ -51,16 +55,29 @@ def read_conversation(path: str | Path) -> dict:
     conversation = {"utterances": data} if isinstance(data, list) else data
     if not isinstance(conversation, dict) or not isinstance(conversation.get("utterances"), list):
         raise ValueError(f"{path}: expected {{'utterances': [...]}} or a list of utterances.")
+    first = next(iter(conversation["utterances"]), None)
+    if isinstance(data, list) and isinstance(first, dict) and "utterances" in first:
+        raise ValueError(f"{path} holds a list of conversations; predict reads one conversation a file "
+                         "(`{'utterances': [...]}` or a list of utterances): give each its own file.")
     for utterance in conversation["utterances"]:  # relative audio paths are relative to the JSON file
-        if isinstance(utterance, dict) and isinstance(utterance.get("audio"), str):
-            utterance["audio"] = str(path.parent / utterance["audio"])
+        audio = utterance.get("audio") if isinstance(utterance, dict) else None
+        if isinstance(audio, str) and audio:
+            utterance["audio"] = str(path.parent / audio)
+        elif isinstance(audio, dict) and isinstance(audio.get("path"), str) and audio["path"]:
+            utterance["audio"] = {**audio, "path": str(path.parent / audio["path"])}
     return conversation
 
 
+def _natural(path: Path) -> list:
+    """Sort key reading the digits in a name as a number: `utt2` before `utt10`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem)]
+
+
 def read_utf8(path: Path) -> str:
-    """A text file's contents, or a ValueError naming the file when it is not UTF-8."""
+    """A text file's contents, or a ValueError naming the file when it is not UTF-8 (a byte-order mark, which Windows
+    editors write, is dropped)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8.") from None
 
