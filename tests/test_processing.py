@@ -327,6 +327,7 @@ def test_integer_pcm_reads_as_its_float_samples(processor, dtype, scale, offset)
         ({"audio": np.zeros((2, 3, SR)), "sampling_rate": SR}, "1-D or 2-D"),
         ({"audio": np.zeros((16, SR)), "sampling_rate": SR}, "cannot tell channels"),
         ({"text": 42}, "must be a string"),
+        ({"text": "broken \ud83d emoji"}, "not valid Unicode"),
         ({"audio": None, "text": None, "label": 0}, "neither `audio` nor `text`"),
     ],
     ids=[
@@ -345,6 +346,7 @@ def test_integer_pcm_reads_as_its_float_samples(processor, dtype, scale, offset)
         "3d-array",
         "ambiguous-channels",
         "text-not-str",
+        "text-lone-surrogate",
         "no-modality",
     ],
 )

@@ -320,6 +320,11 @@ class MisterEProcessor(ProcessorMixin):
                 if text is not None:
                     if not isinstance(text, str):
                         raise ValueError(f"{where}: `text` must be a string, got {type(text).__name__}.")
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as error:  # a lone surrogate (`"\ud83d"` in JSON): no tokenizer reads it
+                        raise ValueError(f"{where}: `text` is not valid Unicode ({error.reason} at character "
+                                         f"{error.start}).") from None
                     texts.append(text)
                     modality_mask[b, i, 1] = True
 
