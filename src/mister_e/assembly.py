@@ -42,6 +42,22 @@ def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> N
         raise ValueError(f"{path} is {FOLDER_KINDS[kind]}; {use} needs {wanted}.")
 
 
+def encoders_by_modality(folders: list[str | os.PathLike], option: str) -> dict[str, str | os.PathLike]:
+    """The stage-1 encoder folder of each modality, from its config alone; `option` names the argument in errors. Two
+    folders encoding one modality are refused: which one the model would use is otherwise a matter of order."""
+    encodes = {}
+    for folder in folders:
+        require_kind(folder, ("stage-1",), f"`{option}`")
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        for modality in ("speech", "text"):
+            if config.get(f"{modality}_config"):
+                if modality in encodes:
+                    raise ValueError(f"{option}: {encodes[modality]} and {folder} both encode {modality}; give one "
+                                     "encoder per modality.")
+                encodes[modality] = folder
+    return encodes
+
+
 def join_stages(
     conversation_model: str | os.PathLike, encoders: list[str | os.PathLike], embedding: str | None = None
 ) -> tuple[MisterEForEmotionRecognition, MisterEProcessor]:
@@ -51,8 +67,7 @@ def join_stages(
     `embedding` names the encoders' vectors the stage-2 model was trained on (`extract --embedding`); by default the
     one recorded in its config when it was trained on extracted data, else the trained projection."""
     require_kind(conversation_model, ("stage-2",), "`--model` with `--encoder`")
-    for path in encoders:
-        require_kind(path, ("stage-1",), "`--encoder`")
+    encoders_by_modality(encoders, "--encoder")  # one per modality
     model = MisterEForEmotionRecognition.from_pretrained(conversation_model)
     processors = {}
     for folder in encoders:
@@ -70,4 +85,4 @@ def join_stages(
     return model.eval(), processor
 
 
-__all__ = ["join_stages"]
+__all__ = ["encoders_by_modality", "join_stages"]

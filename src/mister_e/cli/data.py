@@ -85,8 +85,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 def run_extract(args: argparse.Namespace) -> None:
     import torch
 
-    from ..assembly import require_kind
-    from ..configuration_mister_e import MisterEConfig
+    from ..assembly import encoders_by_modality
     from ..data import describe, save_dialogues
     from ..data.schema import check_save_target, load_dialogues
     from ..extraction import extract_embeddings
@@ -94,17 +93,7 @@ def run_extract(args: argparse.Namespace) -> None:
     from ..processing_mister_e import MisterEProcessor
     from ..utils import process_state
 
-    encodes = {}  # modality -> the model folder that encodes it
-    for model_dir in args.model:
-        require_kind(model_dir, ("stage-1",), "`extract --model`")
-        config = MisterEConfig.from_pretrained(model_dir)
-        for modality in ("speech", "text"):
-            if getattr(config, f"{modality}_config") is None:
-                continue
-            if modality in encodes:
-                raise ValueError(f"--model: {encodes[modality]} and {model_dir} both encode {modality}; give one "
-                                 "model per modality.")
-            encodes[modality] = model_dir
+    encoders_by_modality(args.model, "extract --model")
     check_save_target(Path(args.output_dir), args.overwrite)  # before the extraction, not after
     dataset = load_dialogues(args.dataset)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
