@@ -134,6 +134,19 @@ def test_over_long_speech_is_split_and_short_speech_dropped(recording):
         MisterESegmentation(min_utterance_seconds=2.0, max_utterance_seconds=1.0)
 
 
+def test_utterances_are_split_within_what_the_processor_reads(recording, model_dir):
+    """A `max_utterance_seconds` past the processor's `max_audio_seconds` would leave utterances read cut short: the
+    recording is split at the processor's limit instead."""
+    pipe = pipeline(TASK, model=str(model_dir))
+    limit = max(end - start for start, end in recording[1]) / 2
+    pipe.processor.max_audio_seconds = limit
+    results = pipe(str(recording[0]), segmentation={"max_utterance_seconds": 1e300})
+    expected = segment_recording(load_recording(recording[0]), MisterESegmentation(max_utterance_seconds=limit))
+    assert [(r["start"], r["end"]) for r in results] == [(round(s["start"], 3), round(s["end"], 3)) for s in expected]
+    with pytest.raises(ValueError, match=r"`threshold` must be in \(0, 1\)"):
+        MisterESegmentation(threshold=-1)
+
+
 def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir, tmp_path, caplog):
     path, truth = recording
     pipe = pipeline(TASK, model=str(model_dir))

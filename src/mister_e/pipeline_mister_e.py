@@ -20,6 +20,7 @@ works without the package; with the package installed, `import mister_e` registe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import types
 from collections.abc import Iterable, Iterator, Mapping
@@ -172,6 +173,10 @@ class MisterEConversationPipeline(Pipeline):
         `{"audio", "start", "end", "text"}` (see the class docstring)."""
         if isinstance(segmentation, Mapping):
             segmentation = MisterESegmentation(**segmentation)
+        segmentation = segmentation or MisterESegmentation()
+        longest = self.processor.max_audio_seconds  # what the processor reads of an utterance: split, never cut short
+        if segmentation.max_utterance_seconds > longest:
+            segmentation = dataclasses.replace(segmentation, max_utterance_seconds=longest)
         source, rate = recording, None
         if isinstance(recording, Mapping) and "recording" in recording:  # {"recording": array, "sampling_rate": sr}
             source, rate = recording["recording"], recording.get("sampling_rate")

@@ -60,7 +60,9 @@ class MisterESegmentation:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"Segmentation `{field.name}` must be a number, got {value!r}.")
+            if value < 0 and field.name != "threshold":
                 raise ValueError(f"Segmentation `{field.name}` must be a non-negative number, got {value!r}.")
         if not 0 < self.threshold < 1:
             raise ValueError(f"Segmentation `threshold` must be in (0, 1), got {self.threshold!r}.")

@@ -36,7 +36,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     recording.add_argument("--min-utterance", type=positive_float, default=0.25, metavar="S",
                            help="Drop speech shorter than S seconds (0.25).")
     recording.add_argument("--max-utterance", type=positive_float, default=20.0, metavar="S",
-                           help="Split longer speech, at its quietest moment in the second half (20).")
+                           help="Split longer speech, at its quietest moment in the second half (20; at most the "
+                                "processor's max_audio_seconds).")
     recording.add_argument("--vad-threshold", type=float, default=0.5, help="Speech probability threshold (0.5).")
     recording.add_argument("--csv", metavar="FILE", type=output_file, help="Also write the timeline as CSV.")
     recording.add_argument("--plot", metavar="FILE", type=plot_file,
