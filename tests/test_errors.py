@@ -51,6 +51,7 @@ def root(tmp_path_factory):
     (root / "no-utterances.json").write_text(json.dumps({"turns": []}))
     (root / "blank.json").write_text(json.dumps([{"text": "hello"}, {"text": "  "}]))
     (root / "broken.wav").write_bytes(b"RIFF but not audio")
+    (root / "phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
     (root / "broken-audio.json").write_text(json.dumps([{"audio": "broken.wav", "text": "hello"}]))
     (root / "missing-audio.json").write_text(json.dumps([{"audio": "gone.wav", "text": "hello"}]))
     for name in ("latin-1", "names-no-file", "no-tab"):
@@ -120,6 +121,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                           "not a readable config"),
     "not a MiSTER-E folder": (["predict", "--model", "{root}/other-model", "{root}/hello.json"], "other-model",
                               "BertModel"),
+    "audio in a format not read (predict)": (["predict", "--model", "{root}/model", "{root}/phone.m4a"], "phone.m4a",
+                                             "neither a conversation"),
     "missing conversation": (["predict", "--model", "{root}/model", "{root}/gone.json"], "gone.json", ""),
     "conversation not JSON": (["predict", "--model", "{root}/model", "{root}/not-json.json"], "not-json.json",
                               "not valid JSON"),

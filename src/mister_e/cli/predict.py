@@ -62,6 +62,10 @@ def run_predict(args: argparse.Namespace) -> None:
         if args.asr or args.csv or args.plot:
             raise ValueError("--asr, --csv and --plot are for a recording (.wav/.flac/.ogg/.mp3), not "
                              f"{args.conversation}.")
+        source = Path(args.conversation)
+        if source.is_file() and source.suffix.lower() != ".json":
+            raise ValueError(f"{source} is neither a conversation (.json, or a folder of WAVs) nor a recording "
+                             f"({'/'.join(RECORDING_EXTENSIONS)}): convert other audio formats, e.g. to .wav.")
         conversation = read_conversation(args.conversation)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"No model folder at {args.model}.")
