@@ -339,3 +339,18 @@ def test_functionals_model_loads_as_remote_code_without_the_package(tmp_path):
     with torch.no_grad():
         expected = model(**inputs).logits[0].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_inside_opensmile_is_an_interrupt_not_short_audio():
+    """openSMILE's C code swallows a KeyboardInterrupt and returns NaN functionals (then reported as audio too
+    short): the interrupt is held while it runs and raised once it returns."""
+    import os
+    import signal
+
+    from mister_e.feature_extraction_mister_e import _interruptible
+
+    with pytest.raises(KeyboardInterrupt):
+        with _interruptible():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached_the_end = True
+    assert reached_the_end and signal.getsignal(signal.SIGINT) is signal.default_int_handler

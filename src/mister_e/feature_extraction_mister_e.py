@@ -19,7 +19,10 @@ level; the `opensmile` package (the optional extra `mister-e[opensmile]`) is imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
+import threading
 import warnings
 from collections import OrderedDict
 
@@ -99,7 +102,7 @@ class MisterEFunctionalsFeatureExtractor(FeatureExtractionMixin):
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        with warnings.catch_warnings():  # "Segment too short": reported below as an error naming the waveform
+        with warnings.catch_warnings(), _interruptible():  # "Segment too short": reported below, naming the waveform
             warnings.simplefilter("ignore", UserWarning)
             vector = _smile(self.feature_set).process_signal(waveform, self.sampling_rate).to_numpy(np.float32)[0]
         if not np.isfinite(vector).all():
@@ -111,6 +114,23 @@ class MisterEFunctionalsFeatureExtractor(FeatureExtractionMixin):
         while len(_cache) * vector.nbytes > _CACHE_BYTES:
             _cache.popitem(last=False)
         return vector
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C during openSMILE's C code is swallowed there ("Exception ignored") and leaves NaN functionals, which
+    would then read as audio too short; the interrupt is recorded instead and raised once openSMILE returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 __all__ = ["MisterEFunctionalsFeatureExtractor"]
