@@ -75,6 +75,10 @@ def root(tmp_path_factory):
     text_missing = embedded_dialogues(LABELS)
     DatasetDict({**text_missing, "test": text_missing["test"].map(no_text_first, with_indices=True)}).save_to_disk(
         root / "text-missing")
+    misaligned = embedded_dialogues(LABELS)
+    short_text = lambda row, i: {"text_embeds": row["text_embeds"][:2] if i == 1 else row["text_embeds"]}
+    DatasetDict({**misaligned, "test": misaligned["test"].map(short_text, with_indices=True)}).save_to_disk(
+        root / "misaligned")
     no_train = embedded_dialogues(LABELS)
     DatasetDict({"validation": no_train["validation"], "test": no_train["test"]}).save_to_disk(root / "no-train")
     plain = embedded_dialogues(LABELS)
@@ -145,6 +149,9 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "no train split (train-encoder)": (["train-encoder", "--dataset", "{root}/no-train", "--modality", "speech",
                                        "--backbone", "opensmile:eGeMAPSv02", "--output-dir", "{out}"], "no-train",
                                       "training needs ['train']"),
+    "embeddings not one per utterance (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
+                                                     "{root}/misaligned", "--output-dir", "{out}"], "test1",
+                                                    "text_embeds has 2 entries for 3 labels"),
     "labels without class names (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
                                                "{root}/plain-labels", "--output-dir", "{out}"], "labels",
                                               "not class labels"),

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
 
 from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, modalities_read
@@ -156,6 +157,7 @@ def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
     if isinstance(dialogues, DatasetDict):
         _check_each_split(check_finite_embeddings, dialogues)
         return
+    _check_one_row_per_utterance(dialogues)
     for column in EMBED_COLUMNS:
         if column not in dialogues.column_names:
             continue
@@ -170,6 +172,23 @@ def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
                     utterance = ids[index] if ids else index
                     raise ValueError(f"dialogue {row.get(DIALOGUE_ID, f'#{position}')!r}: utterance {utterance!r} has "
                                      f"a non-finite value (NaN or inf) in {column}; re-extract or drop it")
+
+
+def _check_one_row_per_utterance(dialogues: Dataset) -> None:
+    """Every per-utterance column of a dialogue is as long as its labels; one that is not would shift every utterance
+    after the gap onto another's label (or fail deep in numpy, naming nothing)."""
+    table = dialogues.with_format("arrow")[:]
+    labels = pc.list_value_length(table[LABELS])
+    for column in UTTERANCE_COLUMNS:
+        if column == LABELS or column not in table.column_names:
+            continue
+        lengths = pc.list_value_length(table[column])
+        wrong = pc.and_(pc.is_valid(lengths), pc.not_equal(lengths, labels))
+        if pc.any(wrong).as_py():
+            row = pc.index(wrong, True).as_py()
+            name = table[DIALOGUE_ID][row].as_py() if DIALOGUE_ID in table.column_names else f"#{row}"
+            raise ValueError(f"dialogue {name!r}: {column} has {lengths[row].as_py()} entries for "
+                             f"{labels[row].as_py()} labels; every per-utterance column needs one entry per utterance.")
 
 
 def check_experts_can_answer(experts: Sequence[str], split: Dataset, modalities: Sequence[str] = MODALITIES,
