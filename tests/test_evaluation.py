@@ -217,6 +217,8 @@ def test_write_evaluation_report(tmp_path, random_split, with_gates):
     assert {*SCALAR_METRICS, "f1_per_class", "confusion_matrix", "support_per_class"} <= set(metrics)
     assert metrics["num_utterances"] == num_utterances
     assert metrics["num_dialogues"] == len(set(dialogue_ids))
+    text = (tmp_path / "classification_report.txt").read_text()  # its macro avg differs from metrics.json's: said so
+    assert f"average the {len(np.unique(references))} classes present in the references" in text
     assert metrics["weighted_f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
     matrix = np.array(metrics["confusion_matrix"])
     assert matrix.shape == (len(LABELS), len(LABELS))

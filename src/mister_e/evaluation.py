@@ -134,6 +134,11 @@ def _save_figure(figure: Figure, path: Path) -> None:
         figure.savefig(tmp, format=suffix if suffix in PLOT_FORMATS else "png", dpi=150, bbox_inches="tight")
 
 
+_MACRO_NOTE = ("\nmacro avg above: over all {total} classes (an absent class scores 0). metrics.json's macro_f1 and "
+               "unweighted_recall average the {present} classes present in the references, as the ERC literature "
+               "does.\n")
+
+
 def _per_expert(values: np.ndarray) -> dict[str, float]:
     return {name: float(value) for name, value in zip(GATE_NAMES, values)}
 
@@ -242,6 +247,7 @@ def write_evaluation_report(
     dialogue_ids: Sequence[Any] | None = None,
     utterance_ids: Sequence[Any] | None = None,
     probabilities: np.ndarray | None = None,
+    num_dialogues: int | None = None,
 ) -> dict[str, Any]:
     """Write the artefacts of one evaluation run to `output_dir` and return what `metrics.json` holds.
 
@@ -259,6 +265,8 @@ def write_evaluation_report(
         utterance_ids: Identifier of each utterance, `(N,)`; defaults to the row index.
         probabilities: Class probabilities per utterance, `(N, num_labels)`; the CSV's `confidence` is the
             probability of the predicted class.
+        num_dialogues: How many conversations were scored (default: the distinct `dialogue_ids`, which undercounts
+            a data set that repeats an id).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +294,8 @@ def write_evaluation_report(
     report = {
         **scores,
         "num_utterances": len(references),
-        **({"num_dialogues": len(set(dialogue_ids.tolist()))} if dialogue_ids is not None else {}),
+        **({"num_dialogues": num_dialogues} if num_dialogues is not None else
+           {"num_dialogues": len(set(dialogue_ids.tolist()))} if dialogue_ids is not None else {}),
         "label_names": label_names,
         "support_per_class": dict(zip(label_names, matrix.sum(1).tolist())),
         "predicted_per_class": dict(zip(label_names, matrix.sum(0).tolist())),
@@ -306,7 +315,7 @@ def write_evaluation_report(
             target_names=label_names,
             digits=4,
             zero_division=0,
-        ),
+        ) + _MACRO_NOTE.format(present=len(np.unique(references)), total=len(label_names)),
     )
     _save_figure(_plot_confusion_matrix(matrix, label_names), output_dir / "confusion_matrix.png")
     _write_predictions_csv(

@@ -116,6 +116,7 @@ def evaluate_model(
         dialogue_ids=predicted["dialogue_ids"],
         utterance_ids=predicted["utterance_ids"],
         probabilities=logits.softmax(-1).numpy(),
+        num_dialogues=len(dataset),
     )
     curve = None
     # Dropping never removes an utterance's only input: without an utterance that has both, the curve would be flat.
