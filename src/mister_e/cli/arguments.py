@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 
@@ -51,12 +52,18 @@ def torch_device(text: str) -> str:
 
 
 def output_file(text: str) -> str:
-    """A file to write: its folder exists and it is not itself a folder, known before the work that fills it."""
+    """A file to write: its folder exists and takes new files, and it is not itself a folder, known before the work
+    that fills it (a probe file is created there and removed: permissions alone do not tell, e.g. /proc as root)."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} takes no new files ({error.strerror})")
     return text
 
 

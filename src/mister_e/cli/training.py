@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
-from .arguments import output_folder, positive_float, positive_int, probability, torch_device
+from .arguments import output_file, output_folder, positive_float, positive_int, probability, torch_device
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,7 +210,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-tokens", type=positive_int, default=128, help="Tokens per text utterance (the spec's maximum).")
     parser.add_argument("--speech-seconds", type=positive_float, default=5.0, help="Training crop of a speech utterance.")
     parser.add_argument("--gpus", type=positive_int, nargs="+", default=[1, 2, 8])
-    parser.add_argument("--json", help="Also write the plan, with per-kind memory breakdowns, to this JSON file.")
+    parser.add_argument("--json", type=output_file,
+                        help="Also write the plan, with per-kind memory breakdowns, to this JSON file.")
 
 
 def run_plan(args: argparse.Namespace) -> None:
