@@ -35,6 +35,11 @@ def root(tmp_path_factory):
     weights = load_file(root / "lacking-tensor" / "model.safetensors")
     del weights["text_expert.classifier.weight"]
     save_file(weights, root / "lacking-tensor" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(root / "model", root / "edited-labels")
+    config = json.loads((root / "edited-labels" / "config.json").read_text())
+    config["id2label"] = {str(i): f"class {i}" for i in range(len(config["id2label"]) + 1)}
+    config.pop("label2id", None)
+    (root / "edited-labels" / "config.json").write_text(json.dumps(config))
     shutil.copytree(root / "model", root / "no-vocabulary")
     (root / "no-vocabulary" / "tokenizer.json").unlink()
     shutil.copytree(root / "model", root / "no-weights")
@@ -114,6 +119,10 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                            "safetensors"),
     "weights lacking a tensor": (["predict", "--model", "{root}/lacking-tensor", "{root}/hello.json"], "lacking-tensor",
                                  "text_expert.classifier.weight"),
+    "--embedding without --encoder (predict)": (["predict", "--model", "{root}/model", "{root}/hello.json",
+                                                 "--embedding", "projection"], "--embedding", "give the encoders"),
+    "config edited off its weights": (["predict", "--model", "{root}/edited-labels", "{root}/hello.json"],
+                                      "edited-labels", "do not fit its config.json"),
     "tokenizer without its vocabulary": (["predict", "--model", "{root}/no-vocabulary", "{root}/hello.json"],
                                          "tokenizer.json", "tokenizer knows"),
     "no weights file": (["predict", "--model", "{root}/no-weights", "{root}/hello.json"], "no-weights", "model"),

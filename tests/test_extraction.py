@@ -102,6 +102,14 @@ def test_a_cache_of_another_model_is_refused(dataset, model, processor, tmp_path
         extract_embeddings(dataset, other, processor, tmp_path / "cache", shard_size=50)
 
 
+def test_a_modality_the_data_never_has_is_refused_before_extracting(dataset, model, processor, tmp_path):
+    """A speech encoder over text-only data would write a column of nothing but holes, silently."""
+    text_only = dataset.map(lambda row: {"audio": [None] * len(row["audio"])})
+    with pytest.raises(ValueError, match="encodes speech, but no utterance of the data set has any"):
+        extract_embeddings(text_only, model, processor, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_backbone_mean_embeddings_have_the_backbone_width(dataset, model, processor, tmp_path):
     out = extract_embeddings(dataset, model, processor, tmp_path / "cache", embedding="backbone_mean")
     assert len(out["text_embeds"][0][0]) == 32 and len(out["speech_embeds"][0][0]) == 32

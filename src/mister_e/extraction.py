@@ -72,6 +72,11 @@ def extract_embeddings(
         raise ValueError("The model has no utterance encoder to extract with.")
     for modality in modalities:
         _width(model, modality, embedding)  # openSMILE functionals have no layers to extract
+        splits = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
+        source = {"speech": AUDIO, "text": TEXTS}[modality]
+        if not any(_has_values(split, source) for split in splits):
+            raise ValueError(f"The model encodes {modality}, but no utterance of the data set has any (its `{source}` "
+                             "column is empty or missing): extract with an encoder of a modality the data holds.")
     if isinstance(dataset, DatasetDict):
         return DatasetDict(
             {
@@ -199,6 +204,14 @@ def _attach(dataset: Dataset, lengths: np.ndarray, columns: dict[str, tuple[np.n
         dataset = dataset.add_column(name, pa.ListArray.from_arrays(dialogue_offsets, utterances),
                                      feature=embedding_feature(embedding), new_fingerprint=fingerprint)
     return dataset
+
+
+def _has_values(dataset: Dataset, column: str) -> bool:
+    """Whether some utterance of `dataset` has a value in the per-utterance list `column`."""
+    if column not in dataset.column_names:
+        return False
+    values = pa.chunked_array(dataset.with_format("arrow")[column]).combine_chunks().flatten()
+    return values.null_count < len(values)
 
 
 def _manifest(dataset, utterances: int, model, modalities, shard_size, embedding) -> dict:

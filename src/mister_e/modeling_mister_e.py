@@ -144,6 +144,10 @@ class MisterEPreTrainedModel(PreTrainedModel):
         try:
             model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         except Exception as error:  # safetensors is not imported here (remote-code files import torch/transformers)
+            if "ignore_mismatched_sizes" in str(error):  # its report of which tensors went to the log, not the error
+                raise OSError(f"The weights in {path} do not fit its config.json: some tensor shapes differ (was the "
+                              "config edited, e.g. its labels or widths, or the weights copied from another model?).") \
+                    from error
             if not type(error).__module__.startswith("safetensors"):
                 raise
             raise OSError(f"The weights in {path} cannot be read ({error}): the file is truncated or not a "

@@ -193,8 +193,10 @@ class MisterEConversationPipeline(Pipeline):
                 try:
                     self._asr_pipelines[key] = pipeline("automatic-speech-recognition", model=key, device=self.device)
                 except (OSError, ValueError) as error:  # ValueError: huggingface_hub's malformed-id error
+                    reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+                    reason = reason if len(reason) <= 160 else reason[:160] + " ..."  # transformers lists classes
                     raise OSError(f"ASR model {key!r} could not be loaded (a folder that is not there, offline without "
-                                  f"its weights, or not a model): {error}") from error
+                                  f"its weights, or not a model): {reason}") from error
             asr = self._asr_pipelines[key]
         return asr({"raw": array, "sampling_rate": SAMPLING_RATE})["text"].strip()
 

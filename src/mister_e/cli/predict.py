@@ -69,6 +69,9 @@ def run_predict(args: argparse.Namespace) -> None:
         conversation = read_conversation(args.conversation)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"No model folder at {args.model}.")
+    if args.embedding and not args.encoders:
+        raise ValueError("--embedding says which vector of the --encoder folders a stage-2 model reads; give the "
+                         "encoders too (an end-to-end model already holds its own).")
     if args.encoders:
         model, processor = join_stages(args.model, args.encoders, args.embedding)
     else:  # loaded here, not by `pipeline`, which folds a loading error into a traceback-laden message

@@ -81,7 +81,7 @@ def fit_functionals_head(encoder: MisterEFunctionalsEncoder, features: torch.Ten
 
     with torch.enable_grad():
         optimizer.step(objective)
-        final = float(objective())
+        final = objective().item()
     encoder.train(was_training)
     return final
 
