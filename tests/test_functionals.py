@@ -109,6 +109,12 @@ def test_too_short_audio_is_an_error_not_nan():
     extractor = MisterEFunctionalsFeatureExtractor("eGeMAPSv02")
     with pytest.raises(ValueError, match="waveform 1: .*undefined for 100 samples"):
         extractor([voice(SR), voice(SR)[:100]], sampling_rate=SR)
+    # through the processor, the error names the caller's utterance rather than its place among the waveforms
+    processor = MisterEProcessor(extractor, tokenizer(), min_audio_seconds=0)
+    conversation = {"utterances": [{"text": "hi"}, {"audio": {"array": voice(SR), "sampling_rate": SR}},
+                                   {"audio": {"array": voice(SR)[:100], "sampling_rate": SR}, "id": "short"}]}
+    with pytest.raises(ValueError, match=r"^conversation 0, utterance 2 \(id='short'\): openSMILE .*undefined"):
+        processor(conversation)
 
 
 def test_save_load_keeps_standardisation_and_predictions_bit_identical(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -288,6 +289,7 @@ class MisterEProcessor(ProcessorMixin):
         attention_mask = np.zeros((len(batch), num_utterances), dtype=np.int64)
         modality_mask = np.zeros((len(batch), num_utterances, 2), dtype=bool)
         waveforms, texts = [], []
+        waveform_utterances = []  # each waveform's utterance, for the feature extractor's errors
         for b, conversation in enumerate(batch):
             for i, utterance in enumerate(conversation["utterances"]):
                 where = f"{_describe('conversation', b, conversation)}, {_describe('utterance', i, utterance)}"
@@ -316,6 +318,7 @@ class MisterEProcessor(ProcessorMixin):
                     if waveform.shape[0] < min_samples:
                         waveform = np.pad(waveform, (0, min_samples - waveform.shape[0]))
                     waveforms.append(waveform)
+                    waveform_utterances.append(where)
                     modality_mask[b, i, 0] = True
                 if text is not None:
                     if not isinstance(text, str):
@@ -330,7 +333,13 @@ class MisterEProcessor(ProcessorMixin):
 
         data = {"attention_mask": attention_mask, "modality_mask": modality_mask}
         if waveforms:
-            data.update(self._extract_features(waveforms, crop_samples if training else None))
+            try:
+                data.update(self._extract_features(waveforms, crop_samples if training else None))
+            except ValueError as error:  # "waveform 3: ..." (openSMILE functionals): named as the caller's utterance
+                found = re.match(r"waveform (\d+): ", str(error))
+                if found is None:
+                    raise
+                raise ValueError(f"{waveform_utterances[int(found[1])]}: {str(error)[found.end():]}") from None
         if texts:
             encoding = self.tokenizer(
                 texts,
