@@ -224,3 +224,11 @@ def test_rows_must_match_the_modality_mask():
     batch["text_attention_mask"] = batch["text_attention_mask"][:-1]
     with pytest.raises(ValueError, match="4 text rows for 5 utterances"):
         model(**batch)
+
+
+def test_lora_names_a_modality_it_cannot_adapt():
+    with pytest.raises(ValueError, match=r"`modality` must be one of \['speech', 'text'\], got 'txt'"):
+        apply_lora(utterance_model("text", "bert"), "txt")
+    functionals = MisterEForUtteranceClassification.from_backbones(speech="opensmile:eGeMAPSv02", speech_embed_dim=8)
+    with pytest.raises(ValueError, match="openSMILE functionals: it has no network for LoRA"):
+        apply_lora(functionals, "speech")

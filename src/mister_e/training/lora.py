@@ -7,7 +7,7 @@ import re
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from ..encoders_mister_e import HEAD_MODULES
+from ..encoders_mister_e import HEAD_MODULES, MisterEFunctionalsEncoder
 from ..modeling_mister_e import MisterEForUtteranceClassification
 
 _SSL_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
@@ -46,9 +46,14 @@ _SCOPES = {"qwen2_audio": r"language_model\.", "bert": r"encoder\.", "roberta": 
 
 def lora_config(model: MisterEForUtteranceClassification, modality: str, target_modules=None, **overrides) -> LoraConfig:
     """A `LoraConfig` for one encoder's backbone; its head (norm, pooling, projection, classifier) trains fully."""
+    if modality not in LORA_DEFAULTS:
+        raise ValueError(f"`modality` must be one of {list(LORA_DEFAULTS)}, got {modality!r}.")
     encoder = getattr(model, f"{modality}_encoder", None)
     if encoder is None:
         raise ValueError(f"The model has no {modality} encoder (set `{modality}_config`).")
+    if isinstance(encoder, MisterEFunctionalsEncoder):
+        raise ValueError(f"The {modality} encoder computes openSMILE functionals: it has no network for LoRA to adapt "
+                         "(its head trains fully without it).")
     targets = target_modules or LORA_TARGETS.get(encoder.model_type)
     if not targets:
         raise ValueError(
