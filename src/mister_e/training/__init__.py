@@ -27,17 +27,13 @@ from .stage_two import (
     useful_modality_dropout,
     with_gate_holdout,
 )
+from .runs import check_run, data_identity, finished_results, last_checkpoint, record_run
 from .trainer import (
     CONVERSATION_TRAINING_DEFAULTS,
     ENCODER_TRAINING_DEFAULTS,
     MisterETrainer,
     build_trainer,
-    check_run,
-    data_identity,
-    finished_results,
     label_names,
-    last_checkpoint,
-    record_run,
 )
 
 __all__ = [

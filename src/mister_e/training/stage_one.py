@@ -21,7 +21,8 @@ from ..data.schema import require_splits
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
-from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names, record_run
+from .runs import record_run
+from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names
 
 
 def train_encoder(

@@ -26,10 +26,8 @@ from ..data.schema import (
 )
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
-from .trainer import (
-    CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, check_run, data_config, data_identity, finished_results,
-    label_names, record_run,
-)
+from .runs import check_run, data_identity, finished_results, record_run
+from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, label_names
 
 logger = logging.get_logger(__name__)
 
