@@ -121,6 +121,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                  "text_expert.classifier.weight"),
     "--embedding without --encoder (predict)": (["predict", "--model", "{root}/model", "{root}/hello.json",
                                                  "--embedding", "projection"], "--embedding", "give the encoders"),
+    "negative seed (evaluate)": (["evaluate", "--model", "{root}/model", "--dataset", "{root}/embedded", "--seed", "-1"],
+                                 "--seed", "from 0 to 2**32 - 1"),
     "config edited off its weights": (["predict", "--model", "{root}/edited-labels", "{root}/hello.json"],
                                       "edited-labels", "do not fit its config.json"),
     "tokenizer without its vocabulary": (["predict", "--model", "{root}/no-vocabulary", "{root}/hello.json"],

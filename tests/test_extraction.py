@@ -203,7 +203,7 @@ def test_joining_with_the_wrong_embedding_names_the_one_that_fits(model):
     stage_two = MisterEForEmotionRecognition(tiny_config(64, 64, id2label={0: "neg", 1: "pos"}))
     with pytest.raises(ValueError, match=r"reads 64-d speech embeddings; the utterance model's `projection` "
                                          r"embeddings are 8-d \(its `backbone_layers` embeddings are: pass "
-                                         r"`embedding='backbone_layers'`\)"):
+                                         r"`embedding='backbone_layers'`; CLI: `--embedding backbone_layers`\)"):
         MisterEForEmotionRecognition.from_stages(model, stage_two)
     # A conversation model that recorded its input (stage-2 training does) joins with it by default, and refuses
     # another even when the widths would fit.

@@ -379,7 +379,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             width, expected = encoder.embedding_width(chosen), getattr(config, f"{modality}_embed_dim")
             if width != expected:
                 fitting = [name for name in EMBEDDINGS if _width_or_none(encoder, name) == expected]
-                hint = f" (its `{fitting[0]}` embeddings are: pass `embedding={fitting[0]!r}`)" if fitting else ""
+                hint = (f" (its `{fitting[0]}` embeddings are: pass `embedding={fitting[0]!r}`; CLI: `--embedding "
+                        f"{fitting[0]}`)" if fitting else "")
                 raise ValueError(f"The conversation model reads {expected}-d {modality} embeddings; the utterance "
                                  f"model's `{chosen}` embeddings are {width}-d{hint}.")
             for key in (f"{modality}_config", f"{modality}_pooling"):

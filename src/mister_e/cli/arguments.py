@@ -21,6 +21,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: numpy and torch take integers from 0 to 2**32 - 1."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_utf8
 from ..data import PREPARE_DATASETS
-from .arguments import output_folder, positive_int, torch_device
+from .arguments import output_folder, positive_int, seed, torch_device
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
     parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
     parser.add_argument("--validation-dialogues", type=positive_int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
-    parser.add_argument("--seed", type=int, help="Seed of the held-out validation dialogues (0).")
+    parser.add_argument("--seed", type=seed, help="Seed of the held-out validation dialogues (0).")
     parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
                                                  "per line (instead of holding out --validation-dialogues).")
     parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted WAVs.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
-from .arguments import output_file, output_folder, positive_float, positive_int, probability, torch_device
+from .arguments import output_file, output_folder, positive_float, positive_int, probability, seed, torch_device
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="Text tokenizer stored in the processor of a speech encoder "
                                             "(default: the default text backbone's).")
     parser.add_argument("--output-dir", type=output_folder, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--lora-r", type=positive_int, help="LoRA rank (default: 16 speech, 8 text).")
     parser.add_argument("--lora-alpha", type=positive_float, help="LoRA alpha (default: 8 speech, 32 text).")
     parser.add_argument("--lora-dropout", type=probability, help="LoRA dropout (default: 0.05 speech, 0.1 text).")
@@ -158,7 +158,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Drop probabilities of the robustness curve (default: 0.0, 0.1, ..., 0.9).")
     parser.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the robustness curve's random drops.")
+    parser.add_argument("--seed", type=seed, default=0, help="Seed of the robustness curve's random drops.")
     parser.add_argument("--device", type=torch_device, help="Where to run the model (default: cuda when available, else cpu).")
 
 
@@ -196,7 +196,7 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=output_folder, default="mister-e-quickstart",
                         help="Corpus, model and reports go here.")
     parser.add_argument("--epochs", type=positive_int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
 
 
 def run_quickstart(args: argparse.Namespace) -> None:
