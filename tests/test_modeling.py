@@ -499,3 +499,16 @@ def test_step_by_step_equals_the_whole_causal_conversation(variant):
 def test_step_refuses_a_bidirectional_model():
     with pytest.raises(ValueError, match="causal"):
         tiny_model().step(text_embeds=torch.randn(1, TEXT_DIM))
+
+
+def test_step_names_inputs_that_are_not_one_utterance_per_conversation():
+    model = tiny_model(causal=True)
+    s, t = model.config.speech_embed_dim, model.config.text_embed_dim
+    speech, text = torch.randn(2, s), torch.randn(2, t)
+    _, state = model.step(speech_embeds=speech, text_embeds=text)
+    with pytest.raises(ValueError, match=rf"`speech_embeds` must have shape \(batch, width\), got \(2, 1, {s}\)"):
+        model.step(speech_embeds=speech[:, None], text_embeds=text)
+    with pytest.raises(ValueError, match=r"`text_embeds` has \(3, 1\)"):
+        model.step(speech_embeds=speech, text_embeds=torch.randn(3, t), state=state)
+    with pytest.raises(ValueError, match="`state` carries 2 conversations, the new utterances 3"):
+        model.step(speech_embeds=torch.randn(3, s), text_embeds=torch.randn(3, t), state=state)

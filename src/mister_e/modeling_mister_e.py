@@ -497,13 +497,25 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         reference = speech_embeds if speech_embeds is not None else text_embeds
         if reference is None:
             raise ValueError("MiSTER-E needs `speech_embeds`, `text_embeds` or both.")
+        for name, value in (("speech_embeds", speech_embeds), ("text_embeds", text_embeds),
+                            ("modality_mask", modality_mask)):
+            if isinstance(value, torch.Tensor) and value.dim() != 2:
+                raise ValueError(f"`step` takes one utterance per conversation: `{name}` must have shape (batch, "
+                                 f"{'2' if name == 'modality_mask' else 'width'}), got {tuple(value.shape)}.")
+        _check_grid(self.config.num_labels, **{name: value[:, None] if isinstance(value, torch.Tensor) else value
+                                               for name, value in (("speech_embeds", speech_embeds),
+                                                                   ("text_embeds", text_embeds),
+                                                                   ("modality_mask", modality_mask))})
+        if state and state.get("batch", reference.shape[0]) != reference.shape[0]:
+            raise ValueError(f"`state` carries {state['batch']} conversations, the new utterances {reference.shape[0]}: "
+                             "a stream keeps its batch; start a new state (`state=None`) for another one.")
         if modality_mask is None:
             present = [speech_embeds is not None, text_embeds is not None]
             modality_mask = torch.tensor(present, device=reference.device).expand(reference.shape[0], 2)
         has_speech, has_text = modality_mask[:, :1].bool(), modality_mask[:, 1:].bool()
         speech_embeds = self._prepared_inputs("speech", speech_embeds, has_speech[:, 0], reference)
         text_embeds = self._prepared_inputs("text", text_embeds, has_text[:, 0], reference)
-        state = dict(state or {})
+        state = {**(state or {}), "batch": reference.shape[0]}
         expert_logits, speech_representations, text_representations = self._run_experts(
             speech_embeds[:, None], text_embeds[:, None], has_speech, has_text, state=state
         )
