@@ -308,6 +308,11 @@ def test_meld_bad_csvs(tmp_path):
     write_csv(root / "test_sent_emo.csv", [[1, "Hm.", "Ross", "boredom", "neutral", 0, 0, 1, 1, "", ""]], MELD_HEADER)
     with pytest.raises(ValueError, match=r"test_sent_emo\.csv row 1: unknown Emotion 'boredom'"):
         build_meld(root)
+    twice = [[1, "Hm.", "Ross", "neutral", "neutral", 0, 0, 1, 1, "", ""],
+             [2, "Oh.", "Ross", "joy", "positive", 0, 0, 1, 1, "", ""]]  # one utterance, two rows
+    write_csv(root / "test_sent_emo.csv", twice, MELD_HEADER)
+    with pytest.raises(ValueError, match=r"test_sent_emo\.csv row 2: Dialogue_ID 0, Utterance_ID 0 is also row 1"):
+        build_meld(root)
     (root / "train_sent_emo.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"train_sent_emo\.csv not found"):
         build_meld(root)

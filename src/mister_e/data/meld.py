@@ -72,6 +72,9 @@ def build_meld(
                 "label": emotion,
                 "speaker": row["Speaker"],
             }
+            if (split, record["utterance_id"]) in row_numbers:
+                raise ValueError(f"{where}: Dialogue_ID {dialogue}, Utterance_ID {turn} is also row "
+                                 f"{row_numbers[split, record['utterance_id']]}; each utterance has one row.")
             records.append(((dialogue, turn), record))
             row_numbers[split, record["utterance_id"]] = number
         utterances += [record for _, record in sorted(records, key=lambda item: item[0])]
