@@ -289,13 +289,14 @@ def write_evaluation_report(
     if gate_weights is not None and gate_weights.shape[1:] != (len(GATE_NAMES),):
         raise ValueError(f"gate_weights must be (N, {len(GATE_NAMES)}), got {gate_weights.shape}.")
 
+    if num_dialogues is None and dialogue_ids is not None:
+        num_dialogues = len(set(dialogue_ids.tolist()))
     scores = _shared_metric().compute(predictions=predictions, references=references, label_names=label_names)
     matrix = confusion_matrix(references, predictions, labels=range(len(label_names)))
     report = {
         **scores,
         "num_utterances": len(references),
-        **({"num_dialogues": num_dialogues} if num_dialogues is not None else
-           {"num_dialogues": len(set(dialogue_ids.tolist()))} if dialogue_ids is not None else {}),
+        **({"num_dialogues": num_dialogues} if num_dialogues is not None else {}),
         "label_names": label_names,
         "support_per_class": dict(zip(label_names, matrix.sum(1).tolist())),
         "predicted_per_class": dict(zip(label_names, matrix.sum(0).tolist())),

@@ -68,6 +68,10 @@ class MisterEOutput(ModelOutput):
     text_representations: torch.FloatTensor | None = None
 
 
+_GRID_SHAPES = {"speech_embeds": "(batch, utterances, width)", "text_embeds": "(batch, utterances, width)",
+                "modality_mask": "(batch, utterances, 2)"}  # any other input: "(batch, utterances)"
+
+
 def _check_grid(num_labels: int, **inputs) -> None:
     """Name the input at fault before torch fails deep inside an expert with a message that names none: every input
     is a tensor on the same `(batch, utterances)` grid, and labels are class ids or -100."""
@@ -77,11 +81,9 @@ def _check_grid(num_labels: int, **inputs) -> None:
             continue
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch tensor, got {type(value).__name__}.")
-        dims = {"speech_embeds": 3, "text_embeds": 3, "modality_mask": 3}.get(name, 2)
-        if value.dim() != dims or (name == "modality_mask" and value.shape[-1] != 2):
-            shape = {3: "(batch, utterances, width)", 2: "(batch, utterances)"}[dims]
-            raise ValueError(f"`{name}` must have shape {'(batch, utterances, 2)' if name == 'modality_mask' else shape}"
-                             f", got {tuple(value.shape)}.")
+        shape = _GRID_SHAPES.get(name, "(batch, utterances)")
+        if value.dim() != shape.count(",") + 1 or (name == "modality_mask" and value.shape[-1] != 2):
+            raise ValueError(f"`{name}` must have shape {shape}, got {tuple(value.shape)}.")
         if grid is None:
             grid, first = tuple(value.shape[:2]), name
         elif tuple(value.shape[:2]) != grid:
@@ -497,18 +499,18 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         reference = speech_embeds if speech_embeds is not None else text_embeds
         if reference is None:
             raise ValueError("MiSTER-E needs `speech_embeds`, `text_embeds` or both.")
-        for name, value in (("speech_embeds", speech_embeds), ("text_embeds", text_embeds),
-                            ("modality_mask", modality_mask)):
+        given = {"speech_embeds": speech_embeds, "text_embeds": text_embeds, "modality_mask": modality_mask}
+        for name, value in given.items():
             if isinstance(value, torch.Tensor) and value.dim() != 2:
                 raise ValueError(f"`step` takes one utterance per conversation: `{name}` must have shape (batch, "
                                  f"{'2' if name == 'modality_mask' else 'width'}), got {tuple(value.shape)}.")
+        # as a grid of one utterance each: the same checks as `forward`
         _check_grid(self.config.num_labels, **{name: value[:, None] if isinstance(value, torch.Tensor) else value
-                                               for name, value in (("speech_embeds", speech_embeds),
-                                                                   ("text_embeds", text_embeds),
-                                                                   ("modality_mask", modality_mask))})
+                                               for name, value in given.items()})
         if state and state.get("batch", reference.shape[0]) != reference.shape[0]:
-            raise ValueError(f"`state` carries {state['batch']} conversations, the new utterances {reference.shape[0]}: "
-                             "a stream keeps its batch; start a new state (`state=None`) for another one.")
+            raise ValueError(f"`state` carries {state['batch']} conversations, the new utterances "
+                             f"{reference.shape[0]}: a stream keeps its batch; start a new state (`state=None`) for "
+                             "another one.")
         if modality_mask is None:
             present = [speech_embeds is not None, text_embeds is not None]
             modality_mask = torch.tensor(present, device=reference.device).expand(reference.shape[0], 2)

@@ -86,13 +86,14 @@ class MisterEConversationPipeline(Pipeline):
       the number of utterances and, for audio, with the longest clip).
 
     Recordings: `pipe("call.wav")` or `pipe({"recording": "call.wav"})` (a path, an audio dict, or an array with
-    `sampling_rate` beside it: `{"recording": array, "sampling_rate": 44100}`) cuts the recording into utterances by voice activity detection (Silero VAD, extra
-    `mister-e[recording]`) and predicts over all of them in order; each result also has the utterance's `start` and
-    `end` (seconds) and its `text`. Recording options: `segmentation` (a [`MisterESegmentation`] or a dict of its
-    fields: minimum silence, minimum and maximum utterance length, threshold, padding) and `asr` (a model id or folder
-    for transformers' `automatic-speech-recognition` pipeline, or such a pipeline): each utterance's transcript becomes
-    its text; without it utterances are answered from speech alone and `text` is `None`. A recording without speech
-    gives an empty list (and a warning saying so).
+    `sampling_rate` beside it: `{"recording": array, "sampling_rate": 44100}`) cuts the recording into utterances by
+    voice activity detection (Silero VAD, extra `mister-e[recording]`) and predicts over all of them in order; each
+    result also has the utterance's `start` and `end` (seconds) and its `text`. Recording options: `segmentation` (a
+    [`MisterESegmentation`] or a dict of its fields: minimum silence, minimum and maximum utterance length, threshold,
+    padding; the maximum is held to the processor's `max_audio_seconds`) and `asr` (a model id or folder for
+    transformers' `automatic-speech-recognition` pipeline, or such a pipeline): each utterance's transcript becomes its
+    text; without it utterances are answered from speech alone and `text` is `None`. A recording without speech gives
+    an empty list (and a warning saying so).
 
     Streaming: [`~MisterEConversationPipeline.stream`] predicts each utterance as it arrives, from past context only
     (needs a model trained with `causal=True`); given a recording, it reads it block by block and predicts each
