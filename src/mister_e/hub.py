@@ -50,6 +50,7 @@ from . import (
     experts_mister_e,
     losses_mister_e,
     modeling_mister_e,
+    modeling_utterance_mister_e,
     pipeline_mister_e,
     processing_mister_e,
     segmentation_mister_e,
@@ -64,6 +65,7 @@ TAGS = ["emotion-recognition", "audio", "text", "mister-e"]
 CODE_FILES = {
     "configuration_mister_e.py": configuration_mister_e,
     "modeling_mister_e.py": modeling_mister_e,
+    "modeling_utterance_mister_e.py": modeling_utterance_mister_e,
     "experts_mister_e.py": experts_mister_e,
     "losses_mister_e.py": losses_mister_e,
     "encoders_mister_e.py": encoders_mister_e,

@@ -132,7 +132,7 @@ def validate_dialogues(dialogues: Dataset | DatasetDict | Iterable[Mapping], num
         for column in UTTERANCE_COLUMNS:
             values = conversation.get(column)
             if values is not None and len(values) != len(labels):
-                raise ValueError(f"dialogue {name!r}: {column} has {len(values)} entries but labels has {len(labels)}")
+                raise _misaligned(name, column, len(values), len(labels))
         for column in EMBED_COLUMNS:
             for vector in conversation.get(column) or ():
                 if vector is None:
@@ -187,8 +187,14 @@ def _check_one_row_per_utterance(dialogues: Dataset) -> None:
         if pc.any(wrong).as_py():
             row = pc.index(wrong, True).as_py()
             name = table[DIALOGUE_ID][row].as_py() if DIALOGUE_ID in table.column_names else f"#{row}"
-            raise ValueError(f"dialogue {name!r}: {column} has {lengths[row].as_py()} entries for "
-                             f"{labels[row].as_py()} labels; every per-utterance column needs one entry per utterance.")
+            raise _misaligned(name, column, lengths[row].as_py(), labels[row].as_py())
+
+
+def _misaligned(dialogue: str, column: str, entries: int, labels: int) -> ValueError:
+    """The one message for a per-utterance column whose length differs from the labels', whichever check found it
+    (`validate_dialogues` on conversation dicts, `_check_one_row_per_utterance` on a whole Arrow table at once)."""
+    return ValueError(f"dialogue {dialogue!r}: {column} has {entries} entries for {labels} labels; every "
+                      "per-utterance column needs one entry per utterance.")
 
 
 def check_experts_can_answer(experts: Sequence[str], split: Dataset, modalities: Sequence[str] = MODALITIES,
