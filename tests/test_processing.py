@@ -276,7 +276,7 @@ def test_non_finite_file(processor, tmp_path):
 def test_a_capped_utterance_is_said(processor):
     """Inference reads the first `max_audio_seconds` of a longer utterance, a text up to `max_text_length` tokens, and
     says so (once a process); training crops audio without a word."""
-    long_turn = {"utterances": [{"audio": np.zeros(2 * SR, np.float32), "sampling_rate": SR}]}
+    long_turn = {"utterances": [{"audio": np.full(2 * SR, 0.1, np.float32), "sampling_rate": SR}]}
     logger = transformers.logging.get_logger("mister_e.processing_mister_e")
     with CaptureLogger(logger) as captured:
         processor(long_turn, training=True, max_audio_seconds=0.75, train_crop_seconds=0.5, min_audio_seconds=0.25)
@@ -391,3 +391,23 @@ def test_rates_sharing_almost_no_factor_resample_without_a_giant_filter_bank(pro
     expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(resampled)) / SR)
     np.testing.assert_allclose(resampled[100:-100], expected[100:-100], atol=2e-3)
     processor({"utterances": [{"audio": {"array": tone, "sampling_rate": rate}}]})  # and the processor reads it
+
+
+def test_silent_audio_is_said_with_its_utterance(processor):
+    """Silent audio (or a few samples) is read, since a muted turn is a valid recording, but the caller is told which
+    utterance it is: the speech experts would otherwise label silence with no word. Speech-like audio says nothing."""
+    logger = transformers.logging.get_logger("mister_e.processing_mister_e")
+    tone = np.sin(np.arange(SR) / 10).astype(np.float32) * 0.1
+    conversation = {"id": "call-7", "utterances": [
+        {"id": "u1", "audio": tone, "sampling_rate": SR},
+        {"id": "u2", "audio": np.zeros(SR, np.float32), "sampling_rate": SR, "text": "hello"},
+        {"id": "u3", "audio": tone[:1], "sampling_rate": SR},
+    ]}
+    with CaptureLogger(logger) as captured:
+        features = processor(conversation)
+    assert "'u2'" in captured.out and "call-7" in captured.out and "(and 1 more utterances)" in captured.out
+    assert "silent or shorter than 25 ms" in captured.out
+    assert features["modality_mask"][0, :, 0].tolist() == [True, True, True]  # still read
+    with CaptureLogger(logger) as captured:
+        processor({"utterances": [{"audio": tone, "sampling_rate": SR}]})
+    assert captured.out == ""

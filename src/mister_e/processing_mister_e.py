@@ -72,6 +72,10 @@ _PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 # speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
 # leaves room for loud or synthetic float audio (white noise of unit variance peaks near 5).
 _FLOAT_PEAK_LIMIT = 32.0
+# Audio below both is no speech: a muted channel or digital silence (-80 dBFS), or less than one analysis frame. It is
+# still read (silence is a valid recording), but the caller hears of it: the speech experts would label silence.
+_SILENCE_PEAK = 1e-4
+_MIN_SPEECH_SECONDS = 0.025
 # The polyphase resampler's filter bank (phases x taps); common rate pairs need at most ~1e5 (44.1 kHz -> 16 kHz).
 _MAX_FILTER_TAPS = 4_000_000
 
@@ -290,6 +294,7 @@ class MisterEProcessor(ProcessorMixin):
         modality_mask = np.zeros((len(batch), num_utterances, 2), dtype=bool)
         waveforms, texts = [], []
         waveform_utterances = []  # each waveform's utterance, for the feature extractor's errors
+        silent = []  # utterances whose audio holds no speech
         for b, conversation in enumerate(batch):
             for i, utterance in enumerate(conversation["utterances"]):
                 where = f"{_describe('conversation', b, conversation)}, {_describe('utterance', i, utterance)}"
@@ -305,6 +310,9 @@ class MisterEProcessor(ProcessorMixin):
                 attention_mask[b, i] = 1
                 if audio is not None:
                     waveform = self._load_waveform(audio, utterance, where)
+                    if (waveform.shape[0] < _MIN_SPEECH_SECONDS * self.feature_extractor.sampling_rate
+                            or np.abs(waveform).max() < _SILENCE_PEAK):
+                        silent.append(where)
                     if training and waveform.shape[0] > crop_samples:
                         start = rng.integers(0, waveform.shape[0] - crop_samples + 1)
                         waveform = waveform[start : start + crop_samples]
@@ -331,6 +339,11 @@ class MisterEProcessor(ProcessorMixin):
                     texts.append(text)
                     modality_mask[b, i, 1] = True
 
+        if silent:
+            more = f" (and {len(silent) - 1} more utterances)" if len(silent) > 1 else ""
+            logger.warning(f"{silent[0]}{more}: the audio is silent or shorter than {_MIN_SPEECH_SECONDS * 1000:g} ms, "
+                           "so the speech experts read no speech there; give such an utterance `audio: null` to "
+                           "predict from its text alone.")
         data = {"attention_mask": attention_mask, "modality_mask": modality_mask}
         if waveforms:
             try:
