@@ -267,7 +267,7 @@ def test_trainer_solver_still_trains_functionals_in_epochs_and_settings_are_chec
     common = dict(backbone="opensmile:eGeMAPSv02", config_overrides={"speech_embed_dim": 8})
     results = train_encoder(dataset, "speech", tmp_path / "trainer", functionals_processor(), solver="trainer",
                             training_overrides={"num_train_epochs": 2, "learning_rate": 1e-2}, **common)
-    assert results["solver"] == "trainer" and results["best_checkpoint"] is not None
+    assert results["solver"] == "trainer" and results["best_step"] is not None
     with pytest.raises(ValueError, match=r"\['num_train_epochs'\] set the Trainer's epochs.*--solver trainer"):
         train_encoder(dataset, "speech", tmp_path / "lbfgs", functionals_processor(),
                       training_overrides={"num_train_epochs": 2}, **common)

@@ -37,7 +37,7 @@ def run_results(seed: int, shift: float) -> dict:
     scores = {"weighted_f1": 0.60 + shift, "macro_f1": 0.55 + shift, "accuracy": 0.62 + shift,
               "unweighted_recall": 0.58 + shift, "loss": 1.1 - shift, "epoch": 5.0,
               **{f"f1_{label}": 0.5 + shift for label in LABELS}}
-    return {"seed": seed, "validation": dict(scores), "test": dict(scores), "best_checkpoint": None, "config": {}}
+    return {"seed": seed, "validation": dict(scores), "test": dict(scores), "best_step": 1, "best_epoch": 1.0, "config": {}}
 
 
 RESULTS = [run_results(0, 0.0), run_results(1, 0.02)]

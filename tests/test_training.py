@@ -213,6 +213,48 @@ def test_a_split_no_enabled_expert_can_answer_is_refused(data):
         check_experts_can_answer(["text", "cross_modal"], data["train"].remove_columns("text_embeds"))
 
 
+def test_an_utterance_no_expert_can_read_is_refused_before_training(tmp_path):
+    """Utterance by utterance and in every split: a validation utterance without text, under a text-only model, was
+    predicted as class 0 and counted in the scores that select the model, and only the test report refused it, after
+    every epoch had run. Embedding rows and raw rows (a blank text is no text) are read alike."""
+    rows = {split: conversations(3, seed, split, missing=True) for seed, split in enumerate(("train", "validation"))}
+    data = DatasetDict({split: make_dialogue_dataset(part, LABELS) for split, part in rows.items()})
+    check_experts_can_answer(["speech", "text", "cross_modal"], data)  # each utterance keeps one modality
+    with pytest.raises(ValueError, match=r"split 'train': dialogue 'train0': utterance 'train0_\d+' lacks every "
+                                         r"modality an enabled expert reads \(3 such utterances"):
+        check_experts_can_answer(["text"], data)
+    with pytest.raises(ValueError, match="split 'validation'.*'validation0'"):
+        train_conversation_model(DatasetDict(train=dialogues(4, 0, "t"), validation=data["validation"]), tmp_path,
+                                 {**SIZES, "experts": ["text"]}, FAST, report=False)
+    assert not (tmp_path / "run.json").exists() and not list(tmp_path.glob("checkpoint-*"))
+    raw = [{**row, "texts": ["  "] + row["texts"][1:]} for row in conversations(2, 0, "r")]
+    for row in raw:
+        del row["speech_embeds"], row["text_embeds"]
+    with pytest.raises(ValueError, match="dialogue 'r0': utterance 'r0_0' lacks every modality"):
+        check_experts_can_answer(["text"], make_dialogue_dataset(raw, LABELS), raw=True)
+
+
+def test_experts_never_given_their_modality_are_left_out_of_the_model(tmp_path):
+    """Trained on text alone (fed so, or the data has no speech), the speech and cross-modal experts never train; kept,
+    they took two thirds of the gate as soon as `evaluate` or the pipeline gave them speech."""
+    data = corpus(train=4, validation=2, test=2)
+    logger = transformers.logging.get_logger("mister_e.training.stage_two")
+    for name, dataset, modalities in (("fed", data, ["text"]), ("data", data.remove_columns("speech_embeds"),
+                                                                  ["speech", "text"])):
+        with CaptureLogger(logger) as captured:
+            results = train_conversation_model(dataset, tmp_path / name, SIZES, FAST, modalities=modalities,
+                                               report=False)
+        assert "speech, cross_modal expert(s) would never be given" in captured.out
+        assert results["config"]["experts"] == ["text"]
+        model = MisterEForEmotionRecognition.from_pretrained(tmp_path / name)
+        assert model.config.experts == ["text"] and model.speech_expert is None and model.cross_modal_expert is None
+    with pytest.raises(ValueError, match="speech expert.*would never be given"):
+        train_conversation_model(data, tmp_path / "given", SIZES, FAST, modalities=["text"], report=False,
+                                 model=MisterEForEmotionRecognition(MisterEConfig(
+                                     **SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                     num_labels=len(LABELS), experts=["speech", "text"])))
+
+
 def test_drop_modalities_never_empties_an_utterance():
     presence = np.array([[True, True]] * 2000 + [[True, False], [False, True]])
     assert (drop_modalities(presence, 1.0, 0.0, np.random.default_rng(0))[:2000] == [False, True]).all()
@@ -276,6 +318,11 @@ def test_length_grouped_batches_pad_as_little_as_sorting_does(data, tmp_path):
     slots = sum(batch["labels"].numel() for batch in batches)
     shuffled = build_trainer(trainer.model, data, tmp_path, collator, {**FAST, "per_device_train_batch_size": 4})
     assert sum(batch["labels"].numel() for batch in shuffled.get_train_dataloader()) > slots
+    evaluation = [batch["attention_mask"].sum(1).tolist() for batch in trainer.get_eval_dataloader()]
+    assert sum(evaluation, []) == [len(labels) for labels in data["validation"]["labels"]]  # in order, not grouped
+    results = train_conversation_model(data, tmp_path / "run", SIZES, {**FAST, "train_sampling_strategy":
+                                       "group_by_length"}, report=False)  # evaluates each epoch (it failed there)
+    assert 0 <= results["validation"]["weighted_f1"] <= 1
 
 
 def test_stage_two_trains_under_cpu_bfloat16_autocast(data, tmp_path):
@@ -373,9 +420,27 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         resumed_weights = load_file(tmp_path / "resumed" / checkpoint / "model.safetensors")
         for key, value in straight_weights.items():
             torch.testing.assert_close(resumed_weights[key], value, rtol=0, atol=1e-6)
-    assert resumed == json.loads((tmp_path / "straight" / "results.json").read_text()) | {
-        "best_checkpoint": resumed["best_checkpoint"]}
+    assert resumed == json.loads((tmp_path / "straight" / "results.json").read_text())
 
+
+
+def test_resumed_run_keeps_early_stopping_count(tmp_path):
+    """Early stopping's count of evaluations without gain survives a crash: at lr 0 no epoch beats the first, so
+    patience 2 ends the run after epoch 3 whether or not it was cut after epoch 2 (it ran to epoch 4 when resuming
+    restarted the count)."""
+    data = corpus(train=8, validation=4, test=2)
+    training = {**FAST, "learning_rate": 0.0, "num_train_epochs": 10, "per_device_train_batch_size": 4,
+                "checkpoint_budget": 0}
+    straight = _Steps()
+    train_conversation_model(data, tmp_path / "straight", SIZES, training, report=False, early_stopping_patience=2,
+                             callbacks=[straight])
+    with pytest.raises(_Crash):
+        train_conversation_model(data, tmp_path / "resumed", SIZES, training, early_stopping_patience=2,
+                                 callbacks=[_CrashAfter(4)])
+    resumed = _Steps()
+    train_conversation_model(data, tmp_path / "resumed", SIZES, training, report=False, early_stopping_patience=2,
+                             callbacks=[resumed])
+    assert straight.steps == list(range(1, 7)) and resumed.steps == [5, 6]
 
 
 def _weights(folder):
@@ -445,6 +510,8 @@ def test_paced_checkpoints_keep_selection_and_resuming_exact(every_epoch, tmp_pa
     for key, value in _weights(reference).items():
         torch.testing.assert_close(_weights(tmp_path)[key], value, rtol=0, atol=1e-6)
     assert resumed["validation"] == every["validation"] and resumed["test"] == every["test"]
+    # results.json names the selected evaluation, which no paced checkpoint holds here (it named checkpoint-4)
+    assert (resumed["best_step"], resumed["best_epoch"]) == (every["best_step"], every["best_epoch"]) == (8, 2.0)
 
 
 def test_a_checkpoint_holds_the_best_weights_when_they_are_not_its_own(every_epoch, tmp_path):
@@ -538,8 +605,7 @@ def test_stage_one_trains_selects_on_validation_and_merges(data, processor, tmp_
         config_overrides={"text_embed_dim": 16}, training_overrides={**FAST, "learning_rate": 1e-3},
         keep_checkpoints=True,
     )
-    state = json.loads((tmp_path / "run" / f"checkpoint-{results['best_checkpoint'].split('-')[-1]}" /
-                        "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "run" / f"checkpoint-{results['best_step']}" / "trainer_state.json").read_text())
     evals = [log["eval_weighted_f1"] for log in state["log_history"] if "eval_weighted_f1" in log]
     assert state["best_metric"] == max(evals) == results["validation"]["weighted_f1"]
     assert state["max_steps"] >= 2 and (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
@@ -735,7 +801,7 @@ def test_set_values_get_their_types():
         parse_sets(["learning_rate"])
 
 
-def test_no_flat_robustness_curve_for_single_modality_data(data, tmp_path, capsys):
+def test_no_flat_robustness_curve_for_single_modality_data(data, tmp_path, caplog):
     """Dropping a modality never removes an utterance's only input, so on text-only data the curve would be three flat
     lines that read as perfect robustness: it is skipped, and the CLI says so."""
     torch.manual_seed(0)
@@ -744,11 +810,27 @@ def test_no_flat_robustness_curve_for_single_modality_data(data, tmp_path, capsy
     model.save_pretrained(tmp_path / "model")
     text_only = data.remove_columns("speech_embeds")
     text_only.save_to_disk(tmp_path / "data")
-    capsys.readouterr()
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
                  "--output-dir", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "metrics.json").is_file() and not (tmp_path / "report" / "robustness.json").exists()
-    assert capsys.readouterr().err.count("No robustness curve") == 1
+    assert [record.getMessage() for record in caplog.records].count(
+        "No robustness curve: every utterance has one modality at most, so there is nothing to drop.") == 1
+
+
+def test_no_robustness_curve_for_a_modality_the_model_cannot_do_without(data, tmp_path):
+    """A text-only model has no answer once text is dropped: those utterances were scored as class 0, and the curve
+    rose or fell by that class's share. Only the condition it can answer after (dropping speech) is drawn."""
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       id2label=dict(enumerate(LABELS)), experts=["text"]))
+    with CaptureLogger(transformers.logging.get_logger("mister_e.training.evaluate")) as captured:
+        curve = evaluate_model(model, data["test"], tmp_path / "report", probabilities=(0.0, 0.9))["robustness"]
+    assert set(curve["conditions"]) == {"speech"} and len(set(curve["conditions"]["speech"]["accuracy"])) == 1
+    assert "No 'drop text' robustness curve" in captured.out and "No 'drop either'" in captured.out
+    full = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                      id2label=dict(enumerate(LABELS))))
+    curve = evaluate_model(full, data["test"], tmp_path / "full", probabilities=(0.0, 0.9))["robustness"]
+    assert set(curve["conditions"]) == {"speech", "text", "either"}
 
 
 @pytest.mark.parametrize("setting, value, named", [("experts", "[speach]", "speach"),

@@ -338,8 +338,9 @@ def robustness_curve(
     predict_fn: Callable[[float, float, int], tuple[Sequence[int], Sequence[int]]],
     probabilities: Sequence[float] = DEFAULT_DROP_PROBABILITIES,
     seed: int = 0,
+    conditions: Sequence[str] = ROBUSTNESS_CONDITIONS,
 ) -> dict[str, Any]:
-    """Scores as a modality goes missing at test time, for the three conditions of `ROBUSTNESS_CONDITIONS`.
+    """Scores as a modality goes missing at test time, for the conditions of `ROBUSTNESS_CONDITIONS` asked for.
 
     `predict_fn(drop_speech_p, drop_text_p, seed)` runs the model with each modality's input dropped with the
     given probability and returns `(predictions, references)` (-100 references are ignored). Conditions call it
@@ -362,12 +363,12 @@ def robustness_curve(
             )
         return runs[drop_speech_p, drop_text_p]
 
-    conditions = {}
-    for condition in ROBUSTNESS_CONDITIONS:
+    curves = {}
+    for condition in conditions:
         speech_share, text_share = _DROPPED_MODALITIES[condition]
         points = [scores(speech_share * p, text_share * p) for p in probabilities]
-        conditions[condition] = {metric: [point[metric] for point in points] for metric in SCALAR_METRICS}
-    return {"probabilities": [float(p) for p in probabilities], "seed": seed, "conditions": conditions}
+        curves[condition] = {metric: [point[metric] for point in points] for metric in SCALAR_METRICS}
+    return {"probabilities": [float(p) for p in probabilities], "seed": seed, "conditions": curves}
 
 
 def write_robustness_report(output_dir: str | os.PathLike, curve: Mapping[str, Any]) -> None:

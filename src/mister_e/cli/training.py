@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
 from ..configuration_mister_e import MODALITIES
@@ -179,7 +177,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if not isinstance(dataset, DatasetDict) or args.split not in dataset:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
-    logging.getLogger(evaluate_model.__module__).setLevel(logging.ERROR)  # a missing curve is said once, below
     result = evaluate_model(
         args.model, dataset[args.split], output_dir, robustness=args.robustness,
         probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
@@ -187,9 +184,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     print(json.dumps({metric: result["metrics"][metric] for metric in SCALAR_METRICS}, indent=2))
-    if args.robustness and result["robustness"] is None:
-        print("No robustness curve: no utterance of this split has both speech and text to drop one of.",
-              file=sys.stderr)
 
 
 def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:

@@ -197,15 +197,67 @@ def _misaligned(dialogue: str, column: str, entries: int, labels: int) -> ValueE
                       "per-utterance column needs one entry per utterance.")
 
 
-def check_experts_can_answer(experts: Sequence[str], split: Dataset, modalities: Sequence[str] = MODALITIES,
-                             raw: bool = False) -> None:
-    """Raise a ValueError when no enabled expert is given every modality it reads: the gate would have no expert to
-    weigh, so a model would train on nothing and score as chance without an error. A modality is given when it is
-    fed (`modalities`) and the split has its embedding column (or `raw`: a processor reads audio and text)."""
-    given = [modality for modality in modalities if raw or EMBED_COLUMN[modality] in split.column_names]
+def modalities_given(split: Dataset, modalities: Sequence[str] = MODALITIES, raw: bool = False) -> list[str]:
+    """The modalities a model is given: fed (`modalities`), and in the split as embedding columns (or `raw`: a
+    processor reads audio and text)."""
+    return [modality for modality in modalities if raw or EMBED_COLUMN[modality] in split.column_names]
+
+
+def check_experts_can_answer(experts: Sequence[str], split: Dataset | DatasetDict,
+                             modalities: Sequence[str] = MODALITIES, raw: bool = False) -> None:
+    """Raise a ValueError when no enabled expert is given every modality it reads, in the whole split or at one of its
+    utterances: the gate would have no expert to weigh, so a model would train on nothing, or predict that utterance
+    as an arbitrary class, without an error. A modality is given when it is fed (`modalities`) and the split has its
+    embedding column (or `raw`: a processor reads audio and text), and at an utterance when its entry is there."""
+    if isinstance(split, DatasetDict):
+        _check_each_split(lambda part: check_experts_can_answer(experts, part, modalities, raw), split)
+        return
+    given = modalities_given(split, modalities, raw)
     if not any(set(EXPERT_MODALITIES[expert]) <= set(given) for expert in experts):
         raise ValueError(f"No enabled expert can answer: the experts read {modalities_read(experts)}, but the split "
                          f"gives {given or 'no modality'} (`modalities`, and its embedding columns).")
+    # Then utterance by utterance, as the collator will feed them: one that no expert can read would be predicted as
+    # an arbitrary class and counted in every validation score that selects the model.
+    embedded = [modality for modality in modalities if EMBED_COLUMN[modality] in split.column_names]
+    columns = {modality: (EMBED_COLUMN if embedded else RAW_COLUMN)[modality] for modality in embedded or modalities}
+    table = split.select_columns([c for c in {*columns.values(), LABELS, DIALOGUE_ID, UTTERANCE_IDS}
+                                  if c in split.column_names]).with_format("arrow")[:]
+    counts = pc.list_value_length(table[LABELS]).to_numpy(zero_copy_only=False)
+    present = np.zeros((int(counts.sum()), len(MODALITIES)), dtype=bool)
+    for modality, column in columns.items():
+        if column in table.column_names:
+            present[:, MODALITIES.index(modality)] = _present_per_utterance(table[column], counts)
+    answerable = np.zeros(len(present), dtype=bool)
+    for expert in experts:
+        answerable |= present[:, [MODALITIES.index(modality) for modality in EXPERT_MODALITIES[expert]]].all(-1)
+    if not answerable.all():
+        first = int(np.flatnonzero(~answerable)[0])
+        row = int(np.searchsorted(np.cumsum(counts), first, side="right"))
+        position = first - int(counts[:row].sum())
+        name = table[DIALOGUE_ID][row].as_py() if DIALOGUE_ID in table.column_names else f"#{row}"
+        utterance = (table[UTTERANCE_IDS][row].as_py() or [])[position:position + 1] if UTTERANCE_IDS in \
+            table.column_names else []
+        raise ValueError(f"dialogue {name!r}: utterance {utterance[0] if utterance else position!r} lacks every "
+                         f"modality an enabled expert reads ({int((~answerable).sum())} such utterances; the experts "
+                         f"read {modalities_read(experts)}, fed {list(columns)}): its prediction would be arbitrary; "
+                         "drop them or feed another modality.")
+
+
+def _present_per_utterance(column: pa.ChunkedArray, counts: np.ndarray) -> np.ndarray:
+    """Whether each utterance has this column's input (`is_present`, over whole Arrow columns): a missing row (`None`
+    for the whole dialogue) marks all its utterances absent."""
+    column = column.combine_chunks()
+    values = column.flatten()
+    valid = pc.is_valid(values)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):  # a blank text says nothing
+        valid = pc.and_(valid, pc.not_equal(pc.utf8_trim_whitespace(values), "").fill_null(False))
+    valid = valid.to_numpy(zero_copy_only=False)
+    rows_valid = column.is_valid().to_numpy(zero_copy_only=False)
+    pieces, start = [], 0
+    for count, row_valid in zip(counts, rows_valid):
+        pieces.append(valid[start:start + count] if row_valid else np.zeros(count, dtype=bool))
+        start += count if row_valid else 0
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=bool)
 
 
 def _check_each_split(check, dialogues: DatasetDict) -> None:

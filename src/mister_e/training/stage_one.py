@@ -22,7 +22,7 @@ from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
 from .runs import record_run
-from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names
+from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names, selected_evaluation
 
 
 def train_encoder(
@@ -110,7 +110,7 @@ def train_encoder(
     splits = ("validation", "test")
     scores = _score(trainer, splits, utterances) if solver == "lbfgs" else _fit(trainer, splits, utterances)
     results = {"seed": seed, "modality": modality, "solver": solver, **scores,
-               "best_checkpoint": trainer.state.best_model_checkpoint}
+               **selected_evaluation(trainer)}
     if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
         merged = trainer.model
         if not functionals:

@@ -22,12 +22,15 @@ from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
 from ..data.schema import (
-    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, load_dialogues, require_splits,
+    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, load_dialogues, modalities_given,
+    require_splits,
 )
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .runs import check_run, data_identity, finished_results, record_run
-from .trainer import CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, label_names
+from .trainer import (
+    CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, label_names, selected_evaluation,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -85,10 +88,22 @@ def train_conversation_model(
                 "The dataset has no `speech_embeds`/`text_embeds` columns: extract them first (`mister-e extract`), "
                 "or pass a `model` with utterance encoders and its `processor`."
             )
-        config = MisterEConfig(**{**data_config(dataset["train"]), **(config_overrides or {})})
-        model = MisterEForEmotionRecognition(config)
+        settings = {**data_config(dataset["train"]), **(config_overrides or {})}
+        experts, given = MisterEConfig(**settings).experts, modalities_given(dataset["train"], modalities)
+        unfed = experts_never_given(experts, given)
+        if unfed and len(unfed) < len(experts):  # (none left: `check_experts_can_answer` says so below)
+            logger.warning(f"The {', '.join(unfed)} expert(s) would never be given what they read (given: "
+                           f"{', '.join(given)}), so they are left out of the model: untrained, they would still "
+                           "answer in `evaluate`, `predict` and the pipeline.")
+            settings["experts"] = [expert for expert in experts if expert not in unfed]
+        model = MisterEForEmotionRecognition(MisterEConfig(**settings))
+    elif unfed := experts_never_given(model.config.experts,
+                                      modalities_given(dataset["train"], modalities, processor is not None)):
+        raise ValueError(f"The model's {', '.join(unfed)} expert(s) would never be given what they read (fed: "
+                         f"{list(modalities)}): they would stay untrained yet answer later; build the model with "
+                         "`experts` that the fed modalities serve.")
     check_finite_embeddings(dataset)
-    check_experts_can_answer(model.config.experts, dataset["train"], modalities, raw=processor is not None)
+    check_experts_can_answer(model.config.experts, dataset, modalities, raw=processor is not None)
     warn_of_unseen_classes(model.config, dataset["train"])
     fit_input_statistics(model, dataset["train"])
     if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
@@ -104,7 +119,7 @@ def train_conversation_model(
     results = {
         "seed": seed,
         **_fit(trainer, ("validation", "test"), dataset),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        **selected_evaluation(trainer),
         "config": json.loads(trainer.model.config.to_json_string()),
     }
     trainer.save_model(str(output_dir))
@@ -115,6 +130,11 @@ def train_conversation_model(
         if "gates" in metrics:  # which expert the selected model trusts, on average
             results["test"]["gate"] = metrics["gates"]["mean"]
     return _finish(trainer, results, keep_checkpoints)
+
+
+def experts_never_given(experts: Sequence[str], given: Sequence[str]) -> list[str]:
+    """The experts that read a modality training never gives them."""
+    return [expert for expert in experts if not set(EXPERT_MODALITIES[expert]) <= set(given)]
 
 
 def warn_of_unseen_classes(config: MisterEConfig, train: Dataset) -> None:
@@ -253,7 +273,7 @@ def run_ablations(
     for name in names:  # and an ablation the data cannot serve (speech_only on text-only data) before the others train
         ablated = MisterEConfig(**{**data_config(dataset["train"]), **apply_ablation(recipe, name)["config"]})
         try:
-            check_experts_can_answer(ablated.experts, dataset["train"], recipe["modalities"])
+            check_experts_can_answer(ablated.experts, dataset, recipe["modalities"])
         except ValueError as error:
             raise ValueError(f"Ablation {name!r}: {error}") from None
     output_dir = Path(output_dir or recipe["output_dir"])

@@ -27,6 +27,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
+from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -67,8 +68,11 @@ ENCODER_TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_strategy": "steps",
     "logging_steps": 50,
 }
-# Trainer settings the dialogue batches need whatever a recipe says (stack notes).
-_TRAINER_REQUIRED = {"remove_unused_columns": False, "label_names": ["labels"]}
+# Trainer settings the dialogue batches need whatever a recipe says (stack notes), and the callbacks' state restored on
+# resuming: early stopping's count of evaluations without gain restarted at 0 otherwise, so a resumed run trained on
+# past the epoch where the uninterrupted one stopped, and could select another epoch.
+_TRAINER_REQUIRED = {"remove_unused_columns": False, "label_names": ["labels"],
+                     "restore_callback_states_from_checkpoint": True}
 _OUTPUT_KEYS = frozenset(
     field.name for output in (MisterEOutput, MisterEUtteranceOutput) for field in dataclasses.fields(output)
 )
@@ -204,6 +208,13 @@ class MisterETrainer(Trainer):
                                         lengths=lengths)
         return super()._get_train_sampler(train_dataset)
 
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in the data set's order: Trainer 5 groups evaluation batches by length too under
+        `group_by_length`, measuring `input_ids` that dialogue rows lack (it failed at the first evaluation)."""
+        if self.args.train_sampling_strategy == "group_by_length" and eval_dataset is not None:
+            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+        return super()._get_eval_sampler(eval_dataset)
+
     def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
         # Every loader of Trainer 5.x is built here; `is_training` tells the training loader from the others.
         collator = self.data_collator
@@ -271,6 +282,16 @@ def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -
     # Training is over: early stopping would warn, on each split scored below, that it finds no validation metric.
     trainer.remove_callback(EarlyStoppingCallback)
     return _score(trainer, splits, dataset)
+
+
+def selected_evaluation(trainer: MisterETrainer) -> dict[str, Any]:
+    """The evaluation that selected the model, by step and epoch, for `results.json`. Its weights are the run folder's
+    own; no checkpoint is named, since paced checkpoints need not include the selected step (the field that named one
+    could point at another epoch's weights)."""
+    state = trainer.state
+    evaluations = [log for log in state.log_history if any(key.startswith("eval_") for key in log)]
+    epoch = next((log.get("epoch") for log in evaluations if log.get("step") == state.best_global_step), None)
+    return {"best_step": state.best_global_step, "best_epoch": epoch}
 
 
 def _score(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -> dict[str, dict[str, float]]:
