@@ -183,6 +183,22 @@ def test_card_from_single_run_and_seed_summary():
     assert "No scores were given" in model_card(model)
     with pytest.raises(ValueError, match="no `test`/`validation`"):
         model_card(model, {"seed": 0})
+    with pytest.raises(ValueError, match=r"`test/accuracy` is 62.0: scores are fractions in \[0, 1\]"):
+        model_card(model, {"test/accuracy": {"mean": 62.0, "std": 0.0, "n": 1}})  # not 6200.00
+
+
+def test_card_of_a_text_only_model_says_what_it_reads():
+    """A text-only end-to-end model was tagged and described as an audio model, with examples it could not run."""
+    full = model_card(tiny_model())
+    assert "- audio" in full and "its audio and/or transcript" in full and '"audio": "a.wav"' in full
+    assert 'pip install \\"transformers[audio]\\"' not in full and 'pip install "transformers[audio]"' in full
+    config = tiny_model().config
+    config.speech_config, config.experts = None, ["text"]
+    card = model_card(MisterEForEmotionRecognition(config))
+    header = card.split("---")[1]
+    assert "- text" in header and "- audio" not in header
+    assert "from its transcript and" in card and '"audio"' not in card and "Speech backbone" not in card
+    assert "transformers[audio]" not in card
 
 
 def test_save_for_hub_restores_missing_processor_code(tmp_path):
@@ -226,3 +242,17 @@ def test_save_for_hub_writes_all_or_nothing_and_keeps_local_paths_off_the_card(t
     stage_two = MisterEForEmotionRecognition(tiny_config())
     with pytest.raises(ValueError, match="end-to-end model"):
         save_for_hub(stage_two, tiny_processor(), tmp_path / "stage-2")
+
+
+def test_a_model_whose_pipeline_files_are_not_at_hand_saves_no_pipeline_entry(tmp_path, monkeypatch):
+    """A model loaded through remote code keeps `custom_pipelines` in its config, but the cached code has no pipeline
+    files beside it: saved again, the folder named a `pipeline_mister_e.py` it did not hold, and its pipeline failed."""
+    from mister_e.configuration_mister_e import CUSTOM_PIPELINES
+
+    model = tiny_model()
+    model.config.custom_pipelines = dict(CUSTOM_PIPELINES)  # as loaded from a folder through remote code
+    monkeypatch.setattr(MisterEForEmotionRecognition, "PIPELINE_CODE", ("no_such_pipeline_mister_e.py",))
+    model.save_pretrained(tmp_path)
+    assert not json.loads((tmp_path / "config.json").read_text()).get("custom_pipelines")
+    assert not (tmp_path / "pipeline_mister_e.py").exists()
+    assert MisterEForEmotionRecognition.from_pretrained(tmp_path).config.experts == model.config.experts

@@ -66,6 +66,18 @@ def test_config_json_round_trip(tmp_path):
     assert reloaded.to_dict() == config.to_dict()
     assert reloaded.id2label == {i: f"emotion_{i}" for i in range(NUM_LABELS)}
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mister_e"
+    config.finetuning_task = "erc"  # attributes transformers and users set on any config; `_name_or_path` too
+    assert MisterEConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_weights_a_config_has_no_place_for_are_refused(tmp_path):
+    """Loading under an edited config (here without the standardiser whose statistics were saved) dropped those
+    tensors with only a log line, and the model predicted from unstandardised inputs."""
+    MisterEForEmotionRecognition(tiny_config(standardize_inputs=True)).save_pretrained(tmp_path)
+    for edit in ({"standardize_inputs": False}, {"experts": ["text"]}):
+        with pytest.raises(OSError, match=r"tensors this configuration has no place for \(.*\): loading would drop"):
+            MisterEForEmotionRecognition.from_pretrained(tmp_path, **edit)
+    assert MisterEForEmotionRecognition.from_pretrained(tmp_path).speech_standardizer is not None
 
 
 @pytest.mark.parametrize(
@@ -91,6 +103,11 @@ def test_config_json_round_trip(tmp_path):
         ("standardize_inputs", 1),
         ("id2label", {0: "a", 1: "b", 7: "c"}),
         ("id2label", {0: "a", 1: "a"}),
+        ("context_dim", 8.0),
+        ("encoder_batch_size", 2.5),
+        ("conv_kernel_sizes", [3.0]),
+        ("conv_kernel_sizes", "3"),
+        ("speech_prompt_ids", "abc"),
     ],
 )
 def test_config_rejects_invalid_values_naming_the_field(field, value):

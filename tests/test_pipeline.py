@@ -181,6 +181,23 @@ def test_an_utterance_no_expert_can_answer_is_named(causal, wavs, tmp_path):
             list(text_pipe.stream(speech_at_3["utterances"]))
 
 
+def test_a_model_without_a_speech_encoder_answers_from_the_text(wavs, tmp_path):
+    """A text-only end-to-end model (no speech encoder) reads an utterance's text and leaves its audio unread, as the
+    README's "answered from what they have" says; it stopped at the audio ("Got speech inputs but the config has no
+    `speech_config`"). An utterance with audio alone is still refused, named."""
+    config = tiny_model(causal=True).config
+    config.speech_config, config.experts = None, ["text"]
+    torch.manual_seed(0)
+    MisterEForEmotionRecognition(config).save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    text_pipe = pipeline(TASK, model=str(tmp_path), device="cpu")
+    both, text_alone = conversation(wavs), conversation(wavs, audio=False)
+    assert text_pipe(both) == text_pipe(text_alone)
+    assert list(text_pipe.stream(both)) == list(text_pipe.stream(text_alone))
+    with pytest.raises(ValueError, match=r"utterance 0: no enabled expert"):
+        text_pipe(conversation(wavs, text=False))
+
+
 def test_stream_matches_whole_causal_conversation(causal_pipe, wavs):
     mixed = {"utterances": [
         {"audio": wavs[0], "text": "hello world"}, {"text": "oh no"}, {"audio": wavs[1]},

@@ -41,6 +41,11 @@ _BASE_KWARGS = {
     "bos_token_id",
     "eos_token_id",
     "name_or_path",
+    "_name_or_path",  # `to_dict()` writes it: `from_dict(to_dict())` must round-trip
+    # set on a config after construction by transformers (a quantized backbone) or by Trainer and users
+    "quantization_config",
+    "finetuning_task",
+    "task_specific_params",
     "torch_dtype",
     "output_attentions",
     "attn_implementation",
@@ -314,6 +319,12 @@ class MisterEConfig(PreTrainedConfig):
                     continue
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"`{name}` must be a number, got {value!r}.")
+                if "float" not in str(default.type) and not isinstance(value, int):  # a width, a count: torch
+                    raise TypeError(f"`{name}` must be a whole number, got {value!r}.")  # fails later, naming none
+        for name in ("conv_kernel_sizes", "speech_prompt_ids"):
+            values = getattr(self, name)
+            if values is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise TypeError(f"`{name}` must be a list of whole numbers, got {values!r}.")
         _check_choices("experts", self.experts, EXPERTS)
         if not self.experts or len(set(self.experts)) != len(self.experts):
             raise ValueError(f"`experts` must name at least one expert, each once, got {self.experts}.")

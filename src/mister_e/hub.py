@@ -55,12 +55,14 @@ from . import (
     processing_mister_e,
     segmentation_mister_e,
 )
+from .configuration_mister_e import EXPERT_MODALITIES
 from .evaluation import SCALAR_METRICS, summarize_seeds
 from .pipeline_mister_e import TASK
 
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 TAGS = ["emotion-recognition", "audio", "text", "mister-e"]
+_MODALITY_TAGS = {"speech": "audio", "text": "text"}  # tagged only where the model reads the modality
 # What a self-contained (remote-code) checkpoint folder must hold besides the weights.
 CODE_FILES = {
     "configuration_mister_e.py": configuration_mister_e,
@@ -145,6 +147,9 @@ def _metrics_section(results: Any) -> tuple[str, list[str]]:
         intro = f"One training run: {runs}. Scores (F1, accuracy, recall) are percentages."
     lines = [intro, "", "| split | metric | value |", "|---|---|---|"]
     for metric, value in rows:
+        if _is_score(metric) and not 0 <= value["mean"] <= 1:  # 61.0 would print as 6100.00
+            raise ValueError(f"`{metric}` is {value['mean']}: scores are fractions in [0, 1], as training writes them "
+                             "(results.json), not percentages.")
         split, _, name = metric.partition("/") if "/" in metric else ("", "", metric)
         scale = 100.0 if _is_score(metric) else 1.0
         digits = 2 if scale == 100.0 else 4
@@ -157,6 +162,13 @@ def _metrics_section(results: Any) -> tuple[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------- card
+
+# The card's example conversation, for what the model reads.
+_EXAMPLES = {
+    ("speech", "text"): '{"utterances": [{"audio": "a.wav", "text": "hi"}, {"text": "oh no"}, {"audio": "c.wav"}]}',
+    ("text",): '{"utterances": [{"text": "hi"}, {"text": "oh no"}, {"text": "that is great"}]}',
+    ("speech",): '{"utterances": [{"audio": "a.wav"}, {"audio": "b.wav"}, {"audio": "c.wav"}]}',
+}
 
 
 def _backbone(sub_config) -> tuple[str, str | None] | None:
@@ -220,17 +232,22 @@ def model_card(
         metrics_text = "No scores were given when this card was written."
 
     recipe = results.get("recipe") if isinstance(results, Mapping) else None
+    experts = list(getattr(config, "experts", ()))
+    # What the model reads: what its experts read, of the modalities it has an encoder for (all, for a model on
+    # embeddings): a text-only model is no audio model, on the Hub or in its examples.
+    encoded = [modality for modality, backbone in backbones.items() if backbone] or ["speech", "text"]
+    reads = [modality for modality in ("speech", "text")
+             if modality in encoded and any(modality in EXPERT_MODALITIES[expert] for expert in experts)]
     metadata = ModelCardData(
         library_name="transformers",
         license=license,
-        tags=list(TAGS),
+        tags=[tag for tag in TAGS if tag not in _MODALITY_TAGS.values()] + [_MODALITY_TAGS[m] for m in reads],
         pipeline_tag=pipeline_tag,
         datasets=list(datasets) if datasets else None,
         base_model=base_models or None,
         metrics=sorted({_HUB_METRICS[name] for name in metric_names}) or None,
     )
 
-    experts = list(getattr(config, "experts", ()))
     summary = [
         f"**Experts**: {', '.join(experts)} (a speech expert, a text expert and a cross-modal expert exist in the "
         "full model; ablations switch some off).",
@@ -239,9 +256,12 @@ def model_card(
         f"**Causal**: {bool(config.causal)} — "
         + ("each prediction uses the current and past utterances only, so it can run online (streaming)."
            if config.causal else "each prediction uses the whole conversation (past and future utterances)."),
-        f"**Context module**: `{getattr(config, 'context_module', 'conv_gru')}`",
     ]
+    if set(experts) - {"cross_modal"}:  # the co-attention expert has no context module
+        summary.append(f"**Context module**: `{getattr(config, 'context_module', 'conv_gru')}`")
     for modality, backbone in backbones.items():
+        if modality not in reads:
+            continue
         if backbone is None:
             summary.append(f"**{modality.capitalize()} backbone**: none (this model takes precomputed "
                            f"{modality} embeddings)")
@@ -275,7 +295,8 @@ def model_card(
     card = ModelCard.from_template(
         metadata, template_path=str(MODEL_CARD_TEMPLATE), title=title, labels=sorted(id2label.items()),
         summary=summary, training_data=data_text, metrics=metrics_text, domain=dataset_name or "its training data",
-        has_speech=backbones["speech"] is not None, has_text=backbones["text"] is not None, task=TASK, repo=repo,
+        inputs={("speech",): "audio", ("text",): "transcript"}.get(tuple(reads), "audio and/or transcript"),
+        example=_EXAMPLES[tuple(reads)], reads_audio="speech" in reads, task=TASK, repo=repo,
         needs_opensmile=bool(backbones["speech"]) and backbones["speech"][0] == "opensmile",
     )
     return str(card) + "\n"

@@ -138,6 +138,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         carries_code = getattr(self, "_auto_class", None) is not None and all(path.is_file() for path in pipeline_code)
         if carries_code:
             self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
+        elif getattr(self.config, "custom_pipelines", None):  # loaded through remote code: its pipeline files are not
+            self.config.custom_pipelines = {}  # at hand, and a folder naming a file it lacks fails to load its pipeline
         super().save_pretrained(save_directory, *args, **kwargs)
         if carries_code:
             for path in pipeline_code:

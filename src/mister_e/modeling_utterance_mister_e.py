@@ -76,11 +76,21 @@ class MisterEPreTrainedModel(PreTrainedModel):
                     if saved_as[0] == "MisterEForUtteranceClassification" else "")
             raise ValueError(f"{path} holds a {saved_as[0]}, not a {cls.__name__}: load it with "
                              f"{saved_as[0]}.from_pretrained.{hint}")
-        if info["missing_keys"] and kwargs.get("state_dict") is None:  # a state_dict given is the caller's choice
+        if kwargs.get("state_dict") is not None:  # a state_dict given is the caller's choice
+            return (model, info) if wants_info else model
+        if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise OSError(f"The weights in {path} lack {len(missing)} of the model's tensors ({', '.join(missing[:3])}"
                           f"{', ...' if len(missing) > 3 else ''}): they would be random. The file is incomplete or "
                           "belongs to another configuration; save or download the model again.")
+        # Tensors of a module the config no longer builds (an edited `standardize_inputs`, `experts` or `gate_mode`):
+        # dropped, the model would predict otherwise than it was trained to. A backbone's own spare buffers are not.
+        unused = sorted(key for key in info["unexpected_keys"] if not key.startswith(("speech_encoder.", "text_encoder.")))
+        if unused:
+            raise OSError(f"The weights in {path} hold {len(unused)} tensors this configuration has no place for "
+                          f"({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}): loading would drop them. "
+                          "Was config.json edited, or a field given to `from_pretrained` (e.g. `standardize_inputs`, "
+                          "`experts`, `gate_mode`)? Load it as it was saved.")
         return (model, info) if wants_info else model
 
     def _init_weights(self, module):

@@ -127,6 +127,10 @@ class MisterEConversationPipeline(Pipeline):
                 "its vocabulary (tokenizer.json) is missing from the model folder or belongs to another model; save "
                 "the processor again (`processor.save_pretrained(folder)`)."
             )
+        # An utterance's input for a modality the model has no encoder for is not read: a text-only model answers an
+        # utterance with audio and text from its text, as it answers one without audio.
+        self._unread = [key for modality, key in (("speech", "audio"), ("text", "text"))
+                        if getattr(config, f"{modality}_config", None) is None]
         self.model.eval()
         self._asr_pipelines = {}  # model id or folder -> loaded ASR pipeline
 
@@ -242,6 +246,8 @@ class MisterEConversationPipeline(Pipeline):
         if not conversations:
             raise ValueError("Got an empty batch: expected at least one conversation.")
         self._checked(lambda: self.processor._as_batch(conversations), conversations, first_index)
+        conversations = [{**conversation, "utterances": [self._readable(u) for u in conversation["utterances"]]}
+                         for conversation in conversations]
         windows, counts = [], []
         for conversation in conversations:
             utterances = list(conversation["utterances"])
@@ -282,6 +288,18 @@ class MisterEConversationPipeline(Pipeline):
                     raise _renamed(culprit, _describe("conversation", 0, conversation),
                                    _describe("conversation", first_index + index, conversation)) from None
             raise
+
+    def _readable(self, utterance):
+        """The utterance without the inputs this model has no encoder for (said once a process); one with nothing else
+        is kept whole, for the refusal that names it (`_unanswerable`)."""
+        if not isinstance(utterance, Mapping) or not any(utterance.get(key) is not None for key in self._unread):
+            return utterance
+        if all(utterance.get(key) is None for key in ("audio", "text") if key not in self._unread):
+            return utterance
+        modality = "speech" if self._unread == ["audio"] else "text"
+        logger.warning_once(f"This model has no {modality} encoder: utterances' {' and '.join(self._unread)} "
+                            "are not read.")
+        return {key: value for key, value in utterance.items() if key not in self._unread}
 
     def _unanswerable(self, model_inputs) -> tuple[int, int] | None:
         """`(conversation, utterance)` of the first real utterance that no enabled expert can answer (it lacks a
@@ -383,7 +401,7 @@ class MisterEConversationPipeline(Pipeline):
             utterances = utterances["utterances"]
         state = None
         for index, utterance in enumerate(utterances):
-            conversation = {"utterances": [utterance]}
+            conversation = {"utterances": [self._readable(utterance)]}
             try:
                 model_inputs = dict(self.processor(conversation, return_tensors="pt"))
             except (ValueError, TypeError, FileNotFoundError) as error:
