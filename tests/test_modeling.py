@@ -70,6 +70,15 @@ def test_config_json_round_trip(tmp_path):
     assert MisterEConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
 
 
+def test_a_misspelled_attribute_is_refused_when_saved_not_when_loaded(tmp_path):
+    """Set after construction, a typo was written to config.json and refused only by the next load (maybe someone
+    else's, after an upload): the save refuses it now."""
+    model = MisterEForEmotionRecognition(tiny_config())
+    model.config.gate_mdoe = "mean"
+    with pytest.raises(StrictDataclassError, match=r"unknown field\(s\) \['gate_mdoe'\]"):
+        model.save_pretrained(tmp_path)
+
+
 def test_weights_a_config_has_no_place_for_are_refused(tmp_path):
     """Loading under an edited config (here without the standardiser whose statistics were saved) dropped those
     tensors with only a log line, and the model predicted from unstandardised inputs."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from huggingface_hub.dataclasses import strict
@@ -68,6 +69,12 @@ def contradicts_recorded_embedding(recorded: str, other: str | None) -> bool:
 def modalities_read(experts) -> dict[str, list[str]]:
     """What each of `experts` reads, for the messages that refuse data no enabled expert can answer."""
     return {expert: list(EXPERT_MODALITIES[expert]) for expert in experts}
+
+
+@functools.cache
+def _base_attributes() -> frozenset[str]:
+    """The attributes `PreTrainedConfig` itself sets, whatever the transformers version."""
+    return frozenset(vars(PreTrainedConfig()))
 
 
 def _task_registered() -> bool:
@@ -308,6 +315,11 @@ class MisterEConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of `@strict`-powered validation: every error names the field at fault."""
+        # An attribute set after construction (`config.gate_mdoe = ...`) would be saved, then refused when loaded.
+        unknown = sorted(name for name in vars(self) if not name.startswith("_") and name not in _BASE_KWARGS
+                         and name not in self.__dataclass_fields__ and name not in _base_attributes())
+        if unknown:
+            raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")
         for name, value in vars(self).items():
             default = self.__dataclass_fields__.get(name)
             if name in PER_MODALITY:  # checked below, per modality
