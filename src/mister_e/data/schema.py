@@ -246,8 +246,7 @@ def check_experts_can_answer(experts: Sequence[str], split: Dataset | DatasetDic
 def _present_per_utterance(column: pa.ChunkedArray, counts: np.ndarray) -> np.ndarray:
     """Whether each utterance has this column's input (`is_present`, over whole Arrow columns): a missing row (`None`
     for the whole dialogue) marks all its utterances absent."""
-    column = column.combine_chunks()
-    values = column.flatten()
+    values = pc.list_flatten(column)  # one entry per utterance of the dialogues that have the column
     valid = pc.is_valid(values)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):  # a blank text says nothing
         valid = pc.and_(valid, pc.not_equal(pc.utf8_trim_whitespace(values), "").fill_null(False))
