@@ -148,6 +148,14 @@ def test_float64_embeddings_are_read_in_the_weights_dtype():
         torch.testing.assert_close(as_float64.logits, model(**batch).logits)
 
 
+def test_config_refuses_labels_that_contradict_each_other():
+    with pytest.raises(ValueError, match="`num_labels=4` contradicts `id2label`, which names 2 classes"):
+        MisterEConfig(num_labels=4, id2label={0: "a", 1: "b"})  # was: LABEL_0..LABEL_3, names lost
+    with pytest.raises(ValueError, match="`id2label` .* and `label2id` .* disagree"):
+        MisterEConfig(id2label={0: "a", 1: "b"}, label2id={"x": 0, "y": 1})
+    assert MisterEConfig(num_labels=2, id2label={0: "a", 1: "b"}).id2label == {0: "a", 1: "b"}
+
+
 def test_config_reads_one_expert_name_and_labels_given_one_way_round():
     assert tiny_config(experts="text").experts == ["text"]  # `--set experts=text` (YAML gives a string)
     config = MisterEConfig(label2id={"calm": 0, "angry": 1})

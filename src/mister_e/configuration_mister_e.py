@@ -303,6 +303,13 @@ class MisterEConfig(PreTrainedConfig):
         unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
         if unknown:
             raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")
+        if isinstance(self.id2label, dict) and isinstance(self.label2id, dict) and \
+                {label: int(index) for index, label in self.id2label.items()} != dict(self.label2id):
+            raise ValueError(f"`id2label` {self.id2label} and `label2id` {self.label2id} disagree: give one of them.")
+        if isinstance(self.id2label, dict) and kwargs.get("num_labels") not in (None, len(self.id2label)):
+            # transformers would replace the names with LABEL_0.. without a word
+            raise ValueError(f"`num_labels={kwargs['num_labels']}` contradicts `id2label`, which names "
+                             f"{len(self.id2label)} classes: give one of them.")
         if self.id2label is None and isinstance(self.label2id, dict):  # the labels given one way round only
             self.id2label = {index: label for label, index in self.label2id.items()}
         if self.id2label is None and kwargs.get("num_labels") is None:
