@@ -140,6 +140,15 @@ def test_inputs_off_the_grid_are_named(change, error, match):
         tiny_model()(**change(conversations(lengths=(3, 7))))
 
 
+def test_return_dict_false_gives_the_outputs_as_a_tuple():
+    """transformers' convention (tracing, export): `return_dict=False` was refused as an unexpected input."""
+    model, batch = tiny_model(), conversations(lengths=(3, 7))
+    with torch.no_grad():
+        output, as_tuple = model(**batch), model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(output.to_tuple())
+    torch.testing.assert_close(as_tuple[1], output.logits)  # (loss, logits, ...): the batch has labels
+
+
 def test_float64_embeddings_are_read_in_the_weights_dtype():
     model, batch = tiny_model(), conversations(lengths=(3, 7))
     with torch.no_grad():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mister_e import (
     CUSTOM_PIPELINES,
@@ -185,6 +185,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         model.load_state_dict(state, strict=True)
         return model
 
+    @can_return_tuple
     def forward(
         self,
         speech_embeds: torch.Tensor | None = None,

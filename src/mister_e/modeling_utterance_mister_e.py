@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mister_e import MisterEConfig, MisterEOpenSmileConfig
 from .encoders_mister_e import MisterEFeatureStandardizer, backbone_family, build_encoders, encode_in_chunks
@@ -209,6 +209,7 @@ class MisterEForUtteranceClassification(MisterEPreTrainedModel):
                      for name, path in paths.items()}
         return cls(MisterEConfig(**configs, **config_kwargs), **backbones)
 
+    @can_return_tuple
     def forward(
         self,
         attention_mask: torch.Tensor,
