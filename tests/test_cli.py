@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,15 +96,30 @@ def test_read_conversation_from_json_and_folders(tmp_path):
     assert [(u["id"], u["text"], u["audio"]) for u in utterances] == [
         ("a", "named with its file name", str(tmp_path / "a.wav")), ("b", None, str(tmp_path / "b.wav"))]
     (tmp_path / "transcripts.txt").write_text("utt1\tnames no file here\n")  # formerly: every WAV silently dropped
-    with pytest.raises(ValueError, match="no line names one of the 2 WAV files"):
+    with pytest.raises(ValueError, match="no line names one of the 2 audio files"):
         read_conversation(tmp_path)
     (tmp_path / "transcripts.txt").write_text("a\tfine\nbb\ta typo for b\n")  # formerly: b.wav silently dropped
-    with pytest.raises(ValueError, match=r"no line names b\.wav; lines naming no WAV: \['bb'\]"):
+    with pytest.raises(ValueError, match=r"no line names b\.wav; lines naming no audio file: \['bb'\]"):
         read_conversation(tmp_path)
     (tmp_path / "b.wav").rename(tmp_path / "B.WAV")  # upper-case extensions are WAVs too
     (tmp_path / "transcripts.txt").write_text("a\tfine\nB.wav\tshouted\n")
     assert [u["audio"] for u in read_conversation(tmp_path)["utterances"]] == [str(tmp_path / "a.wav"),
                                                                                str(tmp_path / "B.WAV")]
+    sf.write(tmp_path / "b.flac", np.zeros(1600, np.float32), 16000)  # formerly: one of the two silently dropped
+    with pytest.raises(ValueError, match=r"holds B\.WAV and b\.flac: one utterance name for two audio files"):
+        read_conversation(tmp_path)
+
+
+def test_a_folder_of_other_audio_formats_is_read_in_number_order(tmp_path):
+    """FLAC/OGG files beside transcripts.txt were not read (text only, no warning); without it, names were ordered
+    with their case (`Utt3` first) and equal names by the file system."""
+    for name in ("utt10.flac", "utt2.ogg", "Utt3.wav", "utt01.wav", "utt1.flac"):
+        sf.write(tmp_path / name, np.zeros(1600, np.float32), 16000)
+    assert [u["id"] for u in read_conversation(tmp_path)["utterances"]] == ["utt01", "utt1", "utt2", "Utt3", "utt10"]
+    (tmp_path / "transcripts.txt").write_text("utt2\tb\nutt10.flac\tc\nutt1\ta\nUtt3\td\nutt01\te\n")
+    utterances = read_conversation(tmp_path)["utterances"]
+    assert [Path(u["audio"]).name for u in utterances] == ["utt2.ogg", "utt10.flac", "utt1.flac", "Utt3.wav",
+                                                           "utt01.wav"]
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"turns": []}', "utterances")])

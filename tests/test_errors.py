@@ -148,7 +148,7 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "missing audio file": (["predict", "--model", "{root}/model", "{root}/missing-audio.json"], "gone.wav", ""),
     "transcripts not UTF-8": (["predict", "--model", "{root}/model", "{root}/latin-1"], "transcripts.txt", "UTF-8"),
     "transcripts name no file": (["predict", "--model", "{root}/model", "{root}/names-no-file"], "transcripts.txt",
-                                 "WAV"),
+                                 "audio files"),
     "transcript line without a tab": (["predict", "--model", "{root}/model", "{root}/no-tab"], "transcripts.txt:1",
                                       "tab"),
     "missing data set (evaluate)": (["evaluate", "--model", "{root}/model", "--dataset", "{root}/no-data"], "no-data",

@@ -253,3 +253,12 @@ def test_nan_weights_are_refused_not_printed_as_scores(wavs, tmp_path):
     tiny_processor().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="predictions are not finite"):
         pipeline(TASK, model=str(tmp_path), device="cpu")(conversation(wavs))
+
+
+def test_a_conversation_file_is_not_taken_for_a_recording(pipe, tmp_path):
+    """An existing file was read as a recording whatever its kind ("Format not recognised" for a JSON file)."""
+    (tmp_path / "conv.json").write_text('{"utterances": [{"text": "hello"}]}')
+    (tmp_path / "calls.wav").mkdir()  # a folder whose name ends in .wav
+    for path in (str(tmp_path / "conv.json"), tmp_path / "calls.wav"):
+        with pytest.raises(ValueError, match=r"read by `mister_e\.conversations\.read_conversation\(path\)`"):
+            pipe(path)

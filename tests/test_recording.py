@@ -111,6 +111,24 @@ def test_blocks_of_any_sample_type_are_cut_the_same_and_stereo_blocks_are_named(
         list(iter_segments([blocks[0], np.stack([blocks[1], blocks[1]], axis=1)]))
 
 
+def test_recordings_cut_at_the_same_time_are_cut_as_alone(recording):
+    """Two recordings segmented in turns (two streams) shared one detector's state and moved each other's cuts."""
+    waveform = load_recording(recording[0])
+    other = np.concatenate([waveform[len(waveform) // 3:], waveform[: len(waveform) // 3]])
+    alone = [[(s["start"], s["end"]) for s in segment_recording(w)] for w in (waveform, other)]
+    streams = [iter_segments(np.array_split(w, 40)) for w in (waveform, other)]
+    together = [[], []]
+    while any(stream is not None for stream in streams):
+        for index, stream in enumerate(streams):
+            if stream is not None:
+                found = next(stream, None)
+                if found is None:
+                    streams[index] = None
+                else:
+                    together[index].append((found["start"], found["end"]))
+    assert together == alone
+
+
 def test_stereo_44k_recording_is_cut_the_same(recording, tmp_path):
     from mister_e.processing_mister_e import _resample
 
@@ -251,7 +269,16 @@ def test_silence_and_a_missing_asr_model_say_why(recording, model_dir, tmp_path,
     assert main(["predict", "--model", str(model_dir), str(tmp_path / "quiet.wav")]) == 0
     printed = capsys.readouterr()
     assert json.loads(printed.out) == [] and printed.err.count("No speech found in") == 1, printed.err
-    assert f"No speech found in {tmp_path / 'quiet.wav'}" in printed.err
+    assert f"No speech found in {tmp_path / 'quiet.wav'}: voice activity detection found no utterance of at least " \
+        "0.25 s" in printed.err
+    # speech, all of it shorter than asked for: the message names that length, not only the threshold
+    assert main(["predict", "--model", str(model_dir), str(recording[0]), "--min-utterance", "9",
+                 "--max-utterance", "12"]) == 0
+    assert "no utterance of at least 9 s" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"`min_utterance_seconds` \(40\) must be below the processor's "
+                                         r"`max_audio_seconds` \(30 s\)"):
+        pipeline(TASK, model=str(model_dir))(str(recording[0]), segmentation={"min_utterance_seconds": 40,
+                                                                               "max_utterance_seconds": 60})
     assert main(["predict", "--model", str(model_dir), str(recording[0]), "--asr", str(tmp_path / "no-asr")]) == 2
     error = capsys.readouterr().err.strip()
     assert "no-asr" in error and "ASR model" in error and len(error.splitlines()) == 1, error

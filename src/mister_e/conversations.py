@@ -1,4 +1,4 @@
-"""A conversation from files, as `mister-e predict` reads it: a JSON file or a folder of WAVs with transcripts."""
+"""A conversation from files, as `mister-e predict` reads it: a JSON file or a folder of audio files with transcripts."""
 
 from __future__ import annotations
 
@@ -8,21 +8,31 @@ from pathlib import Path
 
 
 def read_conversation(path: str | Path) -> dict:
-    """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of WAVs.
+    """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of audio files.
 
-    In a folder, `transcripts.txt` (one `name<TAB>text` line per utterance, `name` = WAV file stem) gives the order
-    and the texts; without it the WAVs are taken in name order, audio only. A line without a WAV is text only, but
-    every WAV must be named by a line: a WAV left out is most likely a typo in its line, and dropping its audio
-    silently would change the answers.
+    In a folder, `transcripts.txt` (one `name<TAB>text` line per utterance, `name` = audio file stem) gives the order
+    and the texts; without it the audio files (WAV, FLAC, OGG, MP3) are taken in name order, audio only. A line
+    without an audio file is text only, but every audio file must be named by a line: one left out is most likely a
+    typo in its line, and dropping its audio silently would change the answers.
     """
+    from .segmentation_mister_e import RECORDING_EXTENSIONS
+
     path = Path(path)
     if path.is_dir():
-        files = sorted((wav for wav in path.iterdir() if wav.suffix.lower() == ".wav" and wav.is_file()), key=_natural)
-        wavs = {wav.stem: str(wav) for wav in files}  # utt2 before utt10, as a conversation's turns are numbered
+        files = sorted((file for file in path.iterdir() if file.suffix.lower() in RECORDING_EXTENSIONS
+                        and file.is_file()), key=_natural)
+        wavs = {}  # utt2 before utt10, as a conversation's turns are numbered
+        for file in files:
+            twin = next((other for other in wavs if other.lower() == file.stem.lower()), None)
+            if twin is not None:  # utt1.wav and utt1.WAV, or utt1.flac: one name, two files
+                raise ValueError(f"{path} holds {Path(wavs[twin]).name} and {file.name}: one utterance name for two "
+                                 "audio files; rename or move one.")
+            wavs[file.stem] = str(file)
         transcripts = path / "transcripts.txt"
         if not transcripts.is_file():
             if not wavs:
-                raise ValueError(f"{path} has neither WAV files nor transcripts.txt.")
+                raise ValueError(f"{path} has neither audio files ({', '.join(RECORDING_EXTENSIONS)}) nor "
+                                 "transcripts.txt.")
             return {"id": path.name, "utterances": [{"id": name, "audio": wav} for name, wav in wavs.items()]}
         utterances = []
         for number, line in enumerate(read_utf8(transcripts).splitlines(), 1):
@@ -31,20 +41,21 @@ def read_conversation(path: str | Path) -> dict:
                 if not tab:
                     raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
                 name = name.strip()
-                name = name[:-4] if name.lower().endswith(".wav") else name  # `utt00.wav` names `utt00.wav` too
+                if Path(name).suffix.lower() in RECORDING_EXTENSIONS:  # `utt00.wav` names `utt00.wav` too
+                    name = Path(name).stem
                 if any(utterance["id"] == name for utterance in utterances):
                     raise ValueError(f"{transcripts}:{number}: {name!r} is named twice; an utterance has one line.")
                 utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
         if wavs and not any(utterance["audio"] for utterance in utterances):
-            raise ValueError(f"{transcripts}: no line names one of the {len(wavs)} WAV files beside it (a line is "
+            raise ValueError(f"{transcripts}: no line names one of the {len(wavs)} audio files beside it (a line is "
                              f"`name<TAB>text` with the file's name, e.g. `{next(iter(wavs))}`).")
         unnamed = sorted(set(wavs) - {utterance["id"] for utterance in utterances})
         if unnamed:
             unmatched = [utterance["id"] for utterance in utterances if not utterance["audio"]]
             raise ValueError(f"{transcripts}: no line names {Path(wavs[unnamed[0]]).name}"
-                             f"{f' (and {len(unnamed) - 1} more WAVs)' if len(unnamed) > 1 else ''}"
-                             f"{f'; lines naming no WAV: {unmatched[:3]}' if unmatched else ''}. Name every WAV "
-                             "of the folder in a line (`name<TAB>text`), or move it out.")
+                             f"{f' (and {len(unnamed) - 1} more audio files)' if len(unnamed) > 1 else ''}"
+                             f"{f'; lines naming no audio file: {unmatched[:3]}' if unmatched else ''}. Name every "
+                             "audio file of the folder in a line (`name<TAB>text`), or move it out.")
         return {"id": path.name, "utterances": utterances}
     if not path.is_file():
         raise FileNotFoundError(f"No conversation file or folder at {path}.")
@@ -68,9 +79,10 @@ def read_conversation(path: str | Path) -> dict:
     return conversation
 
 
-def _natural(path: Path) -> list:
-    """Sort key reading the digits in a name as a number: `utt2` before `utt10`."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem)]
+def _natural(path: Path) -> tuple:
+    """Sort key reading the digits in a name as a number, letters whatever their case: `utt2` before `utt10` and
+    `Utt3`; names equal so (`utt01`, `utt1`) in their own order, not the file system's."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.stem)], path.stem
 
 
 def read_utf8(path: Path) -> str:

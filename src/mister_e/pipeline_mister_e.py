@@ -168,7 +168,8 @@ class MisterEConversationPipeline(Pipeline):
             "Expected a conversation dict `{'utterances': [...]}`, a list of them, or a recording (an audio file path "
             "or `{'recording': ...}`), got "
             f"{type(inputs).__name__}. (A list is a batch of conversations, not a list of utterances; an audio array is "
-            "a recording as `{'recording': array, 'sampling_rate': rate}`.)"
+            "a recording as `{'recording': array, 'sampling_rate': rate}`; a conversation's JSON file or folder of "
+            "audio files is read by `mister_e.conversations.read_conversation(path)`.)"
         )
 
     # ------------------------------------------------------------------ recordings
@@ -181,6 +182,10 @@ class MisterEConversationPipeline(Pipeline):
         segmentation = segmentation or MisterESegmentation()
         longest = self.processor.max_audio_seconds  # what the processor reads of an utterance: split, never cut short
         if segmentation.max_utterance_seconds > longest:
+            if segmentation.min_utterance_seconds >= longest:
+                raise ValueError(f"Segmentation `min_utterance_seconds` ({segmentation.min_utterance_seconds:g}) must "
+                                 f"be below the processor's `max_audio_seconds` ({longest:g} s): no utterance is read "
+                                 "past it, so longer ones are split there.")
             segmentation = dataclasses.replace(segmentation, max_utterance_seconds=longest)
         source, rate = recording, None
         if isinstance(recording, Mapping) and "recording" in recording:  # {"recording": array, "sampling_rate": sr}
@@ -209,7 +214,7 @@ class MisterEConversationPipeline(Pipeline):
         options = {key: kwargs.pop(key) for key in ("segmentation", "asr") if key in kwargs}
         utterances = list(self.recording_utterances(recording, **options))
         if not utterances:
-            logger.warning(f"No speech found in {_recording_name(recording)}: no utterance to predict.")
+            logger.warning(no_speech_found(recording, options.get("segmentation")))
             return []
         conversation = {"utterances": [_as_input(utterance) for utterance in utterances]}
         results = super().__call__(conversation, **kwargs)
@@ -393,7 +398,7 @@ class MisterEConversationPipeline(Pipeline):
             for result in self.stream(cut(), top_k):
                 yield {**_timing(heard[-1]), **result}
             if not heard:
-                logger.warning(f"No speech found in {_recording_name(utterances)}: no utterance to predict.")
+                logger.warning(no_speech_found(utterances, segmentation))
             return
         _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")
@@ -425,6 +430,16 @@ class MisterEConversationPipeline(Pipeline):
             yield self._utterance_result(probabilities, output.gate_weights[0, -1].float().cpu(), top_k)
 
 
+def no_speech_found(recording, segmentation=None) -> str:
+    """What to say of a recording in which no utterance was found, and what to change."""
+    if isinstance(segmentation, Mapping):
+        segmentation = MisterESegmentation(**segmentation)
+    shortest = (segmentation or MisterESegmentation()).min_utterance_seconds
+    return (f"No speech found in {_recording_name(recording)}: voice activity detection found no utterance of at "
+            f"least {shortest:g} s (`min_utterance_seconds`, CLI --min-utterance; lower it for short bursts of speech, "
+            "or the threshold, --vad-threshold, for a quiet recording).")
+
+
 def _renamed(error: Exception, old: str, new: str) -> Exception:
     """`error` again, its message starting with `new` where it started with `old`."""
     message = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
@@ -432,10 +447,14 @@ def _renamed(error: Exception, old: str, new: str) -> Exception:
 
 
 def _is_recording(inputs) -> bool:
-    """A recording is a path (a file, or a name with an audio extension) or a dict with a `recording` key."""
-    if isinstance(inputs, str):
-        return os.path.isfile(inputs) or inputs.lower().endswith(RECORDING_EXTENSIONS)
-    return isinstance(inputs, os.PathLike) or isinstance(inputs, Mapping) and "recording" in inputs
+    """A recording is a path (a file, or a name with an audio extension; not a conversation's JSON file or folder) or
+    a dict with a `recording` key."""
+    if isinstance(inputs, (str, os.PathLike)):
+        path = os.fspath(inputs)
+        if path.lower().endswith(".json") or os.path.isdir(path):
+            return False
+        return isinstance(inputs, os.PathLike) or os.path.isfile(path) or path.lower().endswith(RECORDING_EXTENSIONS)
+    return isinstance(inputs, Mapping) and "recording" in inputs
 
 
 def _recording_name(recording) -> str:

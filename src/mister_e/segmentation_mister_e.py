@@ -21,6 +21,7 @@ rules of Hub remote code (torch, numpy, transformers and its siblings at module 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -154,7 +155,9 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
     `max_utterance_seconds` is cut at its quietest 32 ms in the second half of that length, and continues after it.
     """
     segmentation = segmentation or MisterESegmentation()
-    model = _vad_model()  # first: its ImportError names the extra
+    # A copy of its own (4 ms): the detector carries its state through the recording, and recordings cut at the same
+    # time (two streams, two threads) moved each other's cuts through one shared model.
+    model = copy.deepcopy(_vad_model())  # first: its ImportError names the extra
     from silero_vad import VADIterator
 
     model.reset_states()
@@ -200,7 +203,6 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
         found = utterance(start, offset + len(held))
         if found:
             yield found
-    model.reset_states()
 
 
 def _quietest(audio: np.ndarray) -> int:

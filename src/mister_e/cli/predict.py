@@ -15,7 +15,7 @@ from .arguments import output_file, plot_file, positive_float, positive_int, tor
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="End-to-end model folder (with its processor).")
-    parser.add_argument("conversation", help="A conversation JSON file, a folder of WAVs with transcripts.txt, or a "
+    parser.add_argument("conversation", help="A conversation JSON file, a folder of audio files with transcripts.txt, or a "
                                              "recording (.wav/.flac/.ogg/.mp3), cut into utterances by voice activity "
                                              "detection (extra `mister-e[recording]`).")
     parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR",
@@ -52,7 +52,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from ..processing_mister_e import MisterEProcessor
     from ..segmentation_mister_e import RECORDING_EXTENSIONS, MisterESegmentation
 
-    recording = Path(args.conversation).suffix.lower() in RECORDING_EXTENSIONS
+    recording = Path(args.conversation).suffix.lower() in RECORDING_EXTENSIONS and not Path(args.conversation).is_dir()
     if recording:
         if not Path(args.conversation).is_file():
             raise FileNotFoundError(f"Recording not found: {args.conversation}.")
@@ -64,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> None:
                              f"{args.conversation}.")
         source = Path(args.conversation)
         if source.is_file() and source.suffix.lower() != ".json":
-            raise ValueError(f"{source} is neither a conversation (.json, or a folder of WAVs) nor a recording "
+            raise ValueError(f"{source} is neither a conversation (.json, or a folder of audio files) nor a recording "
                              f"({'/'.join(RECORDING_EXTENSIONS)}): convert other audio formats, e.g. to .wav.")
         conversation = read_conversation(args.conversation)
     if not Path(args.model).is_dir():
@@ -89,13 +89,19 @@ def run_predict(args: argparse.Namespace) -> None:
 
 def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
     """A recording's timeline: JSON on stdout (`start`, `end`, `text` per utterance), optionally CSV and PNG."""
+    from ..pipeline_mister_e import no_speech_found
     from ..timeline import save_timeline_plot, write_timeline_csv
 
     # The pipeline warns of a recording without speech through its logger; here it is said once, on stderr.
-    logging.getLogger(type(pipe).__module__).setLevel(logging.ERROR)
-    predictions = pipe(args.conversation, top_k=args.top_k, segmentation=segmentation, asr=args.asr)
+    pipeline_logger = logging.getLogger(type(pipe).__module__)
+    level = pipeline_logger.level
+    pipeline_logger.setLevel(logging.ERROR)
+    try:
+        predictions = pipe(args.conversation, top_k=args.top_k, segmentation=segmentation, asr=args.asr)
+    finally:
+        pipeline_logger.setLevel(level)
     if not predictions:
-        print(f"No speech found in {args.conversation}: no utterance to predict.", file=sys.stderr)
+        print(no_speech_found(args.conversation, segmentation), file=sys.stderr)
     elif not args.asr:
         count = f"{len(predictions)} utterance{'s' if len(predictions) > 1 else ''}"
         print(f"{count}, answered from speech alone (no transcripts: --asr MODEL transcribes them).", file=sys.stderr)
