@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from datasets import DatasetDict
 
@@ -42,21 +43,27 @@ def build_emodb(
     test_speaker: str | None = None,
     validation_speaker: str | None = None,
     conversation_size: int = 10,
+    seed: int = 0,
 ) -> DatasetDict:
     """Berlin EmoDB (7 emotions) from its WAVs, ``SSTTTEv.wav`` in ``root`` or ``root/wav/``, split by speaker.
 
     Label, speaker and transcript (`EMODB_TRANSCRIPTS`) come from the file name. All of ``test_speaker`` is test,
     all of ``validation_speaker`` validation, the other speakers train; the defaults are the first speaker in sorted
-    order and the next one (`emodb_folds`). EmoDB has no conversations, so each speaker's recordings, in file-name
-    order (text code, emotion, version), are cut into chunks of ``conversation_size`` utterances (the last may be
-    shorter), a monologue like a CMU-MOSI video: dialogue ids are ``<speaker>-<chunk>`` (``03-000``). A
-    ``conversation_size`` of 1 makes every utterance its own conversation (no context).
+    order and the next one (`emodb_folds`). EmoDB has no conversations, so each speaker's recordings, in an order
+    drawn with ``seed``, are cut into chunks of ``conversation_size`` utterances (the last may be shorter), a
+    monologue like a CMU-MOSI video: dialogue ids are ``<speaker>-<chunk>`` (``03-000``). A ``conversation_size`` of
+    1 makes every utterance its own conversation (no context).
+
+    The order is drawn, not the file names': sorted by name, each sentence's recordings come in the emotion letters'
+    order (fear, disgust, happiness, boredom, neutral, sadness, anger), and a context model read the labels from
+    the positions (text-only stage 2, on sentences that carry no emotion: 34 weighted F1 against 15 at chance).
     """
     if conversation_size < 1:
         raise ValueError(f"conversation_size must be at least 1, got {conversation_size}")
     root = Path(root)
     folder = root / "wav" if (root / "wav").is_dir() else root
-    utterances = [_emodb_record(path) for path in sorted(folder.glob("*.wav"))]
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() == ".wav" and path.is_file())  # .WAV too
+    utterances = [_emodb_record(path) for path in files]
     if not utterances:
         raise FileNotFoundError(f"EmoDB: no WAV files in {folder} (expected SSTTTEv.wav files in root or root/wav/)")
     speakers = sorted({utterance["speaker"] for utterance in utterances})
@@ -69,13 +76,16 @@ def build_emodb(
     if test_speaker == validation_speaker:
         raise ValueError(f"EmoDB: speaker {test_speaker!r} cannot be both test and validation speaker")
     splits = {test_speaker: "test", validation_speaker: "validation"}
-    positions: Counter[str] = Counter()
-    for utterance in utterances:  # sorted by file name: speaker, text code, emotion, version
-        speaker = utterance["speaker"]
-        utterance["split"] = splits.get(speaker, "train")
-        utterance["dialogue_id"] = f"{speaker}-{positions[speaker] // conversation_size:03d}"
-        positions[speaker] += 1
-    return _group_dialogues(utterances, EMODB_LABELS)
+    rng = np.random.default_rng(seed)
+    ordered = []
+    for speaker in speakers:  # each speaker's recordings (sorted by name first, so the draw is reproducible)
+        own = [utterance for utterance in utterances if utterance["speaker"] == speaker]
+        for position, index in enumerate(rng.permutation(len(own))):
+            utterance = own[index]
+            utterance["split"] = splits.get(speaker, "train")
+            utterance["dialogue_id"] = f"{speaker}-{position // conversation_size:03d}"
+            ordered.append(utterance)
+    return _group_dialogues(ordered, EMODB_LABELS)
 
 
 def emodb_folds(speakers: Iterable[str]) -> list[tuple[str, str]]:
