@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -100,6 +102,13 @@ def test_a_cache_of_another_model_is_refused(dataset, model, processor, tmp_path
     other = MisterEForUtteranceClassification(model.config).eval()
     with pytest.raises(ValueError, match="model"):
         extract_embeddings(dataset, other, processor, tmp_path / "cache", shard_size=50)
+    # the same model through other preprocessing, or in other batches (padding): also another extraction
+    shorter = copy.deepcopy(processor)
+    shorter.max_text_length = 4
+    with pytest.raises(ValueError, match="holds an extraction with another processor"):
+        extract_embeddings(dataset, model, shorter, tmp_path / "cache", shard_size=50)
+    with pytest.raises(ValueError, match="holds an extraction with another batch_size"):
+        extract_embeddings(dataset, model, processor, tmp_path / "cache", shard_size=50, batch_size=3)
 
 
 def test_a_modality_the_data_never_has_is_refused_before_extracting(dataset, model, processor, tmp_path):

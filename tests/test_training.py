@@ -255,6 +255,17 @@ def test_experts_never_given_their_modality_are_left_out_of_the_model(tmp_path):
                                      num_labels=len(LABELS), experts=["speech", "text"])))
 
 
+def test_stage_one_leaves_out_blank_texts_as_the_collator_does():
+    """A text of spaces is no text (README, collator, extraction); stage 1 kept it and the collator then refused its
+    row as lacking the column."""
+    rows = conversations(2, 0, "b", lengths=(3, 4))
+    rows[0]["texts"][1] = "   "
+    flattened = flatten_utterances(make_dialogue_dataset(rows, LABELS), "text")
+    assert len(flattened) == sum(len(row["labels"]) for row in rows) - 1
+    assert "b0_1" not in [ids[0] for ids in flattened["utterance_ids"]]
+    assert all(text.strip() for texts in flattened["texts"] for text in texts)
+
+
 def test_drop_modalities_never_empties_an_utterance():
     presence = np.array([[True, True]] * 2000 + [[True, False], [False, True]])
     assert (drop_modalities(presence, 1.0, 0.0, np.random.default_rng(0))[:2000] == [False, True]).all()
@@ -636,6 +647,11 @@ def test_frozen_encoder_folder_from_the_cli_feeds_extraction_and_prediction(data
     encoder = MisterEForUtteranceClassification.from_pretrained(merged)
     for name, weight in bert.state_dict().items():  # the backbone as pretrained, untouched
         torch.testing.assert_close(encoder.text_encoder.backbone.state_dict()[name], weight)
+    capsys.readouterr()  # a frozen folder is not written over a run's trained one, nor over another frozen one
+    assert main(["train-encoder", "--dataset", str(tmp_path / "data"), "--modality", "text", "--backbone",
+                 str(tmp_path / "bert"), "--processor", str(tmp_path / "processor"), "--output-dir",
+                 str(tmp_path / "frozen"), "--frozen", "--seed", "1"]) == 2
+    assert "holds a run with other settings (seed: 0 -> 1)" in capsys.readouterr().err
     assert main(["extract", "--dataset", str(tmp_path / "data"), "--model", str(merged), "--embedding",
                  "backbone_mean", "--output-dir", str(tmp_path / "embedded")]) == 0
     embedded = load_from_disk(str(tmp_path / "embedded"))

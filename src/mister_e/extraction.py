@@ -88,7 +88,7 @@ def extract_embeddings(
     cache_dir = Path(cache_dir)
     state = process_state()
     lengths = np.fromiter((len(ids) for ids in dataset[UTTERANCE_IDS]), dtype=np.int64, count=len(dataset))
-    manifest = _manifest(dataset, int(lengths.sum()), model, modalities, shard_size, embedding)
+    manifest = _manifest(dataset, int(lengths.sum()), model, processor, modalities, shard_size, embedding, batch_size)
     if state.is_main_process:
         _claim_cache(cache_dir, manifest)
     device = torch.device(device) if device is not None else model.device
@@ -214,20 +214,36 @@ def _has_values(dataset: Dataset, column: str) -> bool:
     return values.null_count < len(values)
 
 
-def _manifest(dataset, utterances: int, model, modalities, shard_size, embedding) -> dict:
-    """What a cache folder holds: this dataset, model and layout, so that a resume never mixes two runs."""
+def _manifest(dataset, utterances: int, model, processor, modalities, shard_size, embedding, batch_size) -> dict:
+    """What a cache folder holds: this dataset, model, processor and layout, so that a resume never mixes two runs
+    (the processor's settings, e.g. `max_text_length`, change the embeddings as much as the weights do, and the batch
+    size changes the padding some speech backbones see)."""
     weights = hashlib.sha256()
     for name, param in sorted(model.state_dict().items()):
         weights.update(name.encode())
-        weights.update(repr(round(float(param.double().sum()), 6)).encode())
+        weights.update(_tensor_bytes(param))
+    preprocessing = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
+    backend = getattr(getattr(processor, "tokenizer", None), "backend_tokenizer", None)
+    if backend is not None:  # its vocabulary and normalisation
+        preprocessing.update(backend.to_str().encode())
     return {
         "dataset": dataset._fingerprint,
         "utterances": utterances,
         "model": weights.hexdigest(),
+        "processor": preprocessing.hexdigest(),
         "modalities": modalities,
         "shard_size": shard_size,
+        "batch_size": batch_size,
         "embedding": embedding,
     }
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's bytes, for the weights' hash (its sum, where its storage cannot be read as bytes: quantized)."""
+    try:
+        return tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    except (RuntimeError, TypeError):
+        return repr(float(tensor.double().sum())).encode()
 
 
 def _claim_cache(cache_dir: Path, manifest: dict) -> None:

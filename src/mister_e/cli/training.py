@@ -95,7 +95,7 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     from ..backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
     from ..data.schema import load_dialogues, require_splits
     from ..processing_mister_e import MisterEProcessor
-    from ..training import check_run, data_identity, finished_results, save_frozen_encoder, train_encoder
+    from ..training import check_run, data_identity, finished_results, record_run, save_frozen_encoder, train_encoder
     from ..training.stage_one import processor_for
 
     default = DEFAULT_SPEECH_BACKBONE if args.modality == "speech" else DEFAULT_TEXT_BACKBONE
@@ -117,8 +117,13 @@ def run_train_encoder(args: argparse.Namespace) -> None:
         new = "activation_checkpointing" in training_fields()
         sections["training"]["activation_checkpointing" if new else "gradient_checkpointing"] = True
     if args.frozen:
+        # a folder's run record stands for what its merged/ holds: a trained run's is not replaced by frozen heads
+        settings = {"modality": args.modality, "backbone": args.backbone or default, "frozen": True, **sections,
+                    "seed": args.seed}
+        check_run(args.output_dir, settings)
         merged = save_frozen_encoder(load_dialogues(args.dataset), args.modality, args.output_dir, processor, backbone,
                                      sections["config"], args.seed)
+        record_run(args.output_dir, settings)
         print_once(f"Saved the frozen {args.modality} encoder to {merged}")
         return
     dataset = load_dialogues(args.dataset)

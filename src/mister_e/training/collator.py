@@ -181,7 +181,7 @@ def flatten_utterances(dataset: Dataset, modality: str) -> Dataset:
         rows = {key: [] for key in keep}
         for dialogue_id, utterance_ids, values, labels in zip(*(batch[key] for key in keep)):
             for utterance_id, value, label in zip(utterance_ids, values, labels):
-                if value is not None and label >= 0:
+                if is_present(value) and label >= 0:  # a blank text is no text, here as in the collator
                     for key, item in zip(keep, (dialogue_id, [utterance_id], [value], [label])):
                         rows[key].append(item)
         return rows
