@@ -102,6 +102,8 @@ def test_a_cache_of_another_model_is_refused(dataset, model, processor, tmp_path
     other = MisterEForUtteranceClassification(model.config).eval()
     with pytest.raises(ValueError, match="model"):
         extract_embeddings(dataset, other, processor, tmp_path / "cache", shard_size=50)
+    processor({"utterances": [{"text": "hello world"}]}, max_text_length=7)  # sets the tokenizer's truncation
+    extract_embeddings(dataset, model, processor, tmp_path / "cache", shard_size=50)  # a used tokenizer: the same one
     # the same model through other preprocessing, or in other batches (padding): also another extraction
     shorter = copy.deepcopy(processor)
     shorter.max_text_length = 4

@@ -224,8 +224,9 @@ def _manifest(dataset, utterances: int, model, processor, modalities, shard_size
         weights.update(_tensor_bytes(param))
     preprocessing = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
     backend = getattr(getattr(processor, "tokenizer", None), "backend_tokenizer", None)
-    if backend is not None:  # its vocabulary and normalisation
-        preprocessing.update(backend.to_str().encode())
+    if backend is not None:  # its vocabulary and normalisation; not the padding and truncation each call sets
+        state = {key: value for key, value in json.loads(backend.to_str()).items() if key not in ("padding", "truncation")}
+        preprocessing.update(json.dumps(state, sort_keys=True).encode())
     return {
         "dataset": dataset._fingerprint,
         "utterances": utterances,
