@@ -71,6 +71,11 @@ def modalities_read(experts) -> dict[str, list[str]]:
     return {expert: list(EXPERT_MODALITIES[expert]) for expert in experts}
 
 
+def _unknown_fields(names) -> ValueError:
+    """The one refusal of names that are no field, given to the constructor or set on a config before it is saved."""
+    return ValueError(f"MisterEConfig got unknown field(s) {names}; see `MisterEConfig` for the valid fields.")
+
+
 @functools.cache
 def _base_attributes() -> frozenset[str]:
     """The attributes `PreTrainedConfig` itself sets, whatever the transformers version."""
@@ -302,7 +307,7 @@ class MisterEConfig(PreTrainedConfig):
             kwargs.pop("custom_pipelines")
         unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
         if unknown:
-            raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")
+            raise _unknown_fields(unknown)
         if isinstance(self.id2label, dict) and isinstance(self.label2id, dict) and \
                 {label: int(index) for index, label in self.id2label.items()} != dict(self.label2id):
             raise ValueError(f"`id2label` {self.id2label} and `label2id` {self.label2id} disagree: give one of them.")
@@ -326,7 +331,7 @@ class MisterEConfig(PreTrainedConfig):
         unknown = sorted(name for name in vars(self) if not name.startswith("_") and name not in _BASE_KWARGS
                          and name not in self.__dataclass_fields__ and name not in _base_attributes())
         if unknown:
-            raise ValueError(f"MisterEConfig got unknown field(s) {unknown}; see `MisterEConfig` for the valid fields.")
+            raise _unknown_fields(unknown)
         for name, value in vars(self).items():
             default = self.__dataclass_fields__.get(name)
             if name in PER_MODALITY:  # checked below, per modality

@@ -177,9 +177,7 @@ class MisterEConversationPipeline(Pipeline):
     def recording_utterances(self, recording, segmentation=None, asr=None) -> Iterator[dict]:
         """The utterances of a recording, in order, each as soon as the recording has been read past its end:
         `{"audio", "start", "end", "text"}` (see the class docstring)."""
-        if isinstance(segmentation, Mapping):
-            segmentation = MisterESegmentation(**segmentation)
-        segmentation = segmentation or MisterESegmentation()
+        segmentation = _segmentation(segmentation)
         longest = self.processor.max_audio_seconds  # what the processor reads of an utterance: split, never cut short
         if segmentation.max_utterance_seconds > longest:
             if segmentation.min_utterance_seconds >= longest:
@@ -432,12 +430,17 @@ class MisterEConversationPipeline(Pipeline):
 
 def no_speech_found(recording, segmentation=None) -> str:
     """What to say of a recording in which no utterance was found, and what to change."""
-    if isinstance(segmentation, Mapping):
-        segmentation = MisterESegmentation(**segmentation)
-    shortest = (segmentation or MisterESegmentation()).min_utterance_seconds
+    shortest = _segmentation(segmentation).min_utterance_seconds
     return (f"No speech found in {_recording_name(recording)}: voice activity detection found no utterance of at "
             f"least {shortest:g} s (`min_utterance_seconds`, CLI --min-utterance; lower it for short bursts of speech, "
             "or the threshold, --vad-threshold, for a quiet recording).")
+
+
+def _segmentation(segmentation) -> MisterESegmentation:
+    """The recording options' `segmentation`: a `MisterESegmentation`, a dict of its fields, or `None` (defaults)."""
+    if isinstance(segmentation, Mapping):
+        return MisterESegmentation(**segmentation)
+    return segmentation or MisterESegmentation()
 
 
 def _renamed(error: Exception, old: str, new: str) -> Exception:

@@ -203,6 +203,11 @@ def modalities_given(split: Dataset, modalities: Sequence[str] = MODALITIES, raw
     return [modality for modality in modalities if raw or EMBED_COLUMN[modality] in split.column_names]
 
 
+def experts_never_given(experts: Sequence[str], given: Sequence[str]) -> list[str]:
+    """The experts that read a modality not among `given` (`modalities_given`)."""
+    return [expert for expert in experts if not set(EXPERT_MODALITIES[expert]) <= set(given)]
+
+
 def check_experts_can_answer(experts: Sequence[str], split: Dataset | DatasetDict,
                              modalities: Sequence[str] = MODALITIES, raw: bool = False) -> None:
     """Raise a ValueError when no enabled expert is given every modality it reads, in the whole split or at one of its
@@ -213,7 +218,7 @@ def check_experts_can_answer(experts: Sequence[str], split: Dataset | DatasetDic
         _check_each_split(lambda part: check_experts_can_answer(experts, part, modalities, raw), split)
         return
     given = modalities_given(split, modalities, raw)
-    if not any(set(EXPERT_MODALITIES[expert]) <= set(given) for expert in experts):
+    if len(experts_never_given(experts, given)) == len(experts):
         raise ValueError(f"No enabled expert can answer: the experts read {modalities_read(experts)}, but the split "
                          f"gives {given or 'no modality'} (`modalities`, and its embedding columns).")
     # Then utterance by utterance, as the collator will feed them: one that no expert can read would be predicted as
@@ -235,9 +240,9 @@ def check_experts_can_answer(experts: Sequence[str], split: Dataset | DatasetDic
         row = int(np.searchsorted(np.cumsum(counts), first, side="right"))
         position = first - int(counts[:row].sum())
         name = table[DIALOGUE_ID][row].as_py() if DIALOGUE_ID in table.column_names else f"#{row}"
-        utterance = (table[UTTERANCE_IDS][row].as_py() or [])[position:position + 1] if UTTERANCE_IDS in \
-            table.column_names else []
-        raise ValueError(f"dialogue {name!r}: utterance {utterance[0] if utterance else position!r} lacks every "
+        ids = table[UTTERANCE_IDS][row].as_py() if UTTERANCE_IDS in table.column_names else None
+        utterance = ids[position] if ids else position
+        raise ValueError(f"dialogue {name!r}: utterance {utterance!r} lacks every "
                          f"modality an enabled expert reads ({int((~answerable).sum())} such utterances; the experts "
                          f"read {modalities_read(experts)}, fed {list(columns)}): its prediction would be arbitrary; "
                          "drop them or feed another modality.")
@@ -514,6 +519,7 @@ __all__ = [
     "attach_embeddings",
     "check_finite_embeddings",
     "check_save_target",
+    "experts_never_given",
     "require_splits",
     "dialogue_features",
     "load_dialogues",

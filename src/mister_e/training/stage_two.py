@@ -22,8 +22,8 @@ from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
 from ..data.schema import (
-    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, load_dialogues, modalities_given,
-    require_splits,
+    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, load_dialogues,
+    modalities_given, require_splits,
 )
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
@@ -130,11 +130,6 @@ def train_conversation_model(
         if "gates" in metrics:  # which expert the selected model trusts, on average
             results["test"]["gate"] = metrics["gates"]["mean"]
     return _finish(trainer, results, keep_checkpoints)
-
-
-def experts_never_given(experts: Sequence[str], given: Sequence[str]) -> list[str]:
-    """The experts that read a modality training never gives them."""
-    return [expert for expert in experts if not set(EXPERT_MODALITIES[expert]) <= set(given)]
 
 
 def warn_of_unseen_classes(config: MisterEConfig, train: Dataset) -> None:
