@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,8 @@ def runs(tmp_path_factory):
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         pytest.fail(f"the 2-process run hung:\n{output[-4000:]}")
-    assert process.returncode == 0, output[-6000:]
+    lines = output.splitlines()  # a failure shows where it happened: the progress lines, then the end in full
+    assert process.returncode == 0, "\n".join(line[:200] for line in lines[:-40]) + "\n" + "\n".join(lines[-40:])
     reports = [json.loads((root / "reports" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     return {"root": root, "reports": reports, "reference": reference, "kept": kept}
 
@@ -220,6 +222,20 @@ def test_only_the_main_process_writes(runs):
         "encoder/results.json", "stage2/seed_0/results.json"]
     assert runs["reports"][0]["stage_one"] == runs["reports"][1]["stage_one"]  # rank 1 gets the merged config too
     assert not list(root.rglob("checkpoint-*"))
+
+
+def test_the_process_group_is_destroyed_before_the_interpreter_tears_down(tmp_path):
+    # The handler registered first runs last (atexit is last in, first out): it sees what mister_e left behind.
+    script = textwrap.dedent(f"""
+        import atexit, torch.distributed as dist
+        atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
+        dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+        import mister_e.utils
+        print("initialized:", dist.is_initialized())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[:2] == ["initialized: True", "initialized at exit: False"]
 
 
 if __name__ == "__main__":

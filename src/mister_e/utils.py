@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,4 +45,14 @@ def process_state() -> PartialState:
     return PartialState(cpu=launched_on_cpu())
 
 
-__all__ = ["PLOT_FORMATS", "atomic_path", "launched_on_cpu", "process_state"]
+@atexit.register
+def release_process_group() -> None:
+    """Destroy the launcher's process group before the interpreter tears down: left to the interpreter's teardown, gloo's
+    threads can be destroyed while still joinable, and the process then aborts after its work is done ("terminate
+    called without an active exception"). `sys.modules`: a process that never imported torch has nothing to release."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
+__all__ = ["PLOT_FORMATS", "atomic_path", "launched_on_cpu", "process_state", "release_process_group"]
