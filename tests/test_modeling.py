@@ -539,6 +539,26 @@ def test_step_by_step_equals_the_whole_causal_conversation(variant):
     assert state["speech"]["inputs"].shape[1] == (4 if variant != "gru" else 0)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_grus_run_in_their_weights_precision_under_bfloat16_autocast(causal):
+    model = tiny_model(causal=causal)
+    seen = []
+    for expert in (model.speech_expert, model.text_expert):
+        expert.gru.register_forward_hook(lambda module, inputs, output: seen.append(output[1].dtype))
+    batch = conversations(lengths=(4,))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = model(speech_embeds=batch["speech_embeds"], text_embeds=batch["text_embeds"])
+        if causal:  # the streaming state stays float32 from step to step
+            state = None
+            for t in range(4):
+                out, state = model.step(batch["speech_embeds"][:, t], batch["text_embeds"][:, t], state=state)
+            torch.testing.assert_close(out.logits[:, 0].float(), whole.logits[:, -1].float(), rtol=0.05, atol=0.05)
+    assert seen and set(seen) == {torch.float32}
+    with torch.no_grad():  # a model cast to bfloat16 runs its GRUs in bfloat16
+        logits = model.to(torch.bfloat16)(speech_embeds=batch["speech_embeds"], text_embeds=batch["text_embeds"]).logits
+    assert seen[-1] == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
 def test_step_refuses_a_bidirectional_model():
     with pytest.raises(ValueError, match="causal"):
         tiny_model().step(text_embeds=torch.randn(1, TEXT_DIM))
