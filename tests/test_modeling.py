@@ -11,10 +11,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from huggingface_hub.errors import StrictDataclassError
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
+from mister_e.experts_mister_e import gru_packed
 from mister_e.losses_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
 
 import tiny
@@ -537,6 +539,22 @@ def test_step_by_step_equals_the_whole_causal_conversation(variant):
             torch.testing.assert_close(out.gate_weights[:, 0], whole.gate_weights[:, t], rtol=1e-5, atol=1e-5)
     # Constant-size recurrent state: the convolution buffer never grows.
     assert state["speech"]["inputs"].shape[1] == (4 if variant != "gru" else 0)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_packed_gru_for_cpu_training_equals_torch_gru_with_its_gradients(bidirectional):
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 5, num_layers=3, batch_first=True, bidirectional=bidirectional).double()
+    inputs = torch.randn(5, 8, 6, dtype=torch.double, requires_grad=True)
+    packed = pack_padded_sequence(inputs, torch.tensor([3, 8, 1, 8, 4]), batch_first=True, enforce_sorted=False)
+    expected, found = gru(packed)[0], gru_packed(gru, packed)
+    torch.testing.assert_close(found.data, expected.data, rtol=1e-12, atol=1e-12)
+    assert torch.equal(found.batch_sizes, expected.batch_sizes)
+    weights = torch.randn_like(expected.data)
+    gradients = [torch.autograd.grad((out.data * weights).sum(), [inputs, *gru.parameters()], retain_graph=True)
+                 for out in (expected, found)]
+    for reference, ours in zip(*gradients):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, MisterEConfig
 
@@ -16,6 +16,73 @@ def scatter_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """`values` for the True entries of the `(batch, utterances)` mask `rows`, in order, placed in a zero
     `(batch, utterances, dim)` tensor: the way back from `inputs[rows]`."""
     return values.new_zeros(*rows.shape, values.shape[-1]).masked_scatter(rows[..., None], values)
+
+
+class _GRURecurrence(torch.autograd.Function):
+    """One direction of one GRU layer over packed input projections `gi` `(N, 3H)` (rows of step t:
+    `starts[t]:starts[t] + batch_sizes[t]`, the conversations still running), with `nn.GRU`'s equations.
+
+    nn.GRU's CPU backward takes the recurrent weights' gradient one small product per step and accumulates it; here it
+    is one product after the recurrence, and the gates' derivative factors are computed for every step at once."""
+
+    @staticmethod
+    def forward(ctx, gi, weight, bias, batch_sizes, starts):
+        size = weight.shape[1]
+        out = gi.new_empty(len(gi), size)
+        gates = torch.empty_like(gi)  # r, z, n
+        gh = torch.empty_like(gi)  # W_h h + b_h
+        h = gi.new_zeros(batch_sizes[0], size)
+        for start, b in zip(starts, batch_sizes):
+            rows = slice(start, start + b)
+            step, gate, g = torch.addmm(bias, h[:b], weight.t(), out=gh[rows]), gates[rows], gi[rows]
+            torch.sigmoid(g[:, : 2 * size] + step[:, : 2 * size], out=gate[:, : 2 * size])
+            torch.tanh(torch.addcmul(g[:, 2 * size :], gate[:, :size], step[:, 2 * size :]), out=gate[:, 2 * size :])
+            h = torch.lerp(gate[:, 2 * size :], h[:b], gate[:, size : 2 * size], out=out[rows])
+        ctx.save_for_backward(out, gates, gh, weight)
+        ctx.batch_sizes, ctx.starts = batch_sizes, starts
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, gates, gh, weight = ctx.saved_tensors
+        batch_sizes, starts, size = ctx.batch_sizes, ctx.starts, out.shape[1]
+        previous = torch.cat([out.new_zeros(batch_sizes[0], size)]
+                             + [out[start : start + b] for start, b in zip(starts, batch_sizes[1:])])
+        r, z, n = gates.split(size, 1)
+        # The pre-activations' gradients are the gradient of h_t times these factors.
+        factor_n = (1 - z) * (1 - n * n)
+        factors = torch.cat([factor_n * gh[:, 2 * size :] * r * (1 - r), (previous - n) * z * (1 - z), factor_n * r], 1)
+        grad_h, grad_gh = torch.empty_like(out), torch.empty_like(gh)
+        carry = out.new_zeros(batch_sizes[0], size)
+        for start, b in zip(reversed(starts), reversed(batch_sizes)):
+            rows = slice(start, start + b)
+            dh = torch.add(grad_out[rows], carry[:b], out=grad_h[rows])
+            step = torch.mul(dh[:, None], factors[rows].view(b, 3, size), out=grad_gh[rows].view(b, 3, size))
+            torch.addmm(dh * z[rows], step.view(b, -1), weight, out=carry[:b])
+        grad_gi = torch.cat([grad_gh[:, : 2 * size], grad_h * factor_n], 1)
+        return grad_gi, grad_gh.t() @ previous, grad_gh.sum(0), None, None
+
+
+def gru_packed(gru: nn.GRU, packed: PackedSequence) -> PackedSequence:
+    """`gru(packed)[0]` (no initial state, no dropout between layers) through `_GRURecurrence`; the backward
+    direction reads each conversation's rows in reverse order."""
+    batch_sizes = packed.batch_sizes.tolist()
+    starts = [0, *torch.tensor(batch_sizes[:-1]).cumsum(0).tolist()]
+    lengths = (packed.batch_sizes[None] > torch.arange(batch_sizes[0])[:, None]).sum(1)  # longest first
+    step, row = (torch.arange(len(batch_sizes))[:, None] < lengths).nonzero(as_tuple=True)
+    start_of = torch.tensor(starts)
+    reverse = torch.empty(len(step), dtype=torch.long)
+    reverse[start_of[step] + row] = start_of[lengths[row] - 1 - step] + row
+    hidden = packed.data
+    for layer in range(gru.num_layers):
+        outputs = []
+        for suffix in (f"l{layer}", f"l{layer}_reverse")[: 1 + gru.bidirectional]:
+            order = reverse if suffix.endswith("reverse") else slice(None)
+            gi = F.linear(hidden, getattr(gru, f"weight_ih_{suffix}"), getattr(gru, f"bias_ih_{suffix}"))[order]
+            weight, bias = getattr(gru, f"weight_hh_{suffix}"), getattr(gru, f"bias_hh_{suffix}")
+            outputs.append(_GRURecurrence.apply(gi, weight, bias, batch_sizes, starts)[order])
+        hidden = torch.cat(outputs, 1)
+    return PackedSequence(hidden, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
 
 class MisterEContextModule(nn.Module):
@@ -60,10 +127,14 @@ class MisterEContextModule(nn.Module):
 
     def _recur(self, inputs, state=None):
         """The GRU in its weights' precision even under autocast: in bfloat16 it leaves cuDNN's fast path on a GPU, and
-        on a CPU its per-utterance steps cast their small operands back and forth (measured slower on both)."""
+        on a CPU its per-utterance steps cast their small operands back and forth (measured slower on both). Training
+        on a CPU, a whole conversation batch goes through `gru_packed` (the same mathematics, a faster backward)."""
         weight = self.gru.weight_hh_l0
         with torch.autocast(weight.device.type, enabled=False):
-            return self.gru(inputs.to(weight.dtype), None if state is None else state.to(weight.dtype))
+            inputs = inputs.to(weight.dtype)
+            if isinstance(inputs, PackedSequence) and torch.is_grad_enabled() and weight.device.type == "cpu":
+                return gru_packed(self.gru, inputs), None
+            return self.gru(inputs, None if state is None else state.to(weight.dtype))
 
     def _convolve(self, conv: nn.Conv1d, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """`conv` at the real utterances only, as one matrix product: each row's window of `k` zero-padded inputs
