@@ -28,6 +28,7 @@ from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.recipes import parse_sets
 from mister_e.training.checkpoints import BEST_WEIGHTS
 from mister_e.training.stage_two import warn_of_unseen_classes
+import mister_e.training.trainer as trainer_module
 from mister_e.training.trainer import data_config
 from mister_e.training import (
     ABLATIONS,
@@ -350,12 +351,12 @@ def test_stage_two_trains_under_cpu_bfloat16_autocast(data, tmp_path):
 
 
 class _LossLog(TrainerCallback):
-    def __init__(self):
-        self.losses = []
+    def __init__(self, key="loss"):
+        self.key, self.losses = key, []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if "loss" in logs:
-            self.losses.append(logs["loss"])
+        if self.key in logs:
+            self.losses.append(logs[self.key])
 
 
 def test_gradient_accumulation_keeps_the_loss_scale(tmp_path):
@@ -381,6 +382,28 @@ def test_gradient_accumulation_keeps_the_loss_scale(tmp_path):
     for key in weights["full"]:
         torch.testing.assert_close(weights["accumulated"][key], weights["full"][key], rtol=1e-4, atol=1e-6)
     assert losses["accumulated"] == pytest.approx(losses["full"], rel=1e-4)
+
+
+def test_clipping_inside_the_fused_optimizer_step_equals_trainers_clipping(tmp_path, monkeypatch):
+    # A max norm far below the gradients' so that every step clips; Trainer's own clipping with the unfused AdamW is
+    # the reference (the same update, one tensor at a time).
+    data = corpus(train=8, validation=2, test=2)
+    steps = dict(max_steps=3, learning_rate=1e-2, weight_decay=0.01, max_grad_norm=1e-3, eval_strategy="no",
+                 save_strategy="no", load_best_model_at_end=False, logging_strategy="steps", logging_steps=1,
+                 per_device_train_batch_size=4, disable_tqdm=True, use_cpu=True)
+    calls = []
+    original = trainer_module.clip_into_fused_step
+    monkeypatch.setattr(trainer_module, "clip_into_fused_step", lambda *args: calls.append(1) or original(*args))
+    weights, norms = {}, {}
+    for optim in ("adamw_torch", "adamw_torch_fused"):
+        log = _LossLog(key="grad_norm")
+        train_conversation_model(data, tmp_path / optim, SIZES, {**steps, "optim": optim}, callbacks=[log],
+                                 report=False)
+        weights[optim], norms[optim] = load_file(tmp_path / optim / "model.safetensors"), log.losses
+    assert len(calls) == 3  # the fused run's steps, and only those
+    assert norms["adamw_torch_fused"] == pytest.approx(norms["adamw_torch"], rel=1e-5) and min(norms["adamw_torch"]) > 1e-2
+    for key, value in weights["adamw_torch"].items():
+        torch.testing.assert_close(weights["adamw_torch_fused"][key], value, rtol=1e-5, atol=1e-6)
 
 
 class _Crash(RuntimeError):
