@@ -44,6 +44,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
 from mister_e.losses_mister_e import focal_loss, supervised_contrastive_loss
 from mister_e.training.trainer import clip_into_fused_step
+from mister_e.utils import reuse_freed_memory
 
 from timing import RESULTS, best_of_alternating
 
@@ -88,6 +89,8 @@ def utterances(batches: list[dict]) -> int:
 
 class Ours:
     def __init__(self, device):
+        if device.type == "cpu":  # as MisterETrainer does; process-wide, so the authors' code gains from it too
+            reuse_freed_memory()
         torch.manual_seed(0)
         self.model = MisterEForEmotionRecognition(MisterEConfig(num_labels=LABELS)).to(device)
         # What the paper recipe's `optim: adamw_torch_fused`, `weight_decay: 0` builds.

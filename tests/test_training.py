@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -404,6 +407,34 @@ def test_clipping_inside_the_fused_optimizer_step_equals_trainers_clipping(tmp_p
     assert norms["adamw_torch_fused"] == pytest.approx(norms["adamw_torch"], rel=1e-5) and min(norms["adamw_torch"]) > 1e-2
     for key, value in weights["adamw_torch"].items():
         torch.testing.assert_close(weights["adamw_torch_fused"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_training_keeps_freed_memory_for_reuse(data, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(trainer_module, "reuse_freed_memory", lambda: calls.append(1))
+    collator = MisterEDataCollator()
+    build_trainer(MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM,
+                  text_embed_dim=TEXT_DIM, num_labels=len(LABELS))), data, tmp_path, collator, FAST)
+    assert calls == [1]
+    # In a fresh process: a 20 MB block is mapped from the system (and unmapped when freed) until glibc is told.
+    script = textwrap.dedent("""
+        import ctypes, torch
+        from mister_e.utils import reuse_freed_memory
+        class Info(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in
+                        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = Info
+        def mapped_while_held():
+            block = torch.empty(5_000_000)
+            return libc.mallinfo2().hblkhd >= 20_000_000
+        print(mapped_while_held(), reuse_freed_memory(), mapped_while_held())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    if "mallinfo2" in result.stderr or "libc.so.6" in result.stderr:
+        pytest.skip("not glibc >= 2.33")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "False"]
 
 
 class _Crash(RuntimeError):

@@ -39,7 +39,7 @@ from ..configuration_mister_e import EMBEDDINGS
 from ..data.schema import EMBED_COLUMN, LABELS, column_embedding
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING, check_checkpoint_budget, check_half_life
-from ..utils import launched_on_cpu
+from ..utils import launched_on_cpu, reuse_freed_memory
 from .runs import last_checkpoint
 from .averaging import MisterEWeightAverage
 from .checkpoints import (
@@ -115,6 +115,8 @@ class MisterETrainer(Trainer):
         self.add_callback(MisterEProgressCallback)
         self.prediction_key = prediction_key
         self.gate_learning_rate = gate_learning_rate
+        if self.args.device.type == "cpu":
+            reuse_freed_memory()
         self.best_weights = None  # trainable weights of the best evaluation so far (see checkpoints.py)
         if getattr(self.args, "checkpoint_budget", 0):
             self.add_callback(MisterECheckpointPacing(self.args.checkpoint_budget))
