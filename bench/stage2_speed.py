@@ -171,26 +171,30 @@ def matmul_flops_per_second(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def peak_memory(args, contender: str) -> float:
-    """Peak RSS (CPU) or allocated GPU memory, GiB, of training `contender` on the longest batches, in a fresh process."""
+def peak_memory(args, contender: str) -> tuple[float, float]:
+    """Peak RSS (CPU) or allocated GPU memory, GiB, of training `contender` on the longest batches, in a fresh process;
+    and that peak less the process's memory before the model is built (what the imports hold is not training's)."""
     command = [sys.executable, __file__, "--memory-of", contender, "--device", args.device, "--data", str(args.data)]
     if args.authors:
         command += ["--authors", str(args.authors)]
-    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+    peak, before = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-2:]
+    return float(peak), float(peak) - float(before)
 
 
 def memory_probe(args) -> None:
     device = torch.device(args.device)
     name, _, precision = args.memory_of.partition(":")
+    before = 0.0 if device.type == "cuda" else int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf(
+        "SC_PAGE_SIZE") / 2**30
     contender = Ours(device) if name == "ours" else Authors(device, args.authors)
     lengths, _ = meld_lengths(args.data)
     batches = sorted(batches_of(lengths, MEASURED_BATCHES, device), key=lambda b: -b["labels"].numel())[:3]
     for batch in batches:
         train_step(contender, batch, getattr(torch, precision or "float32"))
     if device.type == "cuda":
-        print(torch.cuda.max_memory_allocated(device) / 2**30)
+        print(torch.cuda.max_memory_allocated(device) / 2**30, before)
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, before)
 
 
 def main() -> None:
@@ -289,7 +293,8 @@ def main() -> None:
                for size in (8, 1) for precision, suffix in (("fp32", ""), ("bf16", "_bf16"))},
         }
     if memory:
-        results["peak_memory_gib"] = memory
+        results["peak_memory_gib"] = {name: peak for name, (peak, _) in memory.items()}
+        results["training_memory_gib"] = {name: grown for name, (_, grown) in memory.items()}
     print(json.dumps(results, indent=2))
     if not args.quick:
         name = "stage2_speed" + ("" if device.type == "cpu" else f"_{device.type}")
