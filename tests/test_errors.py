@@ -55,6 +55,7 @@ def root(tmp_path_factory):
     (root / "not-a-pickle.pkl").write_text("not a pickle")
     (root / "no-utterances.json").write_text(json.dumps({"turns": []}))
     (root / "blank.json").write_text(json.dumps([{"text": "hello"}, {"text": "  "}]))
+    (root / "one-id-twice.json").write_text(json.dumps([{"id": 7, "text": "hello"}, {"text": "oh"}, {"id": 7, "text": "no"}]))
     (root / "broken.wav").write_bytes(b"RIFF but not audio")
     (root / "phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
     (root / "broken-audio.json").write_text(json.dumps([{"audio": "broken.wav", "text": "hello"}]))
@@ -143,6 +144,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                               "not valid JSON"),
     "conversation without utterances": (["predict", "--model", "{root}/model", "{root}/no-utterances.json"],
                                         "no-utterances.json", "utterances"),
+    "two utterances with one id": (["predict", "--model", "{root}/model", "{root}/one-id-twice.json"],
+                                   "one-id-twice.json", "utterances 0 and 2 have the same id, 7"),
     "blank text only": (["predict", "--model", "{root}/model", "{root}/blank.json"], "utterance 1", "empty"),
     "broken audio file": (["predict", "--model", "{root}/model", "{root}/broken-audio.json"], "broken.wav", ""),
     "missing audio file": (["predict", "--model", "{root}/model", "{root}/missing-audio.json"], "gone.wav", ""),

@@ -232,6 +232,16 @@ def test_a_streamed_recording_is_answered_before_it_is_read_to_the_end(recording
     assert first["start"] == pytest.approx(recording[1][0][0], abs=0.3) and len(reads) < total / 3, (len(reads), total)
 
 
+def test_cli_names_each_prediction_by_position_and_by_the_id_it_was_given(model_dir, tmp_path, capsys):
+    conversation = tmp_path / "c.json"  # a position stood in for a missing id, and could equal another's id
+    conversation.write_text(json.dumps([{"id": 1, "text": "hello"}, {"text": "oh no"}, {"id": "x", "text": "yes"}]))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), str(conversation)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["index"], r.get("id")) for r in results] == [(0, 1), (1, None), (2, "x")]
+    assert "id" not in results[1] and all("label" in r for r in results)
+
+
 def test_cli_writes_json_csv_and_png(recording, model_dir, tmp_path, capsys):
     path, truth = recording
     capsys.readouterr()
@@ -239,7 +249,7 @@ def test_cli_writes_json_csv_and_png(recording, model_dir, tmp_path, capsys):
                  str(tmp_path / "t.png")]) == 0
     printed = capsys.readouterr()
     results = json.loads(printed.out)
-    assert [r["id"] for r in results] == list(range(len(truth))) and "speech alone" in printed.err
+    assert [r["index"] for r in results] == list(range(len(truth))) and "speech alone" in printed.err
     with open(tmp_path / "t.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [row["label"] for row in rows] == [r["label"] for r in results]

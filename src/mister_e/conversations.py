@@ -70,6 +70,14 @@ def read_conversation(path: str | Path) -> dict:
     if isinstance(data, list) and isinstance(first, dict) and "utterances" in first:
         raise ValueError(f"{path} holds a list of conversations; predict reads one conversation a file "
                          "(`{'utterances': [...]}` or a list of utterances): give each its own file.")
+    seen = {}
+    for index, utterance in enumerate(conversation["utterances"]):
+        if isinstance(utterance, dict) and utterance.get("id") is not None:
+            key = json.dumps(utterance["id"])
+            if key in seen:  # the output names each prediction by its utterance's id
+                raise ValueError(f"{path}: utterances {seen[key]} and {index} have the same id, {key}; give each "
+                                 "utterance its own id, or none.")
+            seen[key] = index
     for utterance in conversation["utterances"]:  # relative audio paths are relative to the JSON file
         audio = utterance.get("audio") if isinstance(utterance, dict) else None
         if isinstance(audio, str) and audio:

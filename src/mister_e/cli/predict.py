@@ -83,8 +83,11 @@ def run_predict(args: argparse.Namespace) -> None:
         predict_recording(pipe, args, segmentation)
         return
     predictions = pipe(conversation, top_k=args.top_k)
-    ids = [u.get("id", i) for i, u in enumerate(conversation["utterances"])]
-    print(json.dumps([{"id": i, **p} for i, p in zip(ids, predictions)], indent=2))
+    # `index`, the utterance's position, always; `id` where the conversation gives one (a position in its place
+    # could equal another utterance's numeric id).
+    ids = [{"id": u["id"]} if isinstance(u, dict) and u.get("id") is not None else {}
+           for u in conversation["utterances"]]
+    print(json.dumps([{"index": i, **given, **p} for i, (given, p) in enumerate(zip(ids, predictions))], indent=2))
 
 
 def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
@@ -109,4 +112,4 @@ def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
         write_timeline_csv(predictions, args.csv)
     if args.plot:
         save_timeline_plot(predictions, list(pipe.model.config.id2label.values()), args.plot)
-    print(json.dumps([{"id": index, **p} for index, p in enumerate(predictions)], indent=2))
+    print(json.dumps([{"index": index, **p} for index, p in enumerate(predictions)], indent=2))
