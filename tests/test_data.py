@@ -248,6 +248,19 @@ def test_meld_text_only(tmp_path):
     assert dialogues["validation"].features["labels"].feature.names == MELD_LABELS
 
 
+def test_meld_without_the_speaker_column_builds_the_same_conversations(tmp_path):
+    root = make_meld(tmp_path / "MELD")
+    for path in root.glob("*.csv"):  # speaker names are metadata only
+        with path.open(newline="", encoding="utf-8") as file:
+            rows = [{k: v for k, v in row.items() if k != "Speaker"} for row in csv.DictReader(file)]
+        write_csv(path, [list(row.values()) for row in rows], [h for h in MELD_HEADER if h != "Speaker"])
+    dialogues, reference = build_meld(root), build_meld(make_meld(tmp_path / "reference"))
+    assert dialogues["train"][0]["speakers"] == [None, None]
+    for split in SPLITS:
+        for field in ("dialogue_id", "utterance_ids", "texts", "labels"):
+            assert dialogues[split][field] == reference[split][field]
+
+
 def test_meld_pre_extracted_wavs(tmp_path):
     root = make_meld(tmp_path / "MELD")
     audio = tmp_path / "wavs"

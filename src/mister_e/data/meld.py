@@ -53,7 +53,8 @@ def build_meld(
     utterances, row_numbers = [], {}
     for split, name in _MELD_CSVS.items():
         path = root / name
-        rows = _read_csv(path, required=("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"))
+        # `Speaker` is kept as metadata when present (never a model input), so a CSV without it builds too.
+        rows = _read_csv(path, required=("Utterance", "Emotion", "Dialogue_ID", "Utterance_ID"))
         if not rows:  # a saved empty split cannot be loaded again
             raise ValueError(f"{path} has no utterances, so the {split} split would be empty")
         records = []
@@ -70,7 +71,7 @@ def build_meld(
                 "text": _clean_text(row["Utterance"]),
                 "audio": None,
                 "label": emotion,
-                "speaker": row["Speaker"],
+                "speaker": row.get("Speaker"),
             }
             if (split, record["utterance_id"]) in row_numbers:
                 raise ValueError(f"{where}: Dialogue_ID {dialogue}, Utterance_ID {turn} is also row "
