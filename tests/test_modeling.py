@@ -119,6 +119,9 @@ def test_weights_a_config_has_no_place_for_are_refused(tmp_path):
         ("conv_kernel_sizes", [3.0]),
         ("conv_kernel_sizes", "3"),
         ("speech_prompt_ids", "abc"),
+        ("problem_type", "regression"),  # transformers' own fields that this model cannot honour
+        ("output_attentions", True),
+        ("output_hidden_states", True),
     ],
 )
 def test_config_rejects_invalid_values_naming_the_field(field, value):

@@ -350,6 +350,15 @@ class MisterEConfig(PreTrainedConfig):
             if values is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise TypeError(f"`{name}` must be a list of whole numbers, got {values!r}.")
         _check_choices("experts", self.experts, EXPERTS)
+        # Fields every transformers config has that this model cannot honour: refused rather than silently ignored.
+        if self.problem_type not in (None, "single_label_classification"):
+            raise ValueError(f"`problem_type={self.problem_type!r}`: MiSTER-E classifies each utterance into one "
+                             "class (`single_label_classification`).")
+        for name in ("output_attentions", "output_hidden_states"):
+            if getattr(self, name, False):
+                raise ValueError(f"`{name}=True`: MiSTER-E returns no attention maps or hidden states; its outputs "
+                                 "are the logits, each expert's logits, the gate's weights and the co-attention "
+                                 "representations.")
         if not self.experts or len(set(self.experts)) != len(self.experts):
             raise ValueError(f"`experts` must name at least one expert, each once, got {self.experts}.")
         _check_choices("gate_mode", [self.gate_mode], GATE_MODES)
