@@ -152,6 +152,16 @@ def test_over_long_speech_is_split_and_short_speech_dropped(recording):
         MisterESegmentation(min_utterance_seconds=2.0, max_utterance_seconds=1.0)
 
 
+def test_padding_wider_than_half_a_pause_never_overlaps_the_utterance_before(recording):
+    waveform, truth = load_recording(recording[0]), recording[1]
+    segments = segment_recording(waveform, MisterESegmentation(pad_seconds=1.0))  # the pauses last 1 s
+    assert len(segments) == len(truth)
+    assert all(after["start"] >= before["end"] for before, after in zip(segments, segments[1:]))
+    assert segments[0]["start"] < truth[0][0] - 0.5  # the first keeps its padding
+    for segment in segments:
+        assert len(segment["audio"]["array"]) == round((segment["end"] - segment["start"]) * SR)
+
+
 def test_utterances_are_split_within_what_the_processor_reads(recording, model_dir):
     """A `max_utterance_seconds` past the processor's `max_audio_seconds` would leave utterances read cut short: the
     recording is split at the processor's limit instead."""

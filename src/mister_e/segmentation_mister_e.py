@@ -49,7 +49,8 @@ class MisterESegmentation:
             32 ms in the second half of it, and continues after the cut.
         threshold: Speech probability above which a 32-ms frame starts speech (Silero's default 0.5; it ends below
             `threshold - 0.15`).
-        pad_seconds: Audio kept on each side of a detected utterance, so that word onsets and endings are not cut.
+        pad_seconds: Audio kept on each side of a detected utterance, so that word onsets and endings are not cut
+            (an utterance's padding stops where the utterance before it ended: no audio is read twice).
     """
 
     min_silence_seconds: float = 0.3
@@ -167,10 +168,13 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
     shortest = round(segmentation.min_utterance_seconds * SAMPLING_RATE)
     longest = round(segmentation.max_utterance_seconds * SAMPLING_RATE)
     held, offset, position, start = np.zeros(0, np.float32), 0, 0, None  # audio held, its first sample, read, open
+    last_end = 0  # an utterance's padding never reaches back into the one before it
 
     def utterance(first: int, last: int) -> dict | None:
+        nonlocal last_end
         if last - first < shortest:
             return None
+        last_end = last
         return {"start": first / SAMPLING_RATE, "end": last / SAMPLING_RATE,
                 "audio": {"array": held[first - offset : last - offset].copy(), "sampling_rate": SAMPLING_RATE}}
 
@@ -185,7 +189,7 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
             event = detector(torch.from_numpy(window)) or {}
             position += _WINDOW
             if "start" in event:
-                start = max(event["start"], offset)
+                start = max(event["start"], offset, last_end)
             if "end" in event and start is not None:
                 found, start = utterance(start, min(event["end"], offset + len(held))), None
                 if found:
