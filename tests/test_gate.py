@@ -125,13 +125,16 @@ def test_holdout_column_and_collator(tmp_path):
     assert batch[GATE_HOLDOUT_COLUMN].tolist() == flags[:4]
 
 
-def test_gate_has_its_own_learning_rate(tmp_path):
+@pytest.mark.parametrize("text_layers", [1, 5])
+def test_gate_has_its_own_learning_rate(tmp_path, text_layers):
     dataset = synthetic(np.random.default_rng(0), sizes=(4, 2, 2))
-    model = tiny()
+    model = tiny(text_layers=text_layers)
     trainer = build_trainer(model, dataset, tmp_path, MisterEDataCollator(), {"learning_rate": 1e-4, "report_to": "none"},
                             gate_learning_rate=0.05)
     optimizer = trainer.create_optimizer()
     gate = {id(p) for p in model.gate.parameters()}
+    if text_layers > 1:  # a few weights, as slow to leave their start as the gate's
+        gate.add(id(model.text_layer_mix.weights))
     groups = [(group["lr"], {id(p) for p in group["params"]}) for group in optimizer.param_groups]
     assert set().union(*(ids for lr, ids in groups if lr == 0.05)) == gate
     assert all(not (ids & gate) and lr == 1e-4 for lr, ids in groups if lr != 0.05)

@@ -28,6 +28,11 @@ def tiny_config(**overrides) -> MisterEConfig:
     return tiny.tiny_config(SPEECH_DIM, TEXT_DIM, NUM_LABELS, layers=2, **overrides)
 
 
+def layered_text_config() -> MisterEConfig:
+    """Text embeddings that concatenate 3 states of TEXT_DIM, mixed by the model (`text_layers`)."""
+    return tiny.tiny_config(SPEECH_DIM, 3 * TEXT_DIM, NUM_LABELS, layers=2, text_layers=3)
+
+
 def tiny_model(**overrides) -> MisterEForEmotionRecognition:
     torch.manual_seed(0)
     return MisterEForEmotionRecognition(tiny_config(**overrides)).eval()
@@ -119,6 +124,8 @@ def test_weights_a_config_has_no_place_for_are_refused(tmp_path):
         ("conv_kernel_sizes", [3.0]),
         ("conv_kernel_sizes", "3"),
         ("speech_prompt_ids", "abc"),
+        ("text_layers", 4),  # does not divide text_embed_dim (6)
+        ("text_layers", 0),
         ("problem_type", "regression"),  # transformers' own fields that this model cannot honour
         ("output_attentions", True),
         ("output_hidden_states", True),
@@ -222,11 +229,31 @@ def test_loading_without_weights_initialises_everything():
 
 def test_meta_device_init_then_init_weights_initialises_everything():
     with torch.device("meta"):
-        model = MisterEForEmotionRecognition(tiny_config())
+        model = MisterEForEmotionRecognition(layered_text_config())
     assert all(p.is_meta for p in model.parameters())
     model.to_empty(device="cpu")
     model.init_weights()
     _assert_initialised(model)
+    assert torch.equal(model.text_layer_mix.weights, torch.zeros(3))  # a uniform mix to start
+
+
+def test_text_layer_mix_gives_the_experts_one_state_of_a_learned_mix(tmp_path):
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(layered_text_config()).eval()
+    assert model.text_expert.skip.in_features == model.cross_modal_expert.text_proj.in_features == TEXT_DIM
+    states = torch.randn(2, 5, 3 * TEXT_DIM)
+    torch.testing.assert_close(model.text_layer_mix(states), states.unflatten(-1, (3, TEXT_DIM)).mean(-2))
+    with torch.no_grad():
+        model.text_layer_mix.weights.copy_(torch.tensor([0.0, 30.0, 0.0]))  # all but the second state weighed out
+        torch.testing.assert_close(model.text_layer_mix(states), states[..., TEXT_DIM : 2 * TEXT_DIM])
+    batch = {**conversations(), "text_embeds": torch.randn(2, 5, 3 * TEXT_DIM)}
+    model.save_pretrained(tmp_path)
+    loaded = MisterEForEmotionRecognition.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+        only_speech = model(speech_embeds=batch["speech_embeds"], attention_mask=batch["attention_mask"])
+    assert torch.isfinite(only_speech.logits).all()  # text absent: the experts' zeros have one state's width
+    assert tiny_model().text_layer_mix is None  # text_layers=1: the embeddings as they are
 
 
 PER_MODALITY = {"speech": "conv_gru", "text": "gru"}  # one context module per modality

@@ -238,6 +238,11 @@ class MisterEConfig(PreTrainedConfig):
             Standardise each modality's embeddings with training-split statistics held in the model (buffers fitted
             by `train_conversation_model`, saved with the weights, used by `forward`, `step` and the pipeline alike).
             Off in the paper (LLM embeddings); on in the `small` recipe, for embeddings of tiny, uneven scales.
+        text_layers (`int`, *optional*, defaults to 1):
+            How many equal-width states `text_embeds` concatenates (`extract --embedding backbone_layers`: a
+            backbone's embeddings and every layer, 7 for MiniLM). Above 1 the model mixes them with learned softmax
+            weights, one per state (ELMo's scalar mix, in the gate's optimizer group), after standardising, so the
+            experts read one state's width. 1: the embeddings as they are (the paper's).
         input_dropout (`float`, *optional*, defaults to 0.0):
             Dropout on every expert's input embeddings (not in the paper).
         context_dropout (`float`, *optional*, defaults to 0.0):
@@ -294,6 +299,7 @@ class MisterEConfig(PreTrainedConfig):
     encoder_focal_gamma: float | int = 2.0
     encoder_batch_size: int | None = 32
     standardize_inputs: bool = False
+    text_layers: int = 1
     input_dropout: float | int = 0.0
     context_dropout: float | int = 0.0
     gate_holdout_fraction: float | int = 0.0
@@ -377,10 +383,13 @@ class MisterEConfig(PreTrainedConfig):
         _check_choices("text_pooling", [self.text_pooling], POOLING_MODES)
         _check_choices("speech_embedding", [self.speech_embedding], EMBEDDINGS)
         _check_choices("text_embedding", [self.text_embedding], EMBEDDINGS)
-        for name in ("speech_embed_dim", "text_embed_dim", "context_dim", "cross_modal_dim",
+        for name in ("speech_embed_dim", "text_embed_dim", "text_layers", "context_dim", "cross_modal_dim",
                      "coattention_layers", "attention_dim", "attention_heads", "fusion_hidden_size", "gate_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.text_embed_dim % self.text_layers:
+            raise ValueError(f"`text_layers={self.text_layers}` must divide `text_embed_dim={self.text_embed_dim}` "
+                             "(the states it concatenates have one width).")
         if self.encoder_batch_size is not None and self.encoder_batch_size < 1:
             raise ValueError(f"`encoder_batch_size` must be a positive integer or None, got {self.encoder_batch_size}.")
         recurrent = any(context["context_module"] != "conv" for context in contexts)
@@ -409,6 +418,11 @@ class MisterEConfig(PreTrainedConfig):
             raise ValueError(f"`id2label` must number its classes 0 to {self.num_labels - 1}, got {self.id2label}.")
         if len(set(self.id2label.values())) != self.num_labels:
             raise ValueError(f"`id2label` names a class twice: {self.id2label}.")
+
+    def expert_input_dim(self, modality: str) -> int:
+        """Width of `modality`'s input to the experts: its embeddings', or one state's when `text_layers` mixes them."""
+        width = getattr(self, f"{modality}_embed_dim")
+        return width // self.text_layers if modality == "text" else width
 
     def context_settings(self, modality: str) -> dict:
         """`context_module` and `gru_layers` of `modality`'s expert: the field's value, or its entry for `modality`

@@ -171,6 +171,19 @@ class MisterEFeatureStandardizer(nn.Module):
         self.std.copy_(torch.where(std > 1e-8 * features.abs().amax(0).clamp(min=1), std, torch.ones_like(std)))
 
 
+class MisterELayerMix(nn.Module):
+    """A learned softmax-weighted mean of `count` equal-width states concatenated along the last axis (ELMo's scalar
+    mix): which of a backbone's layers carry the task is learned, at one state's width, rather than chosen."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(count))  # uniform at first
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        stacked = states.unflatten(-1, (len(self.weights), -1))
+        return torch.einsum("...lw,l->...w", stacked, self.weights.softmax(0).to(stacked.dtype))
+
+
 class MisterEFunctionalsEncoder(nn.Module):
     """openSMILE functionals -> standardisation (training-split statistics) -> dropout -> projection (the embedding)
     -> utterance classifier: the head of `MisterEUtteranceEncoder` on a fixed vector instead of a backbone's frames.

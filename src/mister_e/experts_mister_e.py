@@ -257,11 +257,11 @@ class MisterECrossModalExpert(nn.Module):
     def __init__(self, config: MisterEConfig):
         super().__init__()
         width = config.cross_modal_dim
-        self.speech_proj = nn.Linear(config.speech_embed_dim, width)
-        self.text_proj = nn.Linear(config.text_embed_dim, width)
+        self.speech_proj = nn.Linear(config.expert_input_dim("speech"), width)
+        self.text_proj = nn.Linear(config.expert_input_dim("text"), width)
         self.layers = nn.ModuleList(MisterECoAttentionLayer(config) for _ in range(config.coattention_layers))
-        self.speech_skip = nn.Linear(config.speech_embed_dim, width)
-        self.text_skip = nn.Linear(config.text_embed_dim, width)
+        self.speech_skip = nn.Linear(config.expert_input_dim("speech"), width)
+        self.text_skip = nn.Linear(config.expert_input_dim("text"), width)
         self.layer_norm = nn.LayerNorm(2 * width, eps=config.layer_norm_eps)
         self.classifier = nn.Sequential(
             nn.Linear(2 * width, config.fusion_hidden_size), nn.ReLU(), nn.Linear(config.fusion_hidden_size, config.num_labels)

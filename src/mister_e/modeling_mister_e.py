@@ -19,7 +19,7 @@ from .configuration_mister_e import (
     MisterEConfig,
     contradicts_recorded_embedding,
 )
-from .encoders_mister_e import HEAD_MODULES, MisterEFeatureStandardizer, build_encoders
+from .encoders_mister_e import HEAD_MODULES, MisterEFeatureStandardizer, MisterELayerMix, build_encoders
 from .experts_mister_e import (
     MisterEContextModule,
     MisterECrossModalExpert,
@@ -114,7 +114,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             module = None
             if expert in config.experts:
                 module = (MisterECrossModalExpert(config) if len(modalities) > 1
-                          else MisterEContextModule(config, getattr(config, f"{modalities[0]}_embed_dim"), modalities[0]))
+                          else MisterEContextModule(config, config.expert_input_dim(modalities[0]), modalities[0]))
             setattr(self, f"{expert}_expert", module)
         self.gate = MisterEGate(config) if config.gate_mode == "learned" else None
         # Training-split statistics of each modality's embeddings (`train_conversation_model` fits them), so that
@@ -123,6 +123,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         if config.standardize_inputs:
             self.speech_standardizer = MisterEFeatureStandardizer(config.speech_embed_dim)
             self.text_standardizer = MisterEFeatureStandardizer(config.text_embed_dim)
+        self.text_layer_mix = MisterELayerMix(config.text_layers) if config.text_layers > 1 else None
         self.input_dropout = nn.Dropout(config.input_dropout)
         self.speech_encoder, self.text_encoder = build_encoders(config)  # for raw inputs (`from_stages`)
         self.post_init()
@@ -358,13 +359,15 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         utterances (or zeros for a modality not given at all)."""
         width = getattr(self.config, f"{modality}_embed_dim")
         if embeds is None:
-            return reference.new_zeros(*present.shape, width)
+            return reference.new_zeros(*present.shape, self.config.expert_input_dim(modality))
         if embeds.shape[-1] != width:
             raise ValueError(f"Expected {modality} embeddings of width {width}, got shape {tuple(embeds.shape)}.")
         embeds = embeds.to(self.dtype)  # float64 (numpy's default) or integers: the weights' dtype
         standardizer = getattr(self, f"{modality}_standardizer")
         if standardizer is not None:
             embeds = standardizer(embeds).to(embeds.dtype)
+        if modality == "text" and self.text_layer_mix is not None:
+            embeds = self.text_layer_mix(embeds)
         # masked_fill, not a product: a placeholder NaN in a padded or missing slot must not reach the real rows
         return self.input_dropout(embeds).masked_fill(~present[..., None].bool(), 0.0)
 

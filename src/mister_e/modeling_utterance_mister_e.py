@@ -15,7 +15,9 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mister_e import MisterEConfig, MisterEOpenSmileConfig
-from .encoders_mister_e import MisterEFeatureStandardizer, backbone_family, build_encoders, encode_in_chunks
+from .encoders_mister_e import (
+    MisterEFeatureStandardizer, MisterELayerMix, backbone_family, build_encoders, encode_in_chunks,
+)
 from .losses_mister_e import focal_loss
 
 
@@ -110,6 +112,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MisterEFeatureStandardizer):
             init.zeros_(module.mean)
             init.ones_(module.std)
+        elif isinstance(module, MisterELayerMix):
+            init.zeros_(module.weights)
 
     def encode_utterances(
         self,

@@ -196,7 +196,9 @@ class MisterETrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.gate_learning_rate is None or getattr(optimizer, "_gate_group", False):
             return optimizer
-        gate = {id(param) for name, param in (model or self.model).named_parameters() if name.startswith("gate.")}
+        # The layer mix's few weights are as slow to leave their uniform start: they join the gate's group.
+        gate = {id(param) for name, param in (model or self.model).named_parameters()
+                if name.startswith(("gate.", "text_layer_mix."))}
         for group in list(optimizer.param_groups):
             params = [param for param in group["params"] if id(param) in gate]
             if params:
