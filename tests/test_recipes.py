@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 
 from mister_e.cli import main
 from mister_e.recipes import check_checkpoint_budget, load_recipe, parse_sets
@@ -79,6 +80,10 @@ def test_good_recipe_keys_are_taken():
     recipe = load_recipe("small", {"seeds": [3, 4], "gate_learning_rate": None, "modality_dropout": 0,
                                    "early_stopping_patience": None, "modalities": ["text"]})
     assert recipe["seeds"] == [3, 4] and recipe["modalities"] == ["text"] and recipe["gate_learning_rate"] is None
+    # The embeddings' widths come with the data: a layer count that no default width divides is checked then.
+    assert load_recipe("small", {"config.text_layers": 7})["config"]["text_layers"] == 7
+    with pytest.raises(StrictDataclassError, match="text_layers"):
+        load_recipe("small", {"config.text_layers": 7, "config.text_embed_dim": 100})
 
 
 @pytest.mark.parametrize("pair", ["experts=[speech", 'name="meld', "config={a: 1"])

@@ -107,8 +107,11 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     unknown += sorted(f"config.{key}" for key in set(recipe["config"]) - set(MisterEConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"Recipe {name_or_path!s} has unknown keys {unknown}.")
-    # Wrong values fail now, naming their field, not after the data has loaded.
-    MisterEConfig(**recipe["config"])
+    # Wrong values fail now, naming their field, not after the data has loaded (which sets the embeddings' widths:
+    # until then a text width that `text_layers` divides).
+    layers = recipe["config"].get("text_layers", 1)
+    width = 384 * layers if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0 else 384
+    MisterEConfig(**{"text_embed_dim": width, **recipe["config"]})
     _check_recipe_values(recipe)
     recipe["training"] = check_training(recipe["training"])
     return recipe
