@@ -46,7 +46,7 @@ from transformers.utils import logging as hf_logging
 
 from mister_e import MisterEForUtteranceClassification, MisterEProcessor
 from mister_e.backbones import packaged_minilm
-from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds
+from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds, save_dialogues
 from mister_e.evaluation import summarize_seeds
 from mister_e.extraction import extract_embeddings
 from mister_e.recipes import parse_sets
@@ -155,12 +155,13 @@ def text_processor(minilm: str) -> MisterEProcessor:
 
 
 def embed_text(dataset: DatasetDict, model, processor, work: Path, embedding: str) -> DatasetDict:
-    """Text embeddings, saved once under `work/dataset` (the extraction cache makes an interrupted run resume)."""
-    if (work / "dataset" / "dataset_dict.json").is_file():
-        return load_from_disk(str(work / "dataset"))
-    embedded = extract_embeddings(dataset, model, processor, work / "cache", batch_size=64, embedding=embedding)
-    embedded.save_to_disk(str(work / "dataset"))
-    return embedded
+    """Text embeddings, saved once under `work/dataset` (the extraction cache makes an interrupted run resume) and
+    always read back from there: `load_from_disk` gives the data other fingerprints than the freshly extracted copy,
+    and a run records those, so a run trained right after the extraction must see what a later process will."""
+    if not (work / "dataset" / "dataset_dict.json").is_file():
+        save_dialogues(extract_embeddings(dataset, model, processor, work / "cache", batch_size=64,
+                                          embedding=embedding), work / "dataset")
+    return load_from_disk(str(work / "dataset"))
 
 
 def frozen_minilm(minilm: str, id2label) -> MisterEForUtteranceClassification:

@@ -167,9 +167,11 @@ GRIDS = {
     # Between the two: every layer's states, mixed by the model with learned softmax weights (`text_layers`, ELMo's
     # scalar mix) into one state's width, so the experts learn which layers to read without the 2688-d input that
     # overfits CMU-MOSI's 52 training videos. A fixed average of the 7 states, tried once by hand, was worse than
-    # either candidate above on CMU-MOSI.
+    # either candidate above on CMU-MOSI. Not adopted: on MELD the mix led every layer's states by 0.3 (within one
+    # std), on CMU-MOSI it trailed the last layer's by 1-3 points; `config.text_layers` stays an option.
     "text-layer-mix": {
         "datasets": ("mosi-standard", "mosi-release", "meld"), "seeds": (0, 1, 2), "per_dataset": True,
+        "adopted": False,
         "candidates": {
             "current": {},
             "every-layer": {"text_embedding": "backbone_layers"},
@@ -238,7 +240,8 @@ def markdown(results: dict) -> str:
     lines = []
     for grid_name, result in results.items():
         names = result["datasets"]
-        lines += [f"### `{grid_name}` grid: validation weighted F1 (%), seeds {result['seeds']}\n",
+        searched = "" if result.get("adopted", True) else " (searched, not adopted)"
+        lines += [f"### `{grid_name}` grid{searched}: validation weighted F1 (%), seeds {result['seeds']}\n",
                   "| candidate | overrides | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 3) + "|"]
         per_dataset = result.get("chosen_per_dataset")
         for candidate, by_data in result["validation_weighted_f1"].items():
@@ -246,7 +249,8 @@ def markdown(results: dict) -> str:
             chosen = ""
             if per_dataset:
                 names_chosen = [name for name, best in per_dataset.items() if best == candidate]
-                chosen = f" (chosen: {', '.join(names_chosen)})" if names_chosen else ""
+                verdict = "chosen" if result.get("adopted", True) else "best"
+                chosen = f" ({verdict}: {', '.join(names_chosen)})" if names_chosen else ""
             elif candidate == result["chosen"]:
                 chosen = " (chosen)" if result.get("adopted", True) else " (best here, not adopted)"
             lines.append(f"| {candidate}{chosen} | {overrides} | "
