@@ -209,6 +209,25 @@ def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
     assert (end_to_end.gate_weights[batch["attention_mask"].bool()][:, 1] == 1).all()
 
 
+def test_from_stages_joins_only_the_encoders_an_expert_reads():
+    """A stage-1 model with both encoders joined to a text-only conversation model leaves the speech encoder out
+    (its config would refuse a backbone no expert reads) and answers as on extracted text embeddings."""
+    torch.manual_seed(0)
+    both = MisterEForUtteranceClassification(MisterEConfig(
+        speech_config=SPEECH_BACKBONES["wav2vec2"](), text_config=TEXT_BACKBONES["bert"](), speech_embed_dim=EMBED_DIM,
+        text_embed_dim=EMBED_DIM, num_labels=NUM_LABELS)).eval()
+    text_only = MisterEForEmotionRecognition(tiny_config(EMBED_DIM, EMBED_DIM, NUM_LABELS, experts=["text"])).eval()
+    model = MisterEForEmotionRecognition.from_stages(both, text_only).eval()
+    assert model.speech_encoder is None and model.config.speech_config is None
+    batch = utterance_batch(both)
+    batch.pop("labels")
+    with torch.no_grad():
+        extracted = both(**batch).text_embeds
+        expected = text_only(text_embeds=extracted, attention_mask=batch["attention_mask"]).logits
+        batch = {key: value for key, value in batch.items() if key not in ("input_values", "speech_attention_mask")}
+        torch.testing.assert_close(model(**batch).logits, expected)
+
+
 def test_from_stages_rejects_mismatched_embedding_widths():
     stage_one = utterance_model("text", "bert")
     stage_two = MisterEForEmotionRecognition(tiny_config(4, EMBED_DIM + 1, NUM_LABELS))

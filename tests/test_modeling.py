@@ -152,6 +152,18 @@ def test_inputs_off_the_grid_are_named(change, error, match):
         tiny_model()(**change(conversations(lengths=(3, 7))))
 
 
+@pytest.mark.parametrize("experts, modality", [(["text"], "speech"), (["speech"], "text")])
+def test_config_refuses_an_encoder_no_expert_reads(experts, modality):
+    """A backbone that no enabled expert reads was built, loaded and run for nothing; the other modality's passes."""
+    from transformers import BertConfig
+
+    backbone = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    with pytest.raises((ValueError, StrictDataclassError), match=f"`{modality}_config` is set but no expert reads"):
+        tiny_config(experts=experts, **{f"{modality}_config": backbone})
+    other = "text" if modality == "speech" else "speech"
+    assert tiny_config(experts=experts, **{f"{other}_config": backbone}).experts == experts
+
+
 def test_return_dict_false_gives_the_outputs_as_a_tuple():
     """transformers' convention (tracing, export): `return_dict=False` was refused as an unexpected input."""
     model, batch = tiny_model(), conversations(lengths=(3, 7))
@@ -204,6 +216,28 @@ def test_save_load_save_load_gives_identical_logits(tmp_path):
         expected = model(**inputs).logits
         assert torch.equal(first(**inputs).logits, expected)
         assert torch.equal(second(**inputs).logits, expected)
+
+
+def test_a_saved_backbone_no_expert_reads_is_dropped_when_loaded(tmp_path, caplog):
+    """Earlier versions saved a text-only model with a speech backbone it never used (joined with a two-encoder stage
+    1): such a folder keeps loading, without the backbone, and answers as before."""
+    model, inputs = tiny_model(experts=["text"]), conversations()
+    inputs.pop("labels")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["speech_config"] = {"model_type": "wav2vec2", "hidden_size": 8, "num_hidden_layers": 1}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        loaded = MisterEForEmotionRecognition.from_pretrained(tmp_path).eval()
+    finally:
+        hf_logging.disable_propagation()
+    assert loaded.config.speech_config is None and loaded.speech_encoder is None
+    assert "Dropping the saved `speech_config`: no expert reads speech" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
 
 
 def _assert_initialised(model: MisterEForEmotionRecognition):

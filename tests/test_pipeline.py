@@ -165,7 +165,7 @@ def test_an_utterance_no_expert_can_answer_is_named(causal, wavs, tmp_path):
     """A text-only model given speech alone would answer with an arbitrary label: refused, naming the utterance by the
     caller's conversation and position (also through windows, and when streamed)."""
     model = tiny_model(causal)
-    model.config.experts = ["text"]
+    model.config.experts, model.config.speech_config = ["text"], None
     text_only = MisterEForEmotionRecognition(model.config)
     text_only.load_state_dict(model.state_dict(), strict=False)
     text_only.save_pretrained(tmp_path)

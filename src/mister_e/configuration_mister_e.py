@@ -8,6 +8,9 @@ import sys
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 EXPERTS = ("speech", "text", "cross_modal")
 # The modalities each expert needs: it answers an utterance only where all of them are present.
@@ -64,6 +67,11 @@ def contradicts_recorded_embedding(recorded: str, other: str | None) -> bool:
     """Whether `other` (an embedding given or found) contradicts the one a conversation model's config records.
     "projection" is also the default of models trained before the embedding was recorded, so it is not evidence."""
     return other is not None and recorded != "projection" and other != recorded
+
+
+def modalities_of(experts) -> list[str]:
+    """The modalities that `experts` read, in the order of `MODALITIES`."""
+    return [modality for modality in MODALITIES if any(modality in EXPERT_MODALITIES[e] for e in experts)]
 
 
 def modalities_read(experts) -> dict[str, list[str]]:
@@ -304,6 +312,21 @@ class MisterEConfig(PreTrainedConfig):
     context_dropout: float | int = 0.0
     gate_holdout_fraction: float | int = 0.0
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """As `PreTrainedConfig.from_dict`, but a backbone that no enabled expert reads, which earlier versions saved
+        (a text-only model joined with a two-encoder stage 1), is dropped with a warning rather than refused, so that
+        such checkpoints keep loading (its weights are then left unused)."""
+        config_dict = dict(config_dict)
+        experts = config_dict.get("experts", EXPERTS)
+        for modality in MODALITIES:
+            if config_dict.get(f"{modality}_config") is not None and modality not in modalities_of(
+                    [experts] if isinstance(experts, str) else experts):
+                logger.warning(f"Dropping the saved `{modality}_config`: no expert reads {modality} (`experts="
+                               f"{experts}`), so its encoder was never used.")
+                config_dict[f"{modality}_config"] = None
+        return super().from_dict(config_dict, **kwargs)
+
     def __post_init__(self, **kwargs):
         for retired in _RETIRED_FIELDS:  # in configs saved by earlier versions, never read
             kwargs.pop(retired, None)
@@ -367,6 +390,10 @@ class MisterEConfig(PreTrainedConfig):
                                  "representations.")
         if not self.experts or len(set(self.experts)) != len(self.experts):
             raise ValueError(f"`experts` must name at least one expert, each once, got {self.experts}.")
+        for modality in MODALITIES:  # a backbone no expert reads would be built, loaded and run for nothing
+            if getattr(self, f"{modality}_config") is not None and modality not in modalities_of(self.experts):
+                raise ValueError(f"`{modality}_config` is set but no expert reads {modality} (`experts="
+                                 f"{self.experts}`): drop the {modality} encoder, or enable an expert that reads it.")
         _check_choices("gate_mode", [self.gate_mode], GATE_MODES)
         if self.gate_mode in EXPERTS and self.gate_mode not in self.experts:
             raise ValueError(f"`gate_mode={self.gate_mode!r}` names an expert that is not in `experts={self.experts}`.")

@@ -55,7 +55,7 @@ from . import (
     processing_mister_e,
     segmentation_mister_e,
 )
-from .configuration_mister_e import EXPERT_MODALITIES
+from .configuration_mister_e import modalities_of
 from .evaluation import SCALAR_METRICS, summarize_seeds
 from .pipeline_mister_e import TASK
 
@@ -236,8 +236,7 @@ def model_card(
     # What the model reads: what its experts read, of the modalities it has an encoder for (all, for a model on
     # embeddings): a text-only model is no audio model, on the Hub or in its examples.
     encoded = [modality for modality, backbone in backbones.items() if backbone] or ["speech", "text"]
-    reads = [modality for modality in ("speech", "text")
-             if modality in encoded and any(modality in EXPERT_MODALITIES[expert] for expert in experts)]
+    reads = [modality for modality in modalities_of(experts) if modality in encoded]
     metadata = ModelCardData(
         library_name="transformers",
         license=license,

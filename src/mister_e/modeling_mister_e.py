@@ -18,6 +18,7 @@ from .configuration_mister_e import (
     EXPERTS,
     MisterEConfig,
     contradicts_recorded_embedding,
+    modalities_of,
 )
 from .encoders_mister_e import HEAD_MODULES, MisterEFeatureStandardizer, MisterELayerMix, build_encoders
 from .experts_mister_e import (
@@ -160,7 +161,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         state = conversation_model.state_dict()
         for modality in ("speech", "text"):
             encoder = getattr(utterance_model, f"{modality}_encoder")
-            if encoder is None:
+            if encoder is None or modality not in modalities_of(config.experts):  # no expert would read it
                 continue
             recorded = getattr(config, f"{modality}_embedding")
             if contradicts_recorded_embedding(recorded, embedding):

@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.utils import logging
 
-from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, MisterEConfig
+from ..configuration_mister_e import MODALITIES, MisterEConfig, modalities_of
 from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
@@ -234,7 +234,7 @@ def useful_modality_dropout(modality_dropout: float | tuple[float, float], exper
     the modality left (else it only deletes a training utterance). A single-expert model, such as the `text_only`
     ablation, so trains exactly as without modality dropout."""
     speech_p, text_p = (modality_dropout,) * 2 if isinstance(modality_dropout, (int, float)) else modality_dropout
-    reads = {modality for expert in experts for modality in EXPERT_MODALITIES[expert]}
+    reads = modalities_of(experts)
     return (speech_p if "speech" in reads and "text" in experts else 0.0,
             text_p if "text" in reads and "speech" in experts else 0.0)
 
