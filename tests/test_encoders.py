@@ -209,6 +209,17 @@ def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
     assert (end_to_end.gate_weights[batch["attention_mask"].bool()][:, 1] == 1).all()
 
 
+def test_a_wavlm_encoder_runs_without_torch_mask_warnings():
+    """transformers' WavLM attention mixes a boolean padding mask with a float bias, and torch warned on every batch."""
+    import warnings
+
+    model = utterance_model("speech", "wavlm").eval()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        model(**utterance_batch(model))
+    assert not [w for w in caught if "key_padding_mask" in str(w.message)]
+
+
 def test_from_stages_joins_only_the_encoders_an_expert_reads():
     """A stage-1 model with both encoders joined to a text-only conversation model leaves the speech encoder out
     (its config would refuse a backbone no expert reads) and answers as on extracted text embeddings."""

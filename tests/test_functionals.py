@@ -254,7 +254,7 @@ def test_a_larger_l2_gives_smaller_weights_and_a_negative_one_is_refused():
     for l2 in (0.01, 0.3):
         encoder = functionals_encoder(features)
         fit_functionals_head(encoder, features, labels, l2=l2)
-        norms.append(float(encoder.projection.weight.norm() * encoder.classifier[-1].weight.norm()))
+        norms.append(float((encoder.projection.weight.norm() * encoder.classifier[-1].weight.norm()).detach()))
     assert norms[1] < norms[0] / 2
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="`l2` must be a finite number >= 0"):

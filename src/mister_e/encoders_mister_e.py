@@ -3,6 +3,8 @@ embedding and one emotion prediction per utterance; `modeling_mister_e.py` build
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig
@@ -68,8 +70,12 @@ class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
 
     def states(self, encoder, inputs, attention_mask, all_layers=False):
         backbone = encoder.backbone
-        hidden = _hidden(backbone(input_values=inputs, attention_mask=attention_mask, output_hidden_states=all_layers),
-                         all_layers)
+        with warnings.catch_warnings():
+            # transformers' WavLM attention hands torch a boolean padding mask beside its float position bias, which
+            # torch converts correctly but warns about on every call (the warning is transformers' to fix).
+            warnings.filterwarnings("ignore", "Support for mismatched key_padding_mask and attn_mask")
+            outputs = backbone(input_values=inputs, attention_mask=attention_mask, output_hidden_states=all_layers)
+        hidden = _hidden(outputs, all_layers)
         if attention_mask is None:
             return hidden, None
         return hidden, backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
