@@ -209,6 +209,23 @@ def test_stage_two_model_runs_on_raw_inputs_as_on_extracted_embeddings():
     assert (end_to_end.gate_weights[batch["attention_mask"].bool()][:, 1] == 1).all()
 
 
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm", "hubert"])
+def test_a_group_norm_speech_encoder_is_independent_of_its_batch_mates(family):
+    """A group-norm front end normalises over the whole padded clip: an utterance's embedding moved with the length of
+    the longest clip in its batch (9-12% here), and a causal model's answer with a later utterance's."""
+    model = utterance_model("speech", family).eval()
+    assert model.config.speech_config.feat_extract_norm == "group"
+    generator = torch.Generator().manual_seed(0)
+    short, long = torch.randn(1, 900, generator=generator), torch.randn(1, 2400, generator=generator)
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 1500)), long])
+    mask = torch.tensor([[1] * 900 + [0] * 1500, [1] * 2400])
+    with torch.no_grad():
+        alone = model.speech_encoder(short, torch.ones(1, 900, dtype=torch.long))[0]
+        together = model.speech_encoder(batch, mask)[0]
+        long_alone = model.speech_encoder(long, torch.ones(1, 2400, dtype=torch.long))[0]
+    torch.testing.assert_close(together, torch.cat([alone, long_alone]), atol=1e-5, rtol=1e-5)
+
+
 def test_a_wavlm_encoder_runs_without_torch_mask_warnings():
     """transformers' WavLM attention mixes a boolean padding mask with a float bias, and torch warned on every batch."""
     import warnings

@@ -145,6 +145,14 @@ def test_config_rejects_invalid_values_naming_the_field(field, value):
     (lambda b: {**b, "speech_embeds": b["speech_embeds"][0]}, ValueError, "`speech_embeds` must have shape"),
     (lambda b: {**b, "labels": b["labels"] + 5}, ValueError, "`labels` must be class ids 0.."),
     (lambda b: {key: value[:, :0] for key, value in b.items()}, ValueError, "empty batch"),
+    (lambda b: {**b, "attention_mask": torch.zeros_like(b["attention_mask"])}, ValueError, "marks no utterance"),
+    (lambda b: {**b, "attention_mask": b["attention_mask"].flip(1)}, ValueError,
+     "conversation 0 has padding before an utterance"),
+    (lambda b: {**b, "speech_embeds": None, "modality_mask": torch.ones(2, 7, 2, dtype=torch.bool)}, ValueError,
+     "marks utterances as having speech, but no `speech_embeds`"),
+    (lambda b: {**b, "modality_mask": torch.ones(2, 7, 2, dtype=torch.bool).index_fill(1, torch.tensor([1]), False)},
+     ValueError, r"Conversation 0, utterance 1 has neither speech nor text"),
+    (lambda b: {**b, "labels": b["labels"].float()}, TypeError, "`labels` must be integer class ids"),
 ])
 def test_inputs_off_the_grid_are_named(change, error, match):
     """Mismatched inputs name the one at fault, rather than torch's shape error from inside an expert."""
@@ -162,6 +170,19 @@ def test_config_refuses_an_encoder_no_expert_reads(experts, modality):
         tiny_config(experts=experts, **{f"{modality}_config": backbone})
     other = "text" if modality == "speech" else "speech"
     assert tiny_config(experts=experts, **{f"{other}_config": backbone}).experts == experts
+
+
+def test_inputs_in_other_dtypes_give_the_same_answers():
+    """int32 labels and float64 embeddings are converted, also when only one modality is given (its missing
+    modality's zeros took the input's dtype, and the first layer refused them)."""
+    model, batch = tiny_model(), conversations(lengths=(3, 7))
+    with torch.no_grad():
+        expected = model(**batch)
+        as_int32 = model(**{**batch, "labels": batch["labels"].int()})
+        text_only = model(text_embeds=batch["text_embeds"], attention_mask=batch["attention_mask"]).logits
+        text_float64 = model(text_embeds=batch["text_embeds"].double(), attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(as_int32.loss, expected.loss)
+    torch.testing.assert_close(text_float64, text_only)
 
 
 def test_return_dict_false_gives_the_outputs_as_a_tuple():

@@ -262,3 +262,11 @@ def test_a_conversation_file_is_not_taken_for_a_recording(pipe, tmp_path):
     for path in (str(tmp_path / "conv.json"), tmp_path / "calls.wav"):
         with pytest.raises(ValueError, match=r"read by `mister_e\.conversations\.read_conversation\(path\)`"):
             pipe(path)
+
+
+def test_the_processors_numpy_output_is_refused_by_the_model_naming_the_input(pipe, wavs):
+    """`return_tensors="np"` is a documented processor option; the model takes torch tensors and said so only for
+    embeddings (raw inputs failed inside it with `'numpy.ndarray' object has no attribute ...`)."""
+    features = pipe.processor(conversation(wavs), return_tensors="np")
+    with pytest.raises(TypeError, match=r"`input_values` must be a torch tensor .*got ndarray"):
+        pipe.model(**features)

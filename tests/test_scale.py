@@ -71,7 +71,8 @@ def test_gradient_checkpointing_recomputes_the_backbone_and_keeps_gradients(moda
     batch = utterance_batch(build())
     expected, plain_calls = _gradients(build(), batch, checkpointing=False)
     got, checkpointed_calls = _gradients(build(), batch, checkpointing=True)
-    assert (plain_calls, checkpointed_calls) == (1, 2), "the backbone's layers were not recomputed in backward"
+    # (a group-norm speech backbone takes utterances of different lengths one pass each: several calls either way)
+    assert plain_calls >= 1 and checkpointed_calls == 2 * plain_calls, "the backbone's layers were not recomputed"
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)

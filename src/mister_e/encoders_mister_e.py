@@ -70,15 +70,29 @@ class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
 
     def states(self, encoder, inputs, attention_mask, all_layers=False):
         backbone = encoder.backbone
+        if attention_mask is None:
+            return self._hidden(backbone, inputs, None, all_layers), None
+        lengths = attention_mask.sum(-1).tolist()
+        if getattr(backbone.config, "feat_extract_norm", None) == "group" and len(set(lengths)) > 1:
+            # A group-norm front end (wav2vec2-base, HuBERT-base, WavLM-base) normalises each channel over the whole
+            # padded clip, so padding would move an utterance's embedding with its batch-mates' lengths (and a causal
+            # model's answer with later utterances'): each utterance is encoded at its own length.
+            frames = int(backbone._get_feat_extract_output_lengths(inputs.shape[1]))
+            rows = [self._hidden(backbone, inputs[i : i + 1, :n], attention_mask[i : i + 1, :n], all_layers)
+                    for i, n in enumerate(lengths)]
+            hidden = torch.cat([nn.functional.pad(row, (0, 0, 0, frames - row.shape[1])) for row in rows])
+        else:
+            hidden = self._hidden(backbone, inputs, attention_mask, all_layers)
+        return hidden, backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
+
+    @staticmethod
+    def _hidden(backbone, inputs, attention_mask, all_layers):
         with warnings.catch_warnings():
             # transformers' WavLM attention hands torch a boolean padding mask beside its float position bias, which
             # torch converts correctly but warns about on every call (the warning is transformers' to fix).
             warnings.filterwarnings("ignore", "Support for mismatched key_padding_mask and attn_mask")
             outputs = backbone(input_values=inputs, attention_mask=attention_mask, output_hidden_states=all_layers)
-        hidden = _hidden(outputs, all_layers)
-        if attention_mask is None:
-            return hidden, None
-        return hidden, backbone._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
+        return _hidden(outputs, all_layers)
 
 
 class MisterEWhisperFamily(MisterEBackboneFamily):
@@ -310,7 +324,8 @@ def build_encoders(config, speech_backbone: nn.Module | None = None, text_backbo
 def encode_in_chunks(encoder: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None, size: int | None):
     """The encoder over the utterance rows, `size` rows a pass (all at once when `None`), so that the backbone's
     activations stay bounded however many utterances a conversation has. The result equals one pass up to float
-    error: audio keeps the batch's padding (a group-norm front end sees it), and token ids lose only the trailing
+    error: audio keeps the batch's padding (a group-norm front end encodes each row at its own length), and token
+    ids lose only the trailing
     columns that are padding in every row of the pass (attention masks them; positions do not move)."""
     size = size or len(inputs)
     if len(inputs) <= size:

@@ -86,9 +86,40 @@ def _check_grid(num_labels: int, **inputs) -> None:
     if grid is not None and 0 in grid:
         raise ValueError(f"Got an empty batch {grid} (batch, utterances): nothing to predict.")
     labels = inputs.get("labels")
+    if labels is not None and (labels.is_floating_point() or labels.dtype == torch.bool):
+        raise TypeError(f"`labels` must be integer class ids (or -100 for none), got dtype {labels.dtype}.")
     if labels is not None and ((labels != -100) & ((labels < 0) | (labels >= num_labels))).any():
         raise ValueError(f"`labels` must be class ids 0..{num_labels - 1} (or -100 for none), got "
                          f"{sorted(set(labels[labels != -100].tolist()) - set(range(num_labels)))[:5]}.")
+    _check_masks(inputs.get("attention_mask"), inputs.get("modality_mask"), inputs.get("speech_embeds") is not None,
+                 inputs.get("text_embeds") is not None)
+
+
+def _check_masks(attention_mask, modality_mask, has_speech_embeds: bool, has_text_embeds: bool) -> None:
+    """Refuse masks that would give a silently wrong answer: padding before an utterance (the experts pack each
+    conversation's first `sum(mask)` positions), a modality claimed without its embeddings (read as zeros), and a real
+    utterance with neither modality (no expert could answer it: its logits would be zeros, its argmax class 0)."""
+    real = None
+    if attention_mask is not None:
+        real = attention_mask.bool()
+        if not real.any():
+            raise ValueError("`attention_mask` marks no utterance: nothing to predict.")
+        late = real[:, 1:] & ~real[:, :-1]
+        if late.any():
+            raise ValueError(f"`attention_mask` must mark each conversation's utterances first and its padding after "
+                             f"them; conversation {int(late.any(1).nonzero()[0])} has padding before an utterance.")
+    if modality_mask is None:
+        return
+    claimed = modality_mask.bool() if real is None else modality_mask.bool() & real[..., None]
+    for index, (modality, given) in enumerate((("speech", has_speech_embeds), ("text", has_text_embeds))):
+        if not given and claimed[..., index].any():
+            raise ValueError(f"`modality_mask` marks utterances as having {modality}, but no `{modality}_embeds` (or "
+                             f"raw {modality} inputs) were given.")
+    neither = ~claimed.any(-1) if real is None else ~claimed.any(-1) & real
+    if neither.any():
+        conversation, utterance = (int(i) for i in neither.nonzero()[0])
+        raise ValueError(f"Conversation {conversation}, utterance {utterance} has neither speech nor text "
+                         "(`modality_mask`): no expert can answer it.")
 
 
 def _width_or_none(encoder, embedding: str) -> int | None:
@@ -210,7 +241,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             text_embeds (`torch.FloatTensor` of shape `(batch, utterances, text_embed_dim)`, *optional*):
                 One text embedding per utterance. `None` means no utterance has text.
             attention_mask (`torch.LongTensor` of shape `(batch, utterances)`, *optional*):
-                1 for real utterances, 0 for padding. Defaults to all real.
+                1 for real utterances, 0 for padding (after each conversation's utterances). Defaults to all real.
             labels (`torch.LongTensor` of shape `(batch, utterances)`, *optional*):
                 Class ids, -100 for padding or unlabelled utterances.
             modality_mask (`torch.BoolTensor` of shape `(batch, utterances, 2)`, *optional*):
@@ -226,6 +257,12 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         if kwargs:
             raise TypeError(f"MisterEForEmotionRecognition.forward got unexpected inputs {sorted(kwargs)}.")
         if any(x is not None for x in (input_values, input_features, input_ids)):
+            raw = {"input_values": input_values, "input_features": input_features, "input_ids": input_ids,
+                   "speech_attention_mask": speech_attention_mask, "text_attention_mask": text_attention_mask}
+            for name, value in raw.items():
+                if value is not None and not isinstance(value, torch.Tensor):
+                    raise TypeError(f"`{name}` must be a torch tensor (the processor's `return_tensors=\"pt\"`), got "
+                                    f"{type(value).__name__}.")
             if attention_mask is None:
                 raise ValueError("Raw utterance inputs need the processor's `attention_mask` (utterances per conversation).")
             encoded = self.encode_utterances(
@@ -360,7 +397,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         utterances (or zeros for a modality not given at all)."""
         width = getattr(self.config, f"{modality}_embed_dim")
         if embeds is None:
-            return reference.new_zeros(*present.shape, self.config.expert_input_dim(modality))
+            return reference.new_zeros(*present.shape, self.config.expert_input_dim(modality), dtype=self.dtype)
         if embeds.shape[-1] != width:
             raise ValueError(f"Expected {modality} embeddings of width {width}, got shape {tuple(embeds.shape)}.")
         embeds = embeds.to(self.dtype)  # float64 (numpy's default) or integers: the weights' dtype
@@ -376,7 +413,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
               speech_representations, text_representations, has_speech, has_text, gate_holdout=None):
         config = self.config
         labelled = (labels != -100) & attention_mask
-        labels = labels.masked_fill(~labelled, 0)
+        labels = labels.long().masked_fill(~labelled, 0)  # int32 ids too
         # Rows the experts learn from, and rows the mixture (so the gate) learns from: all of them in the paper's
         # joint training; disjoint conversations with a gate hold-out.
         expert_rows = mixture_rows = labelled
