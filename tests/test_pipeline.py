@@ -270,3 +270,33 @@ def test_the_processors_numpy_output_is_refused_by_the_model_naming_the_input(pi
     features = pipe.processor(conversation(wavs), return_tensors="np")
     with pytest.raises(TypeError, match=r"`input_values` must be a torch tensor .*got ndarray"):
         pipe.model(**features)
+
+
+def test_common_input_mistakes_get_a_message_that_says_what_to_do(causal_pipe, wavs):
+    """A list of utterances (not of conversations), conversations given to `stream`, any iterator as a batch, and
+    numpy integers as options (refused as "not a positive int")."""
+    import numpy as np
+
+    two = [conversation(wavs, texts=("hello", "oh no", "yes", "fine")), conversation(wavs)]
+    with pytest.raises(ValueError, match=r"^Got a list of utterances: a list is a batch of conversations"):
+        causal_pipe([{"text": "hi"}, {"text": "oh"}])
+    with pytest.raises(ValueError, match=r"^streamed utterance 0 is a conversation"):
+        list(causal_pipe.stream(two))
+    expected = causal_pipe(two, batch_size=2)
+    assert list(causal_pipe(iter(two), batch_size=np.int64(2))) == expected
+    assert causal_pipe(two[0], top_k=np.int32(1))[0]["scores"] == {expected[0][0]["label"]: expected[0][0]["score"]}
+
+
+def test_a_text_length_beyond_the_encoders_positions_is_refused_up_front(tmp_path):
+    """A processor saved with `max_text_length` above the text encoder's positions failed inside BERT, on the first
+    long utterance only (`expanded size (602) must match (512)`)."""
+    model = tiny_model(False)
+    model.save_pretrained(tmp_path)
+    processor = tiny_processor()
+    processor.max_text_length = 600
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"`max_text_length` \(600\) is beyond the text encoder's 512 positions"):
+        pipeline(TASK, model=str(tmp_path), device="cpu")
+    features = processor({"utterances": [{"text": " ".join(["hello"] * 700)}]})
+    with pytest.raises(ValueError, match=r"`input_ids` hold 600 tokens an utterance, beyond the text encoder's 512"):
+        model(**features)

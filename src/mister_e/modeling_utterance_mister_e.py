@@ -130,7 +130,8 @@ class MisterEPreTrainedModel(PreTrainedModel):
         Rows come in the row-major order of `modality_mask[..., 0]` (speech) and `modality_mask[..., 1]` (text).
         """
         attention_mask = attention_mask.bool()
-        if modality_mask is None:
+        guessed = modality_mask is None
+        if guessed:
             modality_mask = torch.stack([attention_mask] * 2, dim=-1)
         output = MisterEUtteranceOutput()
         speech_inputs = input_values if input_values is not None else input_features
@@ -143,9 +144,16 @@ class MisterEPreTrainedModel(PreTrainedModel):
             if encoder is None:
                 raise ValueError(f"Got {name} inputs but the config has no `{name}_config` for a {name} encoder.")
             present = modality_mask[..., column].bool() & attention_mask
+            positions = getattr(self.config.text_config, "max_position_embeddings", None) if name == "text" else None
+            if positions is not None and inputs.shape[-1] > positions:
+                raise ValueError(f"`input_ids` hold {inputs.shape[-1]} tokens an utterance, beyond the text encoder's "
+                                 f"{positions} positions: tokenise with `max_text_length` <= {positions}.")
             if int(present.sum()) != len(inputs):
                 raise ValueError(
-                    f"{len(inputs)} {name} rows for {int(present.sum())} utterances marked as having {name}."
+                    f"{len(inputs)} {name} rows for {int(present.sum())} utterances marked as having {name}"
+                    + (" (no `modality_mask` was given, so every utterance of `attention_mask` was taken to have both "
+                       "modalities: pass the processor's whole output, `model(**processor(conversations))`)."
+                       if guessed else ".")
                 )
             embeds, logits = encode_in_chunks(encoder, inputs, mask, self.config.encoder_batch_size)
             output[f"{name}_embeds"] = embeds.new_zeros(*present.shape, embeds.shape[-1]).index_put((present,), embeds)

@@ -21,8 +21,8 @@ works without the package; with the package installed, `import mister_e` registe
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
-import types
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -127,6 +127,13 @@ class MisterEConversationPipeline(Pipeline):
                 "its vocabulary (tokenizer.json) is missing from the model folder or belongs to another model; save "
                 "the processor again (`processor.save_pretrained(folder)`)."
             )
+        positions = getattr(text_config, "max_position_embeddings", None)
+        if tokenizer is not None and positions is not None and self.processor.max_text_length > positions:
+            raise ValueError(
+                f"The processor's `max_text_length` ({self.processor.max_text_length}) is beyond the text encoder's "
+                f"{positions} positions: a long utterance would fail inside it; save the processor with "
+                f"`max_text_length` <= {positions}."
+            )
         # An utterance's input for a modality the model has no encoder for is not read: a text-only model answers an
         # utterance with audio and text from its text, as it answers one without audio.
         self._unread = [key for modality, key in (("speech", "audio"), ("text", "text"))
@@ -158,12 +165,17 @@ class MisterEConversationPipeline(Pipeline):
             return self._call_recording(inputs, kwargs)
         if isinstance(inputs, Mapping):
             return super().__call__(inputs, *args, **kwargs)
-        if isinstance(inputs, (list, tuple, types.GeneratorType)):
+        if isinstance(inputs, (list, tuple)) and inputs and all(
+                isinstance(item, Mapping) and "utterances" not in item and {"audio", "text"} & set(item)
+                for item in inputs):
+            raise ValueError("Got a list of utterances: a list is a batch of conversations. Give one conversation as "
+                             "`{'utterances': [...]}`.")
+        if isinstance(inputs, (list, tuple, Iterator)):
             batch_size = batch_size if batch_size is not None else (self._batch_size or 1)
             batch_size = _positive_int("batch_size", batch_size)
             params = self._merged_params(kwargs)
             results = self._iterate(inputs, batch_size, params)
-            return results if isinstance(inputs, types.GeneratorType) else list(results)
+            return results if isinstance(inputs, Iterator) else list(results)
         raise ValueError(
             "Expected a conversation dict `{'utterances': [...]}`, a list of them, or a recording (an audio file path "
             "or `{'recording': ...}`), got "
@@ -404,6 +416,10 @@ class MisterEConversationPipeline(Pipeline):
             utterances = utterances["utterances"]
         state = None
         for index, utterance in enumerate(utterances):
+            if isinstance(utterance, Mapping) and "utterances" in utterance:
+                raise ValueError(f"streamed utterance {index} is a conversation (it has `utterances`): `stream` takes "
+                                 "one conversation's utterances, or one conversation dict; stream each conversation "
+                                 "on its own.")
             conversation = {"utterances": [self._readable(utterance)]}
             try:
                 model_inputs = dict(self.processor(conversation, return_tensors="pt"))
@@ -486,9 +502,9 @@ def _row(embeds: torch.Tensor | None, width: int, pipe: Pipeline) -> torch.Tenso
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:  # numpy's integers too
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return value
+    return int(value)
 
 
 def register_pipeline() -> None:
