@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,14 @@ def test_read_conversation_from_json_and_folders(tmp_path):
                                                                                str(tmp_path / "B.WAV")]
     sf.write(tmp_path / "b.flac", np.zeros(1600, np.float32), 16000)  # formerly: one of the two silently dropped
     with pytest.raises(ValueError, match=r"holds B\.WAV and b\.flac: one utterance name for two audio files"):
+        read_conversation(tmp_path)
+
+
+def test_a_transcripts_folder_is_named(tmp_path):
+    """A `transcripts.txt` that is a folder was read as no transcripts: speech alone."""
+    sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    (tmp_path / "transcripts.txt").mkdir()
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'transcripts.txt'} is not a file")):
         read_conversation(tmp_path)
 
 

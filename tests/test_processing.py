@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -249,6 +250,11 @@ def test_missing_file_names_path_and_utterance(processor, tmp_path):
     assert str(path) in message and "conversation 1 (id='dia7'), utterance 1 (id='u1')" in message
 
 
+def test_an_audio_path_naming_a_folder_is_named(processor, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"utterance 1 (id='u1'): {str(tmp_path)!r} is a folder, not an")):
+        processor(_conversation({"audio": str(tmp_path)}))
+
+
 @pytest.mark.parametrize(
     "content, match",
     [(b"RIFF\x00\x00 this is not audio" * 8, "could not read audio file"), (None, "has no samples")],
@@ -271,6 +277,20 @@ def test_non_finite_file(processor, tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite") as error:
         processor(_conversation({"audio": str(path)}))
     assert str(path) in str(error.value)
+
+
+def test_an_unscaled_float_file_is_refused_by_the_processor_and_as_a_recording_alike(processor, tmp_path):
+    """Float WAV samples in the thousands are integer PCM saved unscaled: read as a conversation's utterance or as a
+    recording, the same refusal names the file."""
+    path = tmp_path / "loud.wav"
+    sf.write(path, (tones(SR) * 2**15).astype(np.float32), SR, subtype="FLOAT")
+    with pytest.raises(ValueError, match="far outside \\[-1, 1\\]") as error:
+        processor(_conversation({"audio": str(path)}))
+    assert str(path) in str(error.value) and "utterance 1 (id='u1')" in str(error.value)
+    with pytest.raises(ValueError, match=f"The recording {path}: float audio samples reach .* far outside"):
+        load_recording(path)
+    sf.write(path, tones(SR).astype(np.float32), SR, subtype="FLOAT")  # in range: read by both
+    assert len(processor(_conversation({"audio": str(path)}))["input_values"]) and len(load_recording(path)) == SR * 2
 
 
 def test_a_capped_utterance_is_said(processor):
@@ -410,4 +430,24 @@ def test_silent_audio_is_said_with_its_utterance(processor):
     assert features["modality_mask"][0, :, 0].tolist() == [True, True, True]  # still read
     with CaptureLogger(logger) as captured:
         processor({"utterances": [{"audio": tone, "sampling_rate": SR}]})
+    assert captured.out == ""
+
+
+def test_a_key_that_misnames_text_or_audio_is_said(processor):
+    """`transcript` for `text` would silently answer from speech alone: the first utterance with it is named; an
+    utterance that also has `text` (a dataset's extra column) says nothing."""
+    logger = transformers.logging.get_logger("mister_e.processing_mister_e")
+    tone = np.sin(np.arange(SR) / 10).astype(np.float32) * 0.1
+    conversation = {"id": "call-7", "utterances": [
+        {"id": "u1", "text": "hi", "transcript": "hi"},
+        {"id": "u2", "audio": tone, "sampling_rate": SR, "transcript": "hello"},
+        {"id": "u3", "audio": tone, "sampling_rate": SR, "transcript": "bye"},
+    ]}
+    with CaptureLogger(logger) as captured:
+        features = processor(conversation)
+    assert captured.out.count("is not read") == 1 and "utterance 1 (id='u2')" in captured.out
+    assert "`transcript` is not read" in captured.out and "reads `text`" in captured.out
+    assert features["modality_mask"][0, :, 1].tolist() == [True, False, False]
+    with CaptureLogger(logger) as captured:
+        processor({"utterances": [{"text": "hi", "transcript": "hi", "speaker": "A"}]})
     assert captured.out == ""

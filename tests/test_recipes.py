@@ -14,7 +14,7 @@ from mister_e.recipes import check_checkpoint_budget, load_recipe, parse_sets
 @pytest.mark.parametrize("overrides, named", [
     ({"num_train_epochs": 0}, "training.num_train_epochs must be > 0, got 0"),
     ({"num_train_epochs": -1}, "training.num_train_epochs must be > 0, got -1"),
-    ({"num_train_epochs": float("nan")}, "training.num_train_epochs must be > 0, got nan"),
+    ({"num_train_epochs": float("nan")}, "training.num_train_epochs must be a finite number, got nan"),
     ({"max_steps": 0}, "training.max_steps must be > 0"),
     ({"per_device_train_batch_size": 0}, "training.per_device_train_batch_size must be >= 1, got 0"),
     ({"per_device_eval_batch_size": 0}, "training.per_device_eval_batch_size must be >= 1, got 0"),
@@ -37,7 +37,9 @@ def test_max_steps_stands_for_the_epochs_and_minus_one_unsets_it():
     ({"learning_rate": "abc"}, "training.learning_rate must be a number, got 'abc'"),
     ({"checkpoint_budget": "abc"}, "training.checkpoint_budget must be a number, got 'abc'"),
     ({"per_device_train_batch_size": 2.5}, "training.per_device_train_batch_size must be an integer, got 2.5"),
-    ({"seed": True}, "training.seed must be an integer, got True"),
+    ({"dataloader_num_workers": True}, "training.dataloader_num_workers must be an integer, got True"),
+    ({"learning_rate": float("inf")}, "training.learning_rate must be a finite number, got inf"),
+    ({"max_grad_norm": float("nan")}, "training.max_grad_norm must be a finite number, got nan"),
     ({"bf16": 1}, "training.bf16 must be true or false, got 1"),
     ({"training.optim": 3}, "training.optim must be a string, got 3"),
     ({"save_total_limit": "two"}, "training.save_total_limit must be an integer or null, got 'two'"),
@@ -45,6 +47,26 @@ def test_max_steps_stands_for_the_epochs_and_minus_one_unsets_it():
 def test_training_values_must_have_their_fields_type(overrides, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         load_recipe("small", overrides)
+
+
+@pytest.mark.parametrize("key, named", [
+    ("seed", "training.seed cannot be set: each run's seed is given by --seeds"),
+    ("training.data_seed", "training.data_seed cannot be set"),
+    ("label_smoothing_factor", "training.label_smoothing_factor cannot be set: it would replace MiSTER-E's loss"),
+])
+def test_training_fields_the_recipe_sets_otherwise_are_refused(key, named):
+    """Trainer's own seed would clash with each run's seed (a TypeError deep in training), and its label smoother
+    would silently train another loss."""
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_recipe("small", {key: 1})
+
+
+@pytest.mark.parametrize("field", ["gate_temperature", "kl_weight", "supcon_temperature", "layer_norm_eps",
+                                   "encoder_focal_gamma"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_config_numbers_must_be_finite(field, value):
+    with pytest.raises(StrictDataclassError, match=re.escape(f"`{field}` must be a finite number, got {value!r}")):
+        load_recipe("small", {f"config.{field}": value})
 
 
 def test_training_values_of_a_compatible_type_are_taken():
@@ -119,6 +141,8 @@ def test_empty_recipe_sections_are_empty(tmp_path):
     (["--set", "num_train_epochs=0"], "num_train_epochs must be > 0"),
     (["--set", "learning_rate=abc"], "learning_rate must be a number, got 'abc'"),
     (["--set", "seeds=abc"], "seeds must be a non-empty list"),
+    (["--set", "seed=3"], "training.seed cannot be set"),
+    (["--set", "config.gate_temperature=.nan"], "`gate_temperature` must be a finite number"),
     (["--set", "experts=[speech"], "--set 'experts=[speech' is not valid YAML"),
 ])
 def test_bad_train_input_is_one_line_exit_2_and_touches_nothing(arguments, named, tmp_path, capsys):

@@ -283,6 +283,23 @@ def test_bad_recordings_are_one_named_line(name, content, message, model_dir, tm
     assert name in error and message in error and len(error.splitlines()) == 1, error
 
 
+@pytest.mark.parametrize("outputs, message", [
+    (["--csv", "{recording}"], "--csv {recording} is the recording"),
+    (["--csv", "{folder}/t.png", "--plot", "{folder}/./t.png"], "--plot {folder}/./t.png is --csv"),
+])
+def test_outputs_that_would_overwrite_the_recording_or_each_other_are_refused(outputs, message, model_dir, tmp_path,
+                                                                               capsys):
+    path = tmp_path / "speech.wav"
+    sf.write(path, np.zeros(SR, np.float32), SR)
+    before = path.read_bytes()
+    names = {"recording": path, "folder": tmp_path}
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), str(path), *(o.format(**names) for o in outputs)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message.format(**names) in error and len(error.splitlines()) == 1, error
+    assert path.read_bytes() == before and not (tmp_path / "t.png").exists()
+
+
 def test_silence_and_a_missing_asr_model_say_why(recording, model_dir, tmp_path, capsys):
     sf.write(tmp_path / "quiet.wav", np.zeros(2 * SR, np.float32), SR)
     capsys.readouterr()

@@ -832,9 +832,9 @@ def test_recipes_load_and_every_ablation_builds():
                                                                                                         expert)
 
     recipe = load_recipe("meld", {"kl_weight": 0.0, "learning_rate": 3e-5, "dataset": "elsewhere",
-                                  "config.gate_mode": "mean", "training.seed": 5})
+                                  "config.gate_mode": "mean", "training.save_total_limit": 5})
     assert recipe["config"] == {"kl_weight": 0.0, "gate_mode": "mean"} and recipe["dataset"] == "elsewhere"
-    assert recipe["training"]["learning_rate"] == 3e-5 and recipe["training"]["seed"] == 5
+    assert recipe["training"]["learning_rate"] == 3e-5 and recipe["training"]["save_total_limit"] == 5
     with pytest.raises(ValueError, match="neither"):
         load_recipe("meld", {"kl_wieght": 0.0})
     with pytest.raises(ValueError, match="Unknown ablation"):

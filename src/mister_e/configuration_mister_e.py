@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 
 from huggingface_hub.dataclasses import strict
@@ -374,6 +375,8 @@ class MisterEConfig(PreTrainedConfig):
                     raise TypeError(f"`{name}` must be a number, got {value!r}.")
                 if "float" not in str(default.type) and not isinstance(value, int):  # a width, a count: torch
                     raise TypeError(f"`{name}` must be a whole number, got {value!r}.")  # fails later, naming none
+                if not math.isfinite(value):  # NaN passes every `<`/`>` check below and trains nothing
+                    raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
         for name in ("conv_kernel_sizes", "speech_prompt_ids"):
             values = getattr(self, name)
             if values is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):

@@ -29,6 +29,8 @@ def read_conversation(path: str | Path) -> dict:
                                  "audio files; rename or move one.")
             wavs[file.stem] = str(file)
         transcripts = path / "transcripts.txt"
+        if transcripts.exists() and not transcripts.is_file():  # else read as no transcripts: speech alone
+            raise ValueError(f"{transcripts} is not a file: the transcripts are one text file.")
         if not transcripts.is_file():
             if not wavs:
                 raise ValueError(f"{path} has neither audio files ({', '.join(RECORDING_EXTENSIONS)}) nor "
@@ -100,6 +102,8 @@ def read_utf8(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8.") from None
+    except (PermissionError, IsADirectoryError) as error:  # one line naming the file, not Python's errno
+        raise ValueError(f"{path} could not be read: {error.strerror or error}.") from None
 
 
 __all__ = ["read_conversation", "read_utf8"]

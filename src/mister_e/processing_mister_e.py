@@ -67,6 +67,9 @@ def _check_sampling_rate(sampling_rate, where: str) -> int:
     return int(sampling_rate)
 
 
+# Keys people give for an utterance's text or audio under another name: read nothing, so said (other keys are ignored).
+_MISNAMED_KEYS = {**dict.fromkeys(("transcript", "transcription", "sentence", "utterance", "txt"), "text"),
+                  **dict.fromkeys(("wav", "waveform", "speech", "audio_path", "audio_file"), "audio")}
 _PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 # Float samples live in [-1, 1]. A peak beyond this limit is integer PCM cast to float unscaled (`x.astype(np.float32)`:
 # speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
@@ -91,11 +94,8 @@ def _float_samples(array, where: str) -> np.ndarray:
     except ValueError as err:
         raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
     if array.dtype.kind == "f":
-        finite = np.abs(array[np.isfinite(array)])  # NaN and inf are refused, by name, where samples are checked
-        if finite.size and finite.max() > _FLOAT_PEAK_LIMIT:
-            raise ValueError(f"{where}: float audio samples reach {finite.max():.4g}, far outside [-1, 1]: integer "
-                             "PCM cast to float without scaling? Pass the integer array as it is (int16, int32 and uint8 are "
-                             "scaled), or divide it by 32768 (int16).")
+        _check_peak(array, where, "Pass the integer array as it is (int16, int32 and uint8 are scaled), or divide it "
+                    "by 32768 (int16).")
         return array
     if array.dtype in _PCM_SCALE:
         return (array / _PCM_SCALE[array.dtype]).astype(np.float32)
@@ -103,6 +103,17 @@ def _float_samples(array, where: str) -> np.ndarray:
         return ((array.astype(np.float32) - 128) / 128).astype(np.float32)
     raise ValueError(f"{where}: `audio` must be a file path, an audio dict, or an array of float samples or of int16, "
                      f"int32 or uint8 PCM, got dtype {array.dtype}.")
+
+
+def _check_peak(samples: np.ndarray, where: str, remedy: str) -> None:
+    """Refuses float samples far outside [-1, 1] (`_FLOAT_PEAK_LIMIT`), whether an array or a float audio file."""
+    finite = np.abs(samples[np.isfinite(samples)])  # NaN and inf are refused, by name, where samples are checked
+    if finite.size and finite.max() > _FLOAT_PEAK_LIMIT:
+        raise ValueError(f"{where}: float audio samples reach {finite.max():.4g}, far outside [-1, 1]: integer PCM "
+                         f"cast to float without scaling? {remedy}")
+
+
+FILE_PEAK_REMEDY = "Rescale the file's samples to [-1, 1] (or save it as 16-bit PCM)."
 
 
 def _to_mono(array: np.ndarray, where: str) -> np.ndarray:
@@ -295,12 +306,16 @@ class MisterEProcessor(ProcessorMixin):
         waveforms, texts = [], []
         waveform_utterances = []  # each waveform's utterance, for the feature extractor's errors
         silent = []  # utterances whose audio holds no speech
+        misnamed = {}  # a key that reads nothing (`transcript` for `text`): where it first came
         for b, conversation in enumerate(batch):
             for i, utterance in enumerate(conversation["utterances"]):
                 where = f"{_describe('conversation', b, conversation)}, {_describe('utterance', i, utterance)}"
                 if not isinstance(utterance, Mapping):
                     raise ValueError(f"{where}: an utterance must be a dict, got {type(utterance).__name__}.")
                 audio, text = utterance.get("audio"), utterance.get("text")
+                for key in utterance.keys() & _MISNAMED_KEYS.keys():
+                    if utterance.get(_MISNAMED_KEYS[key]) is None:
+                        misnamed.setdefault(key, where)
                 blank = isinstance(text, str) and not text.strip()
                 if blank:  # an empty transcript says nothing: the utterance has no text
                     text = None
@@ -344,6 +359,9 @@ class MisterEProcessor(ProcessorMixin):
             logger.warning(f"{silent[0]}{more}: the audio is silent or shorter than {_MIN_SPEECH_SECONDS * 1000:g} ms, "
                            "so the speech experts read no speech there; give such an utterance `audio: null` to "
                            "predict from its text alone.")
+        for key, where in misnamed.items():
+            logger.warning(f"{where}: `{key}` is not read (here or on any utterance): the processor reads "
+                           f"`{_MISNAMED_KEYS[key]}`; rename the key, or utterances are answered without it.")
         data = {"attention_mask": attention_mask, "modality_mask": modality_mask}
         if waveforms:
             try:
@@ -426,6 +444,8 @@ class MisterEProcessor(ProcessorMixin):
 
     def _read_file(self, path, where: str) -> np.ndarray:
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"{where}: {path!r} is a folder, not an audio file.")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{where}: audio file not found: {path!r}.")
         try:
@@ -435,6 +455,7 @@ class MisterEProcessor(ProcessorMixin):
         except Exception as err:
             raise ValueError(f"{where}: could not read audio file {path!r}: {err}") from err
         self._check_samples(waveform, where, f"audio file {path!r}")
+        _check_peak(waveform, f"{where}: audio file {path!r}", FILE_PEAK_REMEDY)
         return waveform
 
     @staticmethod

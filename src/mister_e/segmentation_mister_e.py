@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from .processing_mister_e import _check_sampling_rate, _float_samples, _resample, _to_mono
+from .processing_mister_e import FILE_PEAK_REMEDY, _check_peak, _check_sampling_rate, _float_samples, _resample, _to_mono
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000
@@ -92,6 +92,7 @@ def read_recording(recording, sampling_rate: int | None = None, block_seconds: f
     for block in blocks:
         if not np.isfinite(block).all():
             raise ValueError(f"The {where} contains NaN or infinite samples.")
+        _check_peak(block, f"The {where}", FILE_PEAK_REMEDY)
         total += len(block)
         if len(block):
             yield block

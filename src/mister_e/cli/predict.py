@@ -56,6 +56,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if recording:
         if not Path(args.conversation).is_file():
             raise FileNotFoundError(f"Recording not found: {args.conversation}.")
+        _refuse_overwrites(args.conversation, {"--csv": args.csv, "--plot": args.plot})
         segmentation = MisterESegmentation(args.min_silence, args.min_utterance, args.max_utterance,
                                            args.vad_threshold)
     else:
@@ -88,6 +89,17 @@ def run_predict(args: argparse.Namespace) -> None:
     ids = [{"id": u["id"]} if isinstance(u, dict) and u.get("id") is not None else {}
            for u in conversation["utterances"]]
     print(json.dumps([{"index": i, **given, **p} for i, (given, p) in enumerate(zip(ids, predictions))], indent=2))
+
+
+def _refuse_overwrites(recording: str, outputs: dict[str, str | None]) -> None:
+    """The files written must be neither the recording read nor each other (both would be lost silently)."""
+    seen = {Path(recording).resolve(): "the recording"}
+    for flag, path in outputs.items():
+        if path is not None:
+            resolved = Path(path).resolve()
+            if resolved in seen:
+                raise ValueError(f"{flag} {path} is {seen[resolved]}: name another file.")
+            seen[resolved] = flag
 
 
 def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:

@@ -39,6 +39,11 @@ _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str
 # Training fields below these train nothing or fail deep inside the Trainer.
 _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
                     "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0}
+# `TrainingArguments` fields the recipe sets otherwise: each seed seeds its run (`seeds`), and the loss is MiSTER-E's
+# (the Trainer's label smoother would silently replace it).
+_REFUSED_TRAINING = {"seed": "each run's seed is given by --seeds (train) or --seed (train-encoder)",
+                     "data_seed": "the data order follows each run's seed (--seeds, --seed)",
+                     "label_smoothing_factor": "it would replace MiSTER-E's loss"}
 
 
 @functools.cache
@@ -143,6 +148,8 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
     (an integral float for an int field, as `1e3` reads, made an int), and the values that would train nothing
     (0 epochs) or fail deep inside the Trainer refused, naming the field."""
     fields = training_types()
+    for key in training.keys() & _REFUSED_TRAINING.keys():
+        raise ValueError(f"training.{key} cannot be set: {_REFUSED_TRAINING[key]}.")
     training = {key: _typed(f"training.{key}", value, fields.get(key, object)) for key, value in training.items()}
     for key, least in _TRAINING_MINIMA.items():
         if key in training:
@@ -171,6 +178,7 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
         return value
     if isinstance(value, float) and int in basic and float not in basic and value.is_integer():
         return int(value)
+    _require(not isinstance(value, float) or math.isfinite(value), name, "a finite number", value)
     accepted = (*basic, int) if float in basic else tuple(basic)
     _require(isinstance(value, accepted) and (bool in basic or not isinstance(value, bool)), name,
              " or ".join(dict.fromkeys(_BASIC_TYPES[kind] for kind in basic)), value)
