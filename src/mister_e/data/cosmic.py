@@ -17,6 +17,7 @@ from datasets import DatasetDict
 
 from .iemocap import IEMOCAP_LABELS
 from .meld import MELD_LABELS
+from .releases import clean_text, hold_out
 from .schema import (
     DIALOGUE_ID,
     LABELS,
@@ -26,8 +27,6 @@ from .schema import (
     TEXT_EMBEDS,
     TEXTS,
     UTTERANCE_IDS,
-    _clean_text,
-    _hold_out,
     make_dialogue_dataset,
 )
 
@@ -105,7 +104,7 @@ def build_cosmic_pickle(
                 raise ValueError(f"{path}: validation dialogue(s) {unknown} are not training dialogues (trainVid).")
             held_out = set(validation_ids)
         else:
-            held_out = _hold_out(train, validation_dialogues, seed)
+            held_out = hold_out(train, validation_dialogues, seed)
         groups = {
             "train": [key for key in train if key not in held_out],
             "validation": [key for key in train if key in held_out],
@@ -152,7 +151,7 @@ def _cosmic_meld_dialogues(fields: Mapping[str, Any], ids: str, split: str, path
             raise ValueError(f"{path}: {ids} holds key {key}, below the {split} offset {_COSMIC_MELD_OFFSETS[split]}")
         conversations.append({
             DIALOGUE_ID: f"dia{dialogue}",
-            TEXTS: [_clean_text(text) for text in _lookup(fields, "sentences", key, path)],
+            TEXTS: [clean_text(text) for text in _lookup(fields, "sentences", key, path)],
             LABELS: _lookup(fields, "emotion_labels", key, path),
             SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "speakers", key, path)],
         })  # fmt: skip
@@ -162,7 +161,7 @@ def _cosmic_meld_dialogues(fields: Mapping[str, Any], ids: str, split: str, path
 def _cosmic_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Path) -> dict:
     return {
         DIALOGUE_ID: str(key),
-        TEXTS: [_clean_text(text) for text in _lookup(fields, "sentences", key, path)],
+        TEXTS: [clean_text(text) for text in _lookup(fields, "sentences", key, path)],
         LABELS: _lookup(fields, "labels", key, path),
         SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "speakers", key, path)],
     }
@@ -172,7 +171,7 @@ def _dialoguernn_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Pat
     return {
         DIALOGUE_ID: str(key),
         UTTERANCE_IDS: [str(utterance) for utterance in _lookup(fields, "videoIDs", key, path)],
-        TEXTS: [_clean_text(text) for text in _lookup(fields, "videoSentence", key, path)],
+        TEXTS: [clean_text(text) for text in _lookup(fields, "videoSentence", key, path)],
         LABELS: _lookup(fields, "videoLabels", key, path),
         SPEAKERS: [_speaker(speaker) for speaker in _lookup(fields, "videoSpeakers", key, path)],
         TEXT_EMBEDS: _lookup(fields, "videoText", key, path),

@@ -14,7 +14,7 @@ import numpy as np
 
 from datasets import DatasetDict
 
-from .schema import _group_dialogues
+from .releases import group_dialogues
 
 # Class order of the EmoDB builder; each file name's 6th character is the German initial of its emotion.
 EMODB_LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
@@ -85,7 +85,7 @@ def build_emodb(
             utterance["split"] = splits.get(speaker, "train")
             utterance["dialogue_id"] = f"{speaker}-{position // conversation_size:03d}"
             ordered.append(utterance)
-    return _group_dialogues(ordered, EMODB_LABELS)
+    return group_dialogues(ordered, EMODB_LABELS)
 
 
 def emodb_folds(speakers: Iterable[str]) -> list[tuple[str, str]]:

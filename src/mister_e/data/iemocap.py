@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .schema import _clean_text, _find_audio, _group_dialogues, _hold_out
+from .releases import clean_text, find_audio, group_dialogues, hold_out
 
 # Order of the common IEMOCAP feature releases (DialogueRNN/COSMIC), so label indices match theirs.
 IEMOCAP_LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]
@@ -46,15 +46,15 @@ def build_iemocap(
                     "dialogue_id": path.stem,
                     "utterance_id": utterance,
                     "text": texts.get(utterance),
-                    "audio": _find_audio(folder / "sentences" / "wav" / path.stem, utterance),
+                    "audio": find_audio(folder / "sentences" / "wav" / path.stem, utterance),
                     "label": label,
                     "speaker": utterance.rsplit("_", 1)[-1][:1],
                 })  # fmt: skip
-    held_out = _hold_out([u["dialogue_id"] for u in utterances if u["split"] == "train"], validation_dialogues, seed)
+    held_out = hold_out([u["dialogue_id"] for u in utterances if u["split"] == "train"], validation_dialogues, seed)
     for utterance in utterances:
         if utterance["dialogue_id"] in held_out:
             utterance["split"] = "validation"
-    return _group_dialogues(
+    return group_dialogues(
         utterances, IEMOCAP_LABELS, audio_from=root / "Session*/sentences/wav", allow_missing_audio=allow_missing_audio
     )
 
@@ -81,7 +81,7 @@ def _iemocap_transcripts(path: Path) -> dict[str, str | None]:
         raise FileNotFoundError(f"IEMOCAP: transcript {path} not found")
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     matches = (_IEMOCAP_TRANSCRIPT.match(line) for line in lines)
-    return {match[1]: _clean_text(match[2]) for match in matches if match}
+    return {match[1]: clean_text(match[2]) for match in matches if match}
 
 
 __all__ = ["IEMOCAP_DROPPED_LABELS", "IEMOCAP_LABELS", "build_iemocap"]

@@ -13,7 +13,8 @@ from typing import Any
 from datasets import DatasetDict
 from tqdm.auto import tqdm
 
-from .schema import SPLITS, _clean_text, _find_audio, _group_dialogues, _integer, _read_csv
+from .releases import clean_text, find_audio, group_dialogues, read_csv, read_integer
+from .schema import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def build_meld(
     for split, name in _MELD_CSVS.items():
         path = root / name
         # `Speaker` is kept as metadata when present (never a model input), so a CSV without it builds too.
-        rows = _read_csv(path, required=("Utterance", "Emotion", "Dialogue_ID", "Utterance_ID"))
+        rows = read_csv(path, required=("Utterance", "Emotion", "Dialogue_ID", "Utterance_ID"))
         if not rows:  # a saved empty split cannot be loaded again
             raise ValueError(f"{path} has no utterances, so the {split} split would be empty")
         records = []
@@ -63,12 +64,12 @@ def build_meld(
             emotion = (row["Emotion"] or "").strip().lower()
             if emotion not in MELD_LABELS:
                 raise ValueError(f"{where}: unknown Emotion {row['Emotion']!r} (expected one of {MELD_LABELS})")
-            dialogue, turn = _integer(row, "Dialogue_ID", where), _integer(row, "Utterance_ID", where)
+            dialogue, turn = read_integer(row, "Dialogue_ID", where), read_integer(row, "Utterance_ID", where)
             record = {
                 "split": split,
                 "dialogue_id": f"dia{dialogue}",
                 "utterance_id": f"dia{dialogue}_utt{turn}",
-                "text": _clean_text(row["Utterance"]),
+                "text": clean_text(row["Utterance"]),
                 "audio": None,
                 "label": emotion,
                 "speaker": row.get("Speaker"),
@@ -85,7 +86,7 @@ def build_meld(
             path = root / _MELD_CSVS[utterance["split"]]
             number = row_numbers[utterance["split"], utterance["utterance_id"]]
             raise ValueError(f"{path} row {number}: utterance {utterance['utterance_id']} has neither text nor audio")
-    return _group_dialogues(utterances, MELD_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
+    return group_dialogues(utterances, MELD_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
 
 
 def build_meld_csv(root: str | os.PathLike) -> DatasetDict:
@@ -127,7 +128,7 @@ def _meld_audio(
         if jobs:
             _extract_wavs(jobs, num_workers)
     for utterance in utterances:
-        utterance["audio"] = _find_audio(folders[utterance["split"]], utterance["utterance_id"])
+        utterance["audio"] = find_audio(folders[utterance["split"]], utterance["utterance_id"])
     return str(audio_dir) if clips is None else f"{audio_dir} (converted from the clips in {root})"
 
 

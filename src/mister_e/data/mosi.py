@@ -15,9 +15,8 @@ import numpy as np
 from datasets import DatasetDict
 
 from ..conversations import read_utf8
-from .schema import (
-    SPEECH_EMBEDS, SPLITS, _clean_text, _find_audio, _group_dialogues, _integer, _read_csv, attach_embeddings
-)  # fmt: skip
+from .releases import clean_text, find_audio, group_dialogues, read_csv, read_integer
+from .schema import SPEECH_EMBEDS, SPLITS, attach_embeddings
 
 MOSI_LABELS = ["negative", "positive"]
 MOSI_LABEL_RULES = ("nonnegative", "nonzero")
@@ -82,10 +81,10 @@ def build_mosi(
     for segment in segments:
         segment["split"] = splits[segment["dialogue_id"]]
         if segment["audio"] is None and audio_dir is not None:
-            segment["audio"] = _find_audio(Path(audio_dir), segment["utterance_id"])
+            segment["audio"] = find_audio(Path(audio_dir), segment["utterance_id"])
     segments.sort(key=lambda segment: (segment["dialogue_id"], segment["clip"]))
     audio_from = (audio_dir or table) if requested else None
-    dialogues = _group_dialogues(segments, MOSI_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
+    dialogues = group_dialogues(segments, MOSI_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
     return attach_embeddings(dialogues, SPEECH_EMBEDS, load_mosi_acoustic(folder)) if acoustic else dialogues
 
 
@@ -98,7 +97,7 @@ def load_mosi_acoustic(root: str | os.PathLike) -> dict[str, np.ndarray]:
     videos are in the standard test fold, so pairing them with the standard folds leaks test labels.
     """
     root = Path(root)
-    transcripts = _read_csv(root / "transcripts.csv", columns=_MOSI_RELEASE_COLUMNS)
+    transcripts = read_csv(root / "transcripts.csv", columns=_MOSI_RELEASE_COLUMNS)
     vectors = {}
     for part in ("train", "test"):
         index = _read_matrix(root / f"text_{part}.csv")[:, 0].astype(int)
@@ -165,7 +164,7 @@ def _mosi_segment(segment_id: str, where: str) -> tuple[str, int]:
 
 def _mosi_release_segments(path: Path) -> list[dict]:
     segments = []
-    for number, row in enumerate(_read_csv(path, columns=_MOSI_RELEASE_COLUMNS), start=1):
+    for number, row in enumerate(read_csv(path, columns=_MOSI_RELEASE_COLUMNS), start=1):
         where = f"{path} row {number}"
         video, clip = _mosi_segment(row["segment_id"], where)
         if row["label"] not in ("0", "1"):
@@ -176,7 +175,7 @@ def _mosi_release_segments(path: Path) -> list[dict]:
 
 def _mosi_scored_segments(path: Path, label_rule: str) -> tuple[list[dict], bool]:
     """Segments of the scores layout, and whether it names audio files."""
-    rows = _read_csv(path, required=_MOSI_SCORE_COLUMNS)
+    rows = read_csv(path, required=_MOSI_SCORE_COLUMNS)
     segments = []
     for number, row in enumerate(rows, start=1):
         where = f"{path} row {number}"
@@ -193,7 +192,7 @@ def _mosi_scored_segments(path: Path, label_rule: str) -> tuple[list[dict], bool
             candidate = path.parent / row["audio"]
             audio = str(candidate.resolve()) if candidate.is_file() else None
         label = MOSI_LABELS[int(score >= 0 if label_rule == "nonnegative" else score > 0)]
-        segments.append(_mosi_record(row, row["video_id"], _integer(row, "clip", where), label, audio))
+        segments.append(_mosi_record(row, row["video_id"], read_integer(row, "clip", where), label, audio))
     return segments, bool(rows) and "audio" in rows[0]
 
 
@@ -202,7 +201,7 @@ def _mosi_record(row: Mapping[str, str], video: str, clip: int, label: str, audi
         "dialogue_id": video,
         "clip": clip,
         "utterance_id": row["segment_id"],
-        "text": _clean_text(row["text"]),
+        "text": clean_text(row["text"]),
         "audio": audio,
         "label": label,
         "speaker": video,

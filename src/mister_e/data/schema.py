@@ -1,4 +1,4 @@
-"""The dialogue schema every data set shares, and the helpers more than one release builder needs.
+"""The dialogue schema every data set shares: its columns, building, checking, saving and loading dialogue datasets.
 
 Every dataset is a `datasets.DatasetDict` with splits ``train``, ``validation`` and ``test`` and one row per
 conversation (schema: `dialogue_features`). Builders never copy audio: rows store file paths, so a prepared dataset
@@ -7,10 +7,8 @@ stays small and points at the release on disk. Code elsewhere names columns thro
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import random
 import shutil
 import tempfile
 from collections import Counter
@@ -46,10 +44,6 @@ EMBED_COLUMN = {"speech": SPEECH_EMBEDS, "text": TEXT_EMBEDS}
 # The key of each modality's input in an utterance of `MisterEProcessor`'s conversation format.
 UTTERANCE_KEYS = {"speech": "audio", "text": "text"}
 
-# Utterance record key -> dataset column; the tabular builders emit one record per utterance (see `_group_dialogues`).
-_RECORD_COLUMNS = {
-    "utterance_id": UTTERANCE_IDS, "text": TEXTS, "audio": AUDIO, "label": LABELS, "speaker": SPEAKERS
-}  # fmt: skip
 
 
 
@@ -416,92 +410,6 @@ def check_save_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if path.exists() and not (path / "dataset_dict.json").is_file():
         raise FileExistsError(f"{path} exists and is not a saved dialogue dataset; refusing to replace it")
-
-
-def _group_dialogues(
-    utterances: list[dict], label_names: Sequence[str], *, audio_from: Any = None, allow_missing_audio: bool = False
-) -> DatasetDict:
-    """Group utterance records, already in dialogue order, into the three splits.
-
-    A record holds ``split``, ``dialogue_id`` and the keys of `_RECORD_COLUMNS`. ``audio_from`` says where audio
-    was looked for (None: a text-only build). Then utterances without audio fail the build, or with
-    ``allow_missing_audio`` stay text-only: one policy for every builder.
-    """
-    if audio_from is not None:
-        missing = [utterance["utterance_id"] for utterance in utterances if utterance["audio"] is None]
-        if missing:
-            message = (
-                f"{len(missing)} of {len(utterances)} utterances have no audio file in {audio_from} "
-                f"(first: {', '.join(missing[:5])})"
-            )
-            if not allow_missing_audio:
-                raise FileNotFoundError(f"{message}; pass allow_missing_audio=True to keep them text-only")
-            logger.warning("%s; keeping them text-only", message)
-    grouped: dict[str, dict[str, dict]] = {split: {} for split in SPLITS}
-    for utterance in utterances:
-        name = utterance["dialogue_id"]
-        conversation = grouped[utterance["split"]].setdefault(name, {DIALOGUE_ID: name})
-        for key, column in _RECORD_COLUMNS.items():
-            conversation.setdefault(column, []).append(utterance[key])
-    return DatasetDict(
-        {split: make_dialogue_dataset(list(dialogues.values()), label_names) for split, dialogues in grouped.items()}
-    )
-
-
-def _hold_out(dialogue_ids: Iterable[str], count: int, seed: int) -> set[str]:
-    """Whole dialogues for validation, reproducibly: sorted first, so input order does not matter."""
-    candidates = sorted(set(dialogue_ids))
-    if not 0 <= count < len(candidates):
-        raise ValueError(
-            f"validation_dialogues={count} must lie in 0..{len(candidates) - 1} ({len(candidates)} training dialogues)"
-        )
-    return set(random.Random(seed).sample(candidates, count))
-
-
-def _clean_text(text: Any) -> str | None:
-    """Undo the mojibake of the public releases; None for an empty transcript.
-
-    MELD CSV copies carry UTF-8 read as cp1252 (``’``), the py2 pickles cp1252 bytes read as latin1 (``\\x92``).
-    Each repair is a no-op on clean text. No-break spaces become spaces, as in the MELD CSVs.
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None
-    for wrong, right in (("latin1", "cp1252"), ("cp1252", "utf-8")):
-        try:
-            text = text.encode(wrong).decode(right)
-        except UnicodeError:
-            pass
-    return text.replace("\xa0", " ")
-
-
-def _find_audio(folder: Path, stem: str) -> str | None:
-    path = folder / f"{stem}.wav"
-    return str(path.resolve()) if path.is_file() else None
-
-
-def _read_csv(
-    path: Path, *, columns: Sequence[str] | None = None, required: Sequence[str] = ()
-) -> list[dict[str, str]]:
-    """Rows as dicts (``columns`` names a header-less file), failing with the file and missing column named, or with
-    the file named when it is not UTF-8 (the decoder's own message does not name it)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        try:
-            reader = csv.DictReader(file, fieldnames=columns)
-            missing = [column for column in required if column not in (reader.fieldnames or ())]
-            if missing:
-                raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
-            return list(reader)
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
-
-
-def _integer(row: Mapping[str, str], column: str, where: str) -> int:
-    try:
-        return int(row[column])
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: {column} must be an integer, got {row[column]!r}") from None
 
 
 __all__ = [
