@@ -35,10 +35,11 @@ from .configuration_mister_e import EXPERTS, PIPELINE_TASK, modalities_read
 from .experts_mister_e import answerable
 from .processing_mister_e import _describe
 from .segmentation_mister_e import (
-    RECORDING_EXTENSIONS,
     SAMPLING_RATE,
-    MisterESegmentation,
+    as_segmentation,
+    is_recording,
     iter_segments,
+    no_speech_found,
     read_recording,
 )
 
@@ -161,7 +162,7 @@ class MisterEConversationPipeline(Pipeline):
         Returns a list with one dict per utterance for a conversation, and a list of such lists for a list (or a
         generator of them, lazily, for a generator).
         """
-        if _is_recording(inputs):
+        if is_recording(inputs):
             return self._call_recording(inputs, kwargs)
         if isinstance(inputs, Mapping):
             return super().__call__(inputs, *args, **kwargs)
@@ -189,7 +190,7 @@ class MisterEConversationPipeline(Pipeline):
     def recording_utterances(self, recording, segmentation=None, asr=None) -> Iterator[dict]:
         """The utterances of a recording, in order, each as soon as the recording has been read past its end:
         `{"audio", "start", "end", "text"}` (see the class docstring)."""
-        segmentation = _segmentation(segmentation)
+        segmentation = as_segmentation(segmentation)
         longest = self.processor.max_audio_seconds  # what the processor reads of an utterance: split, never cut short
         if segmentation.max_utterance_seconds > longest:
             if segmentation.min_utterance_seconds >= longest:
@@ -397,7 +398,7 @@ class MisterEConversationPipeline(Pipeline):
                 "Streaming needs a causal model (`config.causal=True`): this model's predictions use future context, "
                 "so they cannot be made utterance by utterance. Call the pipeline on the whole conversation instead."
             )
-        if _is_recording(utterances):
+        if is_recording(utterances):
             heard = []  # the segments cut so far: each is predicted as soon as it is cut
 
             def cut():
@@ -444,45 +445,10 @@ class MisterEConversationPipeline(Pipeline):
             yield self._utterance_result(probabilities, output.gate_weights[0, -1].float().cpu(), top_k)
 
 
-def no_speech_found(recording, segmentation=None) -> str:
-    """What to say of a recording in which no utterance was found, and what to change."""
-    shortest = _segmentation(segmentation).min_utterance_seconds
-    return (f"No speech found in {_recording_name(recording)}: voice activity detection found no utterance of at "
-            f"least {shortest:g} s (`min_utterance_seconds`, CLI --min-utterance; lower it for short bursts of speech, "
-            "or the threshold, --vad-threshold, for a quiet recording).")
-
-
-def _segmentation(segmentation) -> MisterESegmentation:
-    """The recording options' `segmentation`: a `MisterESegmentation`, a dict of its fields, or `None` (defaults)."""
-    if isinstance(segmentation, Mapping):
-        return MisterESegmentation(**segmentation)
-    return segmentation or MisterESegmentation()
-
-
 def _renamed(error: Exception, old: str, new: str) -> Exception:
     """`error` again, its message starting with `new` where it started with `old`."""
     message = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
     return type(error)(new + message[len(old):] if message.startswith(old) else message)
-
-
-def _is_recording(inputs) -> bool:
-    """A recording is a path (a file, or a name with an audio extension; not a conversation's JSON file or folder) or
-    a dict with a `recording` key."""
-    if isinstance(inputs, (str, os.PathLike)):
-        path = os.fspath(inputs)
-        if path.lower().endswith(".json") or os.path.isdir(path):
-            return False
-        return isinstance(inputs, os.PathLike) or os.path.isfile(path) or path.lower().endswith(RECORDING_EXTENSIONS)
-    return isinstance(inputs, Mapping) and "recording" in inputs
-
-
-def _recording_name(recording) -> str:
-    """The recording's file, for messages; "the recording" for an array."""
-    if isinstance(recording, Mapping):  # {"recording": ...}, then an audio dict {"path": ...} or {"array": ...}
-        recording = recording.get("recording", recording)
-    if isinstance(recording, Mapping):
-        recording = recording.get("path")
-    return os.fspath(recording) if isinstance(recording, (str, os.PathLike)) else "the recording"
 
 
 def _as_input(utterance: Mapping) -> dict:

@@ -226,6 +226,41 @@ def segment_recording(waveform: np.ndarray, segmentation: MisterESegmentation | 
     return list(iter_segments(_array_blocks(waveform, SAMPLING_RATE, block_seconds), segmentation))
 
 
+def no_speech_found(recording, segmentation=None) -> str:
+    """What to say of a recording in which no utterance was found, and what to change."""
+    shortest = as_segmentation(segmentation).min_utterance_seconds
+    return (f"No speech found in {recording_name(recording)}: voice activity detection found no utterance of at "
+            f"least {shortest:g} s (`min_utterance_seconds`, CLI --min-utterance; lower it for short bursts of speech, "
+            "or the threshold, --vad-threshold, for a quiet recording).")
+
+
+def as_segmentation(segmentation) -> MisterESegmentation:
+    """The recording options' `segmentation`: a `MisterESegmentation`, a dict of its fields, or `None` (defaults)."""
+    if isinstance(segmentation, Mapping):
+        return MisterESegmentation(**segmentation)
+    return segmentation or MisterESegmentation()
+
+
+def is_recording(inputs) -> bool:
+    """A recording is a path (a file, or a name with an audio extension; not a conversation's JSON file or folder) or
+    a dict with a `recording` key."""
+    if isinstance(inputs, (str, os.PathLike)):
+        path = os.fspath(inputs)
+        if path.lower().endswith(".json") or os.path.isdir(path):
+            return False
+        return isinstance(inputs, os.PathLike) or os.path.isfile(path) or path.lower().endswith(RECORDING_EXTENSIONS)
+    return isinstance(inputs, Mapping) and "recording" in inputs
+
+
+def recording_name(recording) -> str:
+    """The recording's file, for messages; "the recording" for an array."""
+    if isinstance(recording, Mapping):  # {"recording": ...}, then an audio dict {"path": ...} or {"array": ...}
+        recording = recording.get("recording", recording)
+    if isinstance(recording, Mapping):
+        recording = recording.get("path")
+    return os.fspath(recording) if isinstance(recording, (str, os.PathLike)) else "the recording"
+
+
 __all__ = [
     "MisterESegmentation",
     "RECORDING_EXTENSIONS",

@@ -104,7 +104,7 @@ def _refuse_overwrites(recording: str, outputs: dict[str, str | None]) -> None:
 
 def predict_recording(pipe, args: argparse.Namespace, segmentation) -> None:
     """A recording's timeline: JSON on stdout (`start`, `end`, `text` per utterance), optionally CSV and PNG."""
-    from ..pipeline_mister_e import no_speech_found
+    from ..segmentation_mister_e import no_speech_found
     from ..timeline import save_timeline_plot, write_timeline_csv
 
     # The pipeline warns of a recording without speech through its logger; here it is said once, on stderr.
