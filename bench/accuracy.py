@@ -47,7 +47,7 @@ from transformers.utils import logging as hf_logging
 from mister_e import MisterEForUtteranceClassification, MisterEProcessor
 from mister_e.backbones import packaged_minilm
 from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds, save_dialogues
-from mister_e.evaluation import summarize_seeds
+from mister_e.evaluation import ROBUSTNESS_LABELS, summarize_seeds
 from mister_e.extraction import extract_embeddings
 from mister_e.recipes import parse_sets
 from mister_e.training import evaluate_model, load_recipe, run_ablations, train_encoder, train_recipe
@@ -359,7 +359,7 @@ def markdown(results: dict) -> str:
                       "| p (drop probability) | " + " | ".join(f"{p:.1f}" for p in curve["probabilities"]) + " |",
                       "|---" * (len(curve["probabilities"]) + 1) + "|"]
             for condition, scores in curve["conditions"].items():
-                lines.append(f"| drop {condition} | "
+                lines.append(f"| {ROBUSTNESS_LABELS[condition]} | "
                              + " | ".join(f"{100 * s:.1f}" for s in scores["weighted_f1"]) + " |")
         lines.append("")
     if "mosi" in results:

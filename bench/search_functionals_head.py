@@ -91,7 +91,7 @@ def main() -> None:
                     scores.setdefault(f"lbfgs l2={l2}", []).append(
                         head_score(data, train, validation, feature_set, l2, seed))
             print(feature_set, f"validation {validation_speaker} done", flush=True)
-        results[feature_set] = {name: {"mean": float(np.mean(v)), "std": float(np.std(v))}
+        results[feature_set] = {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1))}
                                 for name, v in scores.items()}
     lines = ["| candidate | " + " | ".join(FEATURE_SETS) + " | mean |", "|---" * (len(FEATURE_SETS) + 2) + "|"]
     for name in results[FEATURE_SETS[0]]:

@@ -317,9 +317,20 @@ def test_summarize_seeds_matches_numpy():
     assert table.splitlines() == [
         "| metric | MiSTER-E (n=3) | text only (n=1) |",
         "|---|---|---|",
-        f"| weighted_f1 | {mean:.1f} ± {std:.1f} | {runs[0]['weighted_f1'] * 100:.1f} ± 0.0 |",
+        f"| weighted_f1 | {mean:.1f} ± {std:.1f} | {runs[0]['weighted_f1'] * 100:.1f} |",  # one run: no spread known
     ]
     assert "| macro_f1 | – |" in format_seed_table(summary)
+
+
+def test_dominant_expert_shares_ties():
+    """The `mean` gate weighs every expert 1/3: no expert dominates, so each gets a third, not the first all of it."""
+    from mister_e.evaluation import _summarize_gates
+
+    weights = np.array([[1 / 3, 1 / 3, 1 / 3], [0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    dominant = _summarize_gates(weights, np.array([0, 1, 0, 1]), ["a", "b"])["dominant_fraction"]
+    assert dominant == pytest.approx({"speech": (1 / 3 + 0.5) / 4, "text": (1 / 3 + 1 + 0.5) / 4,
+                                      "cross_modal": (1 / 3 + 1) / 4})
+    assert sum(dominant.values()) == pytest.approx(1.0)
 
 
 def test_gate_plot_legend_covers_no_plot_and_every_expert_is_drawn():

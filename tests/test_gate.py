@@ -152,6 +152,18 @@ def test_fit_input_statistics_uses_present_training_vectors():
         assert torch.allclose(standardizer.std.double(), torch.from_numpy(vectors.std(0)), atol=1e-4)
 
 
+def test_standardisation_without_embeddings_to_fit_is_said(caplog):
+    """End-to-end training reads raw audio and text: no embedding column to fit on, so the standardizer stays the
+    identity, which the caller is told rather than left to believe the inputs are standardized."""
+    dataset = synthetic(np.random.default_rng(1), sizes=(5, 2, 2))["train"].remove_columns("speech_embeds")
+    model = tiny(standardize_inputs=True)
+    with caplog.at_level("WARNING"):
+        fit_input_statistics(model, dataset)
+    assert "no `speech_embeds` column to fit the speech statistics on" in caplog.text
+    assert "text statistics" not in caplog.text and model.text_standardizer.mean.any()
+    assert not model.speech_standardizer.mean.any() and bool((model.speech_standardizer.std == 1).all())
+
+
 @pytest.mark.parametrize("gate", [{}, {"gate_holdout_fraction": 0.2}], ids=["small-recipe", "held-out-gate"])
 def test_gate_learns_to_drop_a_noise_expert(tmp_path, gate):
     """Speech is pure noise: on held-out test conversations the gate gives it < 0.1 and the mixture is as good as the

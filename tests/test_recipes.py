@@ -53,12 +53,20 @@ def test_training_values_must_have_their_fields_type(overrides, named):
     ("seed", "training.seed cannot be set: each run's seed is given by --seeds"),
     ("training.data_seed", "training.data_seed cannot be set"),
     ("label_smoothing_factor", "training.label_smoothing_factor cannot be set: it would replace MiSTER-E's loss"),
+    ("greater_is_better", "training.greater_is_better cannot be set: the direction follows metric_for_best_model"),
 ])
 def test_training_fields_the_recipe_sets_otherwise_are_refused(key, named):
     """Trainer's own seed would clash with each run's seed (a TypeError deep in training), and its label smoother
     would silently train another loss."""
     with pytest.raises(ValueError, match=re.escape(named)):
         load_recipe("small", {key: 1})
+
+
+def test_selection_of_the_best_validation_epoch_cannot_be_turned_off():
+    """Without it the run's model is the last epoch's while results.json names the selected one."""
+    with pytest.raises(ValueError, match=re.escape("training.load_best_model_at_end must be true")):
+        load_recipe("small", {"load_best_model_at_end": False})
+    assert load_recipe("small", {"load_best_model_at_end": True})["training"]["load_best_model_at_end"] is True
 
 
 @pytest.mark.parametrize("field", ["gate_temperature", "kl_weight", "supcon_temperature", "layer_norm_eps",

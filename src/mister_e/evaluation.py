@@ -50,6 +50,8 @@ DEFAULT_DROP_PROBABILITIES = tuple(i / 10 for i in range(10))
 _IGNORE_INDEX = -100
 # Which modality each robustness condition drops: (speech, text) multipliers of the drop probability.
 _DROPPED_MODALITIES = {"speech": (1.0, 0.0), "text": (0.0, 1.0), "either": (1.0, 1.0)}
+# How the curves are named in plots and tables: `either` takes one of the two, so each modality goes at p/2.
+ROBUSTNESS_LABELS = {"speech": "drop speech", "text": "drop text", "either": "drop one of the two (each p/2)"}
 _PREDICTION_COLUMNS = (
     "dialogue_id",
     "utterance_id",
@@ -153,12 +155,15 @@ def _gate_means_per_class(gate_weights: np.ndarray, references: np.ndarray, num_
 
 def _summarize_gates(gate_weights: np.ndarray, references: np.ndarray, label_names: Sequence[str]) -> dict:
     per_class = _gate_means_per_class(gate_weights, references, len(label_names))
-    dominant = np.bincount(gate_weights.argmax(1), minlength=len(GATE_NAMES)) / len(gate_weights)
+    # An utterance counts for the expert with its largest weight; a tie (the `mean` gate: 1/3 each) is shared
+    # equally among the tied experts rather than given to the first of them.
+    largest = np.isclose(gate_weights, gate_weights.max(1, keepdims=True), rtol=0, atol=1e-6)
+    dominant = (largest / largest.sum(1, keepdims=True)).mean(0)
     return {
         "experts": list(GATE_NAMES),
         "mean": _per_expert(gate_weights.mean(0)),
         "std": _per_expert(gate_weights.std(0)),
-        # How often each expert carries the largest weight of an utterance.
+        # How often each expert carries the largest weight of an utterance (ties shared).
         "dominant_fraction": _per_expert(dominant),
         # Classes absent from the split are left out rather than written as NaN, which JSON cannot hold.
         "mean_per_class": {
@@ -345,8 +350,9 @@ def robustness_curve(
     `predict_fn(drop_speech_p, drop_text_p, seed)` runs the model with each modality's input dropped with the
     given probability and returns `(predictions, references)` (-100 references are ignored). Conditions call it
     with `(p, 0)` for `speech`, `(0, p)` for `text` and `(p, p)` for `either`. How `either` avoids dropping both
-    modalities of one utterance is `predict_fn`'s rule, since only it sees the inputs; one natural rule draws the
-    two drops independently and, when both hit, keeps one modality chosen at random. The same `seed` is passed at
+    modalities of one utterance is `predict_fn`'s rule, since only it sees the inputs; the package's
+    (`training.collator.drop_modalities`) takes one of the two, chosen at random, from an utterance with both with
+    probability p, so each modality is dropped with probability p/2. The same `seed` is passed at
     every point so the curves share their random draws; a setting seen twice (`p = 0`) runs once.
 
     Returns:
@@ -380,7 +386,7 @@ def write_robustness_report(output_dir: str | os.PathLike, curve: Mapping[str, A
     figure = Figure(figsize=(10, 4))
     for axes, metric in zip(figure.subplots(1, 2), ("weighted_f1", "accuracy")):
         for condition, scores in curve["conditions"].items():
-            axes.plot(curve["probabilities"], scores[metric], marker="o", label=f"drop {condition}")
+            axes.plot(curve["probabilities"], scores[metric], marker="o", label=ROBUSTNESS_LABELS[condition])
         axes.set(xlabel="drop probability p", ylabel=metric, title=f"{metric} under missing modalities")
         axes.grid(alpha=0.3)
         axes.legend()
@@ -393,6 +399,7 @@ __all__ = [
     "ERC_METRIC_PATH",
     "GATE_NAMES",
     "ROBUSTNESS_CONDITIONS",
+    "ROBUSTNESS_LABELS",
     "SCALAR_METRICS",
     "compute_metrics",
     "format_seed_table",

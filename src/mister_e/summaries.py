@@ -25,7 +25,7 @@ def summarize_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, fl
     """Mean and spread of every scalar metric over runs that differ only in their seed.
 
     The std is the sample std (`ddof=1`): the seeds are a sample of the runs one could have made, and papers
-    report it that way; a single run gets 0.0. Nested mappings (per-class F1, gate summaries) are flattened to
+    report it that way; a single run gets 0.0 (`format_seed_table` then shows the mean alone). Nested mappings (per-class F1, gate summaries) are flattened to
     `parent/child` keys. Non-numeric values (confusion matrices, label names) and keys missing from any run are
     skipped.
 
@@ -64,14 +64,15 @@ def format_seed_table(
     ]
     lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for metric in metrics:
-        cells = [
-            f"{summary[metric]['mean'] * scale:.{digits}f} ± {summary[metric]['std'] * scale:.{digits}f}"
-            if metric in summary
-            else "–"
-            for summary in summaries.values()
-        ]
+        cells = [_cell(summary[metric], scale, digits) if metric in summary else "–" for summary in summaries.values()]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Mapping[str, Any], scale: float, digits: int) -> str:
+    """`mean ± std`, or the mean alone for one run, whose spread is unknown rather than 0."""
+    mean = f"{value['mean'] * scale:.{digits}f}"
+    return mean if value["n"] < 2 else f"{mean} ± {value['std'] * scale:.{digits}f}"
 
 
 __all__ = ["SCALAR_METRICS", "format_seed_table", "summarize_seeds"]

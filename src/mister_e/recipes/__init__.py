@@ -39,11 +39,12 @@ _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str
 # Training fields below these train nothing or fail deep inside the Trainer.
 _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
                     "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0}
-# `TrainingArguments` fields the recipe sets otherwise: each seed seeds its run (`seeds`), and the loss is MiSTER-E's
-# (the Trainer's label smoother would silently replace it).
+# `TrainingArguments` fields the recipe sets otherwise: each seed seeds its run (`seeds`), the loss is MiSTER-E's
+# (the Trainer's label smoother would silently replace it), and selection keeps the best validation epoch.
 _REFUSED_TRAINING = {"seed": "each run's seed is given by --seeds (train) or --seed (train-encoder)",
                      "data_seed": "the data order follows each run's seed (--seeds, --seed)",
-                     "label_smoothing_factor": "it would replace MiSTER-E's loss"}
+                     "label_smoothing_factor": "it would replace MiSTER-E's loss",
+                     "greater_is_better": "the direction follows metric_for_best_model (lower for log_loss)"}
 
 
 @functools.cache
@@ -151,6 +152,9 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
     for key in training.keys() & _REFUSED_TRAINING.keys():
         raise ValueError(f"training.{key} cannot be set: {_REFUSED_TRAINING[key]}.")
     training = {key: _typed(f"training.{key}", value, fields.get(key, object)) for key, value in training.items()}
+    _require(training.get("load_best_model_at_end", True) is True, "training.load_best_model_at_end",
+             "true (the run's model is the epoch selected on validation, the one results.json names)",
+             training.get("load_best_model_at_end"))
     for key, least in _TRAINING_MINIMA.items():
         if key in training:
             _require(training[key] >= least, f"training.{key}", f">= {least}", training[key])

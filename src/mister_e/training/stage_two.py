@@ -144,10 +144,18 @@ def warn_of_unseen_classes(config: MisterEConfig, train: Dataset) -> None:
 @torch.no_grad()
 def fit_input_statistics(model: MisterEForEmotionRecognition, train: Dataset) -> None:
     """Fit the model's input standardizers (`config.standardize_inputs`) on the embeddings of the training split's
-    utterances that have each modality; modalities without an embedding column keep the identity."""
+    utterances that have each modality; modalities without an embedding column keep their statistics (the identity,
+    said, unless the model already holds fitted ones)."""
     for modality, column in EMBED_COLUMN.items():
         standardizer = getattr(model, f"{modality}_standardizer", None)
-        if standardizer is None or column not in train.column_names:
+        if standardizer is None:
+            continue
+        if column not in train.column_names:
+            if modality in modalities_of(model.config.experts) and not standardizer.mean.any() \
+                    and bool((standardizer.std == 1).all()):
+                logger.warning(f"`standardize_inputs`: the training split has no `{column}` column to fit the "
+                               f"{modality} statistics on (end-to-end training reads raw inputs), so {modality} "
+                               "inputs are not standardized; it applies to stage 2 on extracted embeddings.")
             continue
         vectors = [np.asarray(vector, dtype=np.float32) for batch in train.select_columns(column).iter(256)
                    for row in batch[column] for vector in row if vector is not None]
