@@ -113,6 +113,19 @@ def test_a_cache_of_another_model_is_refused(dataset, model, processor, tmp_path
         extract_embeddings(dataset, model, processor, tmp_path / "cache", shard_size=50, batch_size=3)
 
 
+def test_saving_the_processor_keeps_its_cache(dataset, model, processor, tmp_path):
+    """Saving a processor adds `auto_map` to its settings; the quickstart saved it in stage 1 and built it afresh on
+    a rerun, whose extraction was then refused as "another processor"."""
+    fresh = copy.deepcopy(processor)
+    extract_embeddings(dataset, model, fresh, tmp_path / "cache", shard_size=50)
+    fresh.save_pretrained(tmp_path / "saved")
+    assert "auto_map" in str(fresh.to_dict())  # what changed the settings' hash
+    again = extract_embeddings(dataset, model, copy.deepcopy(processor), tmp_path / "cache", shard_size=50)
+    reloaded = extract_embeddings(dataset, model, MisterEProcessor.from_pretrained(tmp_path / "saved"),
+                                  tmp_path / "cache", shard_size=50)
+    assert again["text_embeds"] == reloaded["text_embeds"]
+
+
 def test_a_modality_the_data_never_has_is_refused_before_extracting(dataset, model, processor, tmp_path):
     """A speech encoder over text-only data would write a column of nothing but holes, silently."""
     text_only = dataset.map(lambda row: {"audio": [None] * len(row["audio"])})

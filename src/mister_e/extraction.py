@@ -222,7 +222,8 @@ def _manifest(dataset, utterances: int, model, processor, modalities, shard_size
     for name, param in sorted(model.state_dict().items()):
         weights.update(name.encode())
         weights.update(_tensor_bytes(param))
-    preprocessing = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
+    settings = _without_auto_map(processor.to_dict())
+    preprocessing = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     backend = getattr(getattr(processor, "tokenizer", None), "backend_tokenizer", None)
     if backend is not None:  # its vocabulary and normalisation; not the padding and truncation each call sets
         state = {key: value for key, value in json.loads(backend.to_str()).items() if key not in ("padding", "truncation")}
@@ -237,6 +238,14 @@ def _manifest(dataset, utterances: int, model, processor, modalities, shard_size
         "batch_size": batch_size,
         "embedding": embedding,
     }
+
+
+def _without_auto_map(settings):
+    """A processor's settings less `auto_map`, which saving it adds (where its remote code lives, not how it
+    preprocesses): a processor saved by stage 1 and the same one built afresh on a rerun share one cache."""
+    if isinstance(settings, dict):
+        return {key: _without_auto_map(value) for key, value in settings.items() if key != "auto_map"}
+    return settings
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
