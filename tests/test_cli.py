@@ -165,6 +165,14 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert summary["test"]["weighted_f1"] > majority + 0.2, (summary["test"], majority)  # it learned the demo
     assert (tmp_path / "qs" / "model" / "model.safetensors").is_file()
     assert all(abs(sum(p["expert_weights"].values()) - 1) < 1e-5 for p in summary["predictions"])
+    # A rerun with another --epochs keeps the encoders and their extraction (it was refused as "another processor")
+    # and trains its own stage 2 (it resumed or read back the earlier one's).
+    encoder = tmp_path / "qs" / "text-encoder" / "merged" / "model.safetensors"
+    trained = encoder.stat().st_mtime_ns
+    rerun = quickstart(tmp_path / "qs", epochs=2)
+    assert encoder.stat().st_mtime_ns == trained
+    results = json.loads((tmp_path / "qs" / "conversation-model" / "results.json").read_text())
+    assert results["best_epoch"] <= 2 and rerun["test"] == results["test"]
 
 
 def test_each_verb_says_which_model_folder_it_needs(tmp_path, capsys):

@@ -215,8 +215,9 @@ def test_only_the_main_process_writes(runs):
     # Trainer's own: every process saves its random state (`rng_state_<rank>.pth`) into the checkpoint folder.
     assert rank1 and all(re.fullmatch(r"os.mkdir (stage2/seed_0|encoder)/checkpoint-\d+", write) for write in rank1)
     for name in ("stage2/seed_0/results.json", "stage2/summary.json", "encoder/results.json",
-                 "encoder/merged/config.json", "stage2/seed_0/test/metrics.json"):
+                 "encoder/merged.tmp/config.json", "stage2/seed_0/test/metrics.json"):  # merged/: written whole
         assert any(write.endswith(name) for write in rank0), name
+    assert (runs["root"] / "dist" / "encoder" / "merged" / "config.json").is_file()
     root = runs["root"] / "dist"
     assert sorted(str(p.relative_to(root)) for p in root.rglob("results.json")) == [
         "encoder/results.json", "stage2/seed_0/results.json"]

@@ -486,6 +486,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         for key, value in straight_weights.items():
             torch.testing.assert_close(resumed_weights[key], value, rtol=0, atol=1e-6)
     assert resumed == json.loads((tmp_path / "straight" / "results.json").read_text())
+    # Cut after its last checkpoint, before results.json: the rerun only selects and scores, and its record is the
+    # same, config included (which the resumed process had not yet completed by saving).
+    (tmp_path / "straight" / "results.json").unlink()
+    again = train_conversation_model(data, tmp_path / "straight", SIZES, training, seed=3, report=False,
+                                     keep_checkpoints=True)
+    assert again == resumed and "architectures" in again["config"]
 
 
 
@@ -763,6 +769,11 @@ def test_evaluate_model_writes_every_artefact(data, tmp_path):
     assert curve["conditions"]["either"]["weighted_f1"][0] == metrics["weighted_f1"]
     in_memory = evaluate_model(model, data["test"], tmp_path / "again", robustness=False)
     assert in_memory["metrics"]["weighted_f1"] == metrics["weighted_f1"] and in_memory["robustness"] is None
+    # Into the used folder, without a curve: the earlier curve does not stay beside another evaluation's metrics.
+    (report / "notes.txt").write_text("mine")
+    evaluate_model(model, data["validation"], report, robustness=False)
+    assert not (report / "robustness.json").exists() and not (report / "robustness.png").exists()
+    assert (report / "metrics.json").is_file() and (report / "notes.txt").read_text() == "mine"
 
 
 def test_train_seeds_summarises_mean_and_std(tmp_path):
@@ -804,6 +815,28 @@ def test_a_run_folder_refuses_other_data(data, processor, tmp_path, capsys):
     capsys.readouterr()
     assert main([*train[:1], "--dataset", str(tmp_path / "b"), *train[1:]]) == 2
     assert "holds a run with other settings (data.test:" in capsys.readouterr().err
+
+
+def test_two_runs_started_together_into_one_folder_record_one(tmp_path, monkeypatch):
+    """Both passed `check_run` before either wrote `run.json`: the second to record is refused, rather than training
+    into the first's folder (whose results it would later read back as its own)."""
+    import mister_e.training.runs as runs
+    from mister_e.utils import atomic_path
+
+    runs.check_run(tmp_path, {"seed": 0, "config": {"kl_weight": 0.1}})  # both find the folder empty ...
+    runs.check_run(tmp_path, {"seed": 0, "config": {"kl_weight": 0.5}})
+    runs.record_run(tmp_path, {"seed": 0, "config": {"kl_weight": 0.1}})  # ... then record in turn
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(config\.kl_weight: 0\.1 -> 0\.5\)"):
+        runs.record_run(tmp_path, {"seed": 0, "config": {"kl_weight": 0.5}})
+    runs.record_run(tmp_path, {"seed": 0, "config": {"kl_weight": 0.1}})  # the same run again: fine
+    assert json.loads((tmp_path / "run.json").read_text())["config"] == {"kl_weight": 0.1}
+    assert [path.name for path in tmp_path.iterdir()] == ["run.json"]  # no temporary left
+    # Two writers of one file each write their own temporary, never into the other's half.
+    with atomic_path(tmp_path / "x.json") as first, atomic_path(tmp_path / "x.json") as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_text("1")
+        second.write_text("2")
+    assert (tmp_path / "x.json").read_text() == "1"  # the last to finish wins, whole
 
 
 def test_recipes_load_and_every_ablation_builds():

@@ -50,6 +50,18 @@ DEFAULT_DROP_PROBABILITIES = tuple(i / 10 for i in range(10))
 _IGNORE_INDEX = -100
 # Which modality each robustness condition drops: (speech, text) multipliers of the drop probability.
 _DROPPED_MODALITIES = {"speech": (1.0, 0.0), "text": (0.0, 1.0), "either": (1.0, 1.0)}
+# Every file an evaluation report may hold: an evaluation into a used folder first removes them all, so that a file
+# the new one does not write (a robustness curve, gate plots) is never left describing another model or split.
+REPORT_FILES = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "predictions.csv",
+                "gate_weights.png", "robustness.json", "robustness.png")
+
+
+def clear_report(output_dir: str | os.PathLike) -> None:
+    """Remove an earlier evaluation report from `output_dir` (`REPORT_FILES`), before a new one is written."""
+    for name in REPORT_FILES:
+        (Path(output_dir) / name).unlink(missing_ok=True)
+
+
 # How the curves are named in plots and tables: `either` takes one of the two, so each modality goes at p/2.
 ROBUSTNESS_LABELS = {"speech": "drop speech", "text": "drop text", "either": "drop one of the two (each p/2)"}
 _PREDICTION_COLUMNS = (
@@ -400,6 +412,8 @@ __all__ = [
     "GATE_NAMES",
     "ROBUSTNESS_CONDITIONS",
     "ROBUSTNESS_LABELS",
+    "REPORT_FILES",
+    "clear_report",
     "SCALAR_METRICS",
     "compute_metrics",
     "format_seed_table",

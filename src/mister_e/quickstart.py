@@ -13,6 +13,7 @@ and transcripts.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from importlib.util import find_spec
@@ -28,6 +29,7 @@ from .extraction import extract_embeddings
 from .feature_extraction_mister_e import MisterEFunctionalsFeatureExtractor
 from .modeling_mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from .processing_mister_e import MisterEProcessor
+from .utils import atomic_path
 
 # A small MiSTER-E: the paper's structure, widths for a CPU demo.
 STAGE_TWO_SIZES = dict(context_dim=64, gru_layers=2, cross_modal_dim=64, coattention_layers=2, attention_dim=32,
@@ -42,7 +44,7 @@ SPEECH_FUNCTIONALS = "eGeMAPSv02"
 
 
 def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30, seed: int = 0) -> dict:
-    from .training import finished_results, load_recipe, train_conversation_model, train_encoder
+    from .training import check_run, finished_results, load_recipe, train_conversation_model, train_encoder
 
     disable_progress_bars()
     output_dir = Path(output_dir)
@@ -86,8 +88,14 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
 
     print("[4/5] Stage 2: training MiSTER-E on whole conversations ...")
     recipe = load_recipe("small")  # the recipe for small encoders, at demo widths
+    stage_two_dir, settings = output_dir / "conversation-model", {"quickstart_epochs": epochs, "seed": seed}
+    try:  # another --epochs: its own stage 2, not the earlier one's checkpoints resumed or results read back
+        check_run(stage_two_dir, settings)
+    except ValueError:
+        print(f"      (stage 2 in {stage_two_dir} was trained with other settings: training it again)")
+        shutil.rmtree(stage_two_dir)
     results = train_conversation_model(
-        embedded, output_dir / "conversation-model", config_overrides={**recipe["config"], **STAGE_TWO_SIZES},
+        embedded, stage_two_dir, run_settings=settings, config_overrides={**recipe["config"], **STAGE_TWO_SIZES},
         seed=seed, gate_learning_rate=recipe["gate_learning_rate"], modality_dropout=recipe["modality_dropout"],
         training_overrides={**recipe["training"], "num_train_epochs": epochs, "learning_rate": 1e-3,
                             "per_device_train_batch_size": 8},
@@ -115,7 +123,8 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
     print(f"Model, processor and reports saved under {output_dir.resolve()}")
     summary = {"test": test, **{f"{m}_encoder_test": scores for m, scores in stage_one_test.items()},
                "model_dir": str(model_dir), "predictions": predictions}
-    (output_dir / "quickstart.json").write_text(json.dumps(summary, indent=2, default=str))
+    with atomic_path(output_dir / "quickstart.json") as partial:
+        partial.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

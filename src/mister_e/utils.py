@@ -20,8 +20,10 @@ PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what a figure is saved as
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield `<path>.tmp` and move it onto `path` once written: readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Yield a temporary name beside `path` and move it onto `path` once written: readers never see a half-written
+    file. The name is the writer's own (`.<name>.<pid>.<random>.tmp`), so two processes writing one file never write
+    into, or rename, each other's half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -19,7 +19,8 @@ from ..data.schema import (
     DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_experts_can_answer, check_finite_embeddings,
 )
 from ..evaluation import (
-    DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, robustness_curve, write_evaluation_report, write_robustness_report,
+    DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, clear_report, robustness_curve, write_evaluation_report,
+    write_robustness_report,
 )
 from ..experts_mister_e import answerable
 from ..modeling_mister_e import MisterEForEmotionRecognition
@@ -103,6 +104,7 @@ def evaluate_model(
         raise ValueError(f"dialogue {predicted['dialogue_ids'][broken[0]]!r}, utterance "
                          f"{predicted['utterance_ids'][broken[0]]!r}: {NON_FINITE} ({len(broken)} such utterances).")
     logits = torch.from_numpy(predicted["logits"])
+    clear_report(output_dir)  # a file this report does not write must not stay from another model's or split's
     metrics = write_evaluation_report(
         output_dir,
         predictions=logits.argmax(-1).numpy(),

@@ -59,10 +59,24 @@ def record_run(output_dir: str | os.PathLike, settings: Mapping[str, Any] | None
     """Write what defines the run to `output_dir/run.json` as its training begins (after every input check, so a
     refused run leaves nothing behind), for `check_run`; a run already under way keeps its record."""
     path = Path(output_dir) / "run.json"
-    if settings is None or path.exists() or last_checkpoint(output_dir) or not process_state().is_main_process:
+    if settings is None or not process_state().is_main_process:
+        return
+    if path.exists() or last_checkpoint(output_dir):  # checked again: another run may have begun since `check_run`
+        check_run(output_dir, settings)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, _normalised(settings))
+    written = path.with_name(f".run.json.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    _write_json(written, _normalised(settings))
+    try:  # created only if absent, atomically: of two runs started together into one folder, one records it
+        os.link(written, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: a plain rename (the race stays open there)
+        if not path.exists():
+            os.replace(written, path)
+    finally:
+        written.unlink(missing_ok=True)
+    check_run(output_dir, settings)  # the other run's record, when it came first: refused, as if it had finished
 
 
 _UNSET = "(unset)"

@@ -114,14 +114,12 @@ def train_encoder(
     if trainer.is_world_process_zero():  # `_finish` hands the merged config to the other processes
         merged = trainer.model
         if not functionals:
-            trainer.model.save_pretrained(output_dir / "adapter")
+            save_whole(output_dir / "adapter", trainer.model)
             trained = trainer.model
             if load_in_bits:  # merged into quantized weights the adapters would be re-quantized: use a bf16 backbone
                 trained = load_lora(build(dtype=dtype or torch.bfloat16), output_dir / "adapter")
             merged = merge_lora(trained)
-        merged.save_pretrained(output_dir / "merged")
-        if processor is not None:
-            processor.save_pretrained(output_dir / "merged")
+        save_whole(output_dir / "merged", merged, processor)
         results["config"] = json.loads(merged.config.to_json_string())
     return _finish(trainer, results, keep_checkpoints)
 
@@ -166,14 +164,20 @@ def save_frozen_encoder(
     ).eval()
     if isinstance(getattr(model, f"{modality}_encoder"), MisterEFunctionalsEncoder):
         fit_functionals_statistics(model, processor, flatten_utterances(dataset["train"], modality))
-    merged = Path(output_dir) / "merged"
-    partial = merged.with_name("merged.tmp")
+    return save_whole(Path(output_dir) / "merged", model, processor)
+
+
+def save_whole(folder: Path, *parts) -> Path:
+    """Save `parts` (a model, a processor; `None` skipped) into `folder` whole or not at all: written into
+    `<folder>.tmp`, then renamed, so a run killed while saving leaves no folder that loads without its processor."""
+    partial = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    shutil.rmtree(merged, ignore_errors=True)
-    os.replace(partial, merged)
-    return merged
+    for part in parts:
+        if part is not None:
+            part.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return folder
 
 
 def processor_for(modality: str, backbone: str, tokenizer: str | None):

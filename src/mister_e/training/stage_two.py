@@ -116,13 +116,11 @@ def train_conversation_model(
         model, dataset, output_dir, collator, {**CONVERSATION_TRAINING_DEFAULTS, **(training_overrides or {})}, seed,
         "logits", processor, callbacks, gate_learning_rate,
     )
-    results = {
-        "seed": seed,
-        **_fit(trainer, ("validation", "test"), dataset),
-        **selected_evaluation(trainer),
-        "config": json.loads(trainer.model.config.to_json_string()),
-    }
+    results = {"seed": seed, **_fit(trainer, ("validation", "test"), dataset), **selected_evaluation(trainer)}
     trainer.save_model(str(output_dir))
+    # After saving, which completes the config (`architectures`, `auto_map`), as a run resumed after its last
+    # checkpoint has not yet done: its results.json then matched the uninterrupted run's but for those.
+    results["config"] = json.loads(trainer.model.config.to_json_string())
     if report and "test" in dataset and trainer.is_world_process_zero():  # a single-process pass, no collectives
         metrics = evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False,
                                  processor=processor, modalities=modalities,
