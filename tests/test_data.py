@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +19,7 @@ from datasets import DatasetDict, load_from_disk
 from mister_e import data
 from mister_e.cli import main
 from mister_e.data import PREPARE_DATASETS
+from mister_e.data.schema import load_dialogues
 from mister_e.data import (
     BUILDERS,
     EMODB_LABELS,
@@ -145,6 +148,15 @@ def test_save_round_trip_is_atomic(tmp_path, monkeypatch):
         save_dialogues(dialogues, target, overwrite=True)
     assert load_from_disk(str(target))["train"][0]["dialogue_id"] == "train"  # the old copy survives
     assert sorted(path.name for path in target.parent.iterdir()) == ["ds"]  # no staging folder left behind
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~mask  # the umask's mode, not mkdtemp's owner-only 0700
+    # Killed between overwrite's two renames: the old copy sits under a hidden name, and loading says where.
+    retired = target.with_name(".ds.abc123.old")
+    target.rename(retired)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{retired} holds the dataset it replaced")):
+        load_dialogues(target)
 
 
 # --- IEMOCAP ------------------------------------------------------------------------------------------

@@ -361,6 +361,9 @@ def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         dialogues.save_to_disk(str(staging))
+        mask = os.umask(0)
+        os.umask(mask)
+        staging.chmod(0o777 & ~mask)  # a folder's usual mode, not mkdtemp's owner-only one
         if path.exists():
             retired = staging.with_suffix(".old")
             path.rename(retired)
@@ -387,6 +390,10 @@ def describe(dialogues: DatasetDict) -> str:
 def load_dialogues(path: str | os.PathLike) -> Dataset | DatasetDict:
     """`load_from_disk`, naming the folder when `datasets` cannot read it back: a split saved with no rows (by
     `save_to_disk`; `save_dialogues` refuses one) fails inside `datasets` with an IndexError that names nothing."""
+    retired = sorted(Path(path).parent.glob(f".{Path(path).name}.*.old"))
+    if not Path(path).exists() and retired:  # `--overwrite` stopped between its two renames
+        raise FileNotFoundError(f"{path} is missing, but {retired[-1]} holds the dataset it replaced (an overwrite was "
+                                f"interrupted): rename that folder to {Path(path).name}, or build the data again.")
     try:
         return load_from_disk(str(path))
     except IndexError:
