@@ -224,6 +224,12 @@ def test_a_group_norm_speech_encoder_is_independent_of_its_batch_mates(family):
         together = model.speech_encoder(batch, mask)[0]
         long_alone = model.speech_encoder(long, torch.ones(1, 2400, dtype=torch.long))[0]
     torch.testing.assert_close(together, torch.cat([alone, long_alone]), atol=1e-5, rtol=1e-5)
+    # Two clips of one length padded to a longer one elsewhere (a micro-batch of `encoder_batch_size` rows): still
+    # read unpadded (they were run padded, as all lengths were equal).
+    both = torch.cat([batch[:1], batch[:1]])
+    with torch.no_grad():
+        chunk = model.speech_encoder(both, torch.cat([mask[:1], mask[:1]]))[0]
+    torch.testing.assert_close(chunk, torch.cat([alone, alone]), atol=1e-5, rtol=1e-5)
 
 
 def test_a_wavlm_encoder_runs_without_torch_mask_warnings():

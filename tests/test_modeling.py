@@ -626,6 +626,22 @@ def test_step_by_step_equals_the_whole_causal_conversation(variant):
     assert state["speech"]["inputs"].shape[1] == (4 if variant != "gru" else 0)
 
 
+
+def test_a_state_is_not_changed_by_the_step_it_feeds():
+    """Stepping twice from one state (a retry, a corrected transcript) gives one answer: the cross-modal attention
+    caches were updated in the caller's state, so the second step attended to the first one's utterance too."""
+    model = tiny_model(causal=True, coattention_layers=2)
+    full = conversations(lengths=(2,))
+    with torch.no_grad():
+        whole = model(speech_embeds=full["speech_embeds"], text_embeds=full["text_embeds"]).logits[:, 1]
+        _, first = model.step(full["speech_embeds"][:, 0], full["text_embeds"][:, 0])
+        answers = [model.step(full["speech_embeds"][:, 1], full["text_embeds"][:, 1], state=first)[0].logits[:, 0]
+                   for _ in range(2)]
+    for answer in answers:
+        torch.testing.assert_close(answer, whole, rtol=1e-5, atol=1e-5)
+    assert all(cache[0].shape[2] == 1 for layer in first["cross_modal"] for cache in layer.values())
+
+
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_packed_gru_for_cpu_training_equals_torch_gru_with_its_gradients(bidirectional):
     torch.manual_seed(0)

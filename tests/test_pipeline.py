@@ -218,6 +218,16 @@ def test_stream_matches_whole_causal_conversation(causal_pipe, wavs):
         list(causal_pipe.stream([{"text": "a"}, {"text": "b"}, {"text": "", "id": "c"}]))
 
 
+def test_stream_keeps_the_pipelines_utterance_windows(model_dirs):
+    """A pipeline built with `max_utterances` cuts a call into windows; `stream` kept the whole history instead."""
+    windowed = pipeline(TASK, model=model_dirs[True], device="cpu", max_utterances=2)
+    texts = {"utterances": [{"text": text} for text in ("a b", "oh no", "yes", "fine then", "well")]}
+    whole, streamed = windowed(texts), list(windowed.stream(texts))
+    alone = windowed({"utterances": texts["utterances"][2:4]})  # the second window, as its own conversation
+    for got, expected in [*zip(streamed, whole), *zip(streamed[2:4], alone)]:
+        assert got["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+
+
 def test_stream_needs_causal_model(pipe, wavs):
     with pytest.raises(ValueError, match="causal"):
         next(pipe.stream(conversation(wavs)["utterances"]))

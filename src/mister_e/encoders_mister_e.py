@@ -73,13 +73,15 @@ class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
         if attention_mask is None:
             return self._hidden(backbone, inputs, None, all_layers), None
         lengths = attention_mask.sum(-1).tolist()
-        if getattr(backbone.config, "feat_extract_norm", None) == "group" and len(set(lengths)) > 1:
+        if getattr(backbone.config, "feat_extract_norm", None) == "group" and min(lengths) < inputs.shape[1]:
             # A group-norm front end (wav2vec2-base, HuBERT-base, WavLM-base) normalises each channel over the whole
             # padded clip, so padding would move an utterance's embedding with its batch-mates' lengths (and a causal
-            # model's answer with later utterances'): each utterance is encoded at its own length.
+            # model's answer with later utterances'): each utterance is encoded at its own length; clips of one length
+            # (a micro-batch of `encoder_batch_size` rows padded to a longer clip elsewhere) together, unpadded.
             frames = int(backbone._get_feat_extract_output_lengths(inputs.shape[1]))
-            rows = [self._hidden(backbone, inputs[i : i + 1, :n], attention_mask[i : i + 1, :n], all_layers)
-                    for i, n in enumerate(lengths)]
+            pieces = [range(len(lengths))] if len(set(lengths)) == 1 else [[i] for i in range(len(lengths))]
+            rows = [self._hidden(backbone, inputs[rows, :lengths[rows[0]]], attention_mask[rows, :lengths[rows[0]]],
+                                 all_layers) for rows in map(list, pieces)]
             hidden = torch.cat([nn.functional.pad(row, (0, 0, 0, frames - row.shape[1])) for row in rows])
         else:
             hidden = self._hidden(backbone, inputs, attention_mask, all_layers)

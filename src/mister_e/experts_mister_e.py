@@ -279,7 +279,9 @@ class MisterECrossModalExpert(nn.Module):
 
     def step(self, speech_embeds, text_embeds, speech_mask, text_mask, state: list | None):
         """Causal mode, one new utterance per conversation (`(batch, 1, dim)` inputs, `(batch, 1)` masks)."""
-        state = state if state is not None else [{} for _ in self.layers]
+        # Fresh cache dicts: the layers update theirs in place, and the caller's state must stay as given (a step
+        # retried, or branched, from one state gives one answer).
+        state = [dict(caches) for caches in state] if state is not None else [{} for _ in self.layers]
         speech, text = self.speech_proj(speech_embeds), self.text_proj(text_embeds)
         for layer, caches in zip(self.layers, state):
             speech, text = layer.step(speech, text, speech_mask, text_mask, caches)

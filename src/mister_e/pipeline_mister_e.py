@@ -411,12 +411,16 @@ class MisterEConversationPipeline(Pipeline):
             if not heard:
                 logger.warning(no_speech_found(utterances, segmentation))
             return
-        _, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
+        preprocess_params, _, postprocess_params = self._merged_params({} if top_k is None else {"top_k": top_k})
         top_k = postprocess_params.get("top_k")
+        # The pipeline's `max_utterances` windows, as `__call__` cuts them: each window starts from no history.
+        window = preprocess_params.get("max_utterances")
         if isinstance(utterances, Mapping) and "utterances" in utterances:  # a conversation, as `__call__` takes
             utterances = utterances["utterances"]
         state = None
         for index, utterance in enumerate(utterances):
+            if window and index % window == 0:
+                state = None
             if isinstance(utterance, Mapping) and "utterances" in utterance:
                 raise ValueError(f"streamed utterance {index} is a conversation (it has `utterances`): `stream` takes "
                                  "one conversation's utterances, or one conversation dict; stream each conversation "
