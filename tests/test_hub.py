@@ -165,11 +165,13 @@ def test_uploaded_files_load_without_package_and_match_pipeline(pushed, wavs, tm
         assert [result["scores"][label] for label in LABELS] == pytest.approx(row.tolist(), abs=1e-5)
 
 
-def test_card_from_single_run_and_seed_summary():
+def test_card_from_single_run_and_seed_summary(tmp_path):
     model = tiny_model()
     single = model_card(model, RESULTS[0])
     assert "One training run: 1 seed (0)" in single and "| test | accuracy | 62.00 |" in single and "±" not in single
-    assert "license: other" in single and "<user>/<model>" in single
+    assert "license:" not in single.split("---")[1] and "<user>/<model>" in single  # none given: none claimed
+    with pytest.raises(ValueError, match=r"`test/f1_fear`, but the model has no label 'fear'.*another model's"):
+        model_card(model, {**RESULTS[0], "test": {**RESULTS[0]["test"], "f1_fear": 0.9}})
 
     summary = {"recipe": {"name": "tiny", "modalities": ["speech", "text"], "modality_dropout": 0.1},
                "seeds": [3, 4, 5],
@@ -177,6 +179,9 @@ def test_card_from_single_run_and_seed_summary():
     card = model_card(model, summary, training_data="Sessions 1-4 train, 5 test.")
     assert "3 seeds (3, 4, 5)" in card and "| test | macro_f1 | 50.00 ± 1.00 |" in card
     assert "Sessions 1-4 train, 5 test." in card and "recipe `tiny`" in card and "modality dropout 0.1" in card
+    path = tmp_path / "summary.json"  # the README passes the file: the same card as the dict
+    path.write_text(json.dumps(summary))
+    assert model_card(model, str(path), training_data="Sessions 1-4 train, 5 test.") == card
 
     bare = model_card(model, {"test/accuracy": {"mean": 0.7, "std": 0.0, "n": 1}})
     assert "| test | accuracy | 70.00 |" in bare
@@ -198,6 +203,8 @@ def test_card_of_a_text_only_model_says_what_it_reads():
     header = card.split("---")[1]
     assert "- text" in header and "- audio" not in header
     assert "from its transcript and" in card and '"audio"' not in card and "Speech backbone" not in card
+    assert "reads **text only**" in card and "speech + text mixture" not in card and "Missing modalities" not in card
+    assert "speech + text mixture" in full and "Missing modalities" in full
     assert "transformers[audio]" not in card
 
 

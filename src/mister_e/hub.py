@@ -84,21 +84,27 @@ _HUB_METRICS = {"weighted_f1": "f1", "macro_f1": "f1", "accuracy": "accuracy", "
 # ---------------------------------------------------------------------------------------------------- metrics
 
 
+def _read_results(results: Any) -> Any:
+    """`results` as given, or read from its file when it is a path (one reading for every part of the card)."""
+    if not isinstance(results, (str, os.PathLike)):
+        return results
+    if not Path(results).is_file():
+        raise FileNotFoundError(f"No results file at {results} (a run's results.json or a summary.json of "
+                                "`mister-e train`).")
+    try:
+        return json.loads(Path(results).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{results} is not a readable results file: {error}") from None
+
+
 def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, float]]]:
     """`(seeds, {"split/metric": {"mean", "std", "n"}})` from any of the shapes training writes.
 
     Accepted: a `results.json` dict of one run (`train_conversation_model`), a `summary.json` dict (`train_seeds`:
     `{"seeds", "summary", "runs", ...}`), a bare `summarize_seeds` result (what `train_seeds` returns), or a list of
-    `results.json` dicts (one per seed).
+    `results.json` dicts (one per seed); each also as the path of its file.
     """
-    if isinstance(results, (str, os.PathLike)):
-        if not Path(results).is_file():
-            raise FileNotFoundError(f"No results file at {results} (a run's results.json or a summary.json of "
-                                    "`mister-e train`).")
-        try:
-            results = json.loads(Path(results).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{results} is not a readable results file: {error}") from None
+    results = _read_results(results)
     if isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping):
         return list(results.get("seeds") or []) or None, dict(results["summary"])
     if isinstance(results, Mapping) and results and all(
@@ -123,9 +129,16 @@ def _is_score(metric: str) -> bool:
     return name in SCALAR_METRICS or name.startswith(("f1_", "recall_", "precision_"))
 
 
-def _metrics_section(results: Any) -> tuple[str, list[str]]:
-    """The metrics section of the card and the metric names for the YAML header."""
+def _metrics_section(results: Any, labels: Sequence[str]) -> tuple[str, list[str]]:
+    """The metrics section of the card and the metric names for the YAML header; per-class scores must name the
+    model's `labels` (scores of another model's run would otherwise be published as this one's)."""
     seeds, summary = _metric_summary(results)
+    for metric in summary:
+        name = metric.rsplit("/", 1)[-1]
+        prefix = next((p for p in ("f1_", "recall_", "precision_") if name.startswith(p)), None)
+        if prefix and name[len(prefix):] not in labels:
+            raise ValueError(f"`results` scores `{metric}`, but the model has no label {name[len(prefix):]!r} "
+                             f"(its labels: {list(labels)}): these are another model's scores.")
     rows = [
         (metric, value)
         for split in _SPLITS
@@ -141,10 +154,11 @@ def _metrics_section(results: Any) -> tuple[str, list[str]]:
     if n > 1:
         intro = (
             f"Mean ± sample standard deviation over {runs}. Scores (F1, accuracy, recall) are percentages; "
-            "the uploaded weights are a single model."
+            "the uploaded weights are a single model, one of these runs'."
         )
     else:
-        intro = f"One training run: {runs}. Scores (F1, accuracy, recall) are percentages."
+        intro = (f"One training run: {runs} (the uploader gives the scores of the run whose weights these are). "
+                 "Scores (F1, accuracy, recall) are percentages.")
     lines = [intro, "", "| split | metric | value |", "|---|---|---|"]
     for metric, value in rows:
         if _is_score(metric) and not 0 <= value["mean"] <= 1:  # 61.0 would print as 6100.00
@@ -171,6 +185,20 @@ _EXAMPLES = {
 }
 
 
+# The card's first paragraph, for what the model reads.
+_DESCRIPTIONS = {
+    ("speech", "text"): "MiSTER-E is a speech + text mixture of experts for **emotion recognition in conversations**: "
+                        "given the utterances of a conversation (audio and/or transcript), it predicts one emotion per "
+                        "utterance, using the conversational context.",
+    ("text",): "This MiSTER-E model reads **text only** (its speech and cross-modal experts are switched off): given the "
+               "transcripts of a conversation's utterances, it predicts one emotion per utterance, using the "
+               "conversational context.",
+    ("speech",): "This MiSTER-E model reads **speech only** (its text and cross-modal experts are switched off): given "
+                 "the audio of a conversation's utterances, it predicts one emotion per utterance, using the "
+                 "conversational context.",
+}
+
+
 def _backbone(sub_config) -> tuple[str, str | None] | None:
     if sub_config is None:
         return None
@@ -192,7 +220,7 @@ def model_card(
     dataset_name: str | None = None,
     training_data: str | None = None,
     *,
-    license: str = "other",
+    license: str | None = None,
     repo_id: str | None = None,
     model_name: str | None = None,
     pipeline_tag: str | None = None,
@@ -209,7 +237,8 @@ def model_card(
             returns. Several seeds show as mean ± std. `None` leaves a placeholder.
         dataset_name: Name of the training corpus (e.g. `"IEMOCAP"`), shown in the text.
         training_data: Free text describing the training data (splits, preprocessing, label mapping).
-        license: The `license` metadata (a Hub license id; `"other"` is a placeholder to fill in).
+        license: The `license` metadata, a Hub license id such as `"apache-2.0"` (default: none written; the Hub's
+            `"other"` also wants a `license_name` and `license_link`, so it is not a placeholder to leave).
         repo_id: Used in the loading snippets (default: a placeholder).
         model_name: Title of the card (default: from `repo_id`, else "MiSTER-E").
         pipeline_tag: Optional Hub `pipeline_tag` (it must be one of the Hub's tasks, e.g. `"audio-classification"`;
@@ -226,8 +255,9 @@ def model_card(
     base_models = [hub for b in backbones.values() if b and (hub := _hub_id(b[1]))]
 
     metric_names: list[str] = []
+    results = _read_results(results)
     if results is not None:
-        metrics_text, metric_names = _metrics_section(results)
+        metrics_text, metric_names = _metrics_section(results, list(id2label.values()))
     else:
         metrics_text = "No scores were given when this card was written."
 
@@ -280,7 +310,10 @@ def model_card(
         if training_data:
             data_lines.append(training_data.strip())
         if isinstance(recipe, Mapping):
+            overridden = sorted({*(recipe.get("config") or {})})  # the recipe's own settings and `--set` ones alike
             details = [f"recipe `{recipe['name']}`" if recipe.get("name") else None,
+                       f"data folder `{Path(str(recipe['dataset'])).name}`" if recipe.get("dataset") else None,
+                       f"config fields set: {', '.join(overridden)}" if overridden else None,
                        f"ablation `{recipe['ablation']}`" if recipe.get("ablation") else None,
                        f"modalities {list(recipe['modalities'])}" if recipe.get("modalities") else None,
                        f"modality dropout {recipe['modality_dropout']}" if "modality_dropout" in recipe else None]
@@ -296,6 +329,7 @@ def model_card(
         summary=summary, training_data=data_text, metrics=metrics_text, domain=dataset_name or "its training data",
         inputs={("speech",): "audio", ("text",): "transcript"}.get(tuple(reads), "audio and/or transcript"),
         example=_EXAMPLES[tuple(reads)], reads_audio="speech" in reads, task=TASK, repo=repo,
+        description=_DESCRIPTIONS[tuple(reads)], both_modalities=len(reads) == 2,
         needs_opensmile=bool(backbones["speech"]) and backbones["speech"][0] == "opensmile",
     )
     return str(card) + "\n"
