@@ -218,7 +218,8 @@ def markdown(result: dict, seeds) -> list[str]:
     lines = ["### EmoDB, 7 classes, leave-one-speaker-out (%)\n",
              f"Folds (test, validation speaker): {', '.join('/'.join(f) for f in result['folds'])}; seeds {seeds}. "
              "Per-fold: mean ± std over folds x seeds; pooled: the 7 test speakers' confusion matrices summed, "
-             "mean ± std over seeds (the deterministic reference: over folds, and pooled once). Gate: mean test weight (speech / text / cross-modal).\n",
+             "mean ± std over seeds (the deterministic reference: over folds, and pooled once). "
+             "Gate: mean test weight (speech / text / cross-modal).\n",
              "| model | per-fold weighted F1 | per-fold UAR | pooled weighted F1 | pooled UAR | gate (s / t / x) |",
              "|---|---|---|---|---|---|"]
     for key, name in NAMES.items():

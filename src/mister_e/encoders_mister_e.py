@@ -79,9 +79,9 @@ class MisterESelfSupervisedSpeechFamily(MisterEBackboneFamily):
             # model's answer with later utterances'): each utterance is encoded at its own length; clips of one length
             # (a micro-batch of `encoder_batch_size` rows padded to a longer clip elsewhere) together, unpadded.
             frames = int(backbone._get_feat_extract_output_lengths(inputs.shape[1]))
-            pieces = [range(len(lengths))] if len(set(lengths)) == 1 else [[i] for i in range(len(lengths))]
-            rows = [self._hidden(backbone, inputs[rows, :lengths[rows[0]]], attention_mask[rows, :lengths[rows[0]]],
-                                 all_layers) for rows in map(list, pieces)]
+            groups = [list(range(len(lengths)))] if len(set(lengths)) == 1 else [[i] for i in range(len(lengths))]
+            rows = [self._hidden(backbone, inputs[group, :lengths[group[0]]], attention_mask[group, :lengths[group[0]]],
+                                 all_layers) for group in groups]
             hidden = torch.cat([nn.functional.pad(row, (0, 0, 0, frames - row.shape[1])) for row in rows])
         else:
             hidden = self._hidden(backbone, inputs, attention_mask, all_layers)

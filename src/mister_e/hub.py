@@ -190,8 +190,8 @@ _DESCRIPTIONS = {
     ("speech", "text"): "MiSTER-E is a speech + text mixture of experts for **emotion recognition in conversations**: "
                         "given the utterances of a conversation (audio and/or transcript), it predicts one emotion per "
                         "utterance, using the conversational context.",
-    ("text",): "This MiSTER-E model reads **text only** (its speech and cross-modal experts are switched off): given the "
-               "transcripts of a conversation's utterances, it predicts one emotion per utterance, using the "
+    ("text",): "This MiSTER-E model reads **text only** (its speech and cross-modal experts are switched off): given "
+               "the transcripts of a conversation's utterances, it predicts one emotion per utterance, using the "
                "conversational context.",
     ("speech",): "This MiSTER-E model reads **speech only** (its text and cross-modal experts are switched off): given "
                  "the audio of a conversation's utterances, it predicts one emotion per utterance, using the "

@@ -30,7 +30,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from .processing_mister_e import FILE_PEAK_REMEDY, _check_peak, _check_sampling_rate, _float_samples, _resample, _to_mono
+from .processing_mister_e import (
+    FILE_PEAK_REMEDY, _check_peak, _check_sampling_rate, _float_samples, _resample, _to_mono,
+)
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000

@@ -25,9 +25,9 @@ def summarize_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, fl
     """Mean and spread of every scalar metric over runs that differ only in their seed.
 
     The std is the sample std (`ddof=1`): the seeds are a sample of the runs one could have made, and papers
-    report it that way; a single run gets 0.0 (`format_seed_table` then shows the mean alone). Nested mappings (per-class F1, gate summaries) are flattened to
-    `parent/child` keys. Non-numeric values (confusion matrices, label names) and keys missing from any run are
-    skipped.
+    report it that way; a single run gets 0.0 (`format_seed_table` then shows the mean alone). Nested mappings
+    (per-class F1, gate summaries) are flattened to `parent/child` keys. Non-numeric values (confusion matrices, label
+    names) and keys missing from any run are skipped.
 
     Returns:
         `{metric: {"mean": float, "std": float, "n": int}}`, in the key order of the first run.
@@ -64,7 +64,8 @@ def format_seed_table(
     ]
     lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for metric in metrics:
-        cells = [_cell(summary[metric], scale, digits) if metric in summary else "–" for summary in summaries.values()]
+        cells = [_cell(summary[metric], scale, digits) if metric in summary else "–"
+                 for summary in summaries.values()]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -20,15 +20,20 @@ PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what a figure is saved as
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary name beside `path` and move it onto `path` once written: readers never see a half-written
-    file. The name is the writer's own (`.<name>.<pid>.<random>.tmp`), so two processes writing one file never write
-    into, or rename, each other's half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    """Yield a temporary name beside `path` (`writer_name`) and move it onto `path` once written: readers never see a
+    half-written file."""
+    tmp = writer_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def writer_name(path: Path) -> Path:
+    """A hidden temporary name beside `path` of this writer's own (`.<name>.<pid>.<random>.tmp`): two processes
+    writing one file never write into, or rename, each other's half."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
 def launched_on_cpu() -> bool:

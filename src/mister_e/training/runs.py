@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..evaluation import _write_json
-from ..utils import process_state
+from ..utils import process_state, writer_name
 
 logger = logging.get_logger(__name__)
 
@@ -65,7 +65,7 @@ def record_run(output_dir: str | os.PathLike, settings: Mapping[str, Any] | None
         check_run(output_dir, settings)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = path.with_name(f".run.json.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    written = writer_name(path)
     _write_json(written, _normalised(settings))
     try:  # created only if absent, atomically: of two runs started together into one folder, one records it
         os.link(written, path)
