@@ -8,7 +8,9 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,22 @@ def test_save_round_trip_is_atomic(tmp_path, monkeypatch):
     target.rename(retired)
     with pytest.raises(FileNotFoundError, match=re.escape(f"{retired} holds the dataset it replaced")):
         load_dialogues(target)
+
+
+def test_a_save_removes_the_staging_folder_of_a_killed_save(tmp_path):
+    dialogues = DatasetDict({split: make_dialogue_dataset([{"dialogue_id": split, "texts": ["a"], "labels": [0]}],
+                                                          ["x"]) for split in SPLITS})
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    abandoned = tmp_path / f".ds.{finished.stdout.strip()}@{host}.k1ll3d00.partial"  # its process is gone
+    live = tmp_path / f".ds.{os.getpid()}@{host}.l1ve0000.partial"  # a save in progress
+    elsewhere = tmp_path / f".ds.{finished.stdout.strip()}@not-{host}.rem0te00.partial"  # cannot be checked here
+    other_name = tmp_path / f".ds2.{finished.stdout.strip()}@{host}.k1ll3d00.partial"  # another data set's
+    for folder in (abandoned, live, elsewhere, other_name):
+        folder.mkdir()
+    save_dialogues(dialogues, tmp_path / "ds")
+    assert not abandoned.exists() and live.is_dir() and elsewhere.is_dir() and other_name.is_dir()
+    assert load_dialogues(tmp_path / "ds")["train"][0]["dialogue_id"] == "train"
 
 
 # --- IEMOCAP ------------------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ from mister_e.configuration_mister_e import EXPERTS
 from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
 from mister_e.data.schema import check_experts_can_answer, embedding_feature
-from mister_e.evaluation import load_erc_metric
+from mister_e.evaluation import REPORT_FILES, load_erc_metric
 from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.recipes import parse_sets
 from mister_e.training.checkpoints import BEST_WEIGHTS
 from mister_e.training.stage_two import warn_of_unseen_classes
+import mister_e.training.evaluate as evaluate_module
 import mister_e.training.trainer as trainer_module
 from mister_e.training.trainer import data_config
 from mister_e.training import (
@@ -755,9 +756,8 @@ def test_evaluate_model_writes_every_artefact(data, tmp_path):
                  "--probabilities", "0", "0.5", "1", "--output-dir", str(tmp_path / "report")]) == 0
 
     report = tmp_path / "report"
-    for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "predictions.csv",
-                 "gate_weights.png", "robustness.json", "robustness.png"):
-        assert (report / name).is_file(), name
+    # Every file, no temporary one left, and REPORT_FILES (what a new report into the folder clears) names them all.
+    assert sorted(path.name for path in report.iterdir()) == sorted(REPORT_FILES)
     with open(report / "predictions.csv") as file:
         predictions = list(csv.DictReader(file))
     assert len(predictions) == sum(len(labels) for labels in data["test"]["labels"])
@@ -774,6 +774,24 @@ def test_evaluate_model_writes_every_artefact(data, tmp_path):
     evaluate_model(model, data["validation"], report, robustness=False)
     assert not (report / "robustness.json").exists() and not (report / "robustness.png").exists()
     assert (report / "metrics.json").is_file() and (report / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_evaluation_leaves_no_metrics(data, tmp_path, monkeypatch):
+    """metrics.json is written last: a report stopped during its robustness curve (the long part) has none, rather
+    than a complete-looking report without the curve, or the previous evaluation's metrics beside the new files."""
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       id2label=dict(enumerate(LABELS))))
+    evaluate_model(model, data["test"], tmp_path / "report", robustness=False)
+    assert (tmp_path / "report" / "metrics.json").is_file()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "robustness_curve", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(model, data["validation"], tmp_path / "report", probabilities=(0.0, 0.5))
+    assert not [name for name in REPORT_FILES if (tmp_path / "report" / name).exists()]
 
 
 def test_train_seeds_summarises_mean_and_std(tmp_path):

@@ -269,8 +269,8 @@ def write_evaluation_report(
     """Write the artefacts of one evaluation run to `output_dir` and return what `metrics.json` holds.
 
     Files: `metrics.json` (scores, counts, raw confusion matrix, gate summary), `classification_report.txt`,
-    `confusion_matrix.png`, `predictions.csv` and, given gate weights, `gate_weights.png`. Each is written to
-    `<name>.tmp` and renamed, so an interrupted run leaves the previous version intact.
+    `confusion_matrix.png`, `predictions.csv` and, given gate weights, `gate_weights.png`. Each is written under a
+    temporary name and renamed, and `metrics.json` comes last: a folder without it holds no finished report.
 
     Args:
         predictions: Predicted class id per utterance, `(N,)`.
@@ -323,7 +323,6 @@ def write_evaluation_report(
     if gate_weights is not None:
         report["gates"] = _summarize_gates(gate_weights, references, label_names)
 
-    _write_json(output_dir / "metrics.json", report)
     _write_text(
         output_dir / "classification_report.txt",
         classification_report(
@@ -348,6 +347,7 @@ def write_evaluation_report(
     )
     if gate_weights is not None:
         _save_figure(_plot_gate_weights(gate_weights, references, label_names), output_dir / "gate_weights.png")
+    _write_json(output_dir / "metrics.json", report)  # last: a report without it was interrupted
     return report
 
 

@@ -7,9 +7,11 @@ stays small and points at the release on disk. Code elsewhere names columns thro
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -358,7 +360,9 @@ def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite
     if empty:  # `load_from_disk` cannot read an empty split back: every later command would fail on it
         raise ValueError(f"the {empty[0]} split of {path} would be empty: no dialogue was found for it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    _remove_abandoned_saves(path)
+    owner = f"{os.getpid()}@{socket.gethostname()}"  # in the name: a later save tells an abandoned folder by it
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".partial", dir=path.parent))
     try:
         dialogues.save_to_disk(str(staging))
         mask = os.umask(0)
@@ -374,6 +378,26 @@ def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_saves(path: Path) -> None:
+    """Delete the staging folders (`.NAME.<pid>@<host>.<random>.partial`) of saves into ``path`` whose process died
+    (killed while saving): nothing reads them, they only take space. Only this machine's: another's process, on a
+    shared disk, cannot be checked from here."""
+    for staging in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        pid, _, host = staging.name[len(path.name) + 2 :].rsplit(".", 2)[0].partition("@")
+        if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def describe(dialogues: DatasetDict) -> str:

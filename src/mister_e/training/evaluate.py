@@ -105,17 +105,6 @@ def evaluate_model(
                          f"{predicted['utterance_ids'][broken[0]]!r}: {NON_FINITE} ({len(broken)} such utterances).")
     logits = torch.from_numpy(predicted["logits"])
     clear_report(output_dir)  # a file this report does not write must not stay from another model's or split's
-    metrics = write_evaluation_report(
-        output_dir,
-        predictions=logits.argmax(-1).numpy(),
-        references=predicted["labels"],
-        label_names=label_names(dataset),
-        gate_weights=predicted["gate_weights"],
-        dialogue_ids=predicted["dialogue_ids"],
-        utterance_ids=predicted["utterance_ids"],
-        probabilities=logits.softmax(-1).numpy(),
-        num_dialogues=len(dataset),
-    )
     curve = None
     # Dropping never removes an utterance's only input: without an utterance that has both, the curve would be flat.
     if robustness and not predicted["modality_mask"].all(-1).any():
@@ -130,6 +119,18 @@ def evaluate_model(
 
         curve = robustness_curve(predict_fn, probabilities, seed, _answerable_conditions(model.config.expert_mask))
         write_robustness_report(output_dir, curve)
+    # After the curve: the report's metrics.json, written last, marks a finished evaluation.
+    metrics = write_evaluation_report(
+        output_dir,
+        predictions=logits.argmax(-1).numpy(),
+        references=predicted["labels"],
+        label_names=label_names(dataset),
+        gate_weights=predicted["gate_weights"],
+        dialogue_ids=predicted["dialogue_ids"],
+        utterance_ids=predicted["utterance_ids"],
+        probabilities=logits.softmax(-1).numpy(),
+        num_dialogues=len(dataset),
+    )
     return {"metrics": metrics, "robustness": curve}
 
 
