@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -717,6 +718,17 @@ def test_frozen_encoder_folder_from_the_cli_feeds_extraction_and_prediction(data
                  "backbone_mean", "--output-dir", str(tmp_path / "embedded")]) == 0
     embedded = load_from_disk(str(tmp_path / "embedded"))
     assert np.asarray(embedded["test"][0]["text_embeds"]).shape[-1] == 32  # the backbone's width
+    # The same command again reads the finished extraction back from its cache; anything else is refused.
+    capsys.readouterr()
+    extract_again = ["extract", "--dataset", str(tmp_path / "data"), "--model", str(merged), "--output-dir",
+                     str(tmp_path / "embedded")]
+    assert main([*extract_again, "--embedding", "backbone_mean"]) == 0
+    assert f"{tmp_path / 'embedded'} already holds this extraction" in capsys.readouterr().out
+    assert main([*extract_again, "--embedding", "backbone_layers"]) == 2  # the cache is another extraction's
+    assert "holds an extraction with another embedding" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "embedded.cache")  # nothing to check the saved data against without extracting again
+    assert main([*extract_again, "--embedding", "backbone_mean"]) == 2
+    assert "exists; pass overwrite=True (CLI: --overwrite)" in capsys.readouterr().err
     assert main(["extract", "--dataset", str(tmp_path / "data"), "--model", str(merged), "--embedding",
                  "backbone_layers", "--output-dir", str(tmp_path / "layers")]) == 0
     layers = np.asarray(load_from_disk(str(tmp_path / "layers"))["test"][0]["text_embeds"])

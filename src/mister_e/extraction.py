@@ -126,6 +126,15 @@ def extract_embeddings(
     return _attach(dataset, lengths, columns, embedding, json.dumps(manifest, sort_keys=True))
 
 
+def holds_every_shard(dataset: Dataset | DatasetDict, cache_dir: str | os.PathLike, shard_size: int) -> bool:
+    """Whether `cache_dir` holds every shard of an extraction of `dataset` in `shard_size` shards: run again,
+    `extract_embeddings` then reads the cache and runs no encoder."""
+    if isinstance(dataset, DatasetDict):
+        return all(holds_every_shard(part, Path(cache_dir) / split, shard_size) for split, part in dataset.items())
+    utterances = sum(len(ids) for ids in dataset[UTTERANCE_IDS])
+    return all(_shard_path(Path(cache_dir), start).exists() for start in range(0, utterances, shard_size))
+
+
 def _shard_path(cache_dir: Path, start: int) -> Path:
     return cache_dir / f"shard-{start:09d}.safetensors"
 
@@ -270,4 +279,4 @@ def _claim_cache(cache_dir: Path, manifest: dict) -> None:
         temporary.write_text(json.dumps(manifest, indent=2))
 
 
-__all__ = ["extract_embeddings"]
+__all__ = ["extract_embeddings", "holds_every_shard"]

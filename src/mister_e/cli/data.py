@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..configuration_mister_e import EMBEDDINGS
@@ -89,22 +90,40 @@ def run_extract(args: argparse.Namespace) -> None:
     from ..assembly import encoders_by_modality
     from ..data import describe, save_dialogues
     from ..data.schema import check_save_target, load_dialogues
-    from ..extraction import extract_embeddings
+    from ..extraction import extract_embeddings, holds_every_shard
     from ..modeling_mister_e import MisterEForUtteranceClassification
     from ..processing_mister_e import MisterEProcessor
     from ..utils import process_state
 
-    encoders_by_modality(args.model, "extract --model")
-    check_save_target(Path(args.output_dir), args.overwrite)  # before the extraction, not after
+    encodes = encoders_by_modality(args.model, "extract --model")
     dataset = load_dialogues(args.dataset)
+    output, cache = Path(args.output_dir), args.cache_dir or f"{args.output_dir.rstrip('/')}.cache"
+    names = ["+".join(m for m in ("speech", "text") if encodes.get(m) == folder) for folder in args.model]
+    # The same command again, after it finished: its cache answers without an encoder, and the saved data set is
+    # checked against that answer below (anything else into an existing folder needs --overwrite, checked now).
+    again = (output / "dataset_dict.json").is_file() and not args.overwrite and all(
+        holds_every_shard(dataset, f"{cache}/{name}", args.shard_size) for name in names)
+    if not again:
+        check_save_target(output, args.overwrite)  # before the extraction, not after
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for model_dir in args.model:
+    for model_dir, name in zip(args.model, names):
         model = MisterEForUtteranceClassification.from_pretrained(model_dir)
         processor = MisterEProcessor.from_pretrained(model_dir)
-        cache = args.cache_dir or f"{args.output_dir.rstrip('/')}.cache"
-        name = "+".join(m for m in ("speech", "text") if getattr(model, f"{m}_encoder") is not None)
         dataset = extract_embeddings(dataset, model, processor, f"{cache}/{name}", args.batch_size, args.shard_size,
                                      args.embedding, device)
-    if process_state().is_main_process:  # under torchrun every process holds the whole dataset; one saves it
-        save_dialogues(dataset, args.output_dir, overwrite=args.overwrite)
+    if again and _saved_fingerprints(output) != {split: part._fingerprint for split, part in dataset.items()}:
+        check_save_target(output, overwrite=False)  # another extraction's data: "exists; pass --overwrite"
+    if not process_state().is_main_process:  # under torchrun every process holds the whole dataset; one saves it
+        return
+    if again:
+        print(f"{output} already holds this extraction (read back from {cache})\n{describe(dataset)}")
+    else:
+        save_dialogues(dataset, output, overwrite=args.overwrite)
         print(f"Saved {args.output_dir}\n{describe(dataset)}")
+
+
+def _saved_fingerprints(folder: Path) -> dict[str, str]:
+    """Each split's `datasets` fingerprint as `save_to_disk` recorded it (`load_from_disk` derives a new one from it):
+    an extraction's follows from its input's and its cache's manifests, so the same extraction again has the same."""
+    splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+    return {split: json.loads((folder / split / "state.json").read_text())["_fingerprint"] for split in splits}
