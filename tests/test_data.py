@@ -242,6 +242,30 @@ def test_iemocap_bad_layouts(tmp_path):
         build_iemocap(root)
 
 
+def test_iemocap_release_transcript_quirks(tmp_path, capsys):
+    root = make_iemocap(tmp_path / "IEMOCAP")
+    transcript = root / "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+    lines = transcript.read_text().splitlines()
+    # real transcripts also hold untimed "M: ..." lines and unlabelled MXX/FXX turns: ignored
+    lines[1:1] = ["M: Yeah.", "Ses01F_impro01_MXX0 [151.2551-153.4251]: [LAUGHTER], That's what they say."]
+    transcript.write_bytes("\n".join(lines).replace("Great news!", "It\x92s great!").encode("latin-1"))
+    dialogues = build_iemocap(root, validation_dialogues=0)
+    row = next(row for row in dialogues["train"] if row["dialogue_id"] == "Ses01F_impro01")
+    assert row["texts"] == ["Excuse me.", "It\u2019s great!", "Leave me alone."]  # cp1252 byte read, not U+FFFD
+
+    transcript.write_text("\n".join(line for line in lines if "_F001 " not in line))
+    with pytest.raises(ValueError, match=r"Ses01F_impro01\.txt has no line for Ses01F_impro01_F001, labelled in"):
+        build_iemocap(root, validation_dialogues=0)  # was kept silently without its text
+    assert main(["prepare", "iemocap", str(root), str(tmp_path / "out"), "--validation-dialogues", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no line for Ses01F_impro01_F001" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    make_iemocap(root)
+    (root / "Session2/sentences/wav/Ses02F_impro01/Ses02F_impro01_F000.wav").unlink()
+    with pytest.raises(FileNotFoundError, match=r"first: train Ses02F_impro01_F000\).*--allow-missing-audio"):
+        build_iemocap(root, validation_dialogues=0)
+
+
 # --- MELD ---------------------------------------------------------------------------------------------
 
 MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
@@ -339,6 +363,41 @@ def test_meld_clips_need_ffmpeg(tmp_path, monkeypatch):
     assert not list((root / "wav16k").rglob(".*"))  # no partial files left
     build_meld(root)  # a rerun converts nothing
     assert len(commands) == 8
+
+
+def test_meld_test_split_takes_the_recut_final_videos_clip(tmp_path, monkeypatch):
+    # MELD.Raw's output_repeated_splits_test holds re-cut `final_videos_testdia{D}_utt{U}.mp4` clips beside
+    # plain-named twins that are the wrong cut: the re-cut clip must be the one converted and used.
+    root = make_meld(tmp_path / "MELD")
+    for split, folder in data._MELD_CLIP_FOLDERS.items():
+        for stem in meld_stems({"validation": "dev"}.get(split, split)):
+            (root / folder).mkdir(exist_ok=True)
+            (root / folder / f"{stem}.mp4").write_bytes(b"plain")
+    test_clips = root / data._MELD_CLIP_FOLDERS["test"]
+    (test_clips / "final_videos_testdia0_utt0.mp4").write_bytes(b"recut")
+    write_wav(root / "wav16k" / "test" / "dia0_utt0.wav")  # converted from the wrong twin by an earlier build
+    sources = {}
+
+    def fake_ffmpeg(command, **kwargs):
+        sources[Path(command[-1]).name.replace(".partial", "")] = Path(command[command.index("-i") + 1]).name
+        write_wav(Path(command[-1]))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(subprocess, "run", fake_ffmpeg)
+    dialogues = build_meld(root)
+    assert sources[".final_videos_testdia0_utt0.wav"] == "final_videos_testdia0_utt0.mp4"
+    recut = str((root / "wav16k" / "test" / "final_videos_testdia0_utt0.wav").resolve())
+    assert dialogues["test"][0]["audio"] == [recut, str((root / "wav16k" / "test" / "dia0_utt1.wav").resolve())]
+    assert dialogues["train"][0]["audio"][0].endswith("/train/dia0_utt0.wav")  # other splits: plain names only
+
+    wavs = tmp_path / "wavs"  # pre-extracted WAVs that kept the release's names
+    for split, folder in (("train", "train"), ("dev", "dev"), ("test", "test")):
+        for stem in meld_stems(split):
+            write_wav(wavs / folder / f"{stem}.wav")
+    write_wav(wavs / "test" / "final_videos_testdia0_utt0.wav")
+    recut = str((wavs / "test" / "final_videos_testdia0_utt0.wav").resolve())
+    assert build_meld(root, wavs)["test"][0]["audio"][0] == recut
 
 
 def test_meld_bad_csvs(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from .releases import clean_text, find_audio, group_dialogues, hold_out
+
+logger = logging.getLogger(__name__)
 
 # Order of the common IEMOCAP feature releases (DialogueRNN/COSMIC), so label indices match theirs.
 IEMOCAP_LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]
@@ -39,8 +42,11 @@ def build_iemocap(
         if not files:
             raise FileNotFoundError(f"IEMOCAP: no label files {evaluations}/*.txt (expected root/Session1..5/dialog/)")
         for path in files:
-            texts = _iemocap_transcripts(folder / "dialog" / "transcriptions" / path.name)
+            transcript = folder / "dialog" / "transcriptions" / path.name
+            texts = _iemocap_transcripts(transcript)
             for _, utterance, label in sorted(_iemocap_turns(path)):
+                if utterance not in texts:  # the release has a line for every labelled turn: a damaged copy
+                    raise ValueError(f"{transcript} has no line for {utterance}, labelled in {path}")
                 utterances.append({
                     "split": "test" if session == 5 else "train",
                     "dialogue_id": path.stem,
@@ -62,7 +68,7 @@ def build_iemocap(
 def _iemocap_turns(path: Path) -> list[tuple[float, str, str]]:
     """(start time, utterance id, label) of the 6-class turns of one EmoEvaluation file."""
     turns = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.startswith("["):
             continue  # headers and per-annotator lines
         match = _IEMOCAP_TURN.match(line)
@@ -79,9 +85,18 @@ def _iemocap_turns(path: Path) -> list[tuple[float, str, str]]:
 def _iemocap_transcripts(path: Path) -> dict[str, str | None]:
     if not path.is_file():
         raise FileNotFoundError(f"IEMOCAP: transcript {path} not found")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    matches = (_IEMOCAP_TRANSCRIPT.match(line) for line in lines)
+    matches = (_IEMOCAP_TRANSCRIPT.match(line) for line in _read_text(path).splitlines())
     return {match[1]: clean_text(match[2]) for match in matches if match}
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8, or else cp1252 (a Windows-edited copy), never a silent U+FFFD in place of a character."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        logger.warning("%s is not UTF-8 (byte %d); reading it as cp1252", path, error.start)
+        return data.decode("cp1252", errors="replace")
 
 
 __all__ = ["IEMOCAP_DROPPED_LABELS", "IEMOCAP_LABELS", "build_iemocap"]

@@ -26,6 +26,14 @@ _MELD_CLIP_FOLDERS = {
     "train": "train_splits", "validation": "dev_splits_complete", "test": "output_repeated_splits_test"
 }  # fmt: skip
 _MELD_WAV_FOLDERS = {"train": ("train",), "validation": ("dev", "validation"), "test": ("test",)}
+# MELD.Raw re-cut about 130 test clips and shipped them beside the old ones as `final_videos_testdia{D}_utt{U}.mp4`;
+# the plain-named twin of such a clip is the wrong cut, so a test utterance takes the re-cut clip (or its WAV) first.
+_MELD_RECUT_PREFIX = "final_videos_test"
+
+
+def _meld_names(split: str, stem: str) -> tuple[str, ...]:
+    """File stems that may hold an utterance's audio, preferred first."""
+    return (f"{_MELD_RECUT_PREFIX}{stem}", stem) if split == "test" else (stem,)
 
 
 def build_meld(
@@ -46,6 +54,8 @@ def build_meld(
       * the official mp4 clips (``root/train_splits``, ``root/dev_splits_complete``,
         ``root/output_repeated_splits_test``), converted once to 16 kHz mono WAV with FFmpeg into ``extract_to``
         (default ``root/wav16k``, laid out so it can be passed as ``audio_dir`` later; reruns skip done files).
+        A test utterance with a re-cut ``final_videos_testdia{D}_utt{U}`` clip (or WAV) takes it over the
+        plain-named one, which in MELD.Raw is the wrong cut.
       * nothing: a text-only dataset (as with ``audio=False``, or `build_meld_csv`).
     When audio was found, utterances without a file fail the build, listing them; with ``allow_missing_audio``
     they are kept text-only instead (the release has a few missing or unreadable clips).
@@ -118,17 +128,26 @@ def _meld_audio(
             return None
         audio_dir = Path(extract_to) if extract_to is not None else root / "wav16k"
         folders = {split: audio_dir / _MELD_WAV_FOLDERS[split][0] for split in SPLITS}
-        jobs = []
+        jobs, chosen = [], {}
         for utterance in utterances:
             split, stem = utterance["split"], utterance["utterance_id"]
             if split in clips:
-                clip, wav = clips[split] / f"{stem}.mp4", folders[split] / f"{stem}.wav"
+                # the WAV keeps the clip's name, so one converted from the wrong twin by an older build is never taken
+                name = next((n for n in _meld_names(split, stem) if (clips[split] / f"{n}.mp4").is_file()), stem)
+                chosen[split, stem] = name
+                clip, wav = clips[split] / f"{name}.mp4", folders[split] / f"{name}.wav"
                 if clip.is_file() and not wav.is_file():
                     jobs.append((clip, wav))
         if jobs:
             _extract_wavs(jobs, num_workers)
     for utterance in utterances:
-        utterance["audio"] = find_audio(folders[utterance["split"]], utterance["utterance_id"])
+        split, stem = utterance["split"], utterance["utterance_id"]
+        if clips is None:
+            names = _meld_names(split, stem)
+            name = next((n for n in names if (folders[split] / f"{n}.wav").is_file()), stem)
+        else:
+            name = chosen.get((split, stem), stem)
+        utterance["audio"] = find_audio(folders[split], name)
     return str(audio_dir) if clips is None else f"{audio_dir} (converted from the clips in {root})"
 
 

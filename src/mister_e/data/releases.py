@@ -32,14 +32,17 @@ def group_dialogues(
     ``allow_missing_audio`` stay text-only: one policy for every builder.
     """
     if audio_from is not None:
-        missing = [utterance["utterance_id"] for utterance in utterances if utterance["audio"] is None]
+        # ids can repeat across splits (MELD's do): name the split too
+        missing = [f"{u['split']} {u['utterance_id']}" for u in utterances if u["audio"] is None]
         if missing:
             message = (
                 f"{len(missing)} of {len(utterances)} utterances have no audio file in {audio_from} "
                 f"(first: {', '.join(missing[:5])})"
             )
             if not allow_missing_audio:
-                raise FileNotFoundError(f"{message}; pass allow_missing_audio=True to keep them text-only")
+                raise FileNotFoundError(
+                    f"{message}; pass allow_missing_audio=True (CLI: --allow-missing-audio) to keep them text-only"
+                )
             logger.warning("%s; keeping them text-only", message)
     grouped: dict[str, dict[str, dict]] = {split: {} for split in SPLITS}
     for utterance in utterances:
