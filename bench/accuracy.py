@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -144,6 +145,11 @@ def run(data: Path, work: Path, only, seeds, quick: bool, lora: bool = True) -> 
     if "emodb" in only:
         results["emodb"] = emodb_bench.emodb(data / "emodb", work / "emodb", minilm, seeds, quick, frozen_minilm,
                                              small_recipe)
+    # Per data set (a later `--only` run keeps the others' entries): the command and the `--set` overrides, which
+    # the top-level `recipe` (the recipe file as committed) does not show.
+    for name in only:
+        results[name]["run"] = {"command": " ".join(["python", *sys.argv]), "set": dict(STAGE_TWO_SETS),
+                                "seeds": list(seeds), "lora": lora}
     return results
 
 
