@@ -21,7 +21,7 @@ from datasets import DatasetDict, load_from_disk
 from mister_e import data
 from mister_e.cli import main
 from mister_e.data import PREPARE_DATASETS
-from mister_e.data.schema import load_dialogues
+from mister_e.data.storage import load_dialogues
 from mister_e.data import (
     BUILDERS,
     EMODB_LABELS,

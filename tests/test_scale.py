@@ -159,7 +159,7 @@ def test_train_encoder_command_routes_memory_options(monkeypatch, tmp_path, caps
     from datasets import Dataset, DatasetDict
 
     splits = DatasetDict({split: Dataset.from_dict({"labels": [[0]]}) for split in ("train", "validation")})
-    monkeypatch.setattr("mister_e.data.schema.load_dialogues", lambda path: splits)
+    monkeypatch.setattr("mister_e.data.storage.load_dialogues", lambda path: splits)
     arguments = ["train-encoder", "--dataset", "d", "--modality", "text", "--backbone", str(tmp_path),
                  "--processor", str(tmp_path / "processor"), "--output-dir", "o", "--dtype", "bfloat16",
                  "--gradient-checkpointing", "--set", "bf16=true", "--load-in-bits", "4"]

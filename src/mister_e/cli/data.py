@@ -88,8 +88,8 @@ def run_extract(args: argparse.Namespace) -> None:
     import torch
 
     from ..assembly import encoders_by_modality
-    from ..data import describe, save_dialogues
-    from ..data.schema import check_save_target, load_dialogues
+    from ..data import describe
+    from ..data.storage import check_save_target, load_dialogues, save_dialogues
     from ..extraction import extract_embeddings, holds_every_shard
     from ..modeling_mister_e import MisterEForUtteranceClassification
     from ..processing_mister_e import MisterEProcessor

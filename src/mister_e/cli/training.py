@@ -93,7 +93,8 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     import torch
 
     from ..backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
-    from ..data.schema import load_dialogues, require_splits
+    from ..data.schema import require_splits
+    from ..data.storage import load_dialogues
     from ..processing_mister_e import MisterEProcessor
     from ..training import check_run, data_identity, finished_results, record_run, save_frozen_encoder, train_encoder
     from ..training.stage_one import processor_for
@@ -170,7 +171,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from datasets import DatasetDict
 
     from ..assembly import require_kind
-    from ..data.schema import load_dialogues
+    from ..data.storage import load_dialogues
     from ..evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
     from ..training import evaluate_model
 

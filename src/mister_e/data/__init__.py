@@ -1,6 +1,6 @@
 """Dialogue datasets for emotion recognition in conversations, and builders from the official releases.
 
-`schema` holds the dataset layout every builder shares, `releases` the helpers the release builders share; each data
+`schema` holds the dataset layout every builder shares, `storage` saves and loads it, `releases` the helpers the release builders share; each data
 set has its own module (`iemocap`, `meld`, `mosi`, `cosmic`, `emodb`, and the synthetic `demo`). This package holds
 the registry of `mister-e prepare` and re-exports the public names. They are imported on first use, so that the CLI
 can list `PREPARE_DATASETS` without `datasets`.
@@ -36,9 +36,10 @@ _EXPORTS = {
     **dict.fromkeys(
         ("SPLITS", "DIALOGUE_ID", "UTTERANCE_IDS", "TEXTS", "AUDIO", "LABELS", "SPEAKERS", "SPEECH_EMBEDS",
          "TEXT_EMBEDS", "EMBED_COLUMNS", "UTTERANCE_COLUMNS", "attach_embeddings", "describe", "dialogue_features",
-         "make_dialogue_dataset", "save_dialogues", "validate_dialogues"),
+         "make_dialogue_dataset", "validate_dialogues"),
         "schema",
     ),  # fmt: skip
+    **dict.fromkeys(("load_dialogues", "save_dialogues"), "storage"),
     **dict.fromkeys(("IEMOCAP_LABELS", "IEMOCAP_DROPPED_LABELS", "build_iemocap"), "iemocap"),
     # The clip folders are private, but tests name them through this package.
     **dict.fromkeys(("MELD_LABELS", "build_meld", "build_meld_csv", "_MELD_CLIP_FOLDERS"), "meld"),
@@ -60,7 +61,8 @@ def prepare(
     ``options`` go to the builder (positional-only arguments leave their names free, so COSMIC's own ``dataset``
     option, `--source`, reaches it); for ``"cosmic"``, ``root`` is the pickle file.
     """
-    from .schema import check_save_target, describe, save_dialogues
+    from .schema import describe
+    from .storage import check_save_target, save_dialogues
 
     if dataset not in _REGISTRY:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(PREPARE_DATASETS)}")

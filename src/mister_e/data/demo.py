@@ -45,8 +45,8 @@ from .schema import (
     TEXTS,
     UTTERANCE_IDS,
     make_dialogue_dataset,
-    save_dialogues,
 )
+from .storage import save_dialogues
 
 __all__ = ["EMOTIONS", "build_demo_corpus", "demo_conversation"]
 

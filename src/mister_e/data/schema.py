@@ -1,4 +1,5 @@
-"""The dialogue schema every data set shares: its columns, building, checking, saving and loading dialogue datasets.
+"""The dialogue schema every data set shares: its columns, building and checking dialogue datasets (`storage`
+saves and loads them).
 
 Every dataset is a `datasets.DatasetDict` with splits ``train``, ``validation`` and ``test`` and one row per
 conversation (schema: `dialogue_features`). Builders never copy audio: rows store file paths, so a prepared dataset
@@ -7,21 +8,16 @@ stays small and points at the release on disk. Code elsewhere names columns thro
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import shutil
-import socket
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, modalities_read
 
@@ -349,57 +345,6 @@ def column_embedding(dataset: Dataset, column: str) -> str | None:
     return getattr(feature, "id", None)
 
 
-def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """`save_to_disk` into a folder beside ``path``, then rename: a crash never leaves a half-written dataset.
-
-    ``overwrite`` only ever replaces a saved `DatasetDict`, so a mistyped path cannot delete an unrelated folder.
-    """
-    path = Path(path)
-    check_save_target(path, overwrite)
-    empty = [split for split, dataset in dialogues.items() if len(dataset) == 0]
-    if empty:  # `load_from_disk` cannot read an empty split back: every later command would fail on it
-        raise ValueError(f"the {empty[0]} split of {path} would be empty: no dialogue was found for it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_saves(path)
-    owner = f"{os.getpid()}@{socket.gethostname()}"  # in the name: a later save tells an abandoned folder by it
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".partial", dir=path.parent))
-    try:
-        dialogues.save_to_disk(str(staging))
-        mask = os.umask(0)
-        os.umask(mask)
-        staging.chmod(0o777 & ~mask)  # a folder's usual mode, not mkdtemp's owner-only one
-        if path.exists():
-            retired = staging.with_suffix(".old")
-            path.rename(retired)
-            staging.rename(path)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _remove_abandoned_saves(path: Path) -> None:
-    """Delete the staging folders (`.NAME.<pid>@<host>.<random>.partial`) of saves into ``path`` whose process died
-    (killed while saving): nothing reads them, they only take space. Only this machine's: another's process, on a
-    shared disk, cannot be checked from here."""
-    for staging in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        pid, _, host = staging.name[len(path.name) + 2 :].rsplit(".", 2)[0].partition("@")
-        if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def describe(dialogues: DatasetDict) -> str:
     """Per-split dialogue, utterance and class counts, as a plain-text table."""
     names = next(iter(dialogues.values())).features[LABELS].feature.names
@@ -411,20 +356,6 @@ def describe(dialogues: DatasetDict) -> str:
     return "\n".join(lines)
 
 
-def load_dialogues(path: str | os.PathLike) -> Dataset | DatasetDict:
-    """`load_from_disk`, naming the folder when `datasets` cannot read it back: a split saved with no rows (by
-    `save_to_disk`; `save_dialogues` refuses one) fails inside `datasets` with an IndexError that names nothing."""
-    retired = sorted(Path(path).parent.glob(f".{Path(path).name}.*.old"))
-    if not Path(path).exists() and retired:  # `--overwrite` stopped between its two renames
-        raise FileNotFoundError(f"{path} is missing, but {retired[-1]} holds the dataset it replaced (an overwrite was "
-                                f"interrupted): rename that folder to {Path(path).name}, or build the data again.")
-    try:
-        return load_from_disk(str(path))
-    except IndexError:
-        raise ValueError(f"{path} holds a split with no rows, which `datasets` cannot load: rebuild it with at least "
-                         "one dialogue in every split") from None
-
-
 def require_splits(dialogues, where: str | os.PathLike | None = None,
                    splits: Sequence[str] = ("train", "validation")) -> None:
     """Raise unless `dialogues` has `splits`: training fits on `train` and selects its epoch on `validation`."""
@@ -433,14 +364,6 @@ def require_splits(dialogues, where: str | os.PathLike | None = None,
     if missing:
         raise ValueError(f"{where or 'The data set'} has splits {held or 'none (a single Dataset)'}; training needs "
                          f"{missing} too (`train` to fit, `validation` to select the epoch).")
-
-
-def check_save_target(path: Path, overwrite: bool) -> None:
-    """`save_dialogues` can write `path`: checked before the work that produces the dataset, too."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if path.exists() and not (path / "dataset_dict.json").is_file():
-        raise FileExistsError(f"{path} exists and is not a saved dialogue dataset; refusing to replace it")
 
 
 __all__ = [
@@ -457,13 +380,10 @@ __all__ = [
     "UTTERANCE_IDS",
     "attach_embeddings",
     "check_finite_embeddings",
-    "check_save_target",
     "experts_never_given",
     "require_splits",
     "dialogue_features",
-    "load_dialogues",
     "describe",
     "make_dialogue_dataset",
-    "save_dialogues",
     "validate_dialogues",
 ]

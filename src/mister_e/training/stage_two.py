@@ -22,9 +22,10 @@ from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
 from ..utils import process_state
 from ..data.schema import (
-    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, load_dialogues,
-    modalities_given, require_splits,
+    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given,
+    require_splits,
 )
+from ..data.storage import load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .runs import check_run, data_identity, finished_results, record_run
