@@ -26,8 +26,8 @@ from mister_e.hub import _ensure_code_files, model_card, push_to_hub, save_for_h
 TEXTS = ["hello world", "oh no", "yes really", "okay fine"]
 EXPECTED_FILES = {
     "README.md", "config.json", "model.safetensors", "configuration_mister_e.py", "modeling_mister_e.py",
-    "processing_mister_e.py", "pipeline_mister_e.py", "segmentation_mister_e.py", "experts_mister_e.py",
-    "encoders_mister_e.py", "losses_mister_e.py", "modeling_utterance_mister_e.py",
+    "processing_mister_e.py", "audio_mister_e.py", "pipeline_mister_e.py", "segmentation_mister_e.py",
+    "experts_mister_e.py", "encoders_mister_e.py", "losses_mister_e.py", "modeling_utterance_mister_e.py",
     "processor_config.json", "tokenizer.json", "tokenizer_config.json",
 }
 

@@ -15,7 +15,8 @@ import transformers.dynamic_module_utils as dynamic_module_utils
 from transformers import AutoProcessor, BertTokenizerFast, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 from transformers.testing_utils import CaptureLogger
 
-from mister_e.processing_mister_e import MisterEProcessor, _resample
+from mister_e.audio_mister_e import resample
+from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.segmentation_mister_e import load_recording
 
 
@@ -406,7 +407,7 @@ def test_rates_sharing_almost_no_factor_resample_without_a_giant_filter_bank(pro
     """The polyphase resampler would need one filter per output phase (16000 of them from 16001 Hz: gigabytes); such
     rates go through soxr, and the tone comes out where it should."""
     tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
-    resampled = _resample(tone, rate, SR)
+    resampled = resample(tone, rate, SR)
     assert abs(len(resampled) - SR) <= 1
     expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(resampled)) / SR)
     np.testing.assert_allclose(resampled[100:-100], expected[100:-100], atol=2e-3)

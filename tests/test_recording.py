@@ -130,10 +130,10 @@ def test_recordings_cut_at_the_same_time_are_cut_as_alone(recording):
 
 
 def test_stereo_44k_recording_is_cut_the_same(recording, tmp_path):
-    from mister_e.processing_mister_e import _resample
+    from mister_e.audio_mister_e import resample
 
     path, truth = recording
-    waveform = _resample(load_recording(path), SR, 44100)
+    waveform = resample(load_recording(path), SR, 44100)
     sf.write(tmp_path / "stereo44k.wav", np.stack([waveform, 0.5 * waveform], axis=1), 44100)
     segments = segment_recording(load_recording(tmp_path / "stereo44k.wav"))
     assert len(segments) == len(truth)

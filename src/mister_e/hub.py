@@ -43,6 +43,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from . import (
+    audio_mister_e,
     configuration_mister_e,
     encoders_mister_e,
     experts_mister_e,
@@ -65,6 +66,7 @@ CODE_FILES = {
     "losses_mister_e.py": losses_mister_e,
     "encoders_mister_e.py": encoders_mister_e,
     "processing_mister_e.py": processing_mister_e,
+    "audio_mister_e.py": audio_mister_e,
     "pipeline_mister_e.py": pipeline_mister_e,
     "segmentation_mister_e.py": segmentation_mister_e,
 }

@@ -161,7 +161,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         self.post_init()
 
     # The pipeline's module and the sibling modules it imports that the model's own code does not.
-    PIPELINE_CODE = ("pipeline_mister_e.py", "segmentation_mister_e.py", "processing_mister_e.py")
+    PIPELINE_CODE = ("pipeline_mister_e.py", "segmentation_mister_e.py", "processing_mister_e.py", "audio_mister_e.py")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; a folder that gets the code files (`auto_map`) gets the conversation

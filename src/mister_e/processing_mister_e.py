@@ -18,29 +18,20 @@ This file may be copied next to a checkpoint as Hub remote code, so it imports o
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import re
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from transformers import BatchFeature
 from transformers.audio_utils import load_audio
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
+from .audio_mister_e import FILE_PEAK_REMEDY, check_peak, check_sampling_rate, float_samples, resample, to_mono
+
 logger = logging.get_logger(__name__)
-
-
-# Channel-count limit that lets a 2-D array's layout be told apart from its shape (see `_to_mono`).
-_MAX_CHANNELS = 8
-# librosa's "kaiser_best" settings, also offered by `torchaudio.functional.resample`.
-_LOWPASS_FILTER_WIDTH = 64
-_ROLLOFF = 0.9475937167399596
-_KAISER_BETA = 14.769656459379492
 
 
 def _describe(kind: str, index: int, item) -> str:
@@ -50,134 +41,13 @@ def _describe(kind: str, index: int, item) -> str:
     return f"{kind} {index}"
 
 
-def _check_sampling_rate(sampling_rate, where: str) -> int:
-    if sampling_rate is None:
-        raise ValueError(
-            f"{where}: an audio array needs its sampling rate, as `sampling_rate` in the audio dict or on the "
-            "utterance."
-        )
-    if (
-        isinstance(sampling_rate, bool)
-        or not isinstance(sampling_rate, numbers.Real)
-        or not math.isfinite(sampling_rate)
-        or sampling_rate <= 0
-        or sampling_rate != int(sampling_rate)
-    ):
-        raise ValueError(f"{where}: `sampling_rate` must be a positive whole number of Hz, got {sampling_rate!r}.")
-    return int(sampling_rate)
-
-
 # Keys people give for an utterance's text or audio under another name: read nothing, so said (other keys are ignored).
 _MISNAMED_KEYS = {**dict.fromkeys(("transcript", "transcription", "sentence", "utterance", "txt"), "text"),
                   **dict.fromkeys(("wav", "waveform", "speech", "audio_path", "audio_file"), "audio")}
-_PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
-# Float samples live in [-1, 1]. A peak beyond this limit is integer PCM cast to float unscaled (`x.astype(np.float32)`:
-# speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
-# leaves room for loud or synthetic float audio (white noise of unit variance peaks near 5).
-_FLOAT_PEAK_LIMIT = 32.0
 # Audio below both is no speech: a muted channel or digital silence (-80 dBFS), or less than one analysis frame. It is
 # still read (silence is a valid recording), but the caller hears of it: the speech experts would label silence.
 _SILENCE_PEAK = 1e-4
 _MIN_SPEECH_SECONDS = 0.025
-# The polyphase resampler's filter bank (phases x taps); common rate pairs need at most ~1e5 (44.1 kHz -> 16 kHz).
-_MAX_FILTER_TAPS = 4_000_000
-
-
-def _float_samples(array, where: str) -> np.ndarray:
-    """An audio array's samples as floats: float arrays (or tensors) as they are; 16- and 32-bit integer PCM (what
-    `scipy.io.wavfile` reads) and 8-bit unsigned PCM scaled to [-1, 1), as soundfile reads those files."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu()
-        array = array.float().numpy() if array.is_floating_point() else array.numpy()
-    try:
-        array = np.asarray(array)
-    except ValueError as err:
-        raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
-    if array.dtype.kind == "f":
-        _check_peak(array, where, "Pass the integer array as it is (int16, int32 and uint8 are scaled), or divide it "
-                    "by 32768 (int16).")
-        return array
-    if array.dtype in _PCM_SCALE:
-        return (array / _PCM_SCALE[array.dtype]).astype(np.float32)
-    if array.dtype == np.uint8:
-        return ((array.astype(np.float32) - 128) / 128).astype(np.float32)
-    raise ValueError(f"{where}: `audio` must be a file path, an audio dict, or an array of float samples or of int16, "
-                     f"int32 or uint8 PCM, got dtype {array.dtype}.")
-
-
-def _check_peak(samples: np.ndarray, where: str, remedy: str) -> None:
-    """Refuses float samples far outside [-1, 1] (`_FLOAT_PEAK_LIMIT`), whether an array or a float audio file."""
-    finite = np.abs(samples[np.isfinite(samples)])  # NaN and inf are refused, by name, where samples are checked
-    if finite.size and finite.max() > _FLOAT_PEAK_LIMIT:
-        raise ValueError(f"{where}: float audio samples reach {finite.max():.4g}, far outside [-1, 1]: integer PCM "
-                         f"cast to float without scaling? {remedy}")
-
-
-FILE_PEAK_REMEDY = "Rescale the file's samples to [-1, 1] (or save it as 16-bit PCM)."
-
-
-def _to_mono(array: np.ndarray, where: str) -> np.ndarray:
-    """Averages the channels of a 2-D array.
-
-    A 2-D array is read as (channels, samples) when its first axis is the shorter one and as (samples, channels),
-    soundfile's layout, otherwise (ties included). The channel axis may hold at most 8 channels, so that a layout
-    that cannot be told from the shape raises instead of averaging over time.
-    """
-    if array.ndim == 1:
-        return array
-    if array.ndim != 2:
-        raise ValueError(f"{where}: an audio array must be 1-D or 2-D, got shape {array.shape}.")
-    channel_axis = 0 if array.shape[0] < array.shape[1] else 1
-    if array.shape[channel_axis] > _MAX_CHANNELS:
-        raise ValueError(
-            f"{where}: cannot tell channels from samples in an audio array of shape {array.shape}: give "
-            f"(samples, channels) or (channels, samples) with at most {_MAX_CHANNELS} channels."
-        )
-    return array.mean(axis=channel_axis)
-
-
-def _resample(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
-    """Resamples a mono waveform with a Kaiser-windowed sinc filter.
-
-    `transformers.audio_utils` resamples only while decoding a file (with soxr); for in-memory arrays it offers no
-    resampler that works without torchaudio or librosa, so this is the polyphase algorithm of
-    `torchaudio.functional.resample` with librosa's "kaiser_best" settings, in plain torch. Output length is
-    `ceil(len(waveform) * new_freq / orig_freq)`, as with `load_audio`.
-    """
-    gcd = math.gcd(orig_freq, new_freq)
-    orig, new = orig_freq // gcd, new_freq // gcd
-    base_freq = min(orig, new) * _ROLLOFF
-    width = math.ceil(_LOWPASS_FILTER_WIDTH * orig / base_freq)
-    if new * (orig + 2 * width) > _MAX_FILTER_TAPS:  # rates sharing almost no factor (16001 Hz): gigabytes of filters
-        return _resample_with_soxr(waveform, orig_freq, new_freq)
-    # One filter per output phase: time offsets (in input samples) of the taps around each output sample.
-    taps = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
-    t = torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + taps
-    t = (t * base_freq).clamp(-_LOWPASS_FILTER_WIDTH, _LOWPASS_FILTER_WIDTH)
-    beta = torch.tensor(_KAISER_BETA, dtype=torch.float64)
-    window = torch.i0(beta * torch.sqrt(1 - (t / _LOWPASS_FILTER_WIDTH) ** 2)) / torch.i0(beta)
-    t = t * math.pi
-    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
-    kernels = (sinc * window * base_freq / orig).to(torch.float32)
-
-    signal = torch.nn.functional.pad(torch.from_numpy(waveform)[None, None], (width, width + orig))
-    resampled = torch.nn.functional.conv1d(signal, kernels, stride=orig)  # (1, new, frames)
-    resampled = resampled.transpose(1, 2).reshape(-1)
-    return resampled[: math.ceil(new * waveform.shape[0] / orig)].numpy()
-
-
-def _resample_with_soxr(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
-    """soxr (what files are decoded with) for rate pairs whose polyphase filter bank would not fit in memory; it is
-    imported here, not above, because remote-code files import only torch, transformers and numpy at module level."""
-    try:
-        import soxr
-    except ImportError:
-        raise ValueError(f"Resampling audio from {orig_freq} Hz to {new_freq} Hz (rates that share almost no factor) "
-                         "needs soxr: `pip install soxr`, or resample the audio beforehand.") from None
-    resampled = soxr.resample(waveform.astype(np.float32, copy=False), orig_freq, new_freq, quality="HQ")
-    return np.asarray(resampled, dtype=np.float32)
-
-
 def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:
     if not (
         max_audio_seconds > 0
@@ -201,7 +71,7 @@ class MisterEProcessor(ProcessorMixin):
 
     Audio files are decoded with `transformers.audio_utils.load_audio(..., backend="soundfile")` (soundfile, then
     soxr "soxr_hq" resampling; local paths only, no FFmpeg needed). In-memory arrays are resampled with a
-    Kaiser-windowed sinc filter (see `_resample`). Multichannel audio is averaged to mono.
+    Kaiser-windowed sinc filter (see `resample`). Multichannel audio is averaged to mono.
 
     Args:
         feature_extractor ([`FeatureExtractionMixin`]):
@@ -434,12 +304,12 @@ class MisterEProcessor(ProcessorMixin):
         else:
             array, source_rate = audio, utterance.get("sampling_rate")
 
-        array = _float_samples(array, where)
-        source_rate = _check_sampling_rate(source_rate, where)
-        waveform = _to_mono(array, where).astype(np.float32)
+        array = float_samples(array, where)
+        source_rate = check_sampling_rate(source_rate, where)
+        waveform = to_mono(array, where).astype(np.float32)
         self._check_samples(waveform, where, "audio array")
         if source_rate != sampling_rate:
-            waveform = _resample(waveform, source_rate, sampling_rate)
+            waveform = resample(waveform, source_rate, sampling_rate)
         return waveform
 
     def _read_file(self, path, where: str) -> np.ndarray:
@@ -455,7 +325,7 @@ class MisterEProcessor(ProcessorMixin):
         except Exception as err:
             raise ValueError(f"{where}: could not read audio file {path!r}: {err}") from err
         self._check_samples(waveform, where, f"audio file {path!r}")
-        _check_peak(waveform, f"{where}: audio file {path!r}", FILE_PEAK_REMEDY)
+        check_peak(waveform, f"{where}: audio file {path!r}", FILE_PEAK_REMEDY)
         return waveform
 
     @staticmethod

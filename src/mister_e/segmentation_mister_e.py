@@ -30,9 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from .processing_mister_e import (
-    FILE_PEAK_REMEDY, _check_peak, _check_sampling_rate, _float_samples, _resample, _to_mono,
-)
+from .audio_mister_e import FILE_PEAK_REMEDY, check_peak, check_sampling_rate, float_samples, resample, to_mono
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000
@@ -94,7 +92,7 @@ def read_recording(recording, sampling_rate: int | None = None, block_seconds: f
     for block in blocks:
         if not np.isfinite(block).all():
             raise ValueError(f"The {where} contains NaN or infinite samples.")
-        _check_peak(block, f"The {where}", FILE_PEAK_REMEDY)
+        check_peak(block, f"The {where}", FILE_PEAK_REMEDY)
         total += len(block)
         if len(block):
             yield block
@@ -129,10 +127,10 @@ def _read_file_blocks(path: str, block_seconds: float) -> Iterator[np.ndarray]:
 
 
 def _array_blocks(array, sampling_rate, block_seconds: float) -> Iterator[np.ndarray]:
-    waveform = _to_mono(_float_samples(array, "recording"), "recording").astype(np.float32, copy=False)
-    rate = _check_sampling_rate(sampling_rate, "recording")
+    waveform = to_mono(float_samples(array, "recording"), "recording").astype(np.float32, copy=False)
+    rate = check_sampling_rate(sampling_rate, "recording")
     if rate != SAMPLING_RATE and waveform.size:
-        waveform = _resample(waveform, rate, SAMPLING_RATE)
+        waveform = resample(waveform, rate, SAMPLING_RATE)
     step = int(block_seconds * SAMPLING_RATE)
     for start in range(0, len(waveform), step):
         yield waveform[start : start + step]
@@ -182,7 +180,7 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
                 "audio": {"array": held[first - offset : last - offset].copy(), "sampling_rate": SAMPLING_RATE}}
 
     for number, block in enumerate(blocks):
-        block = _float_samples(block, f"recording block {number}").astype(np.float32, copy=False)
+        block = float_samples(block, f"recording block {number}").astype(np.float32, copy=False)
         if block.ndim != 1:
             raise ValueError(f"recording block {number}: expected 16-kHz mono samples (1-D), got shape "
                              f"{block.shape}; `read_recording` makes such blocks from any file or array.")
