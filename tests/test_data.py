@@ -574,6 +574,133 @@ def test_mosi_bad_release_files_are_named(tmp_path, capsys):
         build_mosi(root)
 
 
+# MMSA's CMU-MOSI folder (thuiar/MMSA, MMSA-FET): label.csv in this column order, clips Raw/<video_id>/<clip_id>.mp4.
+MMSA_HEADER = ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"]
+MMSA_MODES = {video: mode for mode, videos in MOSI_FOLDS.items() for video in videos}
+
+
+def make_mmsa(root: Path, clips: bool = False) -> Path:
+    """Upper-case text and empty unimodal labels, as in MMSA's MOSI; rows in file order (vidA_10 before vidA_2)."""
+    rows = []
+    for segment, text, score in MOSI_SEGMENTS:
+        video, _, clip = segment.rpartition("_")
+        annotation = "Positive" if score > 0 else "Negative" if score < 0 else "Neutral"
+        rows.append([video, clip, text, score, "", "", "", annotation, MMSA_MODES[video]])
+        if clips:
+            (root / "Raw" / video).mkdir(parents=True, exist_ok=True)
+            (root / "Raw" / video / f"{clip}.mp4").write_bytes(b"not really a video")
+    write_csv(root / "label.csv", rows, MMSA_HEADER)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("rule", "vid_b", "vid_d"),
+    [("nonnegative", (["vid_B_1", "vid_B_2"], ["positive", "positive"]), ["positive", "positive"]),
+     ("nonzero", (["vid_B_2"], ["positive"]), ["positive"])],
+)  # fmt: skip
+def test_mosi_mmsa_label_csv(tmp_path, rule, vid_b, vid_d):
+    root = make_mmsa(tmp_path / "MOSI")
+    # a folds file beside it is not MMSA's: the mode column decides unless --folds names one
+    (root / "mosi_standard_folds.json").write_text(json.dumps({"train": ["vidD"], "valid": ["vidC"],
+                                                               "test": ["vidA", "vid_B"]}))  # fmt: skip
+    for source in (root, root / "label.csv"):
+        dialogues = build_mosi(source, label_rule=rule)
+        assert [dialogues[split]["dialogue_id"] for split in SPLITS] == [["vidA", "vid_B"], ["vidC"], ["vidD"]]
+        row = dialogues["train"][0]
+        assert row["utterance_ids"] == ["vidA_2", "vidA_10"] and row["texts"] == ["I LIKED IT", "IT WAS BAD"]
+        assert labels_of(dialogues["train"]) == ["positive", "negative"] and row["speakers"] == ["vidA", "vidA"]
+        assert (dialogues["train"][1]["utterance_ids"], labels_of(dialogues["train"], 1)) == (*vid_b,)
+        assert labels_of(dialogues["test"]) == vid_d and labels_of(dialogues["validation"]) == ["negative"]
+        assert row["audio"] == [None, None]  # no Raw/ and no audio_dir: text only
+    folded = build_mosi(root, folds=root / "mosi_standard_folds.json")
+    assert [folded[split]["dialogue_id"] for split in SPLITS] == [["vidD"], ["vidC"], ["vidA", "vid_B"]]
+
+
+def test_mosi_mmsa_audio_dir(tmp_path, capsys):
+    root, audio = make_mmsa(tmp_path / "MOSI"), tmp_path / "wavs"
+    for segment, _, _ in MOSI_SEGMENTS:
+        write_wav(audio / f"{segment}.wav")
+    out = tmp_path / "out"
+    assert main(["prepare", "mosi", str(root), str(out), "--audio-dir", str(audio), "--label-rule", "nonzero"]) == 0
+    dialogues = load_dialogues(out)
+    assert dialogues["train"][0]["audio"] == [str((audio / f"{s}.wav").resolve()) for s in ("vidA_2", "vidA_10")]
+    assert dialogues["test"][0]["utterance_ids"] == ["vidD_3"]
+    (audio / "vidC_1.wav").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 7 utterances have no audio file in .*wavs \(first: validation"):
+        build_mosi(root, audio_dir=audio)
+    assert build_mosi(root, audio_dir=audio, audio=False)["train"][0]["audio"] == [None, None]
+
+
+def test_mosi_mmsa_raw_clips_are_converted_once(tmp_path, monkeypatch):
+    root = make_mmsa(tmp_path / "MOSI", clips=True)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"7 CMU-MOSI clips .*needs FFmpeg.*<video_id>_<clip_id>\.wav.*--text-only"):
+        build_mosi(root)
+    assert build_mosi(root, audio=False)["test"][0]["audio"] == [None, None]
+    commands = []
+
+    def fake_ffmpeg(command, **kwargs):
+        commands.append(command)
+        write_wav(Path(command[-1]))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(subprocess, "run", fake_ffmpeg)
+    dialogues = build_mosi(root, num_workers=2)
+    assert len(commands) == 7 and "16000" in commands[0]
+    assert str(root / "Raw" / "vidA" / "10.mp4") in [command[command.index("-i") + 1] for command in commands]
+    wavs = [str((root / "wav16k" / f"{segment}.wav").resolve()) for segment in ("vidA_2", "vidA_10")]
+    assert dialogues["train"][0]["audio"] == wavs
+    build_mosi(root)  # a rerun converts nothing
+    assert len(commands) == 7
+    (root / "Raw" / "vidD" / "3.mp4").unlink()
+    elsewhere = build_mosi(root, extract_to=tmp_path / "converted", allow_missing_audio=True)
+    assert len(commands) == 13 and elsewhere["test"][0]["audio"][1] is None
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [(["vidA", "2", "I LIKED IT", "3.5", "", "", "", "Positive", "train"],
+      r"label\.csv row 2: label must be a number in \[-3, 3\], got '3\.5'"),
+     (["vidA", "2", "I LIKED IT", "", "", "", "", "Positive", "train"], r"label\.csv row 2: label must be a number"),
+     (["vidA", "2", "I LIKED IT", "2.0", "", "", "", "Positive", "dev"],
+      r"label\.csv row 2: mode must be one of train, valid, validation, test, got 'dev'"),
+     (["vidA", "two", "I LIKED IT", "2.0", "", "", "", "Positive", "train"],
+      r"label\.csv row 2: clip_id must be an integer, got 'two'"),
+     (["vidA", "10", "AGAIN", "2.0", "", "", "", "Positive", "train"],
+      r"label\.csv row 2: segment vidA_10 \(video_id and clip_id\) is also row 1; each segment has one row"),
+     (["vidA", "2", "I LIKED IT", "2.0", "", "", "", "Positive", "test"],
+      r"label\.csv row 2: mode 'test' of video vidA differs from 'train' in row 1")],
+)  # fmt: skip
+def test_mosi_mmsa_bad_rows_are_named(tmp_path, capsys, row, message):
+    root = make_mmsa(tmp_path / "MOSI")
+    rows = list(csv.reader((root / "label.csv").open(newline="", encoding="utf-8")))
+    write_csv(root / "label.csv", [rows[1], row, *rows[3:]], MMSA_HEADER)
+    with pytest.raises(ValueError, match=message):
+        build_mosi(root)
+    assert main(["prepare", "mosi", str(root), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and len(error.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_mosi_mmsa_and_sdk_layouts_refused_with_a_reason(tmp_path, capsys):
+    root = make_mmsa(tmp_path / "MOSI")
+    write_csv(root / "label.csv", [["vidA", "2", "I LIKED IT", "2.0", "", "", "", "Positive"]], MMSA_HEADER[:-1])
+    with pytest.raises(ValueError, match=r"label\.csv lacks column\(s\) \['mode'\]"):
+        build_mosi(root)
+    make_mmsa(root)
+    write_csv(root / "label.csv", [["vidA", "2", "I LIKED IT", "2.0", "", "", "", "Positive", "train"]], MMSA_HEADER)
+    with pytest.raises(ValueError, match=r"label\.csv: no segment falls in the validation split of its mode column"):
+        build_mosi(root)
+    sdk = tmp_path / "cmumosi"
+    sdk.mkdir()
+    (sdk / "CMU_MOSI_Opinion_Labels.csd").write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(FileNotFoundError, match=r"no mosi\.csv .*label\.csv .* in .*cmumosi; .*\(\.csd, HDF5\)"):
+        build_mosi(sdk)
+    assert main(["prepare", "mosi", str(sdk / "CMU_MOSI_Opinion_Labels.csd"), str(tmp_path / "out")]) == 2
+    assert "h5py" in capsys.readouterr().err
+
+
 # --- COSMIC / DialogueRNN pickles ---------------------------------------------------------------------
 
 

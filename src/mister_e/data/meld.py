@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from datasets import DatasetDict
-from tqdm.auto import tqdm
 
-from .releases import clean_text, find_audio, group_dialogues, read_csv, read_integer
+from .releases import clean_text, extract_wavs, find_audio, group_dialogues, read_csv, read_integer
 from .schema import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -139,7 +135,8 @@ def _meld_audio(
                 if clip.is_file() and not wav.is_file():
                     jobs.append((clip, wav))
         if jobs:
-            _extract_wavs(jobs, num_workers)
+            extract_wavs(jobs, num_workers, dataset="MELD",
+                         wav_layout="train/, dev/ and test/ folders of dia{D}_utt{U}.wav files")
     for utterance in utterances:
         split, stem = utterance["split"], utterance["utterance_id"]
         if clips is None:
@@ -149,35 +146,6 @@ def _meld_audio(
             name = chosen.get((split, stem), stem)
         utterance["audio"] = find_audio(folders[split], name)
     return str(audio_dir) if clips is None else f"{audio_dir} (converted from the clips in {root})"
-
-
-def _extract_wavs(jobs: list[tuple[Path, Path]], num_workers: int | None) -> None:
-    """Convert clips to 16 kHz mono WAV with FFmpeg; a clip that fails is logged and left missing."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise RuntimeError(
-            f"{len(jobs)} MELD clips (e.g. {jobs[0][0]}) need converting to 16 kHz WAV, which needs FFmpeg, not found "
-            "on PATH. Install FFmpeg, or extract the audio elsewhere and pass audio_dir (CLI: --audio-dir) holding "
-            "train/, dev/ and test/ folders of dia{D}_utt{U}.wav files."
-        )
-    for folder in {target.parent for _, target in jobs}:
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def convert(job: tuple[Path, Path]) -> None:
-        source, target = job
-        partial = target.with_name(f".{target.stem}.partial.wav")  # renamed when complete, so reruns can trust it
-        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source),
-                   "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", str(partial)]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode == 0 and partial.is_file():
-            os.replace(partial, target)
-        else:
-            partial.unlink(missing_ok=True)
-            logger.warning("FFmpeg could not convert %s: %s", source, result.stderr.strip())
-
-    with ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
-        for _ in tqdm(pool.map(convert, jobs), total=len(jobs), desc="MELD clips -> 16 kHz WAV", disable=None):
-            pass
 
 
 __all__ = ["MELD_LABELS", "build_meld", "build_meld_csv"]

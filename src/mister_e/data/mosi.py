@@ -1,4 +1,5 @@
-"""CMU-MOSI as binary sentiment conversations (one per video), from a scores table or the bc-LSTM release.
+"""CMU-MOSI as binary sentiment conversations (one per video), from a scores table, MMSA's label.csv or the bc-LSTM
+release.
 
 Kept apart because MOSI alone needs label binarisation rules, fold files and the release's acoustic vectors.
 """
@@ -8,14 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from datasets import DatasetDict
 
 from ..conversations import read_utf8
-from .releases import clean_text, find_audio, group_dialogues, read_csv, read_integer
+from .releases import clean_text, extract_wavs, find_audio, group_dialogues, read_csv, read_integer
 from .schema import SPEECH_EMBEDS, SPLITS, attach_embeddings
 
 MOSI_LABELS = ["negative", "positive"]
@@ -24,8 +24,15 @@ MOSI_LABEL_RULES = ("nonnegative", "nonzero")
 MOSI_CSV = "mosi.csv"
 MOSI_FOLDS = "mosi_standard_folds.json"
 
+_MOSI_RELEASE_CSV = "transcripts.csv"
 _MOSI_RELEASE_COLUMNS = ("segment_id", "text", "video_index", "label")
 _MOSI_SCORE_COLUMNS = ("segment_id", "video_id", "clip", "text", "sentiment")
+# MMSA's CMU-MOSI folder (thuiar/MMSA, MMSA-FET): label.csv
+# `video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode`, clips in Raw/<video_id>/<clip_id>.mp4.
+# MMSA-FET splits on the modes train/valid/test; "validation", the schema's own name, is taken too.
+_MMSA_CSV = "label.csv"
+_MMSA_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+_MMSA_MODES = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
 
 
 def build_mosi(
@@ -36,56 +43,95 @@ def build_mosi(
     folds: str | os.PathLike | None = None,
     acoustic: bool = False,
     allow_missing_audio: bool = False,
+    audio: bool = True,
+    extract_to: str | os.PathLike | None = None,
+    num_workers: int | None = None,
 ) -> DatasetDict:
-    """CMU-MOSI as binary sentiment, one conversation per video, segments in clip order, standard CMU-SDK folds.
+    """CMU-MOSI as binary sentiment, one conversation per video, segments in clip order.
 
-    ``root`` is a folder holding one of two layouts, or the scores CSV itself:
+    ``root`` is a folder holding one of three layouts (first found wins), or the CSV itself (``label.csv`` is
+    MMSA's, ``transcripts.csv`` the release's, any other name the scores layout):
       * scores layout, ``mosi.csv`` with a header ``segment_id,video_id,clip,text,sentiment[,audio]``: sentiment
         in [-3, 3], audio an optional WAV path (relative to the CSV's folder). ``label_rule`` binarises scores:
         ``"nonnegative"`` makes score >= 0 positive (the MulT/MMSA "Has0" convention), ``"nonzero"`` drops
         score == 0 segments and makes > 0 positive ("Non0").
+      * MMSA's CMU-MOSI folder, ``label.csv`` with columns ``video_id,clip_id,text,label,...,mode``: ``label`` is the
+        score in [-3, 3], binarised by ``label_rule``; the segment id is ``<video_id>_<clip_id>``; the splits are
+        its ``mode`` column (train/valid/test) unless ``folds`` is given. Without ``audio_dir``, its clips
+        ``Raw/<video_id>/<clip_id>.mp4`` are converted once to 16 kHz WAV with FFmpeg into ``extract_to`` (default
+        ``wav16k`` beside label.csv, named by segment id so it can be passed as ``audio_dir`` later; reruns skip done
+        files; ``num_workers`` parallel jobs).
       * bc-LSTM release, ``transcripts.csv`` (no header: ``segment_id,text,video_index,label``) with labels already
         0/1. How it binarised score-0 segments is undocumented, so only ``"nonnegative"`` (labels as given) is allowed.
-    Folds come from ``folds`` or ``mosi_standard_folds.json`` beside the data (keys train/valid/test, lists of video
-    ids; valid becomes validation). ``audio_dir`` holds ``<segment_id>.wav``; missing files fail the build unless
-    ``allow_missing_audio``. ``acoustic`` attaches the release's 73-d vectors as ``speech_embeds``
+    CMU-MultimodalSDK ``.csd`` files (HDF5) are not read. Folds come from ``folds`` or ``mosi_standard_folds.json``
+    beside the data (keys train/valid/test, lists of video ids; valid becomes validation). ``audio_dir`` holds
+    ``<segment_id>.wav``; missing files fail the build unless ``allow_missing_audio``; ``audio=False`` builds text
+    only, whatever audio there is. ``acoustic`` attaches the release's 73-d vectors as ``speech_embeds``
     (`load_mosi_acoustic`; needs the release files in the data folder). The speaker is the video id.
     """
     if label_rule not in MOSI_LABEL_RULES:
         raise ValueError(f"label_rule must be one of {MOSI_LABEL_RULES}, got {label_rule!r}")
-    source = Path(root)
-    table = source if source.is_file() else source / MOSI_CSV
-    folder = table.parent
-    if table.is_file():
-        segments, requested = _mosi_scored_segments(table, label_rule)
-    elif (folder / "transcripts.csv").is_file():
-        table = folder / "transcripts.csv"
+    table = _mosi_table(Path(root))
+    folder, mmsa = table.parent, table.name == _MMSA_CSV
+    named_audio, modes = False, {}
+    if table.name == _MOSI_RELEASE_CSV:
         if label_rule != "nonnegative":
             raise ValueError(
                 f"{table} has binary labels only, so label_rule={label_rule!r} cannot drop score-0 segments; use a "
-                f"scores layout ({MOSI_CSV}) for it"
+                f"scores layout ({MOSI_CSV}) or MMSA's {_MMSA_CSV} for it"
             )
-        segments, requested = _mosi_release_segments(table), False
+        segments = _mosi_release_segments(table)
+    elif mmsa:
+        segments, modes = _mmsa_segments(table, label_rule)
     else:
-        raise FileNotFoundError(f"CMU-MOSI: neither {table} (scores layout) nor {folder / 'transcripts.csv'} found")
-    folds = Path(folds) if folds is not None else folder / MOSI_FOLDS
-    splits = _mosi_folds(folds)
+        segments, named_audio = _mosi_scored_segments(table, label_rule)
+    _refuse_duplicates(segments, table, "video_id and clip_id" if mmsa else "segment_id")
+    if mmsa and folds is None:
+        splits, origin = modes, "its mode column"
+    else:
+        folds = Path(folds) if folds is not None else folder / MOSI_FOLDS
+        splits, origin = _mosi_folds(folds), str(folds)
     unassigned = sorted({segment["dialogue_id"] for segment in segments} - splits.keys())
     if unassigned:
-        raise ValueError(f"{len(unassigned)} videos are in no fold of {folds} (first: {', '.join(unassigned[:5])})")
+        raise ValueError(f"{len(unassigned)} videos are in no fold of {origin} (first: {', '.join(unassigned[:5])})")
     filled = {splits[segment["dialogue_id"]] for segment in segments}
     empty = [split for split in SPLITS if split not in filled]
     if empty:  # a saved empty split cannot be loaded again
-        raise ValueError(f"{table}: no segment falls in the {empty[0]} split of {folds}")
-    requested = requested or audio_dir is not None
+        raise ValueError(f"{table}: no segment falls in the {empty[0]} split of {origin}")
     for segment in segments:
         segment["split"] = splits[segment["dialogue_id"]]
+    if not audio:  # text only, whatever audio there is
+        audio_dir, named_audio = None, False
+        for segment in segments:
+            segment["audio"] = None
+    audio_from = (audio_dir or table) if named_audio or audio_dir is not None else None
+    if audio and audio_dir is None and mmsa and (folder / "Raw").is_dir():
+        audio_dir = Path(extract_to) if extract_to is not None else folder / "wav16k"
+        _convert_mmsa_clips(folder / "Raw", segments, audio_dir, num_workers)
+        audio_from = f"{audio_dir} (converted from the clips in {folder / 'Raw'})"
+    for segment in segments:
         if segment["audio"] is None and audio_dir is not None:
             segment["audio"] = find_audio(Path(audio_dir), segment["utterance_id"])
     segments.sort(key=lambda segment: (segment["dialogue_id"], segment["clip"]))
-    audio_from = (audio_dir or table) if requested else None
     dialogues = group_dialogues(segments, MOSI_LABELS, audio_from=audio_from, allow_missing_audio=allow_missing_audio)
     return attach_embeddings(dialogues, SPEECH_EMBEDS, load_mosi_acoustic(folder)) if acoustic else dialogues
+
+
+def _mosi_table(source: Path) -> Path:
+    """The CSV that ``root`` names or holds; a CMU-MultimodalSDK release fails here, saying what to do instead."""
+    sdk = ("CMU-MultimodalSDK computational sequences (.csd, HDF5) are not read, as that needs h5py and the SDK's "
+           f"alignment: use MMSA's CMU-MOSI folder ({_MMSA_CSV}), or write {MOSI_CSV} (segment_id,video_id,clip,"
+           "text,sentiment) from CMU_MOSI_Opinion_Labels.csd and the transcripts")  # fmt: skip
+    if source.is_file():
+        if source.suffix == ".csd":
+            raise ValueError(f"{source}: {sdk}")
+        return source
+    for name in (MOSI_CSV, _MMSA_CSV, _MOSI_RELEASE_CSV):
+        if (source / name).is_file():
+            return source / name
+    message = (f"CMU-MOSI: no {MOSI_CSV} (scores layout), {_MMSA_CSV} (MMSA) or {_MOSI_RELEASE_CSV} (bc-LSTM "
+               f"release) in {source}")  # fmt: skip
+    raise FileNotFoundError(f"{message}; {sdk}" if any(source.glob("*.csd")) else message)
 
 
 def load_mosi_acoustic(root: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -169,7 +215,8 @@ def _mosi_release_segments(path: Path) -> list[dict]:
         video, clip = _mosi_segment(row["segment_id"], where)
         if row["label"] not in ("0", "1"):
             raise ValueError(f"{where}: label must be 0 or 1, got {row['label']!r}")
-        segments.append(_mosi_record(row, video, clip, MOSI_LABELS[int(row["label"])], None))
+        label = MOSI_LABELS[int(row["label"])]
+        segments.append(_mosi_record(row["segment_id"], video, clip, row["text"], label, None, number))
     return segments
 
 
@@ -179,33 +226,91 @@ def _mosi_scored_segments(path: Path, label_rule: str) -> tuple[list[dict], bool
     segments = []
     for number, row in enumerate(rows, start=1):
         where = f"{path} row {number}"
-        try:
-            score = float(row["sentiment"])
-        except (TypeError, ValueError):
-            score = float("nan")
-        if not -3 <= score <= 3:
-            raise ValueError(f"{where}: sentiment must be a number in [-3, 3], got {row['sentiment']!r}")
-        if label_rule == "nonzero" and score == 0:
+        label = _binary_label(row, "sentiment", label_rule, where)
+        if label is None:
             continue
         audio = None
         if row.get("audio"):
             candidate = path.parent / row["audio"]
             audio = str(candidate.resolve()) if candidate.is_file() else None
-        label = MOSI_LABELS[int(score >= 0 if label_rule == "nonnegative" else score > 0)]
-        segments.append(_mosi_record(row, row["video_id"], read_integer(row, "clip", where), label, audio))
+        clip = read_integer(row, "clip", where)
+        segments.append(_mosi_record(row["segment_id"], row["video_id"], clip, row["text"], label, audio, number))
     return segments, bool(rows) and "audio" in rows[0]
 
 
-def _mosi_record(row: Mapping[str, str], video: str, clip: int, label: str, audio: str | None) -> dict:
+def _mmsa_segments(path: Path, label_rule: str) -> tuple[list[dict], dict[str, str]]:
+    """Segments of MMSA's label.csv, and each video's split from its ``mode`` column.
+
+    A video is one conversation, so all its segments must share a mode. Every row's mode is checked, also those of
+    segments that ``label_rule`` drops.
+    """
+    segments, splits, first_mode = [], {}, {}
+    for number, row in enumerate(read_csv(path, required=_MMSA_COLUMNS), start=1):
+        where = f"{path} row {number}"
+        video, clip_id, mode = ((row[column] or "").strip() for column in ("video_id", "clip_id", "mode"))
+        if not video:
+            raise ValueError(f"{where}: video_id is empty")
+        if mode not in _MMSA_MODES:
+            raise ValueError(f"{where}: mode must be one of {', '.join(_MMSA_MODES)}, got {row['mode']!r}")
+        earlier, row_of_earlier = first_mode.setdefault(video, (mode, number))
+        if _MMSA_MODES[earlier] != _MMSA_MODES[mode]:
+            raise ValueError(f"{where}: mode {mode!r} of video {video} differs from {earlier!r} in row "
+                             f"{row_of_earlier}; a video is one conversation, so all its segments need one split")
+        splits[video] = _MMSA_MODES[mode]
+        clip = read_integer(row, "clip_id", where)
+        label = _binary_label(row, "label", label_rule, where)
+        if label is not None:  # the id keeps clip_id as written: it also names the clip Raw/<video_id>/<clip_id>.mp4
+            segments.append(_mosi_record(f"{video}_{clip_id}", video, clip, row["text"], label, None, number))
+    return segments, splits
+
+
+def _binary_label(row: dict[str, str], column: str, label_rule: str, where: str) -> str | None:
+    """The binary label of a score in [-3, 3] under ``label_rule``; None for a segment the rule drops."""
+    try:
+        score = float(row[column])
+    except (TypeError, ValueError):
+        score = float("nan")
+    if not -3 <= score <= 3:
+        raise ValueError(f"{where}: {column} must be a number in [-3, 3], got {row[column]!r}")
+    if label_rule == "nonzero" and score == 0:
+        return None
+    return MOSI_LABELS[int(score >= 0 if label_rule == "nonnegative" else score > 0)]
+
+
+def _mosi_record(segment_id: str, video: str, clip: int, text: str, label: str, audio: str | None, row: int) -> dict:
     return {
         "dialogue_id": video,
         "clip": clip,
-        "utterance_id": row["segment_id"],
-        "text": clean_text(row["text"]),
+        "row": row,
+        "utterance_id": segment_id,
+        "text": clean_text(text),
         "audio": audio,
         "label": label,
         "speaker": video,
     }
+
+
+def _refuse_duplicates(segments: list[dict], table: Path, field: str) -> None:
+    """Two rows of one segment would make it two utterances of its conversation."""
+    rows = {}
+    for segment in segments:
+        first = rows.setdefault(segment["utterance_id"], segment["row"])
+        if first != segment["row"]:
+            raise ValueError(f"{table} row {segment['row']}: segment {segment['utterance_id']} ({field}) is also row "
+                             f"{first}; each segment has one row")  # fmt: skip
+
+
+def _convert_mmsa_clips(clips: Path, segments: list[dict], target: Path, num_workers: int | None) -> None:
+    """MMSA's ``Raw/<video_id>/<clip_id>.mp4`` clips to ``target/<segment id>.wav``, those not converted yet."""
+    jobs = []
+    for segment in segments:
+        video, wav = segment["dialogue_id"], target / f"{segment['utterance_id']}.wav"
+        clip_id = segment["utterance_id"].removeprefix(f"{video}_")  # the id is <video_id>_<clip_id>
+        clip = clips / video / f"{clip_id}.mp4"
+        if clip.is_file() and not wav.is_file():
+            jobs.append((clip, wav))
+    if jobs:
+        extract_wavs(jobs, num_workers, dataset="CMU-MOSI", wav_layout="<video_id>_<clip_id>.wav files")
 
 
 def _mosi_folds(path: Path) -> dict[str, str]:

@@ -1,16 +1,22 @@
 """Helpers more than one release builder needs: reading the releases' CSV files, repairing their text, finding each
-utterance's audio, holding out validation dialogues, and grouping utterance records into the three splits."""
+utterance's audio (or converting its video clip to it), holding out validation dialogues, and grouping utterance
+records into the three splits."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
+import shutil
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from datasets import DatasetDict
+from tqdm.auto import tqdm
 
 from .schema import AUDIO, DIALOGUE_ID, LABELS, SPEAKERS, SPLITS, TEXTS, UTTERANCE_IDS, make_dialogue_dataset
 
@@ -86,6 +92,39 @@ def find_audio(folder: Path, stem: str) -> str | None:
     return str(path.resolve()) if path.is_file() else None
 
 
+def extract_wavs(jobs: list[tuple[Path, Path]], num_workers: int | None, *, dataset: str, wav_layout: str) -> None:
+    """Convert (clip, WAV) pairs to 16 kHz mono WAV with FFmpeg; a clip that fails is logged and left missing.
+
+    ``dataset`` and ``wav_layout`` (how pre-extracted WAVs must be laid out instead) only word the error when FFmpeg is
+    missing. Each WAV is written under a temporary name and renamed when complete, so reruns can skip done files.
+    """
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError(
+            f"{len(jobs)} {dataset} clips (e.g. {jobs[0][0]}) need converting to 16 kHz WAV, which needs FFmpeg, not "
+            "found on PATH. Install FFmpeg, or extract the audio elsewhere and pass audio_dir (CLI: --audio-dir) "
+            f"holding {wav_layout}, or build text-only with audio=False (CLI: --text-only)."
+        )
+    for folder in {target.parent for _, target in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def convert(job: tuple[Path, Path]) -> None:
+        source, target = job
+        partial = target.with_name(f".{target.stem}.partial.wav")
+        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source),
+                   "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", str(partial)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0 and partial.is_file():
+            os.replace(partial, target)
+        else:
+            partial.unlink(missing_ok=True)
+            logger.warning("FFmpeg could not convert %s: %s", source, result.stderr.strip())
+
+    with ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+        for _ in tqdm(pool.map(convert, jobs), total=len(jobs), desc=f"{dataset} clips -> 16 kHz WAV", disable=None):
+            pass
+
+
 def read_csv(
     path: Path, *, columns: Sequence[str] | None = None, required: Sequence[str] = ()
 ) -> list[dict[str, str]]:
@@ -111,4 +150,4 @@ def read_integer(row: Mapping[str, str], column: str, where: str) -> int:
         raise ValueError(f"{where}: {column} must be an integer, got {row[column]!r}") from None
 
 
-__all__ = ["clean_text", "find_audio", "group_dialogues", "hold_out", "read_csv", "read_integer"]
+__all__ = ["clean_text", "extract_wavs", "find_audio", "group_dialogues", "hold_out", "read_csv", "read_integer"]
