@@ -728,12 +728,21 @@ def test_cosmic_meld_pickle(tmp_path):
     # The CLI's --source (formerly a TypeError: prepare() got multiple values for argument 'dataset').
     assert main(["prepare", "cosmic", str(path), str(tmp_path / "out"), "--source", "meld", "--trust-pickle"]) == 0
     assert load_from_disk(str(tmp_path / "out"))["train"]["dialogue_id"] == ["dia0", "dia1"]
+    # The pickle's own validIds are the validation split: a validation option would be silently unused.
+    with pytest.raises(ValueError, match=r"meld\.pkl has its own validation list .*validation_dialogues"):
+        build_cosmic_pickle(path, trust_pickle=True, validation_dialogues=3)
+    assert main(["prepare", "cosmic", str(path), str(tmp_path / "seeded"), "--trust-pickle", "--seed", "1"]) == 2
 
     del sentences[1039]
     with pytest.raises(ValueError, match=r"meld\.pkl: dialogue 1039 .* missing from sentences"):
         build_cosmic_pickle(dump(path, (speakers, labels, labels, sentences, *splits)), trust_pickle=True)
     with pytest.raises(ValueError, match=r"meld\.pkl: expected a 7-tuple \(speakers, .*\), found 4 items"):
         build_cosmic_pickle(dump(path, (speakers, labels, labels, sentences)), trust_pickle=True)
+    # DialogueGCN's DailyDialog pickle is a 7-tuple too, keyed by strings ('tr_c0'): formerly a TypeError traceback.
+    named = {f"tr_c{n}": value for n, value in enumerate(speakers.values())}
+    with pytest.raises(ValueError, match=r"trainIds holds key 'tr_c0', expected COSMIC's integer MELD dialogue"):
+        build_cosmic_pickle(dump(path, (named, named, named, named, ["tr_c0"], ["tr_c1"], ["tr_c2"])),
+                            trust_pickle=True)
 
 
 def test_dialoguernn_iemocap_pickle(tmp_path):
@@ -761,6 +770,10 @@ def test_dialoguernn_iemocap_pickle(tmp_path):
     bad[2] = per_video([2, 9])
     with pytest.raises(ValueError, match=r"IEMOCAP_features\.pkl: dialogue 'Ses0\dF_impro01'.*label 9"):
         build_cosmic_pickle(dump(path, tuple(bad)), "iemocap", trust_pickle=True, validation_dialogues=1)
+    with pytest.raises(ValueError, match=r"expected a 9-tuple \(videoIDs, .*\) or a 6-tuple \(speakers, .*\), found 7"):
+        build_cosmic_pickle(dump(path, fields[:7]), "iemocap", trust_pickle=True)
+    with pytest.raises(ValueError, match=r"9-tuple, the layout of an IEMOCAP pickle.*pass --source iemocap"):
+        build_cosmic_pickle(dump(path, fields), trust_pickle=True)  # the default source is MELD
 
 
 def test_cosmic_iemocap_pickle_keeps_its_own_validation_list(tmp_path):
@@ -777,6 +790,14 @@ def test_cosmic_iemocap_pickle_keeps_its_own_validation_list(tmp_path):
     assert dialogues["test"][0]["speakers"] == ["0", "1"] and "text_embeds" not in dialogues["test"].column_names
     with pytest.raises(ValueError, match="its own validation list"):
         build_cosmic_pickle(path, "iemocap", trust_pickle=True, validation_ids=[videos[0]])
+    with pytest.raises(ValueError, match="its own validation list"):
+        build_cosmic_pickle(path, "iemocap", trust_pickle=True, validation_dialogues=3)
+    # GCNet's IEMOCAP_features_raw_6way.pkl is a 6-tuple too, (videoIDs, videoLabels, videoSpeakers, videoSentence,
+    # trainVid, testVid), formerly read as this layout: every dialogue in train, "F"/"M" as texts, exit status 0.
+    gcnet = (per_video(["u0", "u1"]), per_video([0, 3]), per_video(["F", "M"]), per_video(["Hi.", "Go away."]),
+             set(videos[:4]), set(videos[4:]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"6way\.pkl: trainIds is a dict, expected a list or set of dialogue ids"):
+        build_cosmic_pickle(dump(tmp_path / "IEMOCAP_features_raw_6way.pkl", gcnet), "iemocap", trust_pickle=True)
 
 
 # --- EmoDB -------------------------------------------------------------------------------------------

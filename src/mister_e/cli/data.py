@@ -18,7 +18,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", type=output_folder, help="Where the dialogue DatasetDict is saved.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
     parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
-    parser.add_argument("--validation-dialogues", type=positive_int, help="IEMOCAP/COSMIC-IEMOCAP: held-out dialogues (12).")
+    parser.add_argument("--validation-dialogues", type=positive_int,
+                        help="IEMOCAP, DialogueRNN IEMOCAP pickle: held-out dialogues (12).")
     parser.add_argument("--seed", type=seed, help="Seed of the held-out validation dialogues; EmoDB: of each "
                                                   "speaker's recording order (0).")
     parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "

@@ -41,6 +41,8 @@ _DIALOGUERNN_IEMOCAP_FIELDS = (
     "videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence",
     "trainVid", "testVid",
 )  # fmt: skip
+# DialogueRNN's IEMOCAP pickle has no validation list: this many training dialogues are held out (the paper's 12).
+_HELD_OUT_DIALOGUES = 12
 
 
 def build_cosmic_pickle(
@@ -48,8 +50,8 @@ def build_cosmic_pickle(
     dataset: str = "meld",
     *,
     trust_pickle: bool = False,
-    validation_dialogues: int = 12,
-    seed: int = 0,
+    validation_dialogues: int | None = None,
+    seed: int | None = None,
     validation_ids: Sequence[str] | None = None,
 ) -> DatasetDict:
     """Dialogues from the widely shared DialogueRNN/COSMIC pickles (loaded with ``encoding="latin1"``).
@@ -61,8 +63,8 @@ def build_cosmic_pickle(
     validation dialogues; or DialogueRNN's ``IEMOCAP_features.pkl``, ``(videoIDs, videoSpeakers, videoLabels,
     videoText, videoAudio, videoVisual, videoSentence, trainVid, testVid)``, whose text/audio vectors become
     ``text_embeds``/``speech_embeds`` (visual ones are ignored) and which has no validation list: the training
-    dialogues named in ``validation_ids`` are validation, else ``validation_dialogues`` of them are held out with
-    ``seed``. Speakers are metadata only.
+    dialogues named in ``validation_ids`` are validation, else ``validation_dialogues`` (12) of them are held out with
+    ``seed`` (0). The validation options are refused for the pickles with their own list. Speakers are metadata only.
 
     Unpickling runs whatever code the file contains, hence the explicit ``trust_pickle=True``.
     """
@@ -81,34 +83,40 @@ def build_cosmic_pickle(
             data = pickle.load(file, encoding="latin1")
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as error:
             raise ValueError(f"{path} is not a readable pickle ({type(error).__name__}: {error}).") from error
+    ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
+    cosmic_iemocap = isinstance(data, (tuple, list)) and len(data) == len(_COSMIC_IEMOCAP_FIELDS)
+    if dataset == "meld" or cosmic_iemocap:
+        _refuse_validation_options(
+            {"validation_ids": validation_ids, "validation_dialogues": validation_dialogues, "seed": seed}, path
+        )
     if dataset == "meld":
+        iemocap_lengths = (len(_COSMIC_IEMOCAP_FIELDS), len(_DIALOGUERNN_IEMOCAP_FIELDS))
+        if isinstance(data, (tuple, list)) and len(data) in iemocap_lengths:
+            raise ValueError(f"{path} is a {len(data)}-tuple, the layout of an IEMOCAP pickle, not COSMIC's MELD one: "
+                             "pass --source iemocap (dataset='iemocap').")
         fields = _unpack(data, _COSMIC_MELD_FIELDS, path)
-        ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
         splits = {split: _cosmic_meld_dialogues(fields, ids[split], split, path) for split in SPLITS}
         labels = MELD_LABELS
-    elif isinstance(data, (tuple, list)) and len(data) == len(_COSMIC_IEMOCAP_FIELDS):
-        if validation_ids is not None:
-            raise ValueError(f"{path}: COSMIC's IEMOCAP pickle has its own validation list (validIds); "
-                             "validation ids cannot be given for it.")
+    elif cosmic_iemocap:
         fields = _unpack(data, _COSMIC_IEMOCAP_FIELDS, path)
-        ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
-        splits = {split: [_cosmic_iemocap_dialogue(fields, key, path) for key in sorted(fields[ids[split]])]
+        splits = {split: [_cosmic_iemocap_dialogue(fields, key, path) for key in _split_ids(fields, ids[split], path)]
                   for split in SPLITS}
         labels = IEMOCAP_LABELS
     else:
-        fields = _unpack(data, _DIALOGUERNN_IEMOCAP_FIELDS, path)
-        train = sorted(fields["trainVid"])
+        fields = _unpack(data, _DIALOGUERNN_IEMOCAP_FIELDS, path, also=_COSMIC_IEMOCAP_FIELDS)
+        train = _split_ids(fields, "trainVid", path)
         if validation_ids is not None:
             unknown = sorted(set(validation_ids) - set(train))
             if unknown:
                 raise ValueError(f"{path}: validation dialogue(s) {unknown} are not training dialogues (trainVid).")
             held_out = set(validation_ids)
         else:
-            held_out = hold_out(train, validation_dialogues, seed)
+            count = _HELD_OUT_DIALOGUES if validation_dialogues is None else validation_dialogues
+            held_out = hold_out(train, count, 0 if seed is None else seed)
         groups = {
             "train": [key for key in train if key not in held_out],
             "validation": [key for key in train if key in held_out],
-            "test": sorted(fields["testVid"]),
+            "test": _split_ids(fields, "testVid", path),
         }
         splits = {
             split: [_dialoguernn_iemocap_dialogue(fields, key, path) for key in keys] for split, keys in groups.items()
@@ -120,12 +128,31 @@ def build_cosmic_pickle(
         raise ValueError(f"{path}: {error}") from None
 
 
-def _unpack(data: Any, names: Sequence[str], path: Path) -> dict[str, Any]:
-    """Name the fields of a feature-release tuple, or say which layout was expected."""
+def _unpack(data: Any, names: Sequence[str], path: Path, also: Sequence[str] = ()) -> dict[str, Any]:
+    """Name the fields of a feature-release tuple, or say which layout (or ``also`` one) was expected."""
     if not isinstance(data, (tuple, list)) or len(data) != len(names):
         found = f"{len(data)} items" if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"
-        raise ValueError(f"{path}: expected a {len(names)}-tuple ({', '.join(names)}), found {found}")
+        layouts = " or ".join(f"a {len(n)}-tuple ({', '.join(n)})" for n in (names, also) if n)
+        raise ValueError(f"{path}: expected {layouts}, found {found}")
     return dict(zip(names, data))
+
+
+def _split_ids(fields: Mapping[str, Any], name: str, path: Path) -> list:
+    """A split's dialogue ids, sorted. Another release's tuple of the same length puts a per-dialogue dict here
+    (GCNet's ``IEMOCAP_features_raw_6way.pkl``: its sentences), whose keys would name every dialogue."""
+    ids = fields[name]
+    if isinstance(ids, (Mapping, str, bytes)) or not isinstance(ids, (Sequence, set, frozenset, np.ndarray)):
+        raise ValueError(f"{path}: {name} is a {type(ids).__name__}, expected a list or set of dialogue ids "
+                         "(another release's layout of the same length?)")
+    return sorted(ids)
+
+
+def _refuse_validation_options(given: Mapping[str, Any], path: Path) -> None:
+    """COSMIC's pickles carry their own validation list (validIds): a validation option would be silently unused."""
+    used = [f"{name} (CLI: --{name.replace('_', '-')})" for name, value in given.items() if value is not None]
+    if used:
+        raise ValueError(f"{path} has its own validation list (validIds); {', '.join(used)} only apply to "
+                         "DialogueRNN's IEMOCAP_features.pkl.")
 
 
 def _lookup(fields: Mapping[str, Any], name: str, key: Any, path: Path) -> list:
@@ -145,7 +172,9 @@ def _speaker(value: Any) -> str:
 
 def _cosmic_meld_dialogues(fields: Mapping[str, Any], ids: str, split: str, path: Path) -> list[dict]:
     conversations = []
-    for key in sorted(fields[ids]):
+    for key in _split_ids(fields, ids, path):
+        if not isinstance(key, (int, np.integer)):
+            raise ValueError(f"{path}: {ids} holds key {key!r}, expected COSMIC's integer MELD dialogue numbers")
         dialogue = key - _COSMIC_MELD_OFFSETS[split]
         if dialogue < 0:
             raise ValueError(f"{path}: {ids} holds key {key}, below the {split} offset {_COSMIC_MELD_OFFSETS[split]}")
