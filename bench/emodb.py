@@ -7,7 +7,7 @@ Per fold (test speaker; the next speaker in sorted order is validation, the othe
 * (a) the stage-1 functionals encoder alone (`mister-e train-encoder --backbone opensmile:<set>`), eGeMAPS and ComParE:
   its head fitted full batch by L-BFGS (the default), and trained in the Trainer's epochs (`--solver trainer`);
 * (b) MiSTER-E speech-only on the ComParE encoder's embeddings, with conversation context (one speaker's recordings in
-  file-name order, chunks of `CONVERSATION_SIZE`) and without (every utterance its own conversation);
+  the builder's seeded order, chunks of `CONVERSATION_SIZE`) and without (every utterance its own conversation);
 * (c) full MiSTER-E: the same speech embeddings plus frozen MiniLM embeddings of the German transcripts, which carry no
   emotion (every sentence is read in every emotion), so the gate should learn to ignore the text expert;
 * the plain BiGRU baseline (`baselines.py`) on the embeddings of (b, context) and of (c).
@@ -15,7 +15,7 @@ Per fold (test speaker; the next speaker in sorted order is validation, the othe
 Stage 2 is the `small` recipe, as on every data set of `bench/accuracy.py`, with one change: its epoch is selected on
 validation log loss rather than weighted F1 (`SELECTION`), since the validation split is one speaker.
 
-Weighted F1 and unweighted recall (UAR) per fold (mean ± std over folds and seeds) and pooled over the 7 test
+Weighted F1 and unweighted recall (UAR) per fold (mean ± std over folds and seeds) and pooled over the test
 speakers (summed confusion matrices, then averaged over seeds); the gate's mean test weight per expert.
 """
 
@@ -115,8 +115,9 @@ def emodb(root: Path, work: Path, minilm: str, seeds, quick: bool, frozen_minilm
 
 
 def speakers(root: Path) -> list[str]:
-    """The EmoDB speakers of `root` (its WAVs, or those in `root/wav/`), from the file names' first two digits."""
-    return sorted({path.name[:2] for path in root.glob("*.wav")} | {p.name[:2] for p in root.glob("wav/*.wav")})
+    """The EmoDB speakers of `root` as `build_emodb` reads them (`.WAV` too, not `._` metadata, not audb's ambiguous
+    recordings), so that the folds are the builder's."""
+    return sorted({speaker for part in build_emodb(root).values() for names in part["speakers"] for speaker in names})
 
 
 def speech_cache(fold_dir: Path, seed: int, model: str) -> Path:
@@ -218,8 +219,8 @@ def markdown(result: dict, seeds) -> list[str]:
 
     lines = ["### EmoDB, 7 classes, leave-one-speaker-out (%)\n",
              f"Folds (test, validation speaker): {', '.join('/'.join(f) for f in result['folds'])}; seeds {seeds}. "
-             "Per-fold: mean ± std over folds x seeds; pooled: the 7 test speakers' confusion matrices summed, "
-             "mean ± std over seeds (the deterministic reference: over folds, and pooled once). "
+             f"Per-fold: mean ± std over folds x seeds; pooled: the {len(result['folds'])} test speakers' confusion "
+             "matrices summed, mean ± std over seeds (the deterministic reference: over folds, and pooled once). "
              "Gate: mean test weight (speech / text / cross-modal).\n",
              "| model | per-fold weighted F1 | per-fold UAR | pooled weighted F1 | pooled UAR | gate (s / t / x) |",
              "|---|---|---|---|---|---|"]

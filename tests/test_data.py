@@ -919,6 +919,26 @@ def test_emodb_bad_speakers_and_empty_folders(tmp_path):
         build_emodb(tmp_path / "empty")
 
 
+def test_emodb_skips_macos_metadata_and_audbs_ambiguous_recordings(tmp_path, caplog):
+    """macOS leaves ``._<name>.wav`` metadata beside each WAV (its tar, copies to exFAT or SMB); audb's emodb 2.0.0
+    adds to wav/ the recordings that fewer than 80% of listeners recognised, which the corpus's own 535 leave out:
+    neither is a recording of the corpus, and the one refused the build while the other passed unnoticed."""
+    root = make_emodb(tmp_path / "emodb", "wav")
+    (root / "wav" / "._03a01Fa.wav").write_bytes(b"\x00\x05\x16\x07")
+    for stem in ("03a01Fb", "08a04Lb"):
+        write_wav(root / "wav" / f"{stem}.wav")
+        write_wav(root / "laryngo" / f"{stem}.wav")  # 2.0.0's laryngograms, beside wav/
+    write_csv(root / "db.emotion.categories.ambiguous.csv",
+              [["wav/03a01Fb.wav", "happiness", "0.45"], ["wav/08a04Lb.wav", "boredom", "0.3"]],
+              ["file", "emotion", "emotion.confidence"])
+    for folder in (root, root / "wav"):
+        with caplog.at_level("WARNING", logger="mister_e.data.emodb"):
+            dialogues = build_emodb(folder)
+        assert sorted(u for split in SPLITS for u in flat(dialogues[split], "utterance_ids")) == sorted(EMODB_STEMS)
+        assert re.search(r"left out 2 of 22 WAVs that .*db\.emotion\.categories\.ambiguous\.csv lists", caplog.text)
+        caplog.clear()
+
+
 def test_emodb_through_the_cli(tmp_path, capsys):
     assert PREPARE_DATASETS == tuple(sorted(BUILDERS))
     root = make_emodb(tmp_path / "emodb", "wav")

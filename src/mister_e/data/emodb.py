@@ -5,6 +5,7 @@ Everything (label, speaker, transcript) is read from the file names, and the spl
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -14,7 +15,9 @@ import numpy as np
 
 from datasets import DatasetDict
 
-from .releases import group_dialogues
+from .releases import group_dialogues, read_csv
+
+logger = logging.getLogger(__name__)
 
 # Class order of the EmoDB builder; each file name's 6th character is the German initial of its emotion.
 EMODB_LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
@@ -36,6 +39,9 @@ _EMODB_EMOTIONS = {
     "W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "N": "neutral", "T": "sadness"
 }  # fmt: skip
 _EMODB_FILE = re.compile(r"(\d{2})([a-z]\d{2})([A-Z])([a-z])")  # SSTTTEv: speaker, text code, emotion, version
+# audb's emodb 2.0.0 adds to wav/ the 281 recordings that fewer than 80% of the listeners recognised, which the
+# corpus's own 535 leave out; this table beside wav/ lists them.
+_AUDB_AMBIGUOUS = "db.emotion.categories.ambiguous.csv"
 
 
 def build_emodb(
@@ -54,6 +60,10 @@ def build_emodb(
     monologue like a CMU-MOSI video: dialogue ids are ``<speaker>-<chunk>`` (``03-000``). A ``conversation_size`` of
     1 makes every utterance its own conversation (no context).
 
+    Hidden files (macOS's ``._03a01Fa.wav`` metadata) are no recordings and are skipped. audb's emodb 2.0.0 adds to
+    ``wav/`` 281 recordings that the corpus's own release (535) leaves out, as fewer than 80% of the listeners
+    recognised their emotion; those its ``db.emotion.categories.ambiguous.csv`` lists are left out, with a warning.
+
     The order is drawn, not the file names': sorted by name, each sentence's recordings come in the emotion letters'
     order (fear, disgust, happiness, boredom, neutral, sadness, anger), and a context model read the labels from
     the positions (text-only stage 2, on sentences that carry no emotion: 34 weighted F1 against 15 at chance).
@@ -62,7 +72,11 @@ def build_emodb(
         raise ValueError(f"conversation_size must be at least 1, got {conversation_size}")
     root = Path(root)
     folder = root / "wav" if (root / "wav").is_dir() else root
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() == ".wav" and path.is_file())  # .WAV too
+    files = sorted(  # .WAV too; not hidden files such as macOS's ._03a01Fa.wav metadata
+        path for path in folder.iterdir()
+        if path.suffix.lower() == ".wav" and not path.name.startswith(".") and path.is_file()
+    )
+    files = _without_ambiguous(files, folder.parent / _AUDB_AMBIGUOUS)
     utterances = [_emodb_record(path) for path in files]
     if not utterances:
         raise FileNotFoundError(f"EmoDB: no WAV files in {folder} (expected SSTTTEv.wav files in root or root/wav/)")
@@ -98,6 +112,18 @@ def emodb_folds(speakers: Iterable[str]) -> list[tuple[str, str]]:
     if len(ordered) < 3:
         raise ValueError(f"EmoDB: speaker-independent splits need at least 3 speakers, got {ordered}")
     return [(speaker, ordered[(index + 1) % len(ordered)]) for index, speaker in enumerate(ordered)]
+
+
+def _without_ambiguous(files: list[Path], table: Path) -> list[Path]:
+    """``files`` less those audb's ``table`` lists (none without the table), so every copy gives the corpus's 535."""
+    if not table.is_file():
+        return files
+    ambiguous = {Path(row["file"]).name for row in read_csv(table, required=["file"])}
+    kept = [path for path in files if path.name not in ambiguous]
+    if len(kept) < len(files):
+        logger.warning("EmoDB: left out %d of %d WAVs that %s lists (recognised by fewer than 80%% of the "
+                       "listeners; not in the corpus's own release)", len(files) - len(kept), len(files), table)
+    return kept
 
 
 def _emodb_record(path: Path) -> dict:
