@@ -337,6 +337,16 @@ def test_meld_pre_extracted_wavs(tmp_path):
     with pytest.raises(ValueError, match="repeat across splits"):
         build_meld(root, flat)
 
+    # FLAC re-encodes (how MELD's audio is often shared) serve as WAVs do; a WAV beside its FLAC is taken first.
+    flacs = tmp_path / "flacs"
+    for split, folder in (("train", "train"), ("dev", "dev"), ("test", "test")):
+        for stem in meld_stems(split):
+            (flacs / folder).mkdir(parents=True, exist_ok=True)
+            sf.write(flacs / folder / f"{stem}.flac", np.zeros(1600, dtype=np.float32), 16000)
+    write_wav(flacs / "dev" / "dia0_utt1.wav")
+    paths = build_meld(root, flacs)["validation"][0]["audio"]
+    assert [Path(path).name for path in paths] == ["dia0_utt0.flac", "dia0_utt1.wav"]
+
 
 def test_meld_clips_need_ffmpeg(tmp_path, monkeypatch):
     root = make_meld(tmp_path / "MELD")

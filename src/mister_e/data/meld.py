@@ -141,7 +141,7 @@ def _meld_audio(
         split, stem = utterance["split"], utterance["utterance_id"]
         if clips is None:
             names = _meld_names(split, stem)
-            name = next((n for n in names if (folders[split] / f"{n}.wav").is_file()), stem)
+            name = next((n for n in names if find_audio(folders[split], n) is not None), stem)
         else:
             name = chosen.get((split, stem), stem)
         utterance["audio"] = find_audio(folders[split], name)

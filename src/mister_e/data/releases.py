@@ -88,8 +88,15 @@ def clean_text(text: Any) -> str | None:
 
 
 def find_audio(folder: Path, stem: str) -> str | None:
-    path = folder / f"{stem}.wav"
-    return str(path.resolve()) if path.is_file() else None
+    """``folder/<stem>`` with an audio extension the processor reads (`RECORDING_EXTENSIONS`, WAV first): a folder
+    of FLAC re-encodes (a common form of MELD's audio) serves as well as one of WAVs."""
+    from ..segmentation_mister_e import RECORDING_EXTENSIONS  # here: it imports torch, which building data never needs
+
+    for extension in RECORDING_EXTENSIONS:
+        path = folder / f"{stem}{extension}"
+        if path.is_file():
+            return str(path.resolve())
+    return None
 
 
 def extract_wavs(jobs: list[tuple[Path, Path]], num_workers: int | None, *, dataset: str, wav_layout: str) -> None:
