@@ -227,3 +227,19 @@ def test_read_conversation_reads_files_as_people_write_them(tmp_path):
     (tmp_path / "batch.json").write_text(json.dumps([{"utterances": [{"text": "a"}]}, {"utterances": [{"text": "b"}]}]))
     with pytest.raises(ValueError, match="holds a list of conversations"):
         read_conversation(tmp_path / "batch.json")
+
+
+@pytest.mark.parametrize("line", ["utt2\tthere", "utt2.M4A\tthere"])
+def test_audio_that_a_folder_does_not_read_is_named_not_dropped(tmp_path, line):
+    """An `utt2.m4a` (or AIFF, MP4, Opus...) beside the WAVs was left out: its line became a text-only utterance, and
+    without transcripts.txt the file was skipped, both without a word."""
+    sf.write(tmp_path / "utt1.wav", np.zeros(1600, np.float32), 16000)
+    (tmp_path / "utt2.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    with pytest.raises(ValueError, match=r"holds utt2\.m4a, which predict does not read \(audio files: \.wav"):
+        read_conversation(tmp_path)
+    (tmp_path / "transcripts.txt").write_text(f"utt1\thi\n{line}\n")
+    with pytest.raises(ValueError, match=r"transcripts\.txt:2: 'utt2' names utt2\.m4a, which predict does not read"):
+        read_conversation(tmp_path)
+    (tmp_path / "transcripts.txt").write_text("utt1\thi\nutt3\ttext only\n")  # a line naming no file stays text only
+    (tmp_path / "utt2.m4a").unlink()
+    assert [u["audio"] is None for u in read_conversation(tmp_path)["utterances"]] == [False, True]

@@ -452,3 +452,87 @@ def test_a_key_that_misnames_text_or_audio_is_said(processor):
     with CaptureLogger(logger) as captured:
         processor({"utterances": [{"text": "hi", "transcript": "hi", "speaker": "A"}]})
     assert captured.out == ""
+
+
+def test_a_file_cut_short_is_read_with_a_warning(processor, tmp_path):
+    """A WAV whose last half is missing (an interrupted copy or recording) was read as shorter audio without a word:
+    the utterance and the recording both say so, naming the file."""
+    path = tmp_path / "cut.wav"
+    sf.write(path, tones(SR), SR, subtype="PCM_16")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    logger = transformers.logging.get_logger("mister_e.audio_mister_e")
+    with CaptureLogger(logger) as captured:
+        features = processor(_conversation({"audio": str(path)}), min_audio_seconds=0)
+    assert "utterance 1 (id='u1')" in captured.out and str(path) in captured.out
+    assert "ends before its header says (it holds 50% of the audio announced" in captured.out
+    assert features["input_values"].shape[-1] == pytest.approx(SR, abs=40)  # the second present, still read
+    with CaptureLogger(logger) as captured:
+        assert len(load_recording(path)) == pytest.approx(SR, abs=40)
+    assert f"The recording {path} ends before its header says" in captured.out
+    with CaptureLogger(logger) as captured:  # a whole file, and a recorder's placeholder size, say nothing
+        sf.write(path, tones(SR), SR, subtype="PCM_16")
+        processor(_conversation({"audio": str(path)}))
+        streamed = bytearray(path.read_bytes())
+        streamed[40:44] = b"\xff\xff\xff\xff"  # the data chunk's size, as a recorder writing to a pipe leaves it
+        path.write_bytes(bytes(streamed))
+        processor(_conversation({"audio": str(path)}))
+    assert captured.out == ""
+
+
+def test_channels_that_cancel_are_refused_not_read_as_silence(processor, tmp_path):
+    """A stereo file with one channel phase-inverted (as some laptop microphone arrays record) averaged to digital
+    silence: predicted from silence as a conversation's utterance, "no speech found" as a recording."""
+    path = tmp_path / "inverted.wav"
+    sf.write(path, np.stack([tones(SR), -tones(SR)], axis=1), SR, subtype="PCM_16")
+    match = "its 2 channels cancel each other when averaged to mono"
+    with pytest.raises(ValueError, match=match) as error:
+        processor(_conversation({"audio": str(path)}))
+    assert str(path) in str(error.value) and "utterance 1 (id='u1')" in str(error.value)
+    with pytest.raises(ValueError, match=f"The recording {path}: {match}"):
+        load_recording(path)
+    with pytest.raises(ValueError, match=match):  # an array, either layout
+        processor({"utterances": [{"audio": np.stack([tones(SR), -tones(SR)]), "sampling_rate": SR}]})
+    # Channels that do not cancel are averaged as before: one-sided, unrelated, or six with four silent.
+    rng = np.random.default_rng(0)
+    for channels in ([tones(SR), np.zeros(2 * SR, np.float32)],
+                     [tones(SR), 0.1 * rng.standard_normal(2 * SR).astype(np.float32)],
+                     [tones(SR)] * 2 + [np.zeros(2 * SR, np.float32)] * 4):
+        sf.write(path, np.stack(channels, axis=1), SR, subtype="FLOAT")
+        processor(_conversation({"audio": str(path)}))
+        assert len(load_recording(path)) == 2 * SR
+
+
+def test_a_file_that_may_not_be_read_or_decodes_to_nothing_says_why(processor, tmp_path, monkeypatch):
+    """libsndfile said "System error." of a file without read permission, and "has no samples" of a damaged file."""
+    path = tmp_path / "locked.wav"
+    sf.write(path, tones(SR), SR)
+    real_open = open
+
+    def locked_open(file, *args, **kwargs):  # as `chmod 000` for a user other than root
+        if os.fspath(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", locked_open)
+    with pytest.raises(ValueError, match=re.escape(f"audio file {str(path)!r}: could not be read: Permission denied.")):
+        processor(_conversation({"audio": str(path)}))
+    with pytest.raises(ValueError, match=re.escape(f"The recording {path}: could not be read: Permission denied.")):
+        load_recording(path)
+    monkeypatch.undo()
+    damaged = bytearray(path.read_bytes())
+    damaged[40:44] = bytes(4)  # a WAV header never completed: 0 bytes of audio announced, 64 kB present
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="decodes to no samples, though it holds 64044 bytes: it is damaged"):
+        processor(_conversation({"audio": str(path)}))
+    with pytest.raises(ValueError, match=f"The recording {path} decodes to no samples"):
+        load_recording(path)
+
+
+def test_a_text_of_invisible_characters_is_no_text(processor):
+    """A zero-width space (or a stray byte-order mark) tokenizes to no token: it was read as a text, an empty one."""
+    tone = {"audio": tones(SR), "sampling_rate": SR}
+    features = processor({"utterances": [{**tone, "text": "\u200b\ufeff "}, {**tone, "text": "hello\u200b"}]})
+    assert features["modality_mask"][0, :, 1].tolist() == [False, True]
+    with pytest.raises(ValueError, match=re.escape("neither `audio` nor `text` (its text is empty)")):
+        processor({"utterances": [{"text": "\u200b"}]})

@@ -14,16 +14,21 @@
 """Audio samples as the encoders take them: floats in [-1, 1], one channel, resampled; shared by the processor (an
 utterance's audio) and the segmentation (a recording's blocks).
 
-This file may be copied next to a checkpoint as Hub remote code, so it imports only torch and numpy.
+This file may be copied next to a checkpoint as Hub remote code, so it imports only torch, numpy and transformers.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
 
 import numpy as np
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 # Channel-count limit that lets a 2-D array's layout be told apart from its shape (see `to_mono`).
@@ -37,6 +42,18 @@ _PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 # speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
 # leaves room for loud or synthetic float audio (white noise of unit variance peaks near 5).
 _FLOAT_PEAK_LIMIT = 32.0
+# Channels whose average is this much weaker (power ratio, -20 dB) than the channels themselves cancel each other: one
+# is phase-inverted (some laptop microphone arrays record so). Unrelated or one-sided channels keep a ratio of
+# 1/channels or more, identical ones 1.
+_CANCELLED_POWER_RATIO = 0.01
+_SILENT_POWER = 1e-8  # below it (-80 dBFS) there is nothing to cancel
+# libsndfile's log of a WAV/AIFF file (`soundfile.info(path).extra_info`) whose audio chunk ends before its header says:
+# `data : 88200 (should be 44078)`. Sizes from 0x7FFF0000 up are the placeholders of recorders writing to a stream.
+_CUT_SHORT = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_PLACEHOLDER_SIZE = 0x7FFF0000
+_MIN_MISSING_BYTES = 1024
+# A file larger than this that decodes to no samples is damaged, not empty (an empty OGG Vorbis file takes 3.5 kB).
+_DAMAGED_BYTES = 4096
 # The polyphase resampler's filter bank (phases x taps); common rate pairs need at most ~1e5 (44.1 kHz -> 16 kHz).
 _MAX_FILTER_TAPS = 4_000_000
 
@@ -109,7 +126,52 @@ def to_mono(array: np.ndarray, where: str) -> np.ndarray:
             f"{where}: cannot tell channels from samples in an audio array of shape {array.shape}: give "
             f"(samples, channels) or (channels, samples) with at most {_MAX_CHANNELS} channels."
         )
+    check_downmix(array if channel_axis == 1 else array.T, where)
     return array.mean(axis=channel_axis)
+
+
+def check_downmix(samples: np.ndarray, where: str) -> None:
+    """Refuses (samples, channels) audio whose channels cancel each other when averaged to mono: one channel
+    phase-inverted, so the mix holds (almost) nothing of the speech in the channels and would be read as silence."""
+    if samples.ndim != 2 or samples.shape[1] < 2 or samples.shape[0] == 0:
+        return
+    channel_energy = mix_energy = 0.0
+    for start in range(0, samples.shape[0], 1 << 18):  # in float64, a slice at a time: a long recording is never copied
+        chunk = samples[start : start + (1 << 18)].astype(np.float64)
+        chunk = chunk[np.isfinite(chunk).all(axis=1)]  # NaN and inf are refused, by name, where samples are checked
+        channel_energy += float(np.square(chunk).mean(axis=1).sum())
+        mix_energy += float(np.square(chunk.mean(axis=1)).sum())
+    channel_power, mix_power = channel_energy / samples.shape[0], mix_energy / samples.shape[0]
+    if channel_power < _SILENT_POWER:
+        return
+    if mix_power < _CANCELLED_POWER_RATIO * channel_power:
+        mix = ("silent" if mix_power < _SILENT_POWER
+               else f"{10 * math.log10(channel_power / mix_power):.0f} dB below them")
+        raise ValueError(f"{where}: its {samples.shape[1]} channels cancel each other when averaged to mono (the mix "
+                         f"is {mix}: one channel is phase-inverted); keep one channel, or invert one before mixing.")
+
+
+def check_readable(path: str, what: str) -> None:
+    """Refuses a file this process may not read, by its reason: libsndfile says only "System error." of it."""
+    try:
+        open(path, "rb").close()
+    except OSError as error:
+        raise ValueError(f"{what}: could not be read: {error.strerror or error}.") from None
+
+
+def check_decoded(path: str, what: str, frames: int, seconds: float, extra_info: str) -> None:
+    """What decoding a file passes over in silence: no samples from a file too large to be empty (damaged: refused),
+    and a WAV or AIFF file that ends before its header says (read as shorter audio: said). `frames`, `seconds` and
+    `extra_info` (libsndfile's log) are soundfile's of the file; `what` names it in messages."""
+    if frames == 0 and os.path.getsize(path) > _DAMAGED_BYTES:
+        raise ValueError(f"{what} decodes to no samples, though it holds {os.path.getsize(path)} bytes: it is damaged "
+                         "or cut short (an OGG file cut short, a WAV header never completed); export it again.")
+    for found in _CUT_SHORT.finditer(extra_info or ""):
+        announced, present = int(found[1]), int(found[2])
+        if present + _MIN_MISSING_BYTES <= announced < _PLACEHOLDER_SIZE:
+            logger.warning(f"{what} ends before its header says (it holds {present / announced:.0%} of the audio "
+                           f"announced: a copy or a recording cut short?); the {seconds:.3g} s present are read.")
+            return
 
 
 def resample(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
@@ -154,4 +216,5 @@ def _resample_with_soxr(waveform: np.ndarray, orig_freq: int, new_freq: int) -> 
     return np.asarray(resampled, dtype=np.float32)
 
 
-__all__ = ["FILE_PEAK_REMEDY", "check_peak", "check_sampling_rate", "float_samples", "resample", "to_mono"]
+__all__ = ["FILE_PEAK_REMEDY", "check_decoded", "check_downmix", "check_peak", "check_readable", "check_sampling_rate",
+           "float_samples", "resample", "to_mono"]

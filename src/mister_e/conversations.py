@@ -6,6 +6,11 @@ import json
 import re
 from pathlib import Path
 
+# Audio and video files that a folder conversation does not read (soundfile decodes WAV, FLAC, OGG and MP3 here): one
+# beside the others is refused by name, not left out (its utterance would be answered without its speech).
+OTHER_AUDIO_EXTENSIONS = (".aac", ".aif", ".aifc", ".aiff", ".amr", ".au", ".avi", ".caf", ".m4a", ".mkv", ".mov",
+                          ".mp4", ".oga", ".opus", ".w64", ".webm", ".wma")
+
 
 def read_conversation(path: str | Path) -> dict:
     """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of audio files.
@@ -28,10 +33,17 @@ def read_conversation(path: str | Path) -> dict:
                 raise ValueError(f"{path} holds {Path(wavs[twin]).name} and {file.name}: one utterance name for two "
                                  "audio files; rename or move one.")
             wavs[file.stem] = str(file)
+        others = {file.stem.lower(): file for file in sorted(path.iterdir(), key=_natural)
+                  if file.suffix.lower() in OTHER_AUDIO_EXTENSIONS and file.is_file()}
         transcripts = path / "transcripts.txt"
         if transcripts.exists() and not transcripts.is_file():  # else read as no transcripts: speech alone
             raise ValueError(f"{transcripts} is not a file: the transcripts are one text file.")
         if not transcripts.is_file():
+            if others:
+                first, more = next(iter(others.values())), len(others) - 1
+                raise ValueError(f"{path} holds {first.name}{f' (and {more} more such files)' if more else ''}, which "
+                                 f"predict does not read (audio files: {', '.join(RECORDING_EXTENSIONS)}): convert it, "
+                                 "e.g. to .wav, or move it out.")
             if not wavs:
                 raise ValueError(f"{path} has neither audio files ({', '.join(RECORDING_EXTENSIONS)}) nor "
                                  "transcripts.txt.")
@@ -43,8 +55,13 @@ def read_conversation(path: str | Path) -> dict:
                 if not tab:
                     raise ValueError(f"{transcripts}:{number}: expected `name<TAB>text`, got {line!r}.")
                 name = name.strip()
-                if Path(name).suffix.lower() in RECORDING_EXTENSIONS:  # `utt00.wav` names `utt00.wav` too
+                if Path(name).suffix.lower() in RECORDING_EXTENSIONS + OTHER_AUDIO_EXTENSIONS:  # `utt00.wav` too
                     name = Path(name).stem
+                other = others.get(name.lower())
+                if other is not None and name not in wavs:
+                    raise ValueError(f"{transcripts}:{number}: {name!r} names {other.name}, which predict does not "
+                                     f"read (audio files: {', '.join(RECORDING_EXTENSIONS)}): convert it, e.g. to "
+                                     ".wav; left out, the utterance would be answered without its speech.")
                 if any(utterance["id"] == name for utterance in utterances):
                     raise ValueError(f"{transcripts}:{number}: {name!r} is named twice; an utterance has one line.")
                 utterances.append({"id": name, "audio": wavs.get(name), "text": text.strip() or None})
@@ -106,4 +123,4 @@ def read_utf8(path: Path) -> str:
         raise ValueError(f"{path} could not be read: {error.strerror or error}.") from None
 
 
-__all__ = ["read_conversation", "read_utf8"]
+__all__ = ["OTHER_AUDIO_EXTENSIONS", "read_conversation", "read_utf8"]

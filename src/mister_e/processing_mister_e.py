@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,7 +30,8 @@ from transformers.audio_utils import load_audio
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
-from .audio_mister_e import FILE_PEAK_REMEDY, check_peak, check_sampling_rate, float_samples, resample, to_mono
+from .audio_mister_e import (FILE_PEAK_REMEDY, check_decoded, check_downmix, check_peak, check_readable,
+                             check_sampling_rate, float_samples, resample, to_mono)
 
 logger = logging.get_logger(__name__)
 
@@ -48,6 +50,14 @@ _MISNAMED_KEYS = {**dict.fromkeys(("transcript", "transcription", "sentence", "u
 # still read (silence is a valid recording), but the caller hears of it: the speech experts would label silence.
 _SILENCE_PEAK = 1e-4
 _MIN_SPEECH_SECONDS = 0.025
+
+
+def _blank(text: str) -> bool:
+    """A text without a visible character: whitespace and invisible format characters (a zero-width space, a byte-order
+    mark), which tokenizers drop, leaving the text encoder an empty text."""
+    return all(character.isspace() or unicodedata.category(character) == "Cf" for character in text)
+
+
 def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:
     if not (
         max_audio_seconds > 0
@@ -186,7 +196,7 @@ class MisterEProcessor(ProcessorMixin):
                 for key in utterance.keys() & _MISNAMED_KEYS.keys():
                     if utterance.get(_MISNAMED_KEYS[key]) is None:
                         misnamed.setdefault(key, where)
-                blank = isinstance(text, str) and not text.strip()
+                blank = isinstance(text, str) and _blank(text)
                 if blank:  # an empty transcript says nothing: the utterance has no text
                     text = None
                 if audio is None and text is None:
@@ -318,15 +328,30 @@ class MisterEProcessor(ProcessorMixin):
             raise ValueError(f"{where}: {path!r} is a folder, not an audio file.")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{where}: audio file not found: {path!r}.")
+        check_readable(path, f"{where}: audio file {path!r}")
         try:
             waveform = load_audio(path, sampling_rate=self.feature_extractor.sampling_rate, backend="soundfile")
         except ImportError:
             raise
         except Exception as err:
             raise ValueError(f"{where}: could not read audio file {path!r}: {err}") from err
+        self._check_file(path, where)
         self._check_samples(waveform, where, f"audio file {path!r}")
         check_peak(waveform, f"{where}: audio file {path!r}", FILE_PEAK_REMEDY)
         return waveform
+
+    @staticmethod
+    def _check_file(path: str, where: str) -> None:
+        """What decoding passes over in silence (`check_decoded`), and channels that cancel when averaged (read as
+        silence: refused)."""
+        try:  # here and in a `try`, not above: remote-code files import torch, transformers and numpy only
+            import soundfile
+        except ImportError:  # never reached: `load_audio` decoded the file with it
+            return
+        info = soundfile.info(path)
+        check_decoded(path, f"{where}: audio file {path!r}", info.frames, info.duration, info.extra_info)
+        if info.channels > 1:
+            check_downmix(soundfile.read(path, dtype="float32", always_2d=True)[0], f"{where}: audio file {path!r}")
 
     @staticmethod
     def _check_samples(waveform: np.ndarray, where: str, source: str) -> None:

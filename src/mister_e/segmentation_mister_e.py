@@ -30,7 +30,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from .audio_mister_e import FILE_PEAK_REMEDY, check_peak, check_sampling_rate, float_samples, resample, to_mono
+
+from .audio_mister_e import (FILE_PEAK_REMEDY, check_decoded, check_downmix, check_peak, check_readable,
+                             check_sampling_rate, float_samples, resample, to_mono)
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000
@@ -111,13 +113,16 @@ def _read_file_blocks(path: str, block_seconds: float) -> Iterator[np.ndarray]:
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Recording not found: {path}.")
+    check_readable(path, f"The recording {path}")
     try:
         with soundfile.SoundFile(path) as file:
             rate = file.samplerate
+            check_decoded(path, f"The recording {path}", file.frames, file.frames / rate, file.extra_info)
             stream = soxr.ResampleStream(rate, SAMPLING_RATE, 1, dtype="float32") if rate != SAMPLING_RATE else None
             while True:
                 block = file.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
                 last = len(block) == 0
+                check_downmix(block, f"The recording {path}")
                 mono = block.mean(axis=1) if len(block) else np.zeros(0, np.float32)
                 yield stream.resample_chunk(mono, last=last) if stream is not None else mono
                 if last:
