@@ -104,7 +104,7 @@ def _meld_audio(
     root: Path, audio_dir: Any, utterances: list[dict], extract_to: Any, num_workers: int | None
 ) -> str | None:
     """Fill in the audio paths of MELD utterances; return where they were looked for, None when nowhere."""
-    clips = None
+    clips, chosen = None, {}  # chosen: (split, id) -> the name of the clip converted for it
     if audio_dir is not None:
         audio_dir = Path(audio_dir)
         folders = {}
@@ -124,7 +124,7 @@ def _meld_audio(
             return None
         audio_dir = Path(extract_to) if extract_to is not None else root / "wav16k"
         folders = {split: audio_dir / _MELD_WAV_FOLDERS[split][0] for split in SPLITS}
-        jobs, chosen = [], {}
+        jobs = []
         for utterance in utterances:
             split, stem = utterance["split"], utterance["utterance_id"]
             if split in clips:
@@ -139,12 +139,8 @@ def _meld_audio(
                          wav_layout="train/, dev/ and test/ folders of dia{D}_utt{U}.wav files")
     for utterance in utterances:
         split, stem = utterance["split"], utterance["utterance_id"]
-        if clips is None:
-            names = _meld_names(split, stem)
-            name = next((n for n in names if find_audio(folders[split], n) is not None), stem)
-        else:
-            name = chosen.get((split, stem), stem)
-        utterance["audio"] = find_audio(folders[split], name)
+        names = [chosen[split, stem]] if (split, stem) in chosen else _meld_names(split, stem)
+        utterance["audio"] = next(filter(None, (find_audio(folders[split], name) for name in names)), None)
     return str(audio_dir) if clips is None else f"{audio_dir} (converted from the clips in {root})"
 
 
