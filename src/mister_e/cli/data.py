@@ -24,7 +24,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "speaker's recording order (0).")
     parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
                                                  "per line (instead of holding out --validation-dialogues).")
-    parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted WAVs.")
+    parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted audio (WAV, FLAC, OGG or MP3).")
     parser.add_argument("--extract-to", help="MELD/MOSI: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
     parser.add_argument("--num-workers", type=positive_int, help="MELD/MOSI: parallel FFmpeg jobs.")
     parser.add_argument("--text-only", action="store_true", help="MELD/MOSI: ignore audio (text-only).")
