@@ -121,7 +121,8 @@ def main() -> None:
     results = run(args.data, args.work, args.only, args.seeds, False, not args.skip_lora)
     # Data sets not run this time keep their previous results (`--only emodb` must not drop MELD and MOSI).
     path = ROOT / "results" / f"{args.results}.json"
-    results = {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    results = {**earlier, **results, "runs": {**earlier.get("runs", {}), **results["runs"]}}
     path.write_text(json.dumps(results, indent=2))
     path.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
@@ -147,9 +148,9 @@ def run(data: Path, work: Path, only, seeds, quick: bool, lora: bool = True) -> 
                                              small_recipe)
     # Per data set (a later `--only` run keeps the others' entries): the command and the `--set` overrides, which
     # the top-level `recipe` (the recipe file as committed) does not show.
-    for name in only:
-        results[name]["run"] = {"command": " ".join(["python", *sys.argv]), "set": dict(STAGE_TWO_SETS),
-                                "seeds": list(seeds), "lora": lora}
+    command = {"command": " ".join(["python", *sys.argv]), "set": dict(STAGE_TWO_SETS), "seeds": list(seeds),
+               "lora": lora}
+    results["runs"] = dict.fromkeys(only, command)
     return results
 
 
