@@ -106,6 +106,16 @@ def test_bad_dialogues_are_named(conversation, message):
         make_dialogue_dataset([conversation], ["hap", "sad"])
 
 
+def test_an_integer_label_that_is_also_a_class_name_is_refused():
+    """Integer labels are indices: with classes named "1".."5" the ratings 1, 2, 3 were stored as "2", "3", "4"."""
+    ratings = [{"dialogue_id": "d1", "texts": ["a", "b"], "labels": [1, 2]}]
+    with pytest.raises(ValueError, match="label 1 is read as an index into label_names, yet it is also the name of "
+                                         "class 0, '1'"):
+        make_dialogue_dataset(ratings, ["1", "2", "3", "4", "5"])
+    assert make_dialogue_dataset(ratings, ["0", "1", "2"])[0]["labels"] == [1, 2]  # index and name agree
+    assert make_dialogue_dataset(ratings, ["neg", "neu", "pos"])[0]["labels"] == [1, 2]
+
+
 def test_duplicate_ids_are_named():
     """Embeddings are matched to utterances by id, so a repeated id would give two utterances one vector."""
     first = {"dialogue_id": "d1", "texts": ["a", "b"], "labels": [0, 1]}
@@ -141,6 +151,10 @@ def test_save_round_trip_is_atomic(tmp_path, monkeypatch):
     (tmp_path / "notes").mkdir()
     with pytest.raises(FileExistsError, match="not a saved dialogue dataset"):
         save_dialogues(dialogues, tmp_path / "notes", overwrite=True)
+    (target / "runs").mkdir()  # a run saved inside the data set's folder went with the replaced copy
+    with pytest.raises(FileExistsError, match="holds runs besides its saved dataset"):
+        save_dialogues(dialogues, target, overwrite=True)
+    (target / "runs").rmdir()
 
     def crash(self, *args, **kwargs):
         raise OSError("disk full")

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 import transformers
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict, concatenate_datasets, load_from_disk
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallback, Wav2Vec2FeatureExtractor
 from transformers.testing_utils import CaptureLogger
@@ -26,6 +26,7 @@ from mister_e.configuration_mister_e import EXPERTS
 from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
 from mister_e.data.schema import check_experts_can_answer, embedding_feature
+from mister_e.data.splits import warn_of_shared_dialogues
 from mister_e.evaluation import REPORT_FILES, load_erc_metric
 from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
@@ -238,6 +239,54 @@ def test_an_utterance_no_expert_can_read_is_refused_before_training(tmp_path):
         del row["speech_embeds"], row["text_embeds"]
     with pytest.raises(ValueError, match="dialogue 'r0': utterance 'r0_0' lacks every modality"):
         check_experts_can_answer(["text"], make_dialogue_dataset(raw, LABELS), raw=True)
+
+
+def test_splits_that_disagree_with_train_are_refused_before_training(tmp_path):
+    """Splits built apart: validation's classes in another order scored every epoch against the wrong names (exit 0
+    without a test split), and a wider test embedding failed inside the model only after the last epoch."""
+    data = corpus(train=3, validation=2, test=2)
+    reordered = [{**row, "labels": [LABELS[label] for label in row["labels"]]} for row in conversations(2, 1, "v")]
+    renamed = DatasetDict(train=data["train"], validation=make_dialogue_dataset(reordered, LABELS[::-1]))
+    with pytest.raises(ValueError, match=re.escape(f"split 'validation': its labels are {LABELS[::-1]}, the train "
+                                                   f"split's {LABELS}")):
+        train_conversation_model(renamed, tmp_path, SIZES, FAST, report=False)
+    wider = [{**row, "text_embeds": [np.append(vector, 0) for vector in row["text_embeds"]]}
+             for row in conversations(2, 2, "w")]
+    with pytest.raises(ValueError, match=f"split 'test': dialogue 'w0': text_embeds mixes sizes {TEXT_DIM} and "
+                                         f"{TEXT_DIM + 1} \\(split 'train' has"):
+        train_conversation_model(DatasetDict({**data, "test": make_dialogue_dataset(wider, LABELS)}), tmp_path,
+                                 SIZES, FAST)
+    with pytest.raises(ValueError, match="split 'validation': its labels"):
+        train_encoder(renamed, "text", tmp_path, None, backbone="unused")
+    assert not list(tmp_path.iterdir())
+    # Saved as plain `save_to_disk`, one split can mix widths too: `evaluate` failed with torch's broadcast error.
+    mixed = data["test"].map(lambda row, index: {"text_embeds": [list(v) + [0.0] * (index == 1)
+                                                                 for v in row["text_embeds"]]}, with_indices=True)
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       id2label=dict(enumerate(LABELS))))
+    with pytest.raises(ValueError, match=f"dialogue 'test1': text_embeds mixes sizes {TEXT_DIM} and {TEXT_DIM + 1};"):
+        evaluate_model(model, mixed, tmp_path / "report", robustness=False)
+
+
+def test_a_stage_one_split_without_the_modality_is_refused_before_training(data, tmp_path):
+    """Blank texts are left out of text stage 1: a validation split of blank texts only failed after the first epoch,
+    with Trainer's KeyError for the missing metric."""
+    blank = data["validation"].map(lambda row: {"texts": [" "] * len(row["labels"])})
+    with pytest.raises(ValueError, match="split 'validation' has no labelled utterance with text"):
+        train_encoder(DatasetDict(train=data["train"], validation=blank), "text", tmp_path, None, backbone="unused")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_dialogue_in_train_and_test_is_named(data):
+    """A test dialogue that repeats a training one scores memory; no other check would tell."""
+    logger = transformers.logging.get_logger("mister_e.data.splits")
+    with CaptureLogger(logger) as captured:
+        warn_of_shared_dialogues(data)
+    assert captured.out == ""
+    with CaptureLogger(logger) as captured:
+        warn_of_shared_dialogues(DatasetDict({**data, "test": concatenate_datasets([data["test"],
+                                                                                    data["train"].select([2])])}))
+    assert "1 of the 13 test dialogues repeat a training dialogue" in captured.out and "'train2'" in captured.out
 
 
 def test_experts_never_given_their_modality_are_left_out_of_the_model(tmp_path):

@@ -284,6 +284,12 @@ def make_dialogue_dataset(conversations: Sequence[Mapping], label_names: Sequenc
         for label in conversation[LABELS]:
             if isinstance(label, str) and label not in label_index:
                 raise ValueError(f"dialogue {name!r}: unknown label {label!r} (expected one of {label_names})")
+            number = isinstance(label, (int, np.integer))
+            named = label_index.get(label, label_index.get(str(label))) if number else None
+            if named is not None and named != label:  # class names that are numbers: 1 would be read as names[1]
+                raise ValueError(f"dialogue {name!r}: label {label!r} is read as an index into label_names, yet it is "
+                                 f"also the name of class {named}, {label_names[named]!r}: give the labels as names "
+                                 "(strings) to say which")
             labels.append(label_index[label] if isinstance(label, str) else label)
         size = len(labels)
         row = {

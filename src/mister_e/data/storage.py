@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
@@ -83,6 +84,12 @@ def check_save_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if path.exists() and not (path / "dataset_dict.json").is_file():
         raise FileExistsError(f"{path} exists and is not a saved dialogue dataset; refusing to replace it")
+    if path.exists():  # replacing the folder deletes all it holds: a run or an extraction saved inside it too
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        others = sorted(entry.name for entry in path.iterdir() if entry.name not in {"dataset_dict.json", *splits})
+        if others:
+            raise FileExistsError(f"{path} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''} besides "
+                                  "its saved dataset, which replacing it would delete: move them out first")
 
 
 __all__ = ["check_save_target", "load_dialogues", "save_dialogues"]

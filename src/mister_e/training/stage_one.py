@@ -18,6 +18,7 @@ from transformers import TrainerCallback, set_seed
 from ..configuration_mister_e import MODALITIES, MisterEOpenSmileConfig
 from ..encoders_mister_e import MisterEFunctionalsEncoder
 from ..data.schema import require_splits
+from ..data.splits import check_splits_agree, warn_of_shared_dialogues
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
@@ -72,6 +73,8 @@ def train_encoder(
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
     require_splits(dataset)
+    check_splits_agree(dataset, embeddings=False)
+    warn_of_shared_dialogues(dataset)
     if load_in_bits and model is not None:
         raise ValueError("`load_in_bits` quantizes the backbone of a new model: pass `backbone`, not `model`.")
     if model is None and backbone is None:
@@ -80,6 +83,11 @@ def train_encoder(
                    else MisterEOpenSmileConfig.from_backbone_name(str(backbone)) is not None)
     solver = _check_solver(solver, functionals, modality, training_overrides, l2)
     output_dir = Path(output_dir)
+    utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
+    for split in ("train", "validation"):  # an empty one failed after the first epoch, inside Trainer (KeyError)
+        if not len(utterances[split]):
+            raise ValueError(f"split {split!r} has no labelled utterance with {modality} (a blank text is none): "
+                             f"stage 1 {'fits on' if split == 'train' else 'selects its epoch on'} them.")
     set_seed(seed)
     if model is None:
         labels = {"id2label": dict(enumerate(label_names(dataset["train"])))}
@@ -93,7 +101,6 @@ def train_encoder(
         model = build(dtype=dtype, backbone_kwargs=quantization)
         if load_in_bits:
             prepare_quantized_backbones(model)
-    utterances = DatasetDict({split: flatten_utterances(part, modality) for split, part in dataset.items()})
     if not functionals:  # no network to adapt in functionals: their standardisation is fitted, then the head trains
         model = apply_lora(model, modality, **(lora or {}))
     record_run(output_dir, run_settings)

@@ -25,6 +25,7 @@ from ..data.schema import (
     EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given,
     require_splits,
 )
+from ..data.splits import check_splits_agree, warn_of_shared_dialogues
 from ..data.storage import load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
@@ -81,6 +82,7 @@ def train_conversation_model(
     the experts' losses for the gate.
     """
     require_splits(dataset)
+    check_splits_agree(dataset)  # before `data_config` reads the labels and widths of `train` alone
     output_dir = Path(output_dir)
     set_seed(seed)
     if model is None:
@@ -106,6 +108,7 @@ def train_conversation_model(
     check_finite_embeddings(dataset)
     check_experts_can_answer(model.config.experts, dataset, modalities, raw=processor is not None)
     warn_of_unseen_classes(model.config, dataset["train"])
+    warn_of_shared_dialogues(dataset)
     fit_input_statistics(model, dataset["train"])
     if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
         dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)

@@ -1,0 +1,82 @@
+"""How the splits of a dialogue dataset relate: one label set in one order, one width per embedding column, and no
+dialogue of validation or test repeated from training. Each split alone is checked in `schema`."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict
+
+from .schema import AUDIO, DIALOGUE_ID, EMBED_COLUMNS, LABELS, TEXTS, UTTERANCE_IDS, is_present
+
+logger = logging.getLogger(__name__)
+
+
+def check_splits_agree(dialogues: Dataset | DatasetDict, embeddings: bool = True) -> None:
+    """Raise a ValueError naming the first split, and dialogue, that disagrees with the training split (or, for one
+    `Dataset`, with its own first vectors): other class names, or the same in another order, under which every
+    validation score that selects the model, and every test score, would count one class as another; or (with
+    `embeddings`) an embedding column of another width, which the model refused only once a batch held it, after
+    epochs of training, naming neither split nor dialogue."""
+    parts = {"train": dialogues} if isinstance(dialogues, Dataset) else dialogues
+    order = sorted(parts, key=lambda split: split != "train")  # train first: the others are held to it
+    names, widths = parts[order[0]].features.get(LABELS), {}
+    for split in order:
+        part = parts[split]
+        where = f"split {split!r}: " if isinstance(dialogues, DatasetDict) else ""
+        if part.features.get(LABELS) != names:
+            raise ValueError(f"{where}its labels are {_label_names(part)}, the {order[0]} split's "
+                             f"{_label_names(parts[order[0]])}: one class id would mean two classes; build every "
+                             "split with the same label_names, in one order.")
+        for column in EMBED_COLUMNS if embeddings else ():
+            if column not in part.column_names:
+                continue
+            table = pa.chunked_array(part.with_format("arrow")[column]).combine_chunks()
+            lengths = pc.list_value_length(table.flatten())  # one per utterance; null: no vector
+            present = np.flatnonzero(lengths.is_valid().to_numpy(zero_copy_only=False))
+            if not len(present):
+                continue
+            sizes = lengths.fill_null(0).to_numpy(zero_copy_only=False)
+            width, origin = widths.setdefault(column, (int(sizes[present[0]]), split))
+            wrong = present[sizes[present] != width]
+            if len(wrong):
+                row = pc.list_parent_indices(table)[int(wrong[0])].as_py()
+                name = part[row][DIALOGUE_ID] if DIALOGUE_ID in part.column_names else f"#{row}"
+                elsewhere = f" (split {origin!r} has {width}-d ones)" if origin != split else ""
+                raise ValueError(f"{where}dialogue {name!r}: {column} mixes sizes {width} and {int(sizes[wrong[0]])}"
+                                 f"{elsewhere}; extract every split with one encoder.")
+
+
+def warn_of_shared_dialogues(dialogues: DatasetDict) -> None:
+    """Warn when a validation or test dialogue repeats a training one (the same utterance ids, texts, audio and
+    labels): its scores would measure memory, not generalisation, and nothing else would tell. Dialogues without a
+    text or an audio path are not compared: ids alone repeat across the splits of some releases (MELD's)."""
+    columns = [column for column in (UTTERANCE_IDS, TEXTS, AUDIO, LABELS) if column in dialogues["train"].column_names]
+
+    def contents(part: Dataset) -> list[tuple | None]:
+        rows = part.select_columns([c for c in (DIALOGUE_ID, *columns) if c in part.column_names])
+        return [tuple(tuple(row.get(column) or ()) for column in columns)
+                if any(is_present(value) for column in (TEXTS, AUDIO) for value in row.get(column) or ()) else None
+                for row in rows]
+
+    seen = set(contents(dialogues["train"])) - {None}
+    for split, part in dialogues.items():
+        if split == "train":
+            continue
+        shared = [index for index, key in enumerate(contents(part)) if key in seen]
+        if shared:
+            first = part[shared[0]].get(DIALOGUE_ID, f"#{shared[0]}")
+            logger.warning(f"{len(shared)} of the {len(part)} {split} dialogues repeat a training dialogue (same "
+                           f"utterances, texts, audio and labels; first: {first!r}): their scores would measure "
+                           "memory, not generalisation; keep each dialogue in one split.")
+
+
+def _label_names(dataset: Dataset) -> list | str:
+    feature = dataset.features.get(LABELS)
+    return getattr(getattr(feature, "feature", None), "names", None) or str(feature)
+
+
+__all__ = ["check_splits_agree", "warn_of_shared_dialogues"]
