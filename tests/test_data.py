@@ -135,6 +135,12 @@ def test_embeddings_are_float32_lists_and_required_everywhere():
         make_dialogue_dataset([conversation, {"dialogue_id": "d2", "texts": ["a"], "labels": [0]}], ["hap"])
 
 
+def test_a_string_where_a_list_of_utterances_belongs_is_refused():
+    """`texts="hello"` was read as five utterances' texts, one per character."""
+    with pytest.raises(ValueError, match="dialogue 'd': texts is one string; give a list, one entry per utterance"):
+        make_dialogue_dataset([{"dialogue_id": "d", "texts": "hi", "labels": [0, 0]}], ["x"])
+
+
 def test_save_round_trip_is_atomic(tmp_path, monkeypatch):
     conversation = {"texts": ["a"], "labels": [0]}
     dialogues = DatasetDict(

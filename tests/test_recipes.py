@@ -87,9 +87,10 @@ def test_training_values_of_a_compatible_type_are_taken():
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("seeds", "abc", "a non-empty list of integers >= 0"),
-    ("seeds", [], "a non-empty list of integers >= 0"),
-    ("seeds", [0, 1.5], "a non-empty list of integers >= 0"),
+    ("seeds", "abc", "a non-empty list of distinct integers >= 0"),
+    ("seeds", [], "a non-empty list of distinct integers >= 0"),
+    ("seeds", [0, 1.5], "a non-empty list of distinct integers >= 0"),
+    ("seeds", [0, 0], "a non-empty list of distinct integers >= 0"),  # trained once, it counted as n=1 of "[0, 0]"
     ("gate_learning_rate", "abc", "a positive number or null"),
     ("gate_learning_rate", 0, "a positive number or null"),
     ("modality_dropout", 1, "a number in [0, 1)"),
@@ -104,6 +105,13 @@ def test_training_values_of_a_compatible_type_are_taken():
 def test_recipe_keys_are_checked(key, value, expected):
     with pytest.raises(ValueError, match=re.escape(f"{key} must be {expected}") + ".*, got " + re.escape(repr(value))):
         load_recipe("small", {key: value})
+
+
+@pytest.mark.parametrize("key", ["id2label", "config.label2id", "config.num_labels"])
+def test_the_data_s_classes_are_not_renamed_by_a_recipe(key):
+    """`--set id2label=...` trained and reported under the renamed classes, refused only by the final test report."""
+    with pytest.raises(ValueError, match=r"sets config\.\w+: the classes come with the data"):
+        load_recipe("small", {key: {0: "a", 1: "b"}})
 
 
 def test_good_recipe_keys_are_taken():

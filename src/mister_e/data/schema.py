@@ -280,6 +280,9 @@ def make_dialogue_dataset(conversations: Sequence[Mapping], label_names: Sequenc
         if DIALOGUE_ID not in conversation or LABELS not in conversation:
             raise ValueError(f"conversation #{position} needs 'dialogue_id' and 'labels'")
         name = str(conversation[DIALOGUE_ID])
+        for column in (LABELS, UTTERANCE_IDS, TEXTS, AUDIO, SPEAKERS, *embeds):
+            if isinstance(conversation.get(column), str):  # read as a list, a string is one utterance per character
+                raise ValueError(f"dialogue {name!r}: {column} is one string; give a list, one entry per utterance")
         labels = []
         for label in conversation[LABELS]:
             if isinstance(label, str) and label not in label_index:

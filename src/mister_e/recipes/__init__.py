@@ -108,6 +108,10 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
         for section in sections:
             target = target.setdefault(section, {})
         target[field] = value
+    from_data = sorted(set(recipe["config"]) & {"id2label", "label2id", "num_labels"})
+    if from_data:  # a renaming of the data's classes would train and report under the wrong names
+        raise ValueError(f"Recipe {name_or_path!s} sets config.{from_data[0]}: the classes come with the data (its "
+                         "label names, in order); build the data with the names you want instead.")
     unknown = sorted(set(recipe) - set(RECIPE_KEYS) - {"ablation"}, key=str)
     unknown += sorted(f"training.{key}" for key in set(recipe["training"]) - training_fields())
     unknown += sorted(f"config.{key}" for key in set(recipe["config"]) - set(MisterEConfig.__dataclass_fields__))
@@ -129,8 +133,8 @@ def _check_recipe_values(recipe: Mapping[str, Any]) -> None:
     if "seeds" in recipe:  # else `train_seeds` is given them
         seeds = recipe["seeds"]
         _require(isinstance(seeds, (list, tuple)) and len(seeds) > 0
-                 and all(_is_integer(seed) and seed >= 0 for seed in seeds),
-                 "seeds", "a non-empty list of integers >= 0", seeds)
+                 and all(_is_integer(seed) and seed >= 0 for seed in seeds) and len(set(seeds)) == len(seeds),
+                 "seeds", "a non-empty list of distinct integers >= 0", seeds)
     modalities = recipe["modalities"]
     _require(isinstance(modalities, (list, tuple)) and len(modalities) > 0 and all(m in MODALITIES for m in modalities),
              "modalities", f"a non-empty list of {list(MODALITIES)}", modalities)

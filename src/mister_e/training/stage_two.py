@@ -221,6 +221,8 @@ def train_seeds(
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
     seeds = list(recipe["seeds"] if seeds is None else seeds)
+    if len(set(seeds)) < len(seeds):  # one run would count as several in the mean and std
+        raise ValueError(f"seeds {seeds} repeat a seed; give each once.")
     dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
     require_splits(dataset, recipe.get("dataset"))
     output_dir = Path(output_dir or recipe["output_dir"])
