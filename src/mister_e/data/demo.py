@@ -184,6 +184,7 @@ def build_demo_corpus(
             plan = _plan_conversation(rng)
             rows[split].append(_render_conversation(rng, plan, f"demo-{split}-{index:03d}", audio_dir, sampling_rate))
     corpus = DatasetDict({split: make_dialogue_dataset(split_rows, EMOTIONS) for split, split_rows in rows.items()})
+    (dataset_dir / _PARAMS_FILE).unlink(missing_ok=True)  # the replaced corpus's; the save keeps nothing else
     save_dialogues(corpus, dataset_dir, overwrite=True)
     # Written last, so that a build interrupted before it is rebuilt rather than reused.
     (dataset_dir / _PARAMS_FILE).write_text(json.dumps(params, indent=2))
