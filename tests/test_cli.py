@@ -243,3 +243,6 @@ def test_audio_that_a_folder_does_not_read_is_named_not_dropped(tmp_path, line):
     (tmp_path / "transcripts.txt").write_text("utt1\thi\nutt3\ttext only\n")  # a line naming no file stays text only
     (tmp_path / "utt2.m4a").unlink()
     assert [u["audio"] is None for u in read_conversation(tmp_path)["utterances"]] == [False, True]
+    (tmp_path / "transcripts.txt").unlink()  # a video beside the WAV extracted from it is that WAV's source
+    (tmp_path / "utt1.mp4").write_bytes(b"\x00\x00\x00\x20ftypisom")
+    assert [u["id"] for u in read_conversation(tmp_path)["utterances"]] == ["utt1"]

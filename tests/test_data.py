@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,19 @@ def test_embeddings_are_float32_lists_and_required_everywhere():
         make_dialogue_dataset([conversation, {"dialogue_id": "d2", "texts": ["a"], "labels": [0]}], ["hap"])
 
 
+def test_a_text_of_invisible_characters_is_no_text_in_every_check():
+    """The processor reads a zero-width space as no text; the data side (per value and over Arrow columns) counted it
+    as text, so extraction and stage 1 failed at the batch holding it instead of leaving it out up front."""
+    from mister_e.data.schema import check_experts_can_answer, is_present
+    from mister_e.training.collator import flatten_utterances
+
+    assert not is_present("\u200b \u00a0\ufeff") and is_present("hi\u200b")
+    dialogues = make_dialogue_dataset([{"dialogue_id": "d", "texts": ["hi", "\u200b\u3000"], "labels": [0, 0]}], ["x"])
+    assert len(flatten_utterances(dialogues, "text")) == 1
+    with pytest.raises(ValueError, match="dialogue 'd': utterance 'd_1' lacks every modality"):
+        check_experts_can_answer(["text"], dialogues, ["text"], raw=True)
+
+
 def test_a_string_where_a_list_of_utterances_belongs_is_refused():
     """`texts="hello"` was read as five utterances' texts, one per character."""
     with pytest.raises(ValueError, match="dialogue 'd': texts is one string; give a list, one entry per utterance"):
@@ -190,10 +204,14 @@ def test_a_save_removes_the_staging_folder_of_a_killed_save(tmp_path):
     live = tmp_path / f".ds.{os.getpid()}@{host}.l1ve0000.partial"  # a save in progress
     elsewhere = tmp_path / f".ds.{finished.stdout.strip()}@not-{host}.rem0te00.partial"  # cannot be checked here
     other_name = tmp_path / f".ds2.{finished.stdout.strip()}@{host}.k1ll3d00.partial"  # another data set's
-    for folder in (abandoned, live, elsewhere, other_name):
+    recent = tmp_path / f".ds.{finished.stdout.strip()}@{host}.rec3nt00.partial"  # another container's, maybe
+    for folder in (abandoned, live, elsewhere, other_name, recent):
         folder.mkdir()
+    hour_ago = time.time() - 3700
+    for folder in (abandoned, live, elsewhere, other_name):
+        os.utime(folder, (hour_ago, hour_ago))
     save_dialogues(dialogues, tmp_path / "ds")
-    assert not abandoned.exists() and live.is_dir() and elsewhere.is_dir() and other_name.is_dir()
+    assert not abandoned.exists() and live.is_dir() and elsewhere.is_dir() and other_name.is_dir() and recent.is_dir()
     assert load_dialogues(tmp_path / "ds")["train"][0]["dialogue_id"] == "train"
 
 
@@ -355,6 +373,9 @@ def test_meld_pre_extracted_wavs(tmp_path):
     flat = tmp_path / "flat"
     write_wav(flat / "dia0_utt0.wav")
     with pytest.raises(ValueError, match="repeat across splits"):
+        build_meld(root, flat)
+    (flat / "dia0_utt0.wav").rename(flat / "dia0_utt0.flac")  # every split would read the train file of that name
+    with pytest.raises(ValueError, match="repeat across splits, so the audio files directly in"):
         build_meld(root, flat)
 
     # FLAC re-encodes (how MELD's audio is often shared) serve as WAVs do; a WAV beside its FLAC is taken first.
@@ -804,6 +825,8 @@ def test_dialoguernn_iemocap_pickle(tmp_path):
         build_cosmic_pickle(dump(path, fields[:7]), "iemocap", trust_pickle=True)
     with pytest.raises(ValueError, match=r"9-tuple, the layout of an IEMOCAP pickle.*pass --source iemocap"):
         build_cosmic_pickle(dump(path, fields), trust_pickle=True)  # the default source is MELD
+    with pytest.raises(ValueError, match=r"pass --source iemocap"):  # not "has its own validation list"
+        build_cosmic_pickle(path, trust_pickle=True, validation_dialogues=1)
 
 
 def test_cosmic_iemocap_pickle_keeps_its_own_validation_list(tmp_path):

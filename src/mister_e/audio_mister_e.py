@@ -23,6 +23,7 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -126,28 +127,34 @@ def to_mono(array: np.ndarray, where: str) -> np.ndarray:
             f"{where}: cannot tell channels from samples in an audio array of shape {array.shape}: give "
             f"(samples, channels) or (channels, samples) with at most {_MAX_CHANNELS} channels."
         )
-    check_downmix(array if channel_axis == 1 else array.T, where)
+    check_downmix([array if channel_axis == 1 else array.T], where)
     return array.mean(axis=channel_axis)
 
 
-def check_downmix(samples: np.ndarray, where: str) -> None:
-    """Refuses (samples, channels) audio whose channels cancel each other when averaged to mono: one channel
-    phase-inverted, so the mix holds (almost) nothing of the speech in the channels and would be read as silence."""
-    if samples.ndim != 2 or samples.shape[1] < 2 or samples.shape[0] == 0:
-        return
+def check_downmix(blocks: Iterable[np.ndarray], where: str) -> None:
+    """Refuses (samples, channels) audio, given block by block (a file is never held whole for it), whose channels
+    cancel each other when averaged to mono: one channel phase-inverted, so the mix holds (almost) nothing of the
+    speech in the channels and would be read as silence."""
     channel_energy = mix_energy = 0.0
-    for start in range(0, samples.shape[0], 1 << 18):  # in float64, a slice at a time: a long recording is never copied
-        chunk = samples[start : start + (1 << 18)].astype(np.float64)
-        chunk = chunk[np.isfinite(chunk).all(axis=1)]  # NaN and inf are refused, by name, where samples are checked
-        channel_energy += float(np.square(chunk).mean(axis=1).sum())
-        mix_energy += float(np.square(chunk.mean(axis=1)).sum())
-    channel_power, mix_power = channel_energy / samples.shape[0], mix_energy / samples.shape[0]
+    samples = channels = 0
+    for block in blocks:
+        if block.ndim != 2 or block.shape[1] < 2:
+            return
+        channels, samples = block.shape[1], samples + block.shape[0]
+        for start in range(0, block.shape[0], 1 << 18):  # in float64, a slice at a time
+            chunk = block[start : start + (1 << 18)].astype(np.float64)
+            chunk = chunk[np.isfinite(chunk).all(axis=1)]  # NaN and inf are refused, by name, where samples are checked
+            channel_energy += float(np.square(chunk).mean(axis=1).sum())
+            mix_energy += float(np.square(chunk.mean(axis=1)).sum())
+    if not samples:
+        return
+    channel_power, mix_power = channel_energy / samples, mix_energy / samples
     if channel_power < _SILENT_POWER:
         return
     if mix_power < _CANCELLED_POWER_RATIO * channel_power:
         mix = ("silent" if mix_power < _SILENT_POWER
                else f"{10 * math.log10(channel_power / mix_power):.0f} dB below them")
-        raise ValueError(f"{where}: its {samples.shape[1]} channels cancel each other when averaged to mono (the mix "
+        raise ValueError(f"{where}: its {channels} channels cancel each other when averaged to mono (the mix "
                          f"is {mix}: one channel is phase-inverted); keep one channel, or invert one before mixing.")
 
 

@@ -33,8 +33,9 @@ def read_conversation(path: str | Path) -> dict:
                 raise ValueError(f"{path} holds {Path(wavs[twin]).name} and {file.name}: one utterance name for two "
                                  "audio files; rename or move one.")
             wavs[file.stem] = str(file)
+        read = {name.lower() for name in wavs}  # a video beside its extracted WAV is the WAV's source: no utterance
         others = {file.stem.lower(): file for file in sorted(path.iterdir(), key=_natural)
-                  if file.suffix.lower() in OTHER_AUDIO_EXTENSIONS and file.is_file()}
+                  if file.suffix.lower() in OTHER_AUDIO_EXTENSIONS and file.is_file() and file.stem.lower() not in read}
         transcripts = path / "transcripts.txt"
         if transcripts.exists() and not transcripts.is_file():  # else read as no transcripts: speech alone
             raise ValueError(f"{transcripts} is not a file: the transcripts are one text file.")

@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Share a trained MiSTER-E model on the Hugging Face Hub: a self-contained folder with its card (`model_card.py`), upload.
+"""Share a trained MiSTER-E model on the Hugging Face Hub: a self-contained folder with its card (`model_card.py`),
+upload.
 
 The uploaded folder loads with or without this package:
 

@@ -52,10 +52,15 @@ _SILENCE_PEAK = 1e-4
 _MIN_SPEECH_SECONDS = 0.025
 
 
-def _blank(text: str) -> bool:
+def blank_text(text: str) -> bool:
     """A text without a visible character: whitespace and invisible format characters (a zero-width space, a byte-order
-    mark), which tokenizers drop, leaving the text encoder an empty text."""
+    mark), which tokenizers drop, leaving the text encoder an empty text. `BLANK_TEXT` says the same to Arrow."""
     return all(character.isspace() or unicodedata.category(character) == "Cf" for character in text)
+
+
+# `blank_text` as an RE2 pattern, for whole Arrow columns: RE2's `\s` is ASCII [\t\n\f\r ], so the vertical tab, the
+# information separators and NEL that `str.isspace` counts are named, and Unicode spaces are `\p{Z}`.
+BLANK_TEXT = r"^[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}\p{Cf}]*$"
 
 
 def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:
@@ -196,7 +201,7 @@ class MisterEProcessor(ProcessorMixin):
                 for key in utterance.keys() & _MISNAMED_KEYS.keys():
                     if utterance.get(_MISNAMED_KEYS[key]) is None:
                         misnamed.setdefault(key, where)
-                blank = isinstance(text, str) and _blank(text)
+                blank = isinstance(text, str) and blank_text(text)
                 if blank:  # an empty transcript says nothing: the utterance has no text
                     text = None
                 if audio is None and text is None:
@@ -351,7 +356,8 @@ class MisterEProcessor(ProcessorMixin):
         info = soundfile.info(path)
         check_decoded(path, f"{where}: audio file {path!r}", info.frames, info.duration, info.extra_info)
         if info.channels > 1:
-            check_downmix(soundfile.read(path, dtype="float32", always_2d=True)[0], f"{where}: audio file {path!r}")
+            blocks = soundfile.blocks(path, blocksize=1 << 18, dtype="float32", always_2d=True)
+            check_downmix(blocks, f"{where}: audio file {path!r}")  # read again, a block at a time
 
     @staticmethod
     def _check_samples(waveform: np.ndarray, where: str, source: str) -> None:

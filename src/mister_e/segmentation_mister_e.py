@@ -122,7 +122,7 @@ def _read_file_blocks(path: str, block_seconds: float) -> Iterator[np.ndarray]:
             while True:
                 block = file.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
                 last = len(block) == 0
-                check_downmix(block, f"The recording {path}")
+                check_downmix([block], f"The recording {path}")
                 mono = block.mean(axis=1) if len(block) else np.zeros(0, np.float32)
                 yield stream.resample_chunk(mono, last=last) if stream is not None else mono
                 if last:

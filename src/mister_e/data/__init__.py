@@ -1,9 +1,9 @@
 """Dialogue datasets for emotion recognition in conversations, and builders from the official releases.
 
-`schema` holds the dataset layout every builder shares, `storage` saves and loads it, `releases` the helpers the release builders share; each data
-set has its own module (`iemocap`, `meld`, `mosi`, `cosmic`, `emodb`, and the synthetic `demo`). This package holds
-the registry of `mister-e prepare` and re-exports the public names. They are imported on first use, so that the CLI
-can list `PREPARE_DATASETS` without `datasets`.
+`schema` holds the dataset layout every builder shares, `splits` how its splits must agree, `storage` saves and loads
+it, `releases` the helpers the release builders share; each data set has its own module (`iemocap`, `meld`, `mosi`,
+`cosmic`, `emodb`, and the synthetic `demo`). This package holds the registry of `mister-e prepare` and re-exports the
+public names. They are imported on first use, so that the CLI can list `PREPARE_DATASETS` without `datasets`.
 """
 
 from __future__ import annotations

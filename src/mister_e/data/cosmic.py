@@ -85,15 +85,15 @@ def build_cosmic_pickle(
             raise ValueError(f"{path} is not a readable pickle ({type(error).__name__}: {error}).") from error
     ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
     cosmic_iemocap = isinstance(data, (tuple, list)) and len(data) == len(_COSMIC_IEMOCAP_FIELDS)
+    iemocap_lengths = (len(_COSMIC_IEMOCAP_FIELDS), len(_DIALOGUERNN_IEMOCAP_FIELDS))
+    if dataset == "meld" and isinstance(data, (tuple, list)) and len(data) in iemocap_lengths:
+        raise ValueError(f"{path} is a {len(data)}-tuple, the layout of an IEMOCAP pickle, not COSMIC's MELD one: "
+                         "pass --source iemocap (dataset='iemocap').")
     if dataset == "meld" or cosmic_iemocap:
         _refuse_validation_options(
             {"validation_ids": validation_ids, "validation_dialogues": validation_dialogues, "seed": seed}, path
         )
     if dataset == "meld":
-        iemocap_lengths = (len(_COSMIC_IEMOCAP_FIELDS), len(_DIALOGUERNN_IEMOCAP_FIELDS))
-        if isinstance(data, (tuple, list)) and len(data) in iemocap_lengths:
-            raise ValueError(f"{path} is a {len(data)}-tuple, the layout of an IEMOCAP pickle, not COSMIC's MELD one: "
-                             "pass --source iemocap (dataset='iemocap').")
         fields = _unpack(data, _COSMIC_MELD_FIELDS, path)
         splits = {split: _cosmic_meld_dialogues(fields, ids[split], split, path) for split in SPLITS}
         labels = MELD_LABELS

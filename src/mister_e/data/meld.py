@@ -9,6 +9,7 @@ from typing import Any
 
 from datasets import DatasetDict
 
+from ..segmentation_mister_e import RECORDING_EXTENSIONS
 from .releases import clean_text, extract_wavs, find_audio, group_dialogues, read_csv, read_integer
 from .schema import SPLITS
 
@@ -45,7 +46,7 @@ def build_meld(
 
     Audio, first match wins:
       * ``audio_dir`` of pre-extracted WAVs ``dia{D}_utt{U}.wav``, one folder per split (``train``, ``dev`` or
-        ``validation``, ``test``, or the official clip-folder names). MELD ids repeat across splits, so WAVs placed
+        ``validation``, ``test``, or the official clip-folder names). MELD ids repeat across splits, so audio placed
         flat in ``audio_dir`` are accepted only for a single split that has no folder of its own.
       * the official mp4 clips (``root/train_splits``, ``root/dev_splits_complete``,
         ``root/output_repeated_splits_test``), converted once to 16 kHz mono WAV with FFmpeg into ``extract_to``
@@ -112,10 +113,10 @@ def _meld_audio(
             names = (*_MELD_WAV_FOLDERS[split], _MELD_CLIP_FOLDERS[split])
             folders[split] = next((audio_dir / name for name in names if (audio_dir / name).is_dir()), audio_dir)
         flat = [split for split, folder in folders.items() if folder == audio_dir]
-        if len(flat) > 1 and any(audio_dir.glob("*.wav")):
+        if len(flat) > 1 and any(path.suffix.lower() in RECORDING_EXTENSIONS for path in audio_dir.iterdir()):
             raise ValueError(
-                f"MELD ids repeat across splits, so the WAVs directly in {audio_dir} cannot serve {', '.join(flat)} "
-                "at once: put them in train/, dev/ and test/ subfolders"
+                f"MELD ids repeat across splits, so the audio files directly in {audio_dir} cannot serve "
+                f"{', '.join(flat)} at once: put them in train/, dev/ and test/ subfolders"
             )
     else:
         clips = {split: root / name for split, name in _MELD_CLIP_FOLDERS.items() if (root / name).is_dir()}

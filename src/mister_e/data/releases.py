@@ -18,6 +18,7 @@ from typing import Any
 from datasets import DatasetDict
 from tqdm.auto import tqdm
 
+from ..segmentation_mister_e import RECORDING_EXTENSIONS
 from .schema import AUDIO, DIALOGUE_ID, LABELS, SPEAKERS, SPLITS, TEXTS, UTTERANCE_IDS, make_dialogue_dataset
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,6 @@ def clean_text(text: Any) -> str | None:
 def find_audio(folder: Path, stem: str) -> str | None:
     """``folder/<stem>`` with an audio extension the processor reads (`RECORDING_EXTENSIONS`, WAV first): a folder
     of FLAC re-encodes (a common form of MELD's audio) serves as well as one of WAVs."""
-    from ..segmentation_mister_e import RECORDING_EXTENSIONS  # here: it imports torch, which building data never needs
-
     for extension in RECORDING_EXTENSIONS:
         path = folder / f"{stem}{extension}"
         if path.is_file():

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from ..configuration_mister_e import EXPERT_MODALITIES, MODALITIES, modalities_read
+from ..processing_mister_e import BLANK_TEXT, blank_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ UTTERANCE_KEYS = {"speech": "audio", "text": "text"}
 def is_present(value: Any) -> bool:
     """Whether an utterance has this input: not missing, and not a blank text (which says nothing; the processor
     treats it as no text too)."""
-    return value is not None and not (isinstance(value, str) and not value.strip())
+    return value is not None and not (isinstance(value, str) and blank_text(value))
 
 
 def processor_utterances(row: Mapping, modalities: Sequence[str] = MODALITIES, present=None) -> list[dict]:
@@ -246,7 +247,7 @@ def _present_per_utterance(column: pa.ChunkedArray, counts: np.ndarray) -> np.nd
     values = pc.list_flatten(column)  # one entry per utterance of the dialogues that have the column
     valid = pc.is_valid(values)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):  # a blank text says nothing
-        valid = pc.and_(valid, pc.not_equal(pc.utf8_trim_whitespace(values), "").fill_null(False))
+        valid = pc.and_(valid, pc.invert(pc.match_substring_regex(values, BLANK_TEXT)).fill_null(False))
     valid = valid.to_numpy(zero_copy_only=False)
     rows_valid = column.is_valid().to_numpy(zero_copy_only=False)
     pieces, start = [], 0

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
@@ -46,12 +47,19 @@ def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite
 
 def _remove_abandoned_saves(path: Path) -> None:
     """Delete the staging folders (`.NAME.<pid>@<host>.<random>.partial`) of saves into ``path`` whose process died
-    (killed while saving): nothing reads them, they only take space. Only this machine's: another's process, on a
-    shared disk, cannot be checked from here."""
+    (killed while saving): nothing reads them, they only take space. Only this machine's, since another's process, on
+    a shared disk, cannot be checked from here; and only one untouched for an hour, since two containers may share a
+    host name but not their process ids."""
     for staging in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
         pid, _, host = staging.name[len(path.name) + 2 :].rsplit(".", 2)[0].partition("@")
-        if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)) and _untouched(staging, 3600):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _untouched(folder: Path, seconds: float) -> bool:
+    """Whether nothing in `folder` was written in the last `seconds`."""
+    newest = max((entry.stat().st_mtime for entry in folder.rglob("*")), default=folder.stat().st_mtime)
+    return time.time() - max(newest, folder.stat().st_mtime) > seconds
 
 
 def _running(pid: int) -> bool:

@@ -127,14 +127,19 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
     return recipe
 
 
+def check_seeds(seeds: Any) -> None:
+    """Seeds to train: a non-empty list of distinct integers >= 0 (a string would be iterated as seeds, and a repeat
+    would count one run as several in the mean and std)."""
+    _require(isinstance(seeds, (list, tuple)) and len(seeds) > 0
+             and all(_is_integer(seed) and seed >= 0 for seed in seeds) and len(set(seeds)) == len(seeds),
+             "seeds", "a non-empty list of distinct integers >= 0", seeds)
+
+
 def _check_recipe_values(recipe: Mapping[str, Any]) -> None:
     """The recipe keys that reach training as they are: a wrong one would fail deep inside it (a string of seeds is
     even iterated as seeds)."""
     if "seeds" in recipe:  # else `train_seeds` is given them
-        seeds = recipe["seeds"]
-        _require(isinstance(seeds, (list, tuple)) and len(seeds) > 0
-                 and all(_is_integer(seed) and seed >= 0 for seed in seeds) and len(set(seeds)) == len(seeds),
-                 "seeds", "a non-empty list of distinct integers >= 0", seeds)
+        check_seeds(recipe["seeds"])
     modalities = recipe["modalities"]
     _require(isinstance(modalities, (list, tuple)) and len(modalities) > 0 and all(m in MODALITIES for m in modalities),
              "modalities", f"a non-empty list of {list(MODALITIES)}", modalities)
@@ -253,4 +258,4 @@ def _load_yaml(text: str | bytes, source: str) -> Any:
 
 
 __all__ = ["ABLATIONS", "PAPER_TRAINING", "RECIPE_KEYS", "RECIPE_OPTIONS", "check_checkpoint_budget", "check_half_life",
-           "check_training", "load_recipe", "parse_sets", "route", "training_fields", "training_types"]
+           "check_seeds", "check_training", "load_recipe", "parse_sets", "route", "training_fields", "training_types"]

@@ -19,7 +19,7 @@ from transformers.utils import logging
 from ..configuration_mister_e import MODALITIES, MisterEConfig, modalities_of
 from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
 from ..modeling_mister_e import MisterEForEmotionRecognition
-from ..recipes import ABLATIONS, RECIPE_OPTIONS, load_recipe
+from ..recipes import ABLATIONS, RECIPE_OPTIONS, check_seeds, load_recipe
 from ..utils import process_state
 from ..data.schema import (
     EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given,
@@ -221,8 +221,7 @@ def train_seeds(
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
     seeds = list(recipe["seeds"] if seeds is None else seeds)
-    if len(set(seeds)) < len(seeds):  # one run would count as several in the mean and std
-        raise ValueError(f"seeds {seeds} repeat a seed; give each once.")
+    check_seeds(seeds)
     dataset = load_dialogues(recipe["dataset"]) if dataset is None else dataset
     require_splits(dataset, recipe.get("dataset"))
     output_dir = Path(output_dir or recipe["output_dir"])
