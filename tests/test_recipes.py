@@ -107,6 +107,13 @@ def test_recipe_keys_are_checked(key, value, expected):
         load_recipe("small", {key: value})
 
 
+def test_a_yaml_boolean_for_a_word_says_to_quote_it():
+    """`--set eval_strategy=no` reaches the field as False: "must be a string, got False" left the user guessing."""
+    with pytest.raises(ValueError, match=r"eval_strategy must be a string \(YAML reads no, yes, off and on as false or "
+                                         r"true: quote the word, e\.g\. 'no'\), got False"):
+        load_recipe("small", parse_sets(["eval_strategy=no"]))
+
+
 @pytest.mark.parametrize("key", ["id2label", "config.label2id", "config.num_labels"])
 def test_the_data_s_classes_are_not_renamed_by_a_recipe(key):
     """`--set id2label=...` trained and reported under the renamed classes, refused only by the final test report."""

@@ -241,6 +241,15 @@ def test_an_utterance_no_expert_can_read_is_refused_before_training(tmp_path):
         check_experts_can_answer(["text"], make_dialogue_dataset(raw, LABELS), raw=True)
 
 
+def test_a_validation_split_without_labels_is_refused_before_training(tmp_path):
+    """Every label missing (-1, as `datasets` marks it): refused after the first epoch, naming no split."""
+    data = corpus(train=3, validation=2, test=2)
+    unlabelled = data["validation"].map(lambda row: {"labels": [-1] * len(row["labels"])})
+    with pytest.raises(ValueError, match="split 'validation' has no labelled utterance"):
+        train_conversation_model(DatasetDict({**data, "validation": unlabelled}), tmp_path, SIZES, FAST, report=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_splits_that_disagree_with_train_are_refused_before_training(tmp_path):
     """Splits built apart: validation's classes in another order scored every epoch against the wrong names (exit 0
     without a test split), and a wider test embedding failed inside the model only after the last epoch."""

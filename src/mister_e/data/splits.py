@@ -50,6 +50,16 @@ def check_splits_agree(dialogues: Dataset | DatasetDict, embeddings: bool = True
                                  f"{elsewhere}; extract every split with one encoder.")
 
 
+def require_labelled(dialogues: DatasetDict, splits: tuple[str, ...] = ("train", "validation")) -> None:
+    """Raise unless `splits` each hold a labelled utterance (a class id, not -1 or -100): training fits on `train` and
+    selects on `validation`, and an unlabelled one failed after the first epoch, naming no split."""
+    for split in splits:
+        labels = pc.list_flatten(pa.chunked_array(dialogues[split].with_format("arrow")[LABELS]))
+        if not pc.any(pc.greater_equal(labels, 0)).as_py():
+            raise ValueError(f"split {split!r} has no labelled utterance (every label is missing, -1 or -100): "
+                             f"training {'fits on' if split == 'train' else 'selects its epoch on'} its labels.")
+
+
 def warn_of_shared_dialogues(dialogues: DatasetDict) -> None:
     """Warn when a validation or test dialogue repeats a training one (the same utterance ids, texts, audio and
     labels): its scores would measure memory, not generalisation, and nothing else would tell. Dialogues without a
@@ -79,4 +89,4 @@ def _label_names(dataset: Dataset) -> list | str:
     return getattr(getattr(feature, "feature", None), "names", None) or str(feature)
 
 
-__all__ = ["check_splits_agree", "warn_of_shared_dialogues"]
+__all__ = ["check_splits_agree", "require_labelled", "warn_of_shared_dialogues"]

@@ -193,8 +193,10 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
         return int(value)
     _require(not isinstance(value, float) or math.isfinite(value), name, "a finite number", value)
     accepted = (*basic, int) if float in basic else tuple(basic)
-    _require(isinstance(value, accepted) and (bool in basic or not isinstance(value, bool)), name,
-             " or ".join(dict.fromkeys(_BASIC_TYPES[kind] for kind in basic)), value)
+    expected = " or ".join(dict.fromkeys(_BASIC_TYPES[kind] for kind in basic))
+    if isinstance(value, bool) and str in basic and bool not in basic:  # YAML reads no/yes/off/on as booleans
+        expected += " (YAML reads no, yes, off and on as false or true: quote the word, e.g. 'no')"
+    _require(isinstance(value, accepted) and (bool in basic or not isinstance(value, bool)), name, expected, value)
     return value
 
 
