@@ -61,6 +61,20 @@ def write_wav(path: Path) -> None:
     sf.write(path, np.random.default_rng(0).uniform(-0.1, 0.1, 1600).astype(np.float32), 16000)
 
 
+def fake_ffmpeg(monkeypatch) -> list[list[str]]:
+    """Stand in for FFmpeg (none is installed here): each call writes its WAV, and is recorded in the list returned."""
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        write_wav(Path(command[-1]))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(subprocess, "run", run)
+    return commands
+
+
 def write_csv(path: Path, rows: list[list], header: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as file:
@@ -399,15 +413,7 @@ def test_meld_clips_need_ffmpeg(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="needs FFmpeg.*audio_dir"):
         build_meld(root)
 
-    commands = []
-
-    def fake_ffmpeg(command, **kwargs):
-        commands.append(command)
-        write_wav(Path(command[-1]))
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
-    monkeypatch.setattr(subprocess, "run", fake_ffmpeg)
+    commands = fake_ffmpeg(monkeypatch)
     dialogues = build_meld(root, num_workers=2)
     assert len(commands) == 8 and commands[0][:2] == ["/usr/bin/ffmpeg", "-nostdin"] and "16000" in commands[0]
     assert dialogues["test"][0]["audio"][0] == str((root / "wav16k" / "test" / "dia0_utt0.wav").resolve())
@@ -427,16 +433,10 @@ def test_meld_test_split_takes_the_recut_final_videos_clip(tmp_path, monkeypatch
     test_clips = root / data._MELD_CLIP_FOLDERS["test"]
     (test_clips / "final_videos_testdia0_utt0.mp4").write_bytes(b"recut")
     write_wav(root / "wav16k" / "test" / "dia0_utt0.wav")  # converted from the wrong twin by an earlier build
-    sources = {}
-
-    def fake_ffmpeg(command, **kwargs):
-        sources[Path(command[-1]).name.replace(".partial", "")] = Path(command[command.index("-i") + 1]).name
-        write_wav(Path(command[-1]))
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
-    monkeypatch.setattr(subprocess, "run", fake_ffmpeg)
+    commands = fake_ffmpeg(monkeypatch)
     dialogues = build_meld(root)
+    sources = {Path(command[-1]).name.replace(".partial", ""): Path(command[command.index("-i") + 1]).name
+               for command in commands}
     assert sources[".final_videos_testdia0_utt0.wav"] == "final_videos_testdia0_utt0.mp4"
     recut = str((root / "wav16k" / "test" / "final_videos_testdia0_utt0.wav").resolve())
     assert dialogues["test"][0]["audio"] == [recut, str((root / "wav16k" / "test" / "dia0_utt1.wav").resolve())]
@@ -688,15 +688,7 @@ def test_mosi_mmsa_raw_clips_are_converted_once(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"7 CMU-MOSI clips .*needs FFmpeg.*<video_id>_<clip_id>\.wav.*--text-only"):
         build_mosi(root)
     assert build_mosi(root, audio=False)["test"][0]["audio"] == [None, None]
-    commands = []
-
-    def fake_ffmpeg(command, **kwargs):
-        commands.append(command)
-        write_wav(Path(command[-1]))
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/ffmpeg")
-    monkeypatch.setattr(subprocess, "run", fake_ffmpeg)
+    commands = fake_ffmpeg(monkeypatch)
     dialogues = build_mosi(root, num_workers=2)
     assert len(commands) == 7 and "16000" in commands[0]
     assert str(root / "Raw" / "vidA" / "10.mp4") in [command[command.index("-i") + 1] for command in commands]

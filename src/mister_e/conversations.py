@@ -59,7 +59,7 @@ def read_conversation(path: str | Path) -> dict:
                 if Path(name).suffix.lower() in RECORDING_EXTENSIONS + OTHER_AUDIO_EXTENSIONS:  # `utt00.wav` too
                     name = Path(name).stem
                 other = others.get(name.lower())
-                if other is not None and name not in wavs:
+                if other is not None:  # `others` holds no name a read audio file has
                     raise ValueError(f"{transcripts}:{number}: {name!r} names {other.name}, which predict does not "
                                      f"read (audio files: {', '.join(RECORDING_EXTENSIONS)}): convert it, e.g. to "
                                      ".wav; left out, the utterance would be answered without its speech.")

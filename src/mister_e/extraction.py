@@ -97,7 +97,7 @@ def extract_embeddings(
     utterances = _flatten(dataset, modalities)
     shards = range(0, len(utterances), shard_size)
     sizes = {start: min(shard_size, len(utterances) - start) for start in shards}
-    missing = [start for start in shards if not _shard_path(cache_dir, start).exists()]
+    missing = _missing_shards(cache_dir, len(utterances), shard_size)
     done = len(utterances) - sum(sizes[start] for start in missing)
     if done and missing and state.is_main_process:
         logger.warning(f"Resuming the extraction in {cache_dir}: {done} of {len(utterances)} utterances are done.")
@@ -132,7 +132,12 @@ def holds_every_shard(dataset: Dataset | DatasetDict, cache_dir: str | os.PathLi
     if isinstance(dataset, DatasetDict):
         return all(holds_every_shard(part, Path(cache_dir) / split, shard_size) for split, part in dataset.items())
     utterances = sum(len(ids) for ids in dataset[UTTERANCE_IDS])
-    return all(_shard_path(Path(cache_dir), start).exists() for start in range(0, utterances, shard_size))
+    return not _missing_shards(Path(cache_dir), utterances, shard_size)
+
+
+def _missing_shards(cache_dir: Path, utterances: int, shard_size: int) -> list[int]:
+    """The first utterance of each shard that `cache_dir` does not hold yet."""
+    return [start for start in range(0, utterances, shard_size) if not _shard_path(cache_dir, start).exists()]
 
 
 def _shard_path(cache_dir: Path, start: int) -> Path:

@@ -58,8 +58,7 @@ def _remove_abandoned_saves(path: Path) -> None:
 
 def _untouched(folder: Path, seconds: float) -> bool:
     """Whether nothing in `folder` was written in the last `seconds`."""
-    newest = max((entry.stat().st_mtime for entry in folder.rglob("*")), default=folder.stat().st_mtime)
-    return time.time() - max(newest, folder.stat().st_mtime) > seconds
+    return time.time() - max(entry.stat().st_mtime for entry in (folder, *folder.rglob("*"))) > seconds
 
 
 def _running(pid: int) -> bool:
