@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import pickle
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,15 @@ import soundfile as sf
 from datasets import DatasetDict, load_from_disk
 
 from mister_e import data
-from mister_e.cli import main
+from mister_e.cli import build_parser, main
 from mister_e.data import PREPARE_DATASETS
 from mister_e.data.storage import load_dialogues
 from mister_e.data import (
     BUILDERS,
+    COSMIC_SOURCES,
+    DAILYDIALOG_LABELS,
     EMODB_LABELS,
+    EMORYNLP_LABELS,
     EMODB_TRANSCRIPTS,
     IEMOCAP_LABELS,
     MELD_LABELS,
@@ -845,6 +850,71 @@ def test_cosmic_iemocap_pickle_keeps_its_own_validation_list(tmp_path):
         build_cosmic_pickle(dump(tmp_path / "IEMOCAP_features_raw_6way.pkl", gcnet), "iemocap", trust_pickle=True)
 
 
+
+@pytest.mark.parametrize(
+    ("source", "names", "speakers", "keys"),
+    [  # speakers: one-hot rows (as EmoryNLP's are said to be) or '0'/'1' (what COSMIC's dataloader compares them to)
+        ("emorynlp", EMORYNLP_LABELS, [[1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0, 0]],
+         ["tr_0", "tr_1", "va_0", "te_0"]),
+        ("dailydialog", DAILYDIALOG_LABELS, ["0", "1"], [0, 1, 2, 3]),
+    ],
+)
+def test_cosmic_emorynlp_and_dailydialog_pickles(tmp_path, capsys, source, names, speakers, keys):
+    """COSMIC ships emorynlp.pkl and dailydialog.pkl in iemocap.pkl's layout, ``(speakers, labels, sentences,
+    train_ids, test_ids, valid_ids)`` (its roberta_init_emorynlp.py and roberta_init_dailydialog.py), with 7 classes
+    (the orders of its erc-training/dataloader.py and train_dailydialog.py). They were refused as IEMOCAP pickles,
+    then for a label outside IEMOCAP's 6."""
+    per_key = lambda value: {key: value for key in keys}  # noqa: E731
+    train, valid, test = keys[:2], keys[2:3], keys[3:]
+    labels = {keys[0]: [0, 6], keys[1]: [3, 1], keys[2]: [2, 4], keys[3]: [5, 3]}
+    path = dump(tmp_path / f"{source}.pkl", (per_key(speakers), labels, per_key(["Hi there.", "It\x92s me."]),
+                                             train, test, valid))
+    dialogues = build_cosmic_pickle(path, source, trust_pickle=True)
+    assert {split: dialogues[split]["dialogue_id"] for split in SPLITS} == {
+        "train": [str(key) for key in train], "validation": [str(keys[2])], "test": [str(keys[3])]}
+    assert dialogues["train"].features["labels"].feature.names == names
+    assert labels_of(dialogues["train"]) == [names[0], names[6]]
+    assert labels_of(dialogues["test"]) == [names[5], names[3]]
+    assert dialogues["test"][0]["texts"] == ["Hi there.", "It’s me."] and dialogues["test"][0]["speakers"] == ["0", "1"]
+    assert main(["prepare", "cosmic", str(path), str(tmp_path / "out"), "--source", source, "--trust-pickle"]) == 0
+    assert load_from_disk(str(tmp_path / "out"))["test"].features["labels"].feature.names == names
+    capsys.readouterr()
+    # Under another --source: one line naming what the file is and what to pass.
+    for other, says in [
+        ("meld", r"is a 6-tuple, the layout of COSMIC's iemocap\.pkl, emorynlp\.pkl and dailydialog"),
+        ("iemocap", r"holds label 6, beyond IEMOCAP's 6 classes.*pass --source emorynlp or dailydialog"),
+    ]:
+        assert main(["prepare", "cosmic", str(path), str(tmp_path / other), "--source", other, "--trust-pickle"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and re.search(says, error) and f"{source}.pkl" in error, error
+    with pytest.raises(ValueError, match="has its own validation list"):
+        build_cosmic_pickle(path, source, trust_pickle=True, validation_dialogues=1)
+    with pytest.raises(ValueError, match=r"expected a 6-tuple \(speakers, labels, sentences, .*\), found 7 items"):
+        build_cosmic_pickle(dump(path, (per_key(speakers), labels, labels, per_key(["a", "b"]), train, test, valid)),
+                            source, trust_pickle=True)
+
+
+def test_cosmic_iemocap_pickle_is_not_taken_for_emorynlp_or_dailydialog(tmp_path, capsys):
+    """The three COSMIC 6-tuples share a layout, and IEMOCAP's 6 labels fit in the others' 7: its session ids tell."""
+    videos = [f"Ses0{n}M_script01_1" for n in range(1, 4)]
+    per_video = lambda value: {video: value for video in videos}  # noqa: E731
+    path = dump(tmp_path / "iemocap.pkl", (per_video(["M", "F"]), per_video([0, 5]), per_video(["Hi.", "Go."]),
+                                           videos[:1], videos[1:2], videos[2:]))
+    assert build_cosmic_pickle(path, "iemocap", trust_pickle=True)["test"]["dialogue_id"] == [videos[1]]
+    for source in ("emorynlp", "dailydialog"):
+        assert main(["prepare", "cosmic", str(path), str(tmp_path / source), "--source", source, "--trust-pickle"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert re.search(rf"iemocap\.pkl names IEMOCAP sessions .*'Ses01M_script01_1'.*not its {source}\.pkl; pass "
+                         r"--source iemocap", error) and len(error.splitlines()) == 1, error
+
+
+def test_cosmic_sources_are_the_cli_choices():
+    source = next(action for action in build_parser()._subparsers._group_actions[0].choices["prepare"]._actions
+                  if action.dest == "cosmic_dataset")
+    assert tuple(source.choices) == COSMIC_SOURCES
+    with pytest.raises(ValueError, match="dataset must be one of meld, iemocap, emorynlp, dailydialog, got 'emory'"):
+        build_cosmic_pickle("x.pkl", "emory", trust_pickle=True)
+
 # --- EmoDB -------------------------------------------------------------------------------------------
 
 EMODB_LETTERS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "N": "neutral",
@@ -953,16 +1023,83 @@ def test_emodb_bad_file_names_are_named(tmp_path, name, message):
 
 def test_emodb_bad_speakers_and_empty_folders(tmp_path):
     root = make_emodb(tmp_path / "emodb")
-    with pytest.raises(ValueError, match=r"unknown test_speaker '99'; .* has speakers 03, 08, 16"):
+    with pytest.raises(ValueError, match=r"unknown --test-speaker '99'; .* has speakers 03, 08, 16"):
         build_emodb(root, test_speaker="99")
-    with pytest.raises(ValueError, match="unknown validation_speaker '3'"):
+    with pytest.raises(ValueError, match="unknown --validation-speaker '3'"):
         build_emodb(root, validation_speaker="3")
-    with pytest.raises(ValueError, match="'08' cannot be both test and validation speaker"):
+    with pytest.raises(ValueError, match="--test-speaker and --validation-speaker are both '08'"):
         build_emodb(root, test_speaker="08", validation_speaker="08")
     (tmp_path / "empty" / "wav").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"no WAV files in .*empty/wav"):
         build_emodb(tmp_path / "empty")
 
+
+
+def test_emodb_every_speaker_choice_builds_three_splits_or_is_one_named_line(tmp_path, capsys):
+    """Each --test-speaker/--validation-speaker combination: three disjoint non-empty splits, or one line naming the
+    option and the speakers. --validation-speaker 03 alone clashed with the default test speaker 03, and the refusal
+    named neither option; a folder of two speakers said 'at least 3 speakers' without naming the folder."""
+    root = make_emodb(tmp_path / "emodb")
+    for test, validation in itertools.product([None, "03", "08", "16", "3"], repeat=2):
+        options = {"test_speaker": test, "validation_speaker": validation}
+        try:
+            dialogues = build_emodb(root, **options)
+        except ValueError as error:
+            assert re.search(r"--(test|validation)-speaker .*has speakers 03, 08, 16$", str(error)), (options, error)
+            continue
+        speakers = {split: set(flat(dialogues[split], "speakers")) for split in SPLITS}
+        assert all(speakers.values()) and set.union(*speakers.values()) == {"03", "08", "16"}, options
+        assert sum(map(len, speakers.values())) == 3 and speakers["test"] == {test or "03"}, options
+    arguments = ["prepare", "emodb", str(root), str(tmp_path / "out"), "--validation-speaker", "03"]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and re.search(
+        r"--validation-speaker '03' is the default test speaker .*pass --test-speaker too, e.g. '16'", error), error
+    assert main([*arguments, "--test-speaker", "16"]) == 0
+    (tmp_path / "two").mkdir()
+    for stem in ("03a01Fa", "08a01Wa"):
+        write_wav(tmp_path / "two" / f"{stem}.wav")
+    with pytest.raises(ValueError, match=r"two has speakers 03, 08; speaker-independent splits need at least 3"):
+        build_emodb(tmp_path / "two", test_speaker="03", validation_speaker="08")
+
+
+def test_emodb_reads_a_recording_once_under_names_differing_in_case(tmp_path, caplog, capsys):
+    """``x.wav`` beside ``x.WAV`` (copies between file systems): a byte-identical twin is read once, with a warning,
+    and the build is that without it; twins that differ are refused in one line. Both were refused as an utterance id
+    appearing twice, naming neither file."""
+    root = make_emodb(tmp_path / "emodb")
+    alone = build_emodb(root)
+    shutil.copy(root / "08a01Wa.wav", root / "08a01Wa.WAV")
+    shutil.copy(root / "16a05Ld.wav", root / "16a05Ld.Wav")
+    with caplog.at_level("WARNING", logger="mister_e.data.emodb"):
+        twinned = build_emodb(root)
+    assert re.search(r"left out 2 WAVs that are byte-identical copies .*08a01Wa\.WAV", caplog.text)
+    for split in SPLITS:
+        assert twinned[split].to_list() == alone[split].to_list()
+    write_wav(root / "03a01Fa.WAV")
+    (root / "03a01Fa.WAV").write_bytes((root / "03a01Fa.WAV").read_bytes()[:-2])
+    assert main(["prepare", "emodb", str(root), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and re.search(
+        r"03a01Fa\.wav and 03a01Fa\.WAV name one recording .* contents differ", error), error
+
+
+def test_emodb_zip_or_file_as_root_is_one_line(tmp_path, capsys):
+    """The corpus is downloaded as a zip; given as ROOT it failed with 'Not a directory'. It is not read in place: the
+    dataset keeps each recording's path, which a zip member lacks."""
+    root = make_emodb(tmp_path / "emodb", "wav")
+    with zipfile.ZipFile(tmp_path / "emodb.zip", "w") as archive:
+        for path in (root / "wav").iterdir():
+            archive.write(path, f"wav/{path.name}")
+    for given, says in [
+        (tmp_path / "emodb.zip", r"emodb\.zip is a zip archive; unzip it \(unzip emodb\.zip -d emodb\)"),
+        (root / "wav" / "notes.txt", r"notes\.txt is not a folder"),
+        (tmp_path / "nowhere", r"EmoDB: .*nowhere not found"),
+    ]:
+        assert main(["prepare", "emodb", str(given), str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and re.search(says, error), error
+    assert not (tmp_path / "out").exists()
 
 def test_emodb_skips_macos_metadata_and_audbs_ambiguous_recordings(tmp_path, caplog):
     """macOS leaves ``._<name>.wav`` metadata beside each WAV (its tar, copies to exFAT or SMB); audb's emodb 2.0.0

@@ -31,7 +31,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-rule", choices=["nonnegative", "nonzero"], help="MOSI binary rule for scores.")
     parser.add_argument("--folds", help="MOSI: folds JSON (default ROOT/mosi_standard_folds.json; MMSA: mode column).")
     parser.add_argument("--acoustic", action="store_true", help="MOSI: attach the 73-d acoustic vectors as speech.")
-    parser.add_argument("--source", dest="cosmic_dataset", choices=["meld", "iemocap"], help="COSMIC: which pickle.")
+    parser.add_argument("--source", dest="cosmic_dataset", choices=["meld", "iemocap", "emorynlp", "dailydialog"],
+                        help="COSMIC: which data set the pickle holds (meld).")
     parser.add_argument("--trust-pickle", action="store_true", help="COSMIC: allow unpickling (runs code from it).")
     parser.add_argument("--test-speaker", help="EmoDB: the held-out test speaker, e.g. 03 (the first one).")
     parser.add_argument("--validation-speaker", help="EmoDB: the validation speaker (the one after the test speaker).")

@@ -48,7 +48,7 @@ _EXPORTS = {
          "mosi_release_folds"),
         "mosi",
     ),  # fmt: skip
-    **dict.fromkeys(("build_cosmic_pickle",), "cosmic"),
+    **dict.fromkeys(("COSMIC_SOURCES", "DAILYDIALOG_LABELS", "EMORYNLP_LABELS", "build_cosmic_pickle"), "cosmic"),
     **dict.fromkeys(("EMODB_LABELS", "EMODB_TRANSCRIPTS", "build_emodb", "emodb_folds"), "emodb"),
 }
 

@@ -1,4 +1,4 @@
-"""Dialogues from the widely shared DialogueRNN/COSMIC feature pickles of MELD and IEMOCAP.
+"""Dialogues from the widely shared DialogueRNN/COSMIC feature pickles of MELD, IEMOCAP, EmoryNLP and DailyDialog.
 
 They carry transcripts (and for IEMOCAP precomputed vectors) but no audio paths, and loading them runs pickled code,
 so they get their own loader rather than a release builder.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,20 @@ _COSMIC_MELD_OFFSETS = {"train": 0, "validation": 1039, "test": 1153}
 _COSMIC_MELD_FIELDS = (
     "speakers", "emotion_labels", "sentiment_labels", "sentences", "trainIds", "testIds", "validIds"
 )  # fmt: skip
-# COSMIC's own IEMOCAP pickle (`COSMIC/feature-extraction/iemocap/iemocap.pkl`): transcripts, its own validation list.
+# COSMIC's own IEMOCAP, EmoryNLP and DailyDialog pickles (`COSMIC/feature-extraction/<name>/<name>.pkl`), one layout
+# (its roberta_init_<name>.py scripts unpack them alike): transcripts, and each its own validation list.
 _COSMIC_IEMOCAP_FIELDS = ("speakers", "labels", "sentences", "trainIds", "testIds", "validIds")
+# Their label orders: EmoryNLP's from COSMIC's erc-training/dataloader.py, DailyDialog's from its train_dailydialog.py
+# (whose class counts, 12885 happy ... 85572 neutral, are DailyDialog's published ones).
+EMORYNLP_LABELS = ["joyful", "mad", "peaceful", "neutral", "sad", "powerful", "scared"]
+DAILYDIALOG_LABELS = ["happy", "neutral", "anger", "sad", "fear", "surprise", "disgust"]
+_SIX_TUPLE_LABELS = {"iemocap": IEMOCAP_LABELS, "emorynlp": EMORYNLP_LABELS, "dailydialog": DAILYDIALOG_LABELS}
+COSMIC_SOURCES = ("meld", *_SIX_TUPLE_LABELS)
 _DIALOGUERNN_IEMOCAP_FIELDS = (
     "videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence",
     "trainVid", "testVid",
 )  # fmt: skip
+_IEMOCAP_SESSION = re.compile(r"Ses0[1-5][FM]_")  # IEMOCAP's dialogue ids: session, who led it, script or improvisation
 # DialogueRNN's IEMOCAP pickle has no validation list: this many training dialogues are held out (the paper's 12).
 _HELD_OUT_DIALOGUES = 12
 
@@ -64,13 +73,17 @@ def build_cosmic_pickle(
     videoText, videoAudio, videoVisual, videoSentence, trainVid, testVid)``, whose text/audio vectors become
     ``text_embeds``/``speech_embeds`` (visual ones are ignored) and which has no validation list: the training
     dialogues named in ``validation_ids`` are validation, else ``validation_dialogues`` (12) of them are held out with
-    ``seed`` (0). The validation options are refused for the pickles with their own list. Speakers are metadata only.
+    ``seed`` (0). ``dataset="emorynlp"`` or ``"dailydialog"``: COSMIC's ``emorynlp.pkl`` or ``dailydialog.pkl``, in
+    ``iemocap.pkl``'s layout, with `EMORYNLP_LABELS` or `DAILYDIALOG_LABELS` (COSMIC's label orders); as the layout
+    cannot tell these three apart, ``dataset`` names the file, and a 7-class file named IEMOCAP, or one of IEMOCAP's
+    session ids named otherwise, is refused. The validation options are refused for the pickles with their own list.
+    Speakers are metadata only.
 
     Unpickling runs whatever code the file contains, hence the explicit ``trust_pickle=True``.
     """
     path = Path(path)
-    if dataset not in ("meld", "iemocap"):
-        raise ValueError(f"dataset must be 'meld' or 'iemocap', got {dataset!r}")
+    if dataset not in COSMIC_SOURCES:
+        raise ValueError(f"dataset must be one of {', '.join(COSMIC_SOURCES)}, got {dataset!r}")
     if not trust_pickle:
         raise ValueError(
             f"{path} is a pickle, and loading a pickle runs whatever code it contains. If you trust where it "
@@ -84,12 +97,15 @@ def build_cosmic_pickle(
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as error:
             raise ValueError(f"{path} is not a readable pickle ({type(error).__name__}: {error}).") from error
     ids = {"train": "trainIds", "validation": "validIds", "test": "testIds"}
-    cosmic_iemocap = isinstance(data, (tuple, list)) and len(data) == len(_COSMIC_IEMOCAP_FIELDS)
-    iemocap_lengths = (len(_COSMIC_IEMOCAP_FIELDS), len(_DIALOGUERNN_IEMOCAP_FIELDS))
-    if dataset == "meld" and isinstance(data, (tuple, list)) and len(data) in iemocap_lengths:
-        raise ValueError(f"{path} is a {len(data)}-tuple, the layout of an IEMOCAP pickle, not COSMIC's MELD one: "
-                         "pass --source iemocap (dataset='iemocap').")
-    if dataset == "meld" or cosmic_iemocap:
+    length = len(data) if isinstance(data, (tuple, list)) else None
+    if dataset == "meld" and length == len(_COSMIC_IEMOCAP_FIELDS):
+        raise ValueError(f"{path} is a 6-tuple, the layout of COSMIC's iemocap.pkl, emorynlp.pkl and dailydialog.pkl, "
+                         "not of its meld.pkl: pass --source iemocap, emorynlp or dailydialog.")
+    if dataset == "meld" and length == len(_DIALOGUERNN_IEMOCAP_FIELDS):
+        raise ValueError(f"{path} is a 9-tuple, the layout of an IEMOCAP pickle (DialogueRNN's IEMOCAP_features.pkl), "
+                         "not COSMIC's MELD one: pass --source iemocap (dataset='iemocap').")
+    dialoguernn = dataset == "iemocap" and length != len(_COSMIC_IEMOCAP_FIELDS)
+    if not dialoguernn:
         _refuse_validation_options(
             {"validation_ids": validation_ids, "validation_dialogues": validation_dialogues, "seed": seed}, path
         )
@@ -97,11 +113,12 @@ def build_cosmic_pickle(
         fields = _unpack(data, _COSMIC_MELD_FIELDS, path)
         splits = {split: _cosmic_meld_dialogues(fields, ids[split], split, path) for split in SPLITS}
         labels = MELD_LABELS
-    elif cosmic_iemocap:
+    elif not dialoguernn:
         fields = _unpack(data, _COSMIC_IEMOCAP_FIELDS, path)
-        splits = {split: [_cosmic_iemocap_dialogue(fields, key, path) for key in _split_ids(fields, ids[split], path)]
+        splits = {split: [_cosmic_dialogue(fields, key, path) for key in _split_ids(fields, ids[split], path)]
                   for split in SPLITS}
-        labels = IEMOCAP_LABELS
+        labels = _SIX_TUPLE_LABELS[dataset]
+        _check_six_tuple_source(splits, dataset, path)
     else:
         fields = _unpack(data, _DIALOGUERNN_IEMOCAP_FIELDS, path, also=_COSMIC_IEMOCAP_FIELDS)
         train = _split_ids(fields, "trainVid", path)
@@ -187,7 +204,23 @@ def _cosmic_meld_dialogues(fields: Mapping[str, Any], ids: str, split: str, path
     return conversations
 
 
-def _cosmic_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Path) -> dict:
+def _check_six_tuple_source(splits: Mapping[str, list[dict]], dataset: str, path: Path) -> None:
+    """COSMIC's iemocap.pkl, emorynlp.pkl and dailydialog.pkl share a layout, so ``dataset`` names which one it is;
+    what can tell them apart refuses a wrong name: IEMOCAP's 6 classes and its session ids (``Ses01F_impro01``)."""
+    dialogues = [dialogue for group in splits.values() for dialogue in group]
+    sessions = [dialogue[DIALOGUE_ID] for dialogue in dialogues if _IEMOCAP_SESSION.match(dialogue[DIALOGUE_ID])]
+    if dataset != "iemocap" and sessions:
+        raise ValueError(f"{path} names IEMOCAP sessions as dialogues ({sessions[0]!r}): it is COSMIC's iemocap.pkl, "
+                         f"not its {dataset}.pkl; pass --source iemocap.")
+    beyond = [label for dialogue in dialogues for label in dialogue[LABELS]
+              if isinstance(label, (int, np.integer)) and label >= len(IEMOCAP_LABELS)]
+    if dataset == "iemocap" and not sessions and beyond and max(beyond) < len(EMORYNLP_LABELS):  # 7, as DailyDialog
+        raise ValueError(f"{path} holds label {max(beyond)}, beyond IEMOCAP's {len(IEMOCAP_LABELS)} classes, and no "
+                         "IEMOCAP session ids: a 6-tuple with 7 classes is COSMIC's emorynlp.pkl or dailydialog.pkl; "
+                         "pass --source emorynlp or dailydialog.")
+
+
+def _cosmic_dialogue(fields: Mapping[str, Any], key: str, path: Path) -> dict:
     return {
         DIALOGUE_ID: str(key),
         TEXTS: [clean_text(text) for text in _lookup(fields, "sentences", key, path)],
@@ -208,4 +241,4 @@ def _dialoguernn_iemocap_dialogue(fields: Mapping[str, Any], key: str, path: Pat
     }
 
 
-__all__ = ["build_cosmic_pickle"]
+__all__ = ["COSMIC_SOURCES", "DAILYDIALOG_LABELS", "EMORYNLP_LABELS", "build_cosmic_pickle"]

@@ -5,9 +5,11 @@ Everything (label, speaker, transcript) is read from the file names, and the spl
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,6 +65,8 @@ def build_emodb(
     Hidden files (macOS's ``._03a01Fa.wav`` metadata) are no recordings and are skipped. audb's emodb 2.0.0 adds to
     ``wav/`` 281 recordings that the corpus's own release (535) leaves out, as fewer than 80% of the listeners
     recognised their emotion; those its ``db.emotion.categories.ambiguous.csv`` lists are left out, with a warning.
+    A recording under two names differing only in case (``x.wav``, ``x.WAV``) is read once (`_without_case_twins`);
+    the corpus's ``.zip`` is refused with a line saying to unzip it.
 
     The order is drawn, not the file names': sorted by name, each sentence's recordings come in the emotion letters'
     order (fear, disgust, happiness, boredom, neutral, sadness, anger), and a context model read the labels from
@@ -71,24 +75,19 @@ def build_emodb(
     if conversation_size < 1:
         raise ValueError(f"conversation_size must be at least 1, got {conversation_size}")
     root = Path(root)
+    if not root.is_dir():
+        raise _not_a_folder(root)
     folder = root / "wav" if (root / "wav").is_dir() else root
     files = sorted(  # .WAV too; not hidden files such as macOS's ._03a01Fa.wav metadata
         path for path in folder.iterdir()
         if path.suffix.lower() == ".wav" and not path.name.startswith(".") and path.is_file()
     )
-    files = _without_ambiguous(files, folder.parent / _AUDB_AMBIGUOUS)
+    files = _without_ambiguous(_without_case_twins(files), folder.parent / _AUDB_AMBIGUOUS)
     utterances = [_emodb_record(path) for path in files]
     if not utterances:
         raise FileNotFoundError(f"EmoDB: no WAV files in {folder} (expected SSTTTEv.wav files in root or root/wav/)")
     speakers = sorted({utterance["speaker"] for utterance in utterances})
-    folds = dict(emodb_folds(speakers))
-    for role, speaker in (("test_speaker", test_speaker), ("validation_speaker", validation_speaker)):
-        if speaker is not None and speaker not in folds:
-            raise ValueError(f"EmoDB: unknown {role} {speaker!r}; {folder} has speakers {', '.join(speakers)}")
-    test_speaker = speakers[0] if test_speaker is None else test_speaker
-    validation_speaker = folds[test_speaker] if validation_speaker is None else validation_speaker
-    if test_speaker == validation_speaker:
-        raise ValueError(f"EmoDB: speaker {test_speaker!r} cannot be both test and validation speaker")
+    test_speaker, validation_speaker = _split_speakers(speakers, test_speaker, validation_speaker, folder)
     splits = {test_speaker: "test", validation_speaker: "validation"}
     rng = np.random.default_rng(seed)
     ordered = []
@@ -112,6 +111,63 @@ def emodb_folds(speakers: Iterable[str]) -> list[tuple[str, str]]:
     if len(ordered) < 3:
         raise ValueError(f"EmoDB: speaker-independent splits need at least 3 speakers, got {ordered}")
     return [(speaker, ordered[(index + 1) % len(ordered)]) for index, speaker in enumerate(ordered)]
+
+
+def _split_speakers(
+    speakers: list[str], test_speaker: str | None, validation_speaker: str | None, folder: Path
+) -> tuple[str, str]:
+    """The (test, validation) speakers. Any choice that leaves a split without a speaker, the defaults' included, is
+    refused in one line naming the option (as the CLI spells it) and the speakers there are."""
+    listed = f"{folder} has speakers {', '.join(speakers)}"
+    if len(speakers) < 3:
+        raise ValueError(f"EmoDB: {listed}; speaker-independent splits need at least 3 (test, validation, train)")
+    folds = dict(emodb_folds(speakers))
+    for option, speaker in (("--test-speaker", test_speaker), ("--validation-speaker", validation_speaker)):
+        if speaker is not None and speaker not in folds:
+            raise ValueError(f"EmoDB: unknown {option} {speaker!r}; {listed}")
+    if test_speaker is not None and test_speaker == validation_speaker:
+        raise ValueError(f"EmoDB: --test-speaker and --validation-speaker are both {test_speaker!r}, leaving "
+                         f"validation no speaker of its own; {listed}")
+    if test_speaker is None and validation_speaker == speakers[0]:
+        fold = next(test for test, validation in folds.items() if validation == validation_speaker)
+        raise ValueError(f"EmoDB: --validation-speaker {validation_speaker!r} is the default test speaker (the first); "
+                         f"pass --test-speaker too, e.g. {fold!r} (the fold whose validation speaker it is); {listed}")
+    test_speaker = speakers[0] if test_speaker is None else test_speaker
+    return test_speaker, folds[test_speaker] if validation_speaker is None else validation_speaker
+
+
+def _not_a_folder(root: Path) -> OSError:
+    """The error for a ROOT that is no folder: the corpus's ``.zip`` (as downloaded) says to unzip it. It is not read
+    in place: the dataset keeps each recording's path, which a zip member does not have."""
+    if zipfile.is_zipfile(root):
+        return NotADirectoryError(f"EmoDB: {root} is a zip archive; unzip it (unzip {root.name} -d emodb) and pass "
+                                  "the folder it gives (the one holding wav/)")
+    if root.exists():
+        return NotADirectoryError(f"EmoDB: {root} is not a folder (expected one of SSTTTEv.wav files or of wav/)")
+    return FileNotFoundError(f"EmoDB: {root} not found")
+
+
+def _without_case_twins(files: list[Path]) -> list[Path]:
+    """``files`` with one of each name that differs only in the extension's case (``03a01Fa.wav`` beside
+    ``03a01Fa.WAV``, as copies between case-insensitive and case-sensitive file systems leave them), so no recording
+    counts twice: the lower-case one is kept when they are byte-identical, with a warning; twins that differ are
+    refused (which one is the recording?)."""
+    twins: dict[str, list[Path]] = {}
+    for path in files:
+        twins.setdefault(path.stem, []).append(path)
+    kept, copies = [], []
+    for paths in twins.values():
+        keep = min(paths, key=lambda path: path.suffix != ".wav")  # the lower-case one, else the first
+        for path in paths:
+            if path != keep and not filecmp.cmp(keep, path, shallow=False):
+                raise ValueError(f"EmoDB: {keep} and {path.name} name one recording (their names differ only in "
+                                 "case) but their contents differ; keep the right one")
+        kept.append(keep)
+        copies += [path for path in paths if path != keep]
+    if copies:
+        logger.warning("EmoDB: left out %d WAVs that are byte-identical copies of one whose name differs only in case "
+                       "(first: %s)", len(copies), copies[0])
+    return sorted(kept)
 
 
 def _without_ambiguous(files: list[Path], table: Path) -> list[Path]:
