@@ -92,6 +92,13 @@ def root(tmp_path_factory):
         root / "plain-labels")
     empty = embedded_dialogues(LABELS)
     DatasetDict({**empty, "validation": empty["validation"].select([])}).save_to_disk(root / "empty-split")
+    same_id = embedded_dialogues(LABELS)  # saved by hand: the builders' own check (`validate_dialogues`) never ran
+    renamed = lambda row, i: {"dialogue_id": "test0" if i == 1 else row["dialogue_id"]}
+    DatasetDict({**same_id, "test": same_id["test"].map(renamed, with_indices=True)}).save_to_disk(root / "same-id")
+    repeated = lambda row, i: {"utterance_ids": [row["utterance_ids"][0]] * 2 + row["utterance_ids"][2:]
+                               if i == 0 else row["utterance_ids"]}
+    DatasetDict({**same_id, "train": same_id["train"].map(repeated, with_indices=True)}).save_to_disk(
+        root / "utterance-twice")
     return root
 
 
@@ -246,6 +253,15 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "a split saved empty (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset", "{root}/empty-split",
                                         "--output-dir", "{out}"], "empty-split", "no rows"),
     "no GPU in the plan (plan)": (["plan", "--gpus", "0"], "--gpus", "positive"),
+    "a dialogue id twice in a split (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
+                                                   "{root}/same-id", "--output-dir", "{out}"], "split 'test'",
+                                                  "dialogue 'test0' appears twice"),
+    "a dialogue id twice in a split (train)": (["train", "--recipe", "small", "--dataset", "{root}/same-id",
+                                                "--output-dir", "{out}", "--seeds", "0"], "split 'test'",
+                                               "dialogue 'test0' appears twice"),
+    "an utterance id twice in a dialogue (train)": (["train", "--recipe", "small", "--dataset",
+                                                     "{root}/utterance-twice", "--output-dir", "{out}", "--seeds",
+                                                     "0"], "split 'train': dialogue 'train0'", "appears twice"),
 }
 
 

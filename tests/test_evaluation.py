@@ -106,8 +106,11 @@ def test_metric_handles_classes_absent_from_the_split(erc_metric):
         results = erc_metric.compute(predictions=predictions, references=references, label_names=LABELS[:5])
 
     assert list(results["f1_per_class"]) == LABELS[:5]
-    assert results["f1_per_class"]["sadness"] == 0.0
-    assert results["f1_per_class"]["joy"] == 0.0
+    # No reference utterance: no F1 (it was 0.0, as if the model failed on the class), predicted (joy) or not.
+    assert results["f1_per_class"]["sadness"] is None
+    assert results["f1_per_class"]["joy"] is None
+    assert results["f1_per_class"]["fear"] == pytest.approx(f1_score(references, predictions, average=None)[2])
+    # The split's scores are as before: sklearn's, which count the absent classes as 0 with no weight.
     assert results["weighted_f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
     assert results["macro_f1"] == pytest.approx(f1_score(references, predictions, labels=[0, 1, 2], average="macro"))
     with warnings.catch_warnings():
@@ -320,6 +323,41 @@ def test_summarize_seeds_matches_numpy():
         f"| weighted_f1 | {mean:.1f} ± {std:.1f} | {runs[0]['weighted_f1'] * 100:.1f} |",  # one run: no spread known
     ]
     assert "| macro_f1 | – |" in format_seed_table(summary)
+
+
+def test_seed_summaries_average_a_class_over_the_runs_that_define_its_f1():
+    """A class absent from some runs' test split has no F1 there (None): it was left out of the summary entirely."""
+    runs = [{"test": {"weighted_f1": 0.6, "f1_per_class": {"joy": 0.5, "fear": None, "anger": None}}},
+            {"test": {"weighted_f1": 0.7, "f1_per_class": {"joy": 0.7, "fear": 0.2, "anger": None}}},
+            {"test": {"weighted_f1": 0.8, "f1_per_class": {"joy": 0.9, "fear": 0.4, "anger": None}}}]
+    summary = summarize_seeds(runs)
+
+    assert summary["test/f1_per_class/joy"] == pytest.approx({"mean": 0.7, "std": 0.2, "n": 3})
+    assert summary["test/f1_per_class/fear"] == pytest.approx({"mean": 0.3, "std": np.std([0.2, 0.4], ddof=1),
+                                                               "n": 2})
+    assert summary["test/f1_per_class/anger"] == {"mean": None, "std": None, "n": 0}
+    json.dumps(summary, allow_nan=False)  # summary.json stays JSON
+    table = format_seed_table(summary, ["test/weighted_f1", *(f"test/f1_per_class/{c}" for c in ("fear", "anger"))])
+    assert table.splitlines() == ["| metric | mean ± std (n=3) |", "|---|---|", "| test/weighted_f1 | 70.0 ± 10.0 |",
+                                  "| test/f1_per_class/fear | 30.0 ± 14.1 (2 of 3 runs) |",
+                                  "| test/f1_per_class/anger | n/a |"]
+    partial = summarize_seeds([runs[2], runs[0]])
+    assert "| 40.0 (1 of 2 runs) |" in format_seed_table(partial, ["test/f1_per_class/fear"])
+
+
+def test_report_of_a_split_missing_a_class(tmp_path):
+    references = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 3, 1, 1, 2, 0])  # class 3 predicted, never a reference
+    report = write_evaluation_report(tmp_path, predictions=predictions, references=references, label_names=LABELS[:4])
+    metrics = json.loads((tmp_path / "metrics.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"metrics.json holds a bare {name}"))
+    assert metrics == report and metrics["f1_per_class"]["sadness"] is None
+    assert metrics["predicted_per_class"]["sadness"] == 1  # its false positive stays visible
+    text = (tmp_path / "classification_report.txt").read_text()
+    assert "No reference utterance is of sadness: the zeros in its row above are scikit-learn's convention" in text
+    full = tmp_path / "full"
+    write_evaluation_report(full, predictions=predictions % 3, references=references, label_names=LABELS[:3])
+    assert "No reference utterance" not in (full / "classification_report.txt").read_text()
 
 
 def test_dominant_expert_shares_ties():

@@ -192,6 +192,20 @@ def test_card_from_single_run_and_seed_summary(tmp_path):
         model_card(model, {"test/accuracy": {"mean": 62.0, "std": 0.0, "n": 1}})  # not 6200.00
 
 
+def test_card_shows_na_for_a_class_without_test_utterances(tmp_path):
+    """A class absent from a run's test split has no F1 (null in results.json): the card said 0.00, or failed."""
+    runs = [run_results(0, 0.0), run_results(1, 0.02), run_results(2, 0.04)]
+    for run in runs:
+        run["test"]["f1_sadness"] = None
+    runs[0]["test"]["f1_joy"] = None
+    single = model_card(tiny_model(), json.loads(json.dumps(runs[0])))
+    assert "| test | f1_sadness | n/a |" in single and "| test | f1_joy | n/a |" in single
+    assert "no utterance of that class in the split" in single and "| validation | f1_joy | 50.00 |" in single
+    card = model_card(tiny_model(), runs)
+    assert "| test | f1_sadness | n/a |" in card
+    assert "| test | f1_joy | 53.00 ± 1.41 (2 of 3 runs) |" in card and "| test | f1_anger | 52.00 ± 2.00 |" in card
+
+
 def test_card_of_a_text_only_model_says_what_it_reads():
     """A text-only end-to-end model was tagged and described as an audio model, with examples it could not run."""
     full = model_card(tiny_model())

@@ -1071,3 +1071,77 @@ def test_a_diverging_run_stops_and_nan_weights_are_never_answered_with(data, tmp
         model.text_expert.classifier.weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="dialogue .*: The model's predictions are not finite"):
         evaluate_model(model, data["test"], tmp_path / "evaluation", robustness=False)
+
+
+def _strict_json(path):
+    """JSON as the standard has it: a bare NaN or Infinity (Python's json writes them) is refused."""
+    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds a bare {name}"))
+
+
+def test_a_class_absent_from_validation_and_test_has_no_f1(tmp_path):
+    """Its F1 was 0.0, read as the model failing on it; now None (null) through the Trainer's evaluations, its state
+    file, results.json and the test report, while selection on weighted F1 goes on as before."""
+    data = corpus(train=6, validation=3, test=3)
+    calm = LABELS.index("calm")
+    without_angry = {split: data[split].map(lambda row: {"labels": [calm if label == LABELS.index("angry") else label
+                                                                     for label in row["labels"]]})
+                     for split in ("validation", "test")}
+    data = DatasetDict({**data, **without_angry})
+    results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "checkpoint_budget": 0}, keep_checkpoints=True)
+
+    assert results["validation"]["f1_angry"] is None and results["test"]["f1_angry"] is None
+    assert all(isinstance(results["validation"][name], float) for name in ("f1_calm", "weighted_f1"))
+    assert _strict_json(tmp_path / "results.json")["test"]["f1_angry"] is None
+    state = _strict_json(next(tmp_path.glob("checkpoint-*")) / "trainer_state.json")
+    evaluations = [log for log in state["log_history"] if "eval_weighted_f1" in log]
+    assert len(evaluations) == 2 and all(log["eval_f1_angry"] is None for log in evaluations)
+    report = _strict_json(tmp_path / "test" / "metrics.json")
+    assert report["f1_per_class"]["angry"] is None and report["support_per_class"]["angry"] == 0
+    assert "No reference utterance is of angry" in (tmp_path / "test" / "classification_report.txt").read_text()
+
+
+@pytest.mark.parametrize("metric, message", [
+    ("f1_angry", "split 'validation' has no 'angry' utterance"),
+    ("f1_bored", r"names no class of the data \(its classes: \['calm'"),
+])
+def test_selecting_on_the_f1_of_a_class_validation_lacks_is_refused_before_training(tmp_path, metric, message):
+    """The F1 of a class without validation utterances is undefined at every evaluation (as 0.0 it kept the first
+    epoch whatever followed), and a class name the data lacks failed after the first epoch with a KeyError."""
+    data = corpus(train=3, validation=2, test=2)
+    calm = LABELS.index("calm")
+    validation = data["validation"].map(lambda row: {"labels": [calm if label == LABELS.index("angry") else label
+                                                                for label in row["labels"]]})
+    with pytest.raises(ValueError, match=re.escape(f"metric_for_best_model {metric!r}") + ".*" + message):
+        train_conversation_model(DatasetDict({**data, "validation": validation}), tmp_path, SIZES,
+                                 {**FAST, "metric_for_best_model": metric}, report=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_ids_used_twice_in_a_split_are_refused_before_training_or_scoring(tmp_path):
+    """A data set saved by hand skips the builders' id check: evaluate wrote two predictions.csv rows under the same
+    dialogue and utterance ids (which row is which utterance?), and a split's dialogue count by id came out short."""
+    from mister_e.data.schema import attach_embeddings
+    from mister_e.data.splits import check_unique_ids
+
+    data = corpus(train=3, validation=2, test=3)
+    same_dialogue = data["test"].map(lambda row, i: {"dialogue_id": "test0" if i == 2 else row["dialogue_id"]},
+                                     with_indices=True)
+    twice = lambda row, i: {"utterance_ids": [row["utterance_ids"][0], *row["utterance_ids"][:-1]] if i == 1
+                            else row["utterance_ids"]}
+    same_utterance = data["validation"].map(twice, with_indices=True)
+    with pytest.raises(ValueError, match="^split 'test': dialogue 'test0' appears twice: predictions.csv"):
+        train_conversation_model(DatasetDict({**data, "test": same_dialogue}), tmp_path, SIZES, FAST)
+    with pytest.raises(ValueError, match="^split 'validation': dialogue 'validation1': utterance id 'validation1_0' "
+                                         "appears twice"):
+        train_encoder(DatasetDict({**data, "validation": same_utterance}), "text", tmp_path, None, backbone="unused")
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       id2label=dict(enumerate(LABELS))))
+    with pytest.raises(ValueError, match="^dialogue 'test0' appears twice"):
+        evaluate_model(model, same_dialogue, tmp_path / "report", robustness=False)
+    assert not list(tmp_path.iterdir())
+    # Utterance ids that repeat across dialogues (each dialogue's positions, say) name every utterance once with the
+    # dialogue id, so training and scoring take them; only matching vectors by utterance id alone cannot.
+    positions = data["test"].map(lambda row: {"utterance_ids": [str(i) for i in range(len(row["labels"]))]})
+    check_unique_ids(DatasetDict({**data, "test": positions}))
+    with pytest.raises(ValueError, match="utterance id '0' appears twice: text_embeds vectors are matched"):
+        attach_embeddings(positions, "text_embeds", {"0": np.zeros(TEXT_DIM)})

@@ -101,7 +101,8 @@ def compute_metrics(eval_pred: Any, label_names: Sequence[str] | None = None) ->
     Takes what the Trainer gathers for a conversation model: logits `(..., num_labels)` (the first element when
     the model also returns gate weights or expert logits) or class ids already reduced by
     `preprocess_logits_for_metrics`, and labels of any shape padded with -100. Per-class F1 is flattened into
-    `f1_<label>` scalars because the Trainer logs, and selects the best model on, scalars only; select on
+    `f1_<label>` scalars because the Trainer logs, and selects the best model on, scalars only (`None` for a class
+    with no reference utterance: JSON's null, where NaN would make the Trainer's state file invalid JSON); select on
     `metric_for_best_model="weighted_f1"`, the paper's metric. Given logits, also `log_loss`: the mean negative
     log-likelihood of the labels, which `metric_for_best_model="log_loss"` minimises (BENCHMARKS.md compares the two).
     """
@@ -151,6 +152,16 @@ def _save_figure(figure: Figure, path: Path) -> None:
 _MACRO_NOTE = ("\nmacro avg above: over all {total} classes (an absent class scores 0). metrics.json's macro_f1 and "
                "unweighted_recall average the {present} classes present in the references, as the ERC literature "
                "does.\n")
+_ABSENT_NOTE = ("No reference utterance is of {names}: the zeros in {their} above are scikit-learn's convention; "
+                "a class without references has no F1 (null in metrics.json).\n")
+
+
+def _absent_note(scores: Mapping[str, Any]) -> str:
+    """What `classification_report.txt` says of classes without a reference utterance (none: nothing)."""
+    absent = [name for name, score in scores["f1_per_class"].items() if score is None]
+    if not absent:
+        return ""
+    return _ABSENT_NOTE.format(names=", ".join(absent), their="its row" if len(absent) == 1 else "their rows")
 
 
 def _per_expert(values: np.ndarray) -> dict[str, float]:
@@ -332,7 +343,7 @@ def write_evaluation_report(
             target_names=label_names,
             digits=4,
             zero_division=0,
-        ) + _MACRO_NOTE.format(present=len(np.unique(references)), total=len(label_names)),
+        ) + _MACRO_NOTE.format(present=len(np.unique(references)), total=len(label_names)) + _absent_note(scores),
     )
     _save_figure(_plot_confusion_matrix(matrix, label_names), output_dir / "confusion_matrix.png")
     _write_predictions_csv(

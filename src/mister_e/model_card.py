@@ -13,7 +13,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .configuration_mister_e import modalities_of
-from .evaluation import SCALAR_METRICS, summarize_seeds
+from .summaries import SCALAR_METRICS, runs_counted, seed_cell, summarize_seeds
 from .pipeline_mister_e import TASK
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -89,7 +89,7 @@ def _metrics_section(results: Any, labels: Sequence[str]) -> tuple[str, list[str
         if metric.startswith(f"{split}/") and metric.rsplit("/", 1)[-1] not in _SKIPPED_METRICS
     ]
     rows += [(m, v) for m, v in summary.items() if not m.startswith(tuple(f"{s}/" for s in _SPLITS))]
-    n = max((int(value.get("n", 1)) for _, value in rows), default=1)
+    n = runs_counted(dict(rows))
     if seeds:
         runs = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(str(seed) for seed in seeds)})"
     else:
@@ -102,18 +102,16 @@ def _metrics_section(results: Any, labels: Sequence[str]) -> tuple[str, list[str
     else:
         intro = (f"One training run: {runs} (the uploader gives the scores of the run whose weights these are). "
                  "Scores (F1, accuracy, recall) are percentages.")
+    if any(value["mean"] is None for _, value in rows):
+        intro += " n/a: no utterance of that class in the split, so no F1 to report."
     lines = [intro, "", "| split | metric | value |", "|---|---|---|"]
     for metric, value in rows:
-        if _is_score(metric) and not 0 <= value["mean"] <= 1:  # 61.0 would print as 6100.00
+        if _is_score(metric) and value["mean"] is not None and not 0 <= value["mean"] <= 1:  # 61.0: 6100.00
             raise ValueError(f"`{metric}` is {value['mean']}: scores are fractions in [0, 1], as training writes them "
                              "(results.json), not percentages.")
         split, _, name = metric.partition("/") if "/" in metric else ("", "", metric)
         scale = 100.0 if _is_score(metric) else 1.0
-        digits = 2 if scale == 100.0 else 4
-        cell = f"{value['mean'] * scale:.{digits}f}"
-        if int(value.get("n", 1)) > 1:
-            cell += f" ± {value['std'] * scale:.{digits}f}"
-        lines.append(f"| {split or '–'} | {name} | {cell} |")
+        lines.append(f"| {split or '–'} | {name} | {seed_cell(value, n, scale, 2 if scale == 100.0 else 4)} |")
     names = sorted({metric.rsplit("/", 1)[-1] for metric, _ in rows if metric.rsplit("/", 1)[-1] in SCALAR_METRICS})
     return "\n".join(lines), names
 

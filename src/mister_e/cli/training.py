@@ -171,6 +171,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from datasets import DatasetDict
 
     from ..assembly import require_kind
+    from ..data.splits import check_unique_ids
     from ..data.storage import load_dialogues
     from ..evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
     from ..training import evaluate_model
@@ -183,6 +184,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if not isinstance(dataset, DatasetDict) or args.split not in dataset:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
+    check_unique_ids(DatasetDict({args.split: dataset[args.split]}))  # as `evaluate_model` does, naming the split
     result = evaluate_model(
         args.model, dataset[args.split], output_dir, robustness=args.robustness,
         probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,

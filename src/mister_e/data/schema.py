@@ -8,6 +8,7 @@ stays small and points at the release on disk. Code elsewhere names columns thro
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import Counter
@@ -324,12 +325,18 @@ def make_dialogue_dataset(conversations: Sequence[Mapping], label_names: Sequenc
 def attach_embeddings(
     dataset: Dataset | DatasetDict, column: str, vectors: Mapping[str, Any]
 ) -> Dataset | DatasetDict:
-    """Add (or replace) a column of precomputed per-utterance vectors, looked up by utterance id."""
+    """Add (or replace) a column of precomputed per-utterance vectors, looked up by utterance id (so ids must be unique
+    across the split, as `validate_dialogues` holds them)."""
     if column not in EMBED_COLUMNS:
         raise ValueError(f"column must be one of {EMBED_COLUMNS}, got {column!r}")
     if isinstance(dataset, DatasetDict):
         return DatasetDict({split: attach_embeddings(part, column, vectors) for split, part in dataset.items()})
     utterances = list(dataset[UTTERANCE_IDS])
+    counts = Counter(itertools.chain(*utterances))
+    repeated = next((utterance for utterance, count in counts.items() if count > 1), None)
+    if repeated is not None:  # each of them would get the one vector of that id
+        raise ValueError(f"utterance id {repeated!r} appears twice: {column} vectors are matched to utterances by id; "
+                         "give every utterance of the split its own id")
     missing = [utterance for ids in utterances for utterance in ids if utterance not in vectors]
     if missing:
         raise ValueError(f"no {column} vector for {len(missing)} utterances (first: {', '.join(missing[:5])})")

@@ -1,11 +1,13 @@
 """How the splits of a dialogue dataset relate: one label set in one order, one width per embedding column, and no
-dialogue of validation or test repeated from training. Each split alone is checked in `schema`."""
+dialogue of validation or test repeated from training; and, for data saved by hand, ids that name one dialogue and one
+utterance each. Each split alone is checked in `schema`."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
@@ -84,9 +86,50 @@ def warn_of_shared_dialogues(dialogues: DatasetDict) -> None:
                            "memory, not generalisation; keep each dialogue in one split.")
 
 
+def check_unique_ids(dialogues: Dataset | DatasetDict) -> None:
+    """Raise a ValueError naming the split and the first id used twice in it: a dialogue id, or an utterance id within
+    one dialogue. Training and scoring go by position, but `predictions.csv`, and every message that names an
+    utterance, know it by these two ids: two utterances under the same ones could not be told apart there, and a
+    dialogue count by id would come out short. The package's builders ensure this (`validate_dialogues`); a data set
+    built and saved by hand is checked here, over whole Arrow columns (MELD's test split in milliseconds)."""
+    parts = {None: dialogues} if isinstance(dialogues, Dataset) else dialogues
+    for split, part in parts.items():
+        where = f"split {split!r}: " if split is not None else ""
+        columns = [column for column in (DIALOGUE_ID, UTTERANCE_IDS) if column in part.column_names]
+        table = part.select_columns(columns).with_format("arrow")[:]
+        names = table[DIALOGUE_ID].to_pandas() if DIALOGUE_ID in columns else None
+        if names is not None and (repeat := _first_repeat(names.to_frame())):
+            first, count = repeat
+            raise ValueError(f"{where}dialogue {names[first]!r} appears twice{_others(count)}: "
+                             "predictions.csv and messages name a dialogue by its id; give each its own.")
+        if UTTERANCE_IDS not in columns:
+            continue
+        ids = pa.chunked_array(table[UTTERANCE_IDS]).combine_chunks()
+        frame = pd.DataFrame({"dialogue": pc.list_parent_indices(ids).to_numpy(zero_copy_only=False),
+                              "utterance": ids.flatten().to_pandas()})
+        if repeat := _first_repeat(frame):
+            first, count = repeat
+            row, utterance = (frame.iat[first, column] for column in (0, 1))
+            dialogue = names[row] if names is not None else f"#{row}"
+            raise ValueError(f"{where}dialogue {dialogue!r}: utterance id {utterance!r} appears twice"
+                             f"{_others(count)}: predictions.csv names an utterance by its dialogue's "
+                             "id and its own; give each utterance of a dialogue its own id.")
+
+
+def _first_repeat(frame: pd.DataFrame) -> tuple[int, int] | None:
+    """`(position of the first row whose values an earlier row has, how many rows repeat one)`; rows with a missing
+    value are not compared. `None` when no row repeats."""
+    repeated = frame.duplicated().to_numpy() & frame.notna().all(axis=1).to_numpy()
+    return (int(np.argmax(repeated)), int(repeated.sum())) if repeated.any() else None
+
+
+def _others(count: int) -> str:
+    return f" ({count} repeats in the split)" if count > 1 else ""
+
+
 def _label_names(dataset: Dataset) -> list | str:
     feature = dataset.features.get(LABELS)
     return getattr(getattr(feature, "feature", None), "names", None) or str(feature)
 
 
-__all__ = ["check_splits_agree", "require_labelled", "warn_of_shared_dialogues"]
+__all__ = ["check_splits_agree", "check_unique_ids", "require_labelled", "warn_of_shared_dialogues"]

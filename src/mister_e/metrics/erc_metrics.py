@@ -45,7 +45,10 @@ References equal to -100 mark padded utterances of a batch of conversations and 
 
 Macro F1 and UAR average over the classes present in the references, like sklearn's `balanced_accuracy_score`:
 a class with no reference utterance in a split has no recall to average, and counting it as 0 would penalise
-the split rather than the model. Per-class F1 lists every class; a class absent from the split scores 0.
+the split rather than the model. Per-class F1 lists every class; a class with no reference utterance has no F1
+(`None`), whether or not the model predicted it: 0 would read as "the model fails on this class" where there was
+nothing to score, and its predictions are errors on utterances of other classes, which already lower those classes'
+recall and F1, the accuracy and UAR. Weighted F1 gives such a class no weight, and macro F1 leaves it out.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -60,7 +63,8 @@ Returns:
     macro_f1 (`float`): Unweighted mean F1 over the classes present in the references.
     accuracy (`float`): Fraction of utterances predicted correctly.
     unweighted_recall (`float`): Mean per-class recall over the classes present in the references (UAR).
-    f1_per_class (`dict` of `str` to `float`): F1 of every class, keyed by class name (or id as a string).
+    f1_per_class (`dict` of `str` to `float` or `None`): F1 of every class, keyed by class name (or id as a string);
+        `None` for a class with no reference utterance.
 Examples:
     >>> erc_metric = evaluate.load("path/to/erc_metrics.py")
     >>> results = erc_metric.compute(
@@ -115,5 +119,6 @@ class ErcMetrics(evaluate.Metric):
             "unweighted_recall": float(
                 recall_score(references, predictions, labels=present, average="macro", zero_division=0)
             ),
-            "f1_per_class": {name: float(score) for name, score in zip(names, per_class)},
+            "f1_per_class": {name: float(score) if index in present else None
+                             for index, (name, score) in enumerate(zip(names, per_class))},
         }

@@ -18,7 +18,7 @@ from ..configuration_mister_e import MODALITIES, contradicts_recorded_embedding
 from ..data.schema import (
     DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_experts_can_answer, check_finite_embeddings,
 )
-from ..data.splits import check_splits_agree
+from ..data.splits import check_splits_agree, check_unique_ids
 from ..evaluation import (
     DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, clear_report, robustness_curve, write_evaluation_report,
     write_robustness_report,
@@ -95,6 +95,7 @@ def evaluate_model(
             processor = MisterEProcessor.from_pretrained(path)
     check_finite_embeddings(dataset)
     check_splits_agree(dataset)  # one width per column, before `_check_fits` holds the first to the model's
+    check_unique_ids(dataset)  # predictions.csv names each utterance by its ids
     check_experts_can_answer(model.config.experts, dataset, modalities, raw=processor is not None)
     _check_fits(model, dataset)
     if device is not None:

@@ -25,7 +25,7 @@ from ..data.schema import (
     EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given,
     require_splits,
 )
-from ..data.splits import check_splits_agree, require_labelled, warn_of_shared_dialogues
+from ..data.splits import check_splits_agree, check_unique_ids, require_labelled, warn_of_shared_dialogues
 from ..data.storage import load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
@@ -83,6 +83,7 @@ def train_conversation_model(
     """
     require_splits(dataset)
     check_splits_agree(dataset)  # before `data_config` reads the labels and widths of `train` alone
+    check_unique_ids(dataset)
     require_labelled(dataset)
     output_dir = Path(output_dir)
     set_seed(seed)

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict
@@ -294,6 +296,7 @@ def build_trainer(
         **{"dataloader_pin_memory": torch.cuda.is_available(), "use_cpu": use_cpu, **training_arguments,
            **_TRAINER_REQUIRED},
     )
+    check_selection_metric(args.metric_for_best_model, dataset)
     return MisterETrainer(
         model=model,
         args=args,
@@ -306,6 +309,22 @@ def build_trainer(
         prediction_key=prediction_key,
         gate_learning_rate=gate_learning_rate,
     )
+
+
+def check_selection_metric(metric: str | None, dataset: DatasetDict) -> None:
+    """Selecting on `f1_<label>` needs a class of that name with validation utterances: without them its F1 is
+    undefined (None) at every evaluation, which the Trainer cannot compare (as 0.0 it kept the first epoch whatever
+    followed; a name that is no class failed after the first epoch, with the Trainer's KeyError)."""
+    name = (metric or "").removeprefix("eval_")
+    if not name.startswith("f1_"):
+        return
+    names, label = label_names(dataset["train"]), name.removeprefix("f1_")
+    if label not in names:
+        raise ValueError(f"metric_for_best_model {metric!r} names no class of the data (its classes: {names}).")
+    labels = pc.list_flatten(pa.chunked_array(dataset["validation"].with_format("arrow")[LABELS]))
+    if not pc.any(pc.equal(labels, names.index(label))).as_py():
+        raise ValueError(f"metric_for_best_model {metric!r}: split 'validation' has no {label!r} utterance, so that "
+                         "F1 is undefined at every evaluation; select on another metric or move some there.")
 
 
 def _fit(trainer: MisterETrainer, splits: Sequence[str], dataset: DatasetDict) -> dict[str, dict[str, float]]:
