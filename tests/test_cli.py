@@ -11,18 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from huggingface_hub import HfApi
 
 from tiny import tiny_config
 from tiny_end_to_end import tiny_processor
 from transformers import BertConfig
 
 from mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
-from mister_e.assembly import folder_kind
+from mister_e.assembly import conversation_fingerprint, folder_kind
 from mister_e.cli import build_parser, main
 from mister_e.conversations import read_conversation
 
 
-VERBS = ("quickstart", "prepare", "train-encoder", "plan", "extract", "train", "evaluate", "predict")
+VERBS = ("quickstart", "prepare", "train-encoder", "plan", "extract", "train", "evaluate", "predict", "share")
 
 
 def test_every_command_is_wired():
@@ -246,3 +248,82 @@ def test_audio_that_a_folder_does_not_read_is_named_not_dropped(tmp_path, line):
     (tmp_path / "transcripts.txt").unlink()  # a video beside the WAV extracted from it is that WAV's source
     (tmp_path / "utt1.mp4").write_bytes(b"\x00\x00\x00\x20ftypisom")
     assert [u["id"] for u in read_conversation(tmp_path)["utterances"]] == ["utt1"]
+
+
+def _trained_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A text-only stage-2 run folder as `mister-e train` leaves it (weights, results.json with their fingerprint) and
+    the stage-1 text encoder folder that made its embeddings."""
+    torch.manual_seed(0)
+    stage_two = MisterEForEmotionRecognition(tiny_config(experts=["text"]))
+    stage_two.save_pretrained(tmp_path / "run")
+    scores = {"weighted_f1": 0.6, "accuracy": 0.7}
+    (tmp_path / "run" / "results.json").write_text(json.dumps({
+        "seed": 0, "validation": scores, "test": scores, "weights_sha256": conversation_fingerprint(stage_two)}))
+    encoder = MisterEForUtteranceClassification(tiny_config(text_config=BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=13)))
+    encoder.save_pretrained(tmp_path / "encoder")
+    tiny_processor().save_pretrained(tmp_path / "encoder")
+    return tmp_path / "run", tmp_path / "encoder"
+
+
+def test_share_writes_a_loadable_folder_and_pushes_the_same_files(tmp_path, capsys, monkeypatch):
+    from transformers import pipeline
+
+    run, encoder = _trained_run(tmp_path)
+    capsys.readouterr()
+    share = ["share", str(run), "--encoder", str(encoder), "--license", "mit"]
+    assert main([*share, "--folder", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert str(tmp_path / "out") in capsys.readouterr().out
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "license: mit" in card and "| test | weighted_f1 | 60.00 |" in card and "checked against" in card
+    pipe = pipeline("emotion-recognition-in-conversation", model=str(tmp_path / "out"), device="cpu")
+    assert conversation_fingerprint(pipe.model) == json.loads((run / "results.json").read_text())["weights_sha256"]
+    assert pipe({"utterances": [{"text": "hello world"}, {"text": "oh no"}]})[1]["label"].startswith("emotion_")
+
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: commits.append(kwargs) or repo_id)
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(
+        sorted(op.path_in_repo for op in operations)) or type("CommitInfo", (), {"commit_url": "https://hub/c/1"})())
+    assert main([*share, "--to", "you/tiny", "--private"]) == 2  # the tests run offline (conftest)
+    error = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE is set" in error and len(error.strip().splitlines()) == 1 and not commits
+    monkeypatch.setattr("mister_e.hub.is_offline_mode", lambda: False)
+    assert main([*share, "--to", "you/tiny", "--private"]) == 0
+    assert "you/tiny: https://hub/c/1" in capsys.readouterr().out
+    assert commits[0]["private"] is True
+    assert commits[1] == sorted(path.name for path in (tmp_path / "out").iterdir())
+
+
+def test_share_refuses_what_it_cannot_share_in_one_line(tmp_path, capsys, caplog):
+    run, encoder = _trained_run(tmp_path)
+    other = tmp_path / "other" / "seed_3"
+    other.mkdir(parents=True)
+    (other / "results.json").write_text(json.dumps({"seed": 3, "test": {"accuracy": 0.9}, "weights_sha256": "0" * 64}))
+    (tmp_path / "runs" / "seed_0").mkdir(parents=True)
+    (tmp_path / "runs" / "summary.json").write_text("{}")
+    MisterEForEmotionRecognition(tiny_config()).save_pretrained(tmp_path / "bare")
+    (tmp_path / "empty").mkdir()
+    out = ["--folder", str(tmp_path / "out")]
+    cases = [
+        (["share", str(tmp_path / "nowhere"), *out], "No model folder at"),
+        (["share", str(tmp_path / "bare"), *out], "bare holds no results.json: give --results FILE"),
+        (["share", str(tmp_path / "runs"), *out], "holds the runs of several seeds (summary.json)"),
+        (["share", str(tmp_path / "empty"), *out], "No saved model (config.json) in"),
+        (["share", str(encoder), *out], "is a stage-1 encoder folder"),
+        (["share", str(run), *out], "is a stage-2 model"),
+        (["share", str(run), "--encoder", str(encoder), "--to", "you/bad/id"], "'you/bad/id' is not a Hub repository"),
+        (["share", str(run), "--encoder", str(encoder), "--private", *out], "--private is for --to"),
+        (["share", str(run), "--encoder", str(encoder), "--results", str(other / "results.json"), *out],
+         f"holds the scores of the run in {other} (seed 3), whose weights are not the model being shared"),
+    ]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "out").exists()
+
+    (run / "results.json").write_text(json.dumps({"seed": 0, "test": {"accuracy": 0.7}}))  # an older run: no weights
+    with caplog.at_level("WARNING"):
+        assert main(["share", str(run), "--encoder", str(encoder), *out]) == 0
+    assert "cannot be checked to be this model's" in caplog.text and (tmp_path / "out" / "README.md").is_file()

@@ -16,10 +16,12 @@ import torch
 from huggingface_hub import HfApi
 from tiny import tiny_config
 from tiny_end_to_end import LABELS, TASK, tiny_model, tiny_processor, write_clips
-from transformers import pipeline
+from transformers import BertConfig, pipeline
 
-from mister_e import MisterEForEmotionRecognition
+from mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 import mister_e  # noqa: F401  (registers the model classes and the task)
+from mister_e.assembly import conversation_fingerprint
+from mister_e.evaluation import summarize_seeds
 from mister_e.hub import _ensure_code_files, model_card, push_to_hub, save_for_hub
 
 
@@ -71,6 +73,7 @@ def pushed(tmp_path_factory):
         return "commit-info"
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mister_e.hub.is_offline_mode", lambda: False)  # the tests run offline; the Hub is faked here
         patch.setattr(HfApi, "create_repo", fake_create_repo)
         patch.setattr(HfApi, "create_commit", fake_create_commit)
         answer = push_to_hub(tiny_model(), tiny_processor(), "someone/mister-e-tiny", results=RESULTS, private=True,
@@ -277,3 +280,65 @@ def test_a_model_whose_pipeline_files_are_not_at_hand_saves_no_pipeline_entry(tm
     assert not json.loads((tmp_path / "config.json").read_text()).get("custom_pipelines")
     assert not (tmp_path / "pipeline_mister_e.py").exists()
     assert MisterEForEmotionRecognition.from_pretrained(tmp_path).config.experts == model.config.experts
+
+
+def test_offline_or_a_malformed_repo_id_is_refused_before_anything_is_built(monkeypatch):
+    """Offline, the upload failed deep in the HTTP client after the folder was built."""
+    monkeypatch.setattr(HfApi, "create_commit", lambda *args, **kwargs: pytest.fail("nothing may be committed"))
+    with pytest.raises(OSError, match=r"Cannot push to you/tiny: HF_HUB_OFFLINE is set.*--folder OUT"):
+        push_to_hub(tiny_model(), tiny_processor(), "you/tiny")  # conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(ValueError, match=r"'you/my model' is not a Hub repository id"):
+        push_to_hub(tiny_model(), tiny_processor(), "you/my model")
+
+
+def test_the_weights_fingerprint_is_the_conversation_models_joined_or_not(tmp_path):
+    """What a run records of its stage-2 weights must be found again in the end-to-end model they are joined into."""
+    stage_two = MisterEForEmotionRecognition(tiny_config(experts=["text"]))
+    encoder = MisterEForUtteranceClassification(tiny_config(text_config=BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=13)))
+    joined = MisterEForEmotionRecognition.from_stages(encoder, stage_two)
+    assert conversation_fingerprint(joined) == conversation_fingerprint(stage_two)
+    joined.save_pretrained(tmp_path)
+    assert conversation_fingerprint(MisterEForEmotionRecognition.from_pretrained(tmp_path)) == \
+        conversation_fingerprint(stage_two)
+    with torch.no_grad():
+        joined.text_encoder.projection.weight.add_(1.0)  # the encoders are not the scored stage-2 weights
+    assert conversation_fingerprint(joined) == conversation_fingerprint(stage_two)
+    with torch.no_grad():
+        next(stage_two.parameters()).view(-1)[0] += 1e-6
+    assert conversation_fingerprint(joined) != conversation_fingerprint(stage_two)
+
+
+def test_scores_of_other_weights_are_refused_and_unrecorded_ones_warned(tmp_path, caplog):
+    """The card published any run's scores as the uploaded model's; now a run's recorded weights must be the model's."""
+    model, other = tiny_model(), "0" * 64
+    own = conversation_fingerprint(model)
+    run = tmp_path / "runs" / "seed_0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({**RESULTS[0], "weights_sha256": other}))
+    refused = r"seed_0/results\.json holds the scores of the run in \S*runs/seed_0 \(seed 0\), whose weights are not"
+    with pytest.raises(ValueError, match=refused):
+        save_for_hub(model, tiny_processor(), tmp_path / "out", results=run / "results.json")
+    assert not (tmp_path / "out").exists()
+
+    (run / "results.json").write_text(json.dumps({**RESULTS[0], "weights_sha256": own}))
+    with caplog.at_level("WARNING"):
+        folder = save_for_hub(model, tiny_processor(), tmp_path / "out", results=run / "results.json")
+    assert "checked against the weights it recorded" in (folder / "README.md").read_text() and not caplog.records
+
+    scores = summarize_seeds([{split: r[split] for split in ("validation", "test")} for r in RESULTS])
+    summary = {"seeds": [0, 1], "summary": scores,
+               "runs": {"0": {"weights_sha256": other}, "1": {"weights_sha256": own}}}
+    assert "a single model, seed 1's (checked against the weights that run recorded)" in model_card(model, summary)
+    (tmp_path / "runs" / "summary.json").write_text(json.dumps({**summary, "runs": {"0": {"weights_sha256": other},
+                                                                               "1": {"weights_sha256": other}}}))
+    refused = r"summary\.json holds the scores of the runs in \S*runs \(seed 0, seed 1\), and the model being shared is"
+    with pytest.raises(ValueError, match=refused + " none of them"):
+        model_card(model, tmp_path / "runs" / "summary.json")
+
+    for older in (RESULTS[0], {**summary, "runs": {"0": {}, "1": {}}}, scores):  # runs from before the fingerprint
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            card = model_card(model, older)
+        assert "| test | weighted_f1 |" in card and "checked against" not in card
+        assert len(caplog.records) == 1 and "cannot be checked to be this model's" in caplog.text

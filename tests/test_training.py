@@ -21,7 +21,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallba
 from transformers.testing_utils import CaptureLogger
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEForUtteranceClassification
-from mister_e.assembly import folder_kind
+from mister_e.assembly import conversation_fingerprint, folder_kind
 from mister_e.configuration_mister_e import EXPERTS
 from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
@@ -878,6 +878,10 @@ def test_train_seeds_summarises_mean_and_std(tmp_path):
         assert summary[metric]["std"] == pytest.approx(values.std(ddof=1))
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["summary"] == summary and written["seeds"] == [0, 1]
+    for seed, run in zip((0, 1), runs):  # each run records the weights it scored, for `save_for_hub` to check
+        saved = MisterEForEmotionRecognition.from_pretrained(tmp_path / f"seed_{seed}")
+        assert run["weights_sha256"] == conversation_fingerprint(saved) == written["runs"][str(seed)]["weights_sha256"]
+    assert runs[0]["weights_sha256"] != runs[1]["weights_sha256"]
     assert "±" in (tmp_path / "summary.md").read_text()
     finished = (tmp_path / "seed_0" / "results.json").stat().st_mtime_ns
     assert train_seeds(recipe, seeds=(0, 1), dataset=data) == summary  # finished seeds are read, not retrained

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+
+import torch
 
 from .modeling_mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassification
 from .processing_mister_e import MisterEProcessor
@@ -85,4 +88,38 @@ def join_stages(
     return model.eval(), processor
 
 
-__all__ = ["encoders_by_modality", "join_stages"]
+def load_end_to_end(
+    folder: str | os.PathLike, encoders: list[str | os.PathLike] | None, embedding: str | None, use: str
+) -> tuple[MisterEForEmotionRecognition, MisterEProcessor]:
+    """The end-to-end model and processor a verb `use` reads: the end-to-end folder at `folder`, or the stage-2 model
+    there joined to its stage-1 `encoders` (`join_stages`). Every wrong folder is refused naming it."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"No model folder at {folder}.")
+    if embedding and not encoders:
+        raise ValueError("--embedding says which vector of the --encoder folders a stage-2 model reads; give the "
+                         "encoders too (an end-to-end model already holds its own).")
+    if encoders:
+        return join_stages(folder, encoders, embedding)
+    require_kind(folder, ("end-to-end",), f"{use} (without `--encoder`)")
+    return MisterEForEmotionRecognition.from_pretrained(folder), MisterEProcessor.from_pretrained(folder)
+
+
+_ENCODERS = ("speech_encoder", "text_encoder")  # the stage-1 part of an end-to-end model's state dict
+WEIGHTS_KEY = "weights_sha256"  # where a run's results (`results.json`, `summary.json` runs) record the fingerprint
+
+
+def conversation_fingerprint(model: MisterEForEmotionRecognition) -> str:
+    """sha256 of the conversation model's weights: every tensor of its state dict but the utterance encoders', by
+    name in sorted order (name, dtype, shape and bytes). A stage-2 model joined to its encoders (`from_stages`) keeps
+    it, so a run's `results.json` (which records it) can be checked against the end-to-end model that is shared."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.split(".")[0] in _ENCODERS:
+            continue
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+__all__ = ["WEIGHTS_KEY", "conversation_fingerprint", "encoders_by_modality", "join_stages", "load_end_to_end"]

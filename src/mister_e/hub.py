@@ -41,7 +41,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, is_offline_mode
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from . import (
     audio_mister_e,
@@ -130,7 +132,8 @@ def save_for_hub(model, processor, folder: str | os.PathLike, results: Any = Non
         model: A `MisterEForEmotionRecognition` with utterance encoders (an end-to-end model).
         processor: Its `MisterEProcessor`.
         folder: Where to write (created if needed).
-        results, card_kwargs: Passed to [`model_card`].
+        results, card_kwargs: Passed to [`model_card`], which refuses scores recorded for other weights (a run's
+            `weights_sha256`) and warns of scores that recorded none.
 
     Returns:
         The folder.
@@ -159,6 +162,18 @@ def save_for_hub(model, processor, folder: str | os.PathLike, results: Any = Non
     return folder
 
 
+def check_pushable(repo_id: str) -> None:
+    """Refuse, before any model is loaded or folder written, a push that cannot happen: a `repo_id` the Hub would
+    refuse, or offline mode (`HF_HUB_OFFLINE`), where the upload would fail deep in the HTTP client."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{repo_id!r} is not a Hub repository id (you/name): {error}") from None
+    if is_offline_mode():
+        raise OSError(f"Cannot push to {repo_id}: HF_HUB_OFFLINE is set. Unset it, or write the folder with "
+                      "`save_for_hub` (CLI: `share --folder OUT`) and upload it later.")
+
+
 def push_to_hub(
     model,
     processor,
@@ -173,7 +188,9 @@ def push_to_hub(
 
     Creates the repository if needed (`private` only applies then). Returns the `CommitInfo` of the commit.
     `results` and `card_kwargs` go to [`model_card`] (`repo_id` defaults to this one for the card's snippets).
+    A malformed `repo_id` and offline mode are refused first (`check_pushable`).
     """
+    check_pushable(repo_id)
     card_kwargs.setdefault("repo_id", repo_id)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="mister-e-hub-") as tmp:
@@ -192,4 +209,4 @@ def push_to_hub(
         )
 
 
-__all__ = ["model_card", "push_to_hub", "save_for_hub"]
+__all__ = ["check_pushable", "model_card", "push_to_hub", "save_for_hub"]

@@ -4,6 +4,7 @@ std over seeds, from a run's results), rendered from `templates/model_card.md` w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -12,9 +13,10 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .assembly import WEIGHTS_KEY, conversation_fingerprint
 from .configuration_mister_e import modalities_of
-from .summaries import SCALAR_METRICS, runs_counted, seed_cell, summarize_seeds
 from .pipeline_mister_e import TASK
+from .summaries import SCALAR_METRICS, runs_counted, seed_cell, summarize_seeds
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 TAGS = ["emotion-recognition", "audio", "text", "mister-e"]
@@ -22,6 +24,8 @@ _MODALITY_TAGS = {"speech": "audio", "text": "text"}  # tagged only where the mo
 _SPLITS = ("test", "validation")
 _SKIPPED_METRICS = ("epoch",)
 _HUB_METRICS = {"weighted_f1": "f1", "macro_f1": "f1", "accuracy": "accuracy", "unweighted_recall": "recall"}
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -67,21 +71,64 @@ def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, floa
     return (seeds if all(seed is not None for seed in seeds) else None), summarize_seeds(splits)
 
 
+def _recorded_weights(results: Any) -> dict[str, str | None]:
+    """Each run `results` holds the scores of ("seed 3", else "run 2") and the `weights_sha256` it recorded (`None`:
+    written before runs recorded one); a bare `summarize_seeds` result names no run."""
+    if isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping):  # summary.json
+        runs = results.get("runs") if isinstance(results.get("runs"), Mapping) else {}
+        return {f"seed {seed}": run.get(WEIGHTS_KEY) if isinstance(run, Mapping) else None
+                for seed, run in runs.items()}
+    if isinstance(results, Mapping) and results and all(
+        isinstance(value, Mapping) and "mean" in value for value in results.values()
+    ):
+        return {}
+    runs = [results] if isinstance(results, Mapping) else list(results)
+    return {f"seed {run['seed']}" if run.get("seed") is not None else f"run {index}": run.get(WEIGHTS_KEY)
+            for index, run in enumerate(runs)}
+
+
+def _check_weights(model, results: Any, source: Any) -> str | None:
+    """The run of `results` whose recorded weights are `model`'s (by `conversation_fingerprint`). Raises when no run
+    is, and every run recorded its weights: these are another model's scores. Warns when that cannot be told (runs
+    written before they recorded their weights); returns `None` then."""
+    recorded = _recorded_weights(results)
+    own = conversation_fingerprint(model)
+    match = next((run for run, fingerprint in recorded.items() if fingerprint == own), None)
+    if match is not None:
+        return match
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "`results`"
+    if not recorded or None in recorded.values():
+        logger.warning(f"{where}: {'these scores record' if recorded else 'a bare summary records'} no fingerprint "
+                       "of the weights they were scored on (runs trained before they recorded one), so they cannot "
+                       "be checked to be this model's: make sure they are.")
+        return None
+    folder = f" in {Path(source).parent}" if isinstance(source, (str, os.PathLike)) else ""
+    if len(recorded) == 1:
+        raise ValueError(f"{where} holds the scores of the run{folder} ({next(iter(recorded))}), whose weights are "
+                         "not the model being shared: give the results of the run whose model you share.")
+    raise ValueError(f"{where} holds the scores of the runs{folder} ({', '.join(recorded)}), and the model being "
+                     "shared is none of them: share one of those runs' model, or give the results of the run whose "
+                     "model you share.")
+
+
 def _is_score(metric: str) -> bool:
     name = metric.rsplit("/", 1)[-1]
     return name in SCALAR_METRICS or name.startswith(("f1_", "recall_", "precision_"))
 
 
-def _metrics_section(results: Any, labels: Sequence[str]) -> tuple[str, list[str]]:
-    """The metrics section of the card and the metric names for the YAML header; per-class scores must name the
-    model's `labels` (scores of another model's run would otherwise be published as this one's)."""
+def _metrics_section(model, results: Any, source: Any) -> tuple[str, list[str]]:
+    """The metrics section of the card and the metric names for the YAML header. The scores must be `model`'s: their
+    per-class scores name its labels, and their run recorded its weights (`_check_weights`; `source`: what `results`
+    was read from); scores of another model's run would otherwise be published as this one's."""
     seeds, summary = _metric_summary(results)
+    labels = list(model.config.id2label.values())
     for metric in summary:
         name = metric.rsplit("/", 1)[-1]
         prefix = next((p for p in ("f1_", "recall_", "precision_") if name.startswith(p)), None)
         if prefix and name[len(prefix):] not in labels:
             raise ValueError(f"`results` scores `{metric}`, but the model has no label {name[len(prefix):]!r} "
                              f"(its labels: {list(labels)}): these are another model's scores.")
+    shared = _check_weights(model, results, source)
     rows = [
         (metric, value)
         for split in _SPLITS
@@ -97,11 +144,13 @@ def _metrics_section(results: Any, labels: Sequence[str]) -> tuple[str, list[str
     if n > 1:
         intro = (
             f"Mean ± sample standard deviation over {runs}. Scores (F1, accuracy, recall) are percentages; "
-            "the uploaded weights are a single model, one of these runs'."
+            "the uploaded weights are a single model, "
+            + (f"{shared}'s (checked against the weights that run recorded)." if shared else "one of these runs'.")
         )
     else:
-        intro = (f"One training run: {runs} (the uploader gives the scores of the run whose weights these are). "
-                 "Scores (F1, accuracy, recall) are percentages.")
+        whose = ("these weights are the ones it scored, checked against the weights it recorded" if shared
+                 else "the uploader gives the scores of the run whose weights these are")
+        intro = f"One training run: {runs} ({whose}). Scores (F1, accuracy, recall) are percentages."
     if any(value["mean"] is None for _, value in rows):
         intro += " n/a: no utterance of that class in the split, so no F1 to report."
     lines = [intro, "", "| split | metric | value |", "|---|---|---|"]
@@ -172,10 +221,12 @@ def model_card(
     config and the scores.
 
     Args:
-        model: A `MisterEForEmotionRecognition` (only its `config` and parameter count are read).
+        model: A `MisterEForEmotionRecognition` (its `config`, parameter count and weights' fingerprint are read).
         results: Scores to report: a `results.json` dict (or its path) of `train_conversation_model`, a list of
             them (one per seed), a `summary.json` dict (or path) of `train_seeds`, or the summary `train_seeds`
-            returns. Several seeds show as mean ± std. `None` leaves a placeholder.
+            returns. Several seeds show as mean ± std. `None` leaves a placeholder. Scores whose run recorded the
+            fingerprint of other weights than `model`'s (`weights_sha256`) are refused; scores without one (runs
+            trained before it was recorded, a bare summary) are taken with a warning that they cannot be checked.
         dataset_name: Name of the training corpus (e.g. `"IEMOCAP"`), shown in the text.
         training_data: Free text describing the training data (splits, preprocessing, label mapping).
         license: The `license` metadata, a Hub license id such as `"apache-2.0"` (default: none written; the Hub's
@@ -196,9 +247,9 @@ def model_card(
     base_models = [hub for b in backbones.values() if b and (hub := _hub_id(b[1]))]
 
     metric_names: list[str] = []
-    results = _read_results(results)
+    source, results = results, _read_results(results)
     if results is not None:
-        metrics_text, metric_names = _metrics_section(results, list(id2label.values()))
+        metrics_text, metric_names = _metrics_section(model, results, source)
     else:
         metrics_text = "No scores were given when this card was written."
 

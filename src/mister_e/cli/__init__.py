@@ -1,9 +1,9 @@
-"""`mister-e`: prepare datasets, train encoders, extract embeddings, train and evaluate MiSTER-E, predict, demo, plan
-paper-scale runs.
+"""`mister-e`: prepare datasets, train encoders, extract embeddings, train and evaluate MiSTER-E, predict, share on
+the Hub, demo, plan paper-scale runs.
 
 The parser and `main` live here, the verbs in `data.py` (prepare, extract), `training.py` (train-encoder, train,
-evaluate, quickstart, plan) and `predict.py`. Training, data and extraction code is imported only inside the verb
-that runs, so `--help` and `predict` start without the Trainer, `datasets` or peft.
+evaluate, quickstart, plan), `predict.py` and `share.py`. Training, data and extraction code is imported only inside
+the verb that runs, so `--help` and `predict` start without the Trainer, `datasets` or peft.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from .arguments import Parser
 from .data import add_extract_arguments, add_prepare_arguments, run_extract, run_prepare
 from .predict import add_predict_arguments, run_predict
+from .share import add_share_arguments, run_share
 from .training import (
     add_evaluate_arguments, add_plan_arguments, add_quickstart_arguments, add_train_arguments,
     add_train_encoder_arguments, run_evaluate, run_plan, run_quickstart, run_train, run_train_encoder,
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", add_train_arguments, run_train, "Stage 2: train MiSTER-E (seeds, ablations)."),
         ("evaluate", add_evaluate_arguments, run_evaluate, "Metrics, plots, robustness curve."),
         ("predict", add_predict_arguments, run_predict, "Predict emotions for a conversation (JSON out)."),
+        ("share", add_share_arguments, run_share, "Push a trained model and its card to the Hub (or to a folder)."),
     ):
         sub = commands.add_parser(name, help=summary, description=summary)
         add(sub)

@@ -18,14 +18,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("conversation", help="A conversation JSON file, a folder of audio files with transcripts.txt, or a "
                                              "recording (.wav/.flac/.ogg/.mp3), cut into utterances by voice activity "
                                              "detection (extra `mister-e[recording]`).")
-    parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR",
-                        help="With a stage-2 `--model` (from `mister-e train`): a stage-1 encoder folder "
-                             "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
-                             "once per modality.")
-    parser.add_argument("--embedding", choices=EMBEDDINGS,
-                        help="With --encoder: the encoders' vectors the stage-2 model was trained on, as `extract "
-                             "--embedding` made them. Default: the one recorded when it was trained (models trained "
-                             "before it was recorded: projection; give backbone_mean / backbone_layers for those).")
+    add_encoder_arguments(parser)
     parser.add_argument("--top-k", type=positive_int)
     parser.add_argument("--device", type=torch_device)
     recording = parser.add_argument_group("recordings")
@@ -44,12 +37,22 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                            help="Also draw the timeline (PNG, PDF, SVG or JPEG, by the file's suffix).")
 
 
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--encoder` and `--embedding`: what joins a stage-2 model to its encoders (`assembly.load_end_to_end`)."""
+    parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR",
+                        help="With a stage-2 model (a `mister-e train` run): a stage-1 encoder folder "
+                             "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
+                             "once per modality.")
+    parser.add_argument("--embedding", choices=EMBEDDINGS,
+                        help="With --encoder: the encoders' vectors the stage-2 model was trained on, as `extract "
+                             "--embedding` made them. Default: the one recorded when it was trained (models trained "
+                             "before it was recorded: projection; give backbone_mean / backbone_layers for those).")
+
+
 def run_predict(args: argparse.Namespace) -> None:
     from transformers import pipeline
 
-    from ..assembly import join_stages, require_kind
-    from ..modeling_mister_e import MisterEForEmotionRecognition
-    from ..processing_mister_e import MisterEProcessor
+    from ..assembly import load_end_to_end
     from ..segmentation_mister_e import RECORDING_EXTENSIONS, MisterESegmentation
 
     recording = Path(args.conversation).suffix.lower() in RECORDING_EXTENSIONS and not Path(args.conversation).is_dir()
@@ -68,17 +71,8 @@ def run_predict(args: argparse.Namespace) -> None:
             raise ValueError(f"{source} is neither a conversation (.json, or a folder of audio files) nor a recording "
                              f"({'/'.join(RECORDING_EXTENSIONS)}): convert other audio formats, e.g. to .wav.")
         conversation = read_conversation(args.conversation)
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"No model folder at {args.model}.")
-    if args.embedding and not args.encoders:
-        raise ValueError("--embedding says which vector of the --encoder folders a stage-2 model reads; give the "
-                         "encoders too (an end-to-end model already holds its own).")
-    if args.encoders:
-        model, processor = join_stages(args.model, args.encoders, args.embedding)
-    else:  # loaded here, not by `pipeline`, which folds a loading error into a traceback-laden message
-        require_kind(args.model, ("end-to-end",), "`predict --model` (without `--encoder`)")
-        model = MisterEForEmotionRecognition.from_pretrained(args.model)
-        processor = MisterEProcessor.from_pretrained(args.model)
+    # loaded here, not by `pipeline`, which folds a loading error into a traceback-laden message
+    model, processor = load_end_to_end(args.model, args.encoders, args.embedding, "`predict --model`")
     pipe = pipeline("emotion-recognition-in-conversation", model=model, processor=processor, device=args.device)
     if recording:
         predict_recording(pipe, args, segmentation)

@@ -16,6 +16,7 @@ from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.utils import logging
 
+from ..assembly import WEIGHTS_KEY, conversation_fingerprint
 from ..configuration_mister_e import MODALITIES, MisterEConfig, modalities_of
 from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
 from ..modeling_mister_e import MisterEForEmotionRecognition
@@ -57,8 +58,9 @@ def train_conversation_model(
     """Train MiSTER-E (stage 2) on a dialogue `DatasetDict`, select on validation, score on test, save.
 
     Reruns with the same `output_dir` resume from its newest complete checkpoint. Writes the selected model
-    (`model.safetensors`, `config.json`) and `results.json` (validation and test scores, seed, config; with `report`
-    also the mean test gate weight per expert, `test.gate`) to `output_dir` and, with `report`, the test split's
+    (`model.safetensors`, `config.json`) and `results.json` (validation and test scores, seed, config, the
+    `weights_sha256` of the weights scored (`conversation_fingerprint`); with `report` also the mean test gate weight
+    per expert, `test.gate`) to `output_dir` and, with `report`, the test split's
     evaluation artefacts to `output_dir/test` (see `evaluate_model`). Once
     `results.json` is written the checkpoints (about 1 GB each at the paper's sizes) are deleted, unless
     `keep_checkpoints`.
@@ -127,6 +129,7 @@ def train_conversation_model(
     # After saving, which completes the config (`architectures`, `auto_map`), as a run resumed after its last
     # checkpoint has not yet done: its results.json then matched the uninterrupted run's but for those.
     results["config"] = json.loads(trainer.model.config.to_json_string())
+    results[WEIGHTS_KEY] = conversation_fingerprint(trainer.model)  # what `save_for_hub` checks the scores against
     if report and "test" in dataset and trainer.is_world_process_zero():  # a single-process pass, no collectives
         metrics = evaluate_model(trainer.model, dataset["test"], output_dir / "test", robustness=False,
                                  processor=processor, modalities=modalities,
@@ -219,7 +222,8 @@ def train_seeds(
     """Train a recipe once per seed into `output_dir/seed_<k>` and summarise the seeds (mean ± sample std).
 
     A seed whose `results.json` exists is not trained again, and an unfinished one resumes, so an interrupted
-    multi-seed run is continued by running the same command. Writes `summary.json` and `summary.md`.
+    multi-seed run is continued by running the same command. Writes `summary.json` (with each seed's scores and the
+    `weights_sha256` of its weights, where its run recorded one) and `summary.md`.
     """
     recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else recipe
     seeds = list(recipe["seeds"] if seeds is None else seeds)
@@ -233,7 +237,9 @@ def train_seeds(
               for seed, run in runs.items()}
     summary = summarize_seeds(list(scores.values()))
     if process_state().is_main_process:
-        _write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary, "runs": scores})
+        weights = {seed: {WEIGHTS_KEY: run[WEIGHTS_KEY]} if WEIGHTS_KEY in run else {} for seed, run in runs.items()}
+        _write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary,
+                                                  "runs": {seed: {**scores[seed], **weights[seed]} for seed in seeds}})
         names = [f"test/f1_{name}" for name in label_names(dataset["train"])]
         title = f"# {recipe.get('name', 'MiSTER-E')}{' / ' + recipe['ablation'] if recipe.get('ablation') else ''}"
         table = format_seed_table(summary, SUMMARY_METRICS + names)
