@@ -503,6 +503,96 @@ def test_channels_that_cancel_are_refused_not_read_as_silence(processor, tmp_pat
         assert len(load_recording(path)) == 2 * SR
 
 
+def _read_everywhere(processor, audio):
+    """What the audio-module logger says while `audio` is read as an utterance (array or file) and, for a file or an
+    array at SR, as a recording."""
+    logger = transformers.logging.get_logger("mister_e.audio_mister_e")
+    with CaptureLogger(logger) as captured:
+        if isinstance(audio, np.ndarray):
+            processor(_conversation({"audio": {"array": audio, "sampling_rate": SR}}))
+            load_recording({"array": audio, "sampling_rate": SR})
+        else:
+            processor(_conversation({"audio": str(audio)}))
+            load_recording(audio)
+    return captured.out
+
+
+def test_clipped_audio_is_read_with_a_warning_naming_it(processor, tmp_path):
+    """Speech recorded too loud, flattened at full scale, was read without a word: an array, a file and a recording
+    each say what share is clipped, and are still read. A peak that touches full scale (a normalised file) is not
+    clipping."""
+    clipped = np.clip(4 * tones(SR), -1, 1)  # 55% of the samples in flat runs at +-1
+    path = tmp_path / "loud.wav"
+    sf.write(path, clipped, SR, subtype="PCM_16")
+    said = _read_everywhere(processor, clipped)
+    assert "utterance 1 (id='u1'): 55.1% of the samples are clipped" in said
+    assert "recording: 55.1% of the samples are clipped" in said
+    said = _read_everywhere(processor, path)
+    assert f"audio file {str(path)!r}: 55.1% of the samples are clipped" in said
+    assert f"The recording {path}: 55.1% of the samples are clipped" in said
+    stereo = np.stack([clipped, tones(SR)], axis=1)  # one channel clipped is said too
+    assert "27.5% of the samples are clipped" in _read_everywhere(processor, stereo)
+    sf.write(path, np.clip(4 * tones(SR), -1, 1), SR, subtype="PCM_U8")  # 8-bit PCM's rails are at 127/128
+    assert "55.4% of the samples are clipped" in _read_everywhere(processor, path)
+    normalised = tones(SR) / np.abs(tones(SR)).max()
+    sf.write(path, normalised, SR, subtype="PCM_16")
+    assert _read_everywhere(processor, normalised) + _read_everywhere(processor, path) == ""
+    sparse = tones(SR)  # one 3-sample run in 5000 samples: under 0.1%, not said
+    sparse[::5000] = sparse[1::5000] = sparse[2::5000] = 1.0
+    assert _read_everywhere(processor, sparse) == ""
+
+
+def test_float_audio_past_full_scale_is_read_as_it_is_with_a_warning(processor, tmp_path):
+    """Float samples between 1 and 32 were read silently: they are read as they are (loudness is part of what the
+    speech experts read), and the array, file or recording is named. Inter-sample overshoot (up to 3 dB) says
+    nothing, nor does PCM, which cannot exceed full scale."""
+    loud = 3 * tones(SR)  # peaks at 2.7
+    path = tmp_path / "loud.wav"
+    sf.write(path, loud, SR, subtype="FLOAT")
+    said = _read_everywhere(processor, loud)
+    assert "utterance 1 (id='u1'): float audio samples reach 2.7, beyond [-1, 1]; they are read as they are" in said
+    assert "recording: float audio samples reach 2.7" in said and "clipped" not in said
+    said = _read_everywhere(processor, path)
+    assert f"audio file {str(path)!r}: float audio samples reach 2.7" in said
+    assert f"The recording {path}: float audio samples reach 2.7" in said
+    features = processor({"utterances": [{"audio": loud, "sampling_rate": SR}]}, min_audio_seconds=0)
+    unnormalised = MisterEProcessor(wav2vec2_extractor(do_normalize=False), processor.tokenizer)
+    features = unnormalised({"utterances": [{"audio": loud, "sampling_rate": SR}]}, min_audio_seconds=0)
+    np.testing.assert_allclose(features["input_values"][0], loud, atol=1e-6)  # not rescaled
+    sf.write(path, 1.3 * tones(SR), SR, subtype="FLOAT")  # peak 1.17: what resampling leaves of full scale
+    assert _read_everywhere(processor, 1.3 * tones(SR)) + _read_everywhere(processor, path) == ""
+
+
+def _retag(path, tag):
+    """Overwrites the format tag of a canonical WAV file (the 2 bytes after "fmt " and its size)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"fmt ") + 8
+    data[at : at + 2] = tag.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_pcm_under_an_a_law_or_mu_law_tag_is_refused_not_read_as_noise(processor, tmp_path):
+    """A 16-bit PCM file whose format tag was corrupted into A-law's (6) or mu-law's (7) decoded as noise of twice its
+    length, read without a word; real A-law and mu-law files still read."""
+    rng = np.random.default_rng(0)
+    speechlike = (0.2 * tones(SR) * rng.uniform(0.2, 1, 2 * SR)).astype(np.float32)
+    path = tmp_path / "tagged.wav"
+    for tag, law in ((6, "A-law"), (7, "mu-law")):
+        sf.write(path, speechlike, SR, subtype="PCM_16")
+        _retag(path, tag)
+        assert sf.info(path).frames == 4 * SR  # read as 8-bit codes: twice the samples
+        match = f"decodes as noise: its header says {law} \\(8 bits a sample\\), but its bytes are laid out as 16-bit"
+        with pytest.raises(ValueError, match=match) as error:
+            processor(_conversation({"audio": str(path)}))
+        assert str(path) in str(error.value) and "utterance 1 (id='u1')" in str(error.value)
+        with pytest.raises(ValueError, match=f"The recording {path} {match}"):
+            load_recording(path)
+    for subtype in ("ALAW", "ULAW"):
+        for signal in (speechlike, tones(SR), 0.9 * tones(SR) / np.abs(tones(SR)).max()):
+            sf.write(path, signal, SR, subtype=subtype)
+            assert _read_everywhere(processor, path) == ""
+
+
 def test_a_file_that_may_not_be_read_or_decodes_to_nothing_says_why(processor, tmp_path, monkeypatch):
     """libsndfile said "System error." of a file without read permission, and "has no samples" of a damaged file."""
     path = tmp_path / "locked.wav"

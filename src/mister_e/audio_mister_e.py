@@ -43,11 +43,31 @@ _PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 # speech then peaks in the hundreds or thousands), which every encoder would read as a near-constant shout; the limit
 # leaves room for loud or synthetic float audio (white noise of unit variance peaks near 5).
 _FLOAT_PEAK_LIMIT = 32.0
+# Float samples up to 3 dB past full scale are what resampling or a lossy codec (MP3, OGG) leaves of audio mastered to
+# full scale (inter-sample peaks): said only beyond it.
+_FLOAT_PEAK_SAID = 10 ** (3 / 20)
+# Clipping as Audacity's Analyze > Find Clipping counts it (its default start threshold): runs of at least 3 samples
+# on the rails. One sample there is a loud peak (a normalised file touches full scale so: 212 of EmoDB's 339 files do,
+# none for 3 samples); 3 alike is the waveform flattened against the limit. The rails are from -0.26 dBFS up, so that
+# 8-bit PCM's (127/128) and A-law's and mu-law's (0.98) count; the samples of a run must be equal, which unclipped
+# audio near full scale is not. Said once clipped samples reach 0.1% of the audio (one 3-sample run in 3000 samples).
+_CLIP_LEVEL = 0.97
+_CLIPPED_SHARE = 1e-3
 # Channels whose average is this much weaker (power ratio, -20 dB) than the channels themselves cancel each other: one
 # is phase-inverted (some laptop microphone arrays record so). Unrelated or one-sided channels keep a ratio of
 # 1/channels or more, identical ones 1.
 _CANCELLED_POWER_RATIO = 0.01
 _SILENT_POWER = 1e-8  # below it (-80 dBFS) there is nothing to cancel
+# libsndfile's log of a mono A-law or mu-law WAV (`extra_info`): those bytes may be a 16-bit PCM file whose format tag
+# was corrupted, which decodes as noise. Its low bytes are then near-random and its high bytes cluster around zero,
+# while a real A-law/mu-law file codes every sample alike: the byte entropies of even and odd positions differ by
+# under 0.05 bits in real ones (EmoDB encoded at 8-22 kHz, clean or with noise at 0 dB SNR) and by over 1 bit in
+# mis-tagged ones. The first MiB of audio bytes is read.
+_COMPANDED_MONO = re.compile(r"WAVE_FORMAT_(ALAW|MULAW)\b.*?^[ \t]*Channels[ \t]*:[ \t]*1[ \t]*$", re.M | re.S)
+_PCM_LAYOUT_BITS = 0.5
+_LAYOUT_BYTES = 1 << 20
+_MIN_LAYOUT_BYTES = 4096  # fewer tell nothing
+_LAW_NAMES = {"ALAW": "A-law", "MULAW": "mu-law"}
 # libsndfile's log of a WAV/AIFF file (`soundfile.info(path).extra_info`) whose audio chunk ends before its header says:
 # `data : 88200 (should be 44078)`. Sizes from 0x7FFF0000 up are the placeholders of recorders writing to a stream.
 _CUT_SHORT = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -78,8 +98,9 @@ def check_sampling_rate(sampling_rate, where: str) -> int:
 
 
 def float_samples(array, where: str) -> np.ndarray:
-    """An audio array's samples as floats: float arrays (or tensors) as they are; 16- and 32-bit integer PCM (what
-    `scipy.io.wavfile` reads) and 8-bit unsigned PCM scaled to [-1, 1), as soundfile reads those files."""
+    """An audio array's samples as floats: float arrays (or tensors) as they are (their level is judged by
+    `LevelCheck`); 16- and 32-bit integer PCM (what `scipy.io.wavfile` reads) and 8-bit unsigned PCM scaled to
+    [-1, 1), as soundfile reads those files."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu()
         array = array.float().numpy() if array.is_floating_point() else array.numpy()
@@ -88,8 +109,6 @@ def float_samples(array, where: str) -> np.ndarray:
     except ValueError as err:
         raise ValueError(f"{where}: `audio` is not a valid array: {err}") from err
     if array.dtype.kind == "f":
-        check_peak(array, where, "Pass the integer array as it is (int16, int32 and uint8 are scaled), or divide it "
-                    "by 32768 (int16).")
         return array
     if array.dtype in _PCM_SCALE:
         return (array / _PCM_SCALE[array.dtype]).astype(np.float32)
@@ -99,36 +118,87 @@ def float_samples(array, where: str) -> np.ndarray:
                      f"int32 or uint8 PCM, got dtype {array.dtype}.")
 
 
-def check_peak(samples: np.ndarray, where: str, remedy: str) -> None:
-    """Refuses float samples far outside [-1, 1] (`_FLOAT_PEAK_LIMIT`), whether an array or a float audio file."""
+def check_peak(samples: np.ndarray, where: str, remedy: str) -> float:
+    """The peak of finite float samples; refuses one far outside [-1, 1] (`_FLOAT_PEAK_LIMIT`), from an array or a
+    float audio file."""
     finite = np.abs(samples[np.isfinite(samples)])  # NaN and inf are refused, by name, where samples are checked
-    if finite.size and finite.max() > _FLOAT_PEAK_LIMIT:
-        raise ValueError(f"{where}: float audio samples reach {finite.max():.4g}, far outside [-1, 1]: integer PCM "
-                         f"cast to float without scaling? {remedy}")
+    peak = float(finite.max()) if finite.size else 0.0
+    if peak > _FLOAT_PEAK_LIMIT:
+        raise ValueError(f"{where}: float audio samples reach {peak:.4g}, far outside [-1, 1]: integer PCM cast to "
+                         f"float without scaling? {remedy}")
+    return peak
 
 
 FILE_PEAK_REMEDY = "Rescale the file's samples to [-1, 1] (or save it as 16-bit PCM)."
+ARRAY_PEAK_REMEDY = ("Pass the integer array as it is (int16, int32 and uint8 are scaled), or divide it by 32768 "
+                     "(int16).")
 
 
-def to_mono(array: np.ndarray, where: str) -> np.ndarray:
-    """Averages the channels of a 2-D array.
+def clipped_samples(samples: np.ndarray) -> int:
+    """How many of the samples (1-D, or (samples, channels): each channel apart) lie in a run of 3 or more equal
+    samples on the rails (`_CLIP_LEVEL`)."""
+    x = samples[:, None] if samples.ndim == 1 else samples
+    flat = (x[1:] == x[:-1]) & (np.abs(x[1:]) >= _CLIP_LEVEL)  # sample i + 1 repeats sample i, on a rail
+    starts = flat[1:] & flat[:-1]  # samples i, i + 1 and i + 2 alike on a rail
+    clipped = np.zeros(x.shape, dtype=bool)
+    for offset in range(3):
+        clipped[offset : offset + len(starts)] |= starts
+    return int(clipped.sum())
+
+
+class LevelCheck:
+    """Judges the level of audio read block by block (a file is never held whole for it), before its channels are
+    averaged or its rate changed (both move peaks): float samples far outside [-1, 1] are refused as soon as a block
+    holds one (`check_peak`); `report` then says, naming `where`, float samples well past full scale and clipping.
+    Neither is changed: loudness is part of what the speech experts read, and clipped speech is still speech."""
+
+    def __init__(self, where: str, remedy: str):
+        self.where, self.remedy = where, remedy
+        self.peak, self.clipped, self.samples = 0.0, 0, 0
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """Judges a block of float samples (1-D, or (samples, channels)) and returns it, so that `map(check,
+        blocks)` judges blocks as they are read."""
+        self.peak = max(self.peak, check_peak(block, self.where, self.remedy))
+        self.clipped += clipped_samples(block)
+        self.samples += block.size
+        return block
+
+    def report(self) -> None:
+        if self.peak > _FLOAT_PEAK_SAID:
+            logger.warning(f"{self.where}: float audio samples reach {self.peak:.3g}, beyond [-1, 1]; they are read as "
+                           "they are (not rescaled), louder than any audio the encoders learnt from: rescale them to "
+                           "[-1, 1] unless the audio is meant to be that loud.")
+        if self.clipped and self.clipped >= _CLIPPED_SHARE * self.samples:
+            logger.warning(f"{self.where}: {100 * self.clipped / self.samples:.3g}% of the samples are clipped (flat "
+                           "at full scale for 3 samples or more: recorded too loud?); they are read as they are, "
+                           "distorted.")
+
+
+def mono_samples(array, where: str) -> np.ndarray:
+    """An audio array's samples (`float_samples`) averaged to mono, their level and channels judged as a file's are
+    (`LevelCheck`, `check_downmix`).
 
     A 2-D array is read as (channels, samples) when its first axis is the shorter one and as (samples, channels),
     soundfile's layout, otherwise (ties included). The channel axis may hold at most 8 channels, so that a layout
     that cannot be told from the shape raises instead of averaging over time.
     """
-    if array.ndim == 1:
-        return array
-    if array.ndim != 2:
+    array = float_samples(array, where)
+    if array.ndim not in (1, 2):
         raise ValueError(f"{where}: an audio array must be 1-D or 2-D, got shape {array.shape}.")
-    channel_axis = 0 if array.shape[0] < array.shape[1] else 1
-    if array.shape[channel_axis] > _MAX_CHANNELS:
+    channels = array[:, None] if array.ndim == 1 else array.T if array.shape[0] < array.shape[1] else array
+    if channels.shape[1] > _MAX_CHANNELS:
         raise ValueError(
             f"{where}: cannot tell channels from samples in an audio array of shape {array.shape}: give "
             f"(samples, channels) or (channels, samples) with at most {_MAX_CHANNELS} channels."
         )
-    check_downmix([array if channel_axis == 1 else array.T], where)
-    return array.mean(axis=channel_axis)
+    levels = LevelCheck(where, ARRAY_PEAK_REMEDY)
+    levels(channels)
+    levels.report()
+    if array.ndim == 1:
+        return array
+    check_downmix([channels], where)
+    return channels.mean(axis=1)
 
 
 def check_downmix(blocks: Iterable[np.ndarray], where: str) -> None:
@@ -138,8 +208,8 @@ def check_downmix(blocks: Iterable[np.ndarray], where: str) -> None:
     channel_energy = mix_energy = 0.0
     samples = channels = 0
     for block in blocks:
-        if block.ndim != 2 or block.shape[1] < 2:
-            return
+        if block.ndim != 2 or block.shape[1] < 2:  # nothing to cancel; the blocks are still read, for their caller
+            continue
         channels, samples = block.shape[1], samples + block.shape[0]
         for start in range(0, block.shape[0], 1 << 18):  # in float64, a slice at a time
             chunk = block[start : start + (1 << 18)].astype(np.float64)
@@ -167,18 +237,50 @@ def check_readable(path: str, what: str) -> None:
 
 
 def check_decoded(path: str, what: str, frames: int, seconds: float, extra_info: str) -> None:
-    """What decoding a file passes over in silence: no samples from a file too large to be empty (damaged: refused),
-    and a WAV or AIFF file that ends before its header says (read as shorter audio: said). `frames`, `seconds` and
-    `extra_info` (libsndfile's log) are soundfile's of the file; `what` names it in messages."""
+    """What decoding a file passes over in silence: no samples from a file too large to be empty, or 16-bit PCM under
+    an A-law or mu-law tag (decoded as noise): damaged, refused; and a WAV or AIFF file that ends before its header
+    says (read as shorter audio: said). `frames`, `seconds` and `extra_info` (libsndfile's log) are soundfile's of
+    the file; `what` names it in messages."""
     if frames == 0 and os.path.getsize(path) > _DAMAGED_BYTES:
         raise ValueError(f"{what} decodes to no samples, though it holds {os.path.getsize(path)} bytes: it is damaged "
                          "or cut short (an OGG file cut short, a WAV header never completed); export it again.")
+    companded = _COMPANDED_MONO.search(extra_info or "")
+    if companded and _pcm_layout(_wav_audio_bytes(path, _LAYOUT_BYTES)):
+        raise ValueError(f"{what} decodes as noise: its header says {_LAW_NAMES[companded[1]]} (8 bits a sample), but "
+                         "its bytes are laid out as 16-bit PCM's (every other byte near-random): a PCM file whose "
+                         "format tag was corrupted? Repair its header, or export it again.")
     for found in _CUT_SHORT.finditer(extra_info or ""):
         announced, present = int(found[1]), int(found[2])
         if present + _MIN_MISSING_BYTES <= announced < _PLACEHOLDER_SIZE:
             logger.warning(f"{what} ends before its header says (it holds {present / announced:.0%} of the audio "
                            f"announced: a copy or a recording cut short?); the {seconds:.3g} s present are read.")
             return
+
+
+def _wav_audio_bytes(path: str, limit: int) -> np.ndarray:
+    """Up to `limit` bytes of a RIFF WAV file's `data` chunk (none if it has none)."""
+    with open(path, "rb") as file:
+        file.seek(12)  # "RIFF", its size, "WAVE"
+        while len(header := file.read(8)) == 8:
+            size = int.from_bytes(header[4:], "little")
+            if header[:4] == b"data":
+                return np.frombuffer(file.read(min(size, limit)), dtype=np.uint8)
+            file.seek(size + size % 2, os.SEEK_CUR)  # chunks are padded to an even size
+    return np.zeros(0, dtype=np.uint8)
+
+
+def _pcm_layout(data: np.ndarray) -> bool:
+    """Whether 8-bit codes are laid out as 16-bit little-endian PCM: the even (low) bytes far more random than the odd
+    (high) ones, where one codec's codes are alike at every position (`_PCM_LAYOUT_BITS`)."""
+    if data.size < _MIN_LAYOUT_BYTES:
+        return False
+
+    def entropy(codes: np.ndarray) -> float:
+        share = np.bincount(codes, minlength=256) / codes.size
+        share = share[share > 0]
+        return float(-(share * np.log2(share)).sum())
+
+    return entropy(data[0::2]) - entropy(data[1::2]) > _PCM_LAYOUT_BITS
 
 
 def resample(waveform: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
@@ -223,5 +325,5 @@ def _resample_with_soxr(waveform: np.ndarray, orig_freq: int, new_freq: int) -> 
     return np.asarray(resampled, dtype=np.float32)
 
 
-__all__ = ["FILE_PEAK_REMEDY", "check_decoded", "check_downmix", "check_peak", "check_readable", "check_sampling_rate",
-           "float_samples", "resample", "to_mono"]
+__all__ = ["ARRAY_PEAK_REMEDY", "FILE_PEAK_REMEDY", "LevelCheck", "check_decoded", "check_downmix", "check_peak",
+           "check_readable", "check_sampling_rate", "float_samples", "mono_samples", "resample"]

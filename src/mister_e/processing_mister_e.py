@@ -30,8 +30,8 @@ from transformers.audio_utils import load_audio
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
-from .audio_mister_e import (FILE_PEAK_REMEDY, check_decoded, check_downmix, check_peak, check_readable,
-                             check_sampling_rate, float_samples, resample, to_mono)
+from .audio_mister_e import (FILE_PEAK_REMEDY, LevelCheck, check_decoded, check_downmix, check_readable,
+                             check_sampling_rate, mono_samples, resample)
 
 logger = logging.get_logger(__name__)
 
@@ -319,9 +319,8 @@ class MisterEProcessor(ProcessorMixin):
         else:
             array, source_rate = audio, utterance.get("sampling_rate")
 
-        array = float_samples(array, where)
         source_rate = check_sampling_rate(source_rate, where)
-        waveform = to_mono(array, where).astype(np.float32)
+        waveform = mono_samples(array, where).astype(np.float32)
         self._check_samples(waveform, where, "audio array")
         if source_rate != sampling_rate:
             waveform = resample(waveform, source_rate, sampling_rate)
@@ -342,22 +341,23 @@ class MisterEProcessor(ProcessorMixin):
             raise ValueError(f"{where}: could not read audio file {path!r}: {err}") from err
         self._check_file(path, where)
         self._check_samples(waveform, where, f"audio file {path!r}")
-        check_peak(waveform, f"{where}: audio file {path!r}", FILE_PEAK_REMEDY)
         return waveform
 
     @staticmethod
     def _check_file(path: str, where: str) -> None:
-        """What decoding passes over in silence (`check_decoded`), and channels that cancel when averaged (read as
-        silence: refused)."""
+        """What decoding passes over in silence (`check_decoded`), the level of the samples as decoded, before
+        resampling and averaging (`LevelCheck`), and channels that cancel when averaged (read as silence: refused)."""
         try:  # here and in a `try`, not above: remote-code files import torch, transformers and numpy only
             import soundfile
         except ImportError:  # never reached: `load_audio` decoded the file with it
             return
+        what = f"{where}: audio file {path!r}"
         info = soundfile.info(path)
-        check_decoded(path, f"{where}: audio file {path!r}", info.frames, info.duration, info.extra_info)
-        if info.channels > 1:
-            blocks = soundfile.blocks(path, blocksize=1 << 18, dtype="float32", always_2d=True)
-            check_downmix(blocks, f"{where}: audio file {path!r}")  # read again, a block at a time
+        check_decoded(path, what, info.frames, info.duration, info.extra_info)
+        levels = LevelCheck(what, FILE_PEAK_REMEDY)
+        blocks = soundfile.blocks(path, blocksize=1 << 18, dtype="float32", always_2d=True)
+        check_downmix(map(levels, blocks), what)  # read again, a block at a time
+        levels.report()
 
     @staticmethod
     def _check_samples(waveform: np.ndarray, where: str, source: str) -> None:

@@ -31,8 +31,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from .audio_mister_e import (FILE_PEAK_REMEDY, check_decoded, check_downmix, check_peak, check_readable,
-                             check_sampling_rate, float_samples, resample, to_mono)
+from .audio_mister_e import (ARRAY_PEAK_REMEDY, FILE_PEAK_REMEDY, LevelCheck, check_decoded, check_downmix,
+                             check_peak, check_readable, check_sampling_rate, float_samples, mono_samples, resample)
 
 # Silero VAD runs at 16 kHz (or 8 kHz); every segment keeps this rate, and the processor resamples from it.
 SAMPLING_RATE = 16000
@@ -94,7 +94,6 @@ def read_recording(recording, sampling_rate: int | None = None, block_seconds: f
     for block in blocks:
         if not np.isfinite(block).all():
             raise ValueError(f"The {where} contains NaN or infinite samples.")
-        check_peak(block, f"The {where}", FILE_PEAK_REMEDY)
         total += len(block)
         if len(block):
             yield block
@@ -119,20 +118,22 @@ def _read_file_blocks(path: str, block_seconds: float) -> Iterator[np.ndarray]:
             rate = file.samplerate
             check_decoded(path, f"The recording {path}", file.frames, file.frames / rate, file.extra_info)
             stream = soxr.ResampleStream(rate, SAMPLING_RATE, 1, dtype="float32") if rate != SAMPLING_RATE else None
+            levels = LevelCheck(f"The recording {path}", FILE_PEAK_REMEDY)
             while True:
-                block = file.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
+                block = levels(file.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True))
                 last = len(block) == 0
                 check_downmix([block], f"The recording {path}")
                 mono = block.mean(axis=1) if len(block) else np.zeros(0, np.float32)
                 yield stream.resample_chunk(mono, last=last) if stream is not None else mono
                 if last:
+                    levels.report()
                     return
     except (RuntimeError, soundfile.LibsndfileError, soundfile.SoundFileError) as error:
         raise ValueError(f"Could not read the recording {path}: {error}") from error
 
 
 def _array_blocks(array, sampling_rate, block_seconds: float) -> Iterator[np.ndarray]:
-    waveform = to_mono(float_samples(array, "recording"), "recording").astype(np.float32, copy=False)
+    waveform = mono_samples(array, "recording").astype(np.float32, copy=False)
     rate = check_sampling_rate(sampling_rate, "recording")
     if rate != SAMPLING_RATE and waveform.size:
         waveform = resample(waveform, rate, SAMPLING_RATE)
@@ -186,6 +187,7 @@ def iter_segments(blocks: Iterable[np.ndarray], segmentation: MisterESegmentatio
 
     for number, block in enumerate(blocks):
         block = float_samples(block, f"recording block {number}").astype(np.float32, copy=False)
+        check_peak(block, f"recording block {number}", ARRAY_PEAK_REMEDY)
         if block.ndim != 1:
             raise ValueError(f"recording block {number}: expected 16-kHz mono samples (1-D), got shape "
                              f"{block.shape}; `read_recording` makes such blocks from any file or array.")
