@@ -327,3 +327,61 @@ def test_share_refuses_what_it_cannot_share_in_one_line(tmp_path, capsys, caplog
     with caplog.at_level("WARNING"):
         assert main(["share", str(run), "--encoder", str(encoder), *out]) == 0
     assert "cannot be checked to be this model's" in caplog.text and (tmp_path / "out" / "README.md").is_file()
+
+
+def test_paths_are_read_as_users_type_them(tmp_path, monkeypatch):
+    """`~` that the shell leaves (`--model=~/m`, quoted) is the home folder: it made a folder named `~`, and the
+    Trainer, which expands it, wrote half a run to the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parser = build_parser()
+    args = parser.parse_args(["predict", "--model=~/m", "--encoder", "~/e", "~/c.wav", "--csv=~/t.csv"])
+    assert (args.model, args.encoders, args.conversation, args.csv) == (
+        str(tmp_path / "m"), [str(tmp_path / "e")], str(tmp_path / "c.wav"), str(tmp_path / "t.csv"))
+    args = parser.parse_args(["train", "--recipe", "~/r.yaml", "--dataset=~/d", "--output-dir=~/runs"])
+    assert (args.recipe, args.dataset, args.output_dir) == (
+        str(tmp_path / "r.yaml"), str(tmp_path / "d"), str(tmp_path / "runs"))
+    args = parser.parse_args(["evaluate", "--model=~/m", "--dataset=~/d", "--output-dir=~/report"])
+    assert args.output_dir == str(tmp_path / "report")
+    args = parser.parse_args(["prepare", "emodb", "~/emodb", "~/out"])
+    assert (args.root, args.output_dir) == (str(tmp_path / "emodb"), str(tmp_path / "out"))
+
+
+def test_outputs_that_could_only_be_written_as_something_else_are_refused(tmp_path, capsys, monkeypatch):
+    """A Windows path made a file or folder named `C:\\...`, `--csv out/` a file named `out`, and a broken link failed
+    after the work with an errno naming a temporary folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    cases = [
+        (["prepare", "emodb", "root", "C:\\data\\out"], "C:\\data\\out is a Windows path"),
+        (["prepare", "emodb", "root", "broken"], f"broken is a broken symbolic link (to {tmp_path / 'nowhere'})"),
+        (["prepare", "emodb", "root", "loop"], "loop is a broken symbolic link"),
+        (["predict", "--model", "m", "r.wav", "--csv", "out/"], "out/ is a folder; name a file in it"),
+        (["predict", "--model", "m", "r.wav", "--plot", "D:/plots/t.png"], "D:/plots/t.png is a Windows path"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken", "loop"]
+
+
+def test_audio_a_folder_cannot_read_is_named_not_dropped(tmp_path):
+    """A broken link, a link loop or a folder under an audio file's name was left out of the conversation silently."""
+    sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    for name, make, message in [("b.wav", lambda b: b.symlink_to(tmp_path / "gone.wav"), "a broken symbolic link"),
+                                ("b.flac", lambda b: b.symlink_to(b), "a broken symbolic link"),
+                                ("b.m4a", lambda b: b.mkdir(), "not a file")]:
+        make(tmp_path / name)
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name} is {message}")):
+            read_conversation(tmp_path)
+        (tmp_path / name).rmdir() if name == "b.m4a" else (tmp_path / name).unlink()
+    assert [u["id"] for u in read_conversation(tmp_path)["utterances"]] == ["a"]
+
+
+def test_a_conversation_file_reads_audio_paths_under_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "c.json").write_text(json.dumps([{"audio": "~/a.wav"}, {"audio": {"path": "~/b.wav"}}]))
+    utterances = read_conversation(tmp_path / "c.json")["utterances"]
+    assert utterances == [{"audio": str(tmp_path / "home" / "a.wav")}, {"audio": {"path": str(tmp_path / "home" /
+                                                                                               "b.wav")}}]

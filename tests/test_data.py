@@ -194,6 +194,9 @@ def test_save_round_trip_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="holds runs besides its saved dataset"):
         save_dialogues(dialogues, target, overwrite=True)
     (target / "runs").rmdir()
+    (tmp_path / "link").symlink_to(tmp_path / "gone")  # failed after the save: "Not a directory: '.link...partial'"
+    with pytest.raises(FileExistsError, match=f"link is a broken symbolic link \\(to {tmp_path / 'gone'}\\)"):
+        save_dialogues(dialogues, tmp_path / "link")
 
     def crash(self, *args, **kwargs):
         raise OSError("disk full")

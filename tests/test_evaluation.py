@@ -72,6 +72,21 @@ def test_metric_loads_offline_from_the_package_file(erc_metric):
     assert list(Path(evaluate.config.HF_MODULES_CACHE).rglob("erc_metrics.py"))
 
 
+def test_metric_loads_where_hf_home_cannot_be_written(erc_metric, random_split, tmp_path, monkeypatch):
+    """`evaluate.load` copies the script into HF_HOME/modules and makes HF_HOME/metrics: with HF_HOME read-only or
+    not creatable, training failed at its first evaluation (a file in the way stands for both, also as root)."""
+    import evaluate
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "file" / "modules")
+    monkeypatch.setattr(evaluate.config, "HF_METRICS_CACHE", tmp_path / "file" / "metrics")
+    predictions, references = random_split
+    metric = load_erc_metric()
+    assert metric.name == "erc_metrics" and metric.compute(predictions=predictions, references=references,
+                                                           label_names=LABELS) == erc_metric.compute(
+        predictions=predictions, references=references, label_names=LABELS)
+
+
 def test_metric_matches_sklearn(erc_metric, random_split):
     predictions, references = random_split
     results = erc_metric.compute(predictions=predictions, references=references, label_names=LABELS)
@@ -402,3 +417,19 @@ def test_figures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, 
     _save_figure(figure, tmp_path / f"plot{suffix}")
     assert (tmp_path / f"plot{suffix}").read_bytes().startswith(magic)
     assert [p.name for p in tmp_path.iterdir()] == [f"plot{suffix}"]  # no temporary file left
+
+
+def test_characters_a_figure_cannot_draw_are_named_once(tmp_path, caplog):
+    """Labels in a script the font lacks (CJK, emoji) gave matplotlib's two warning lines per character and figure."""
+    from matplotlib.figure import Figure
+
+    from mister_e.evaluation import _save_figure
+
+    figure = Figure()
+    figure.add_subplot().set_xticks([0, 1], ["joie", "\ue000\ue001"])  # private-use characters: in no font
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        _save_figure(figure, tmp_path / "plot.png")
+    assert not [str(warning.message) for warning in caught if "Glyph" in str(warning.message)]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{tmp_path / 'plot.png'}: the plot's font cannot draw \ue000 \ue001 (drawn as boxes)"]

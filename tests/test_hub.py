@@ -263,6 +263,9 @@ def test_save_for_hub_writes_all_or_nothing_and_keeps_local_paths_off_the_card(t
     assert "opensmile" not in card  # the note is for openSMILE speech encoders only
     with pytest.raises(FileExistsError, match="not empty"):
         save_for_hub(model, tiny_processor(), folder)
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(FileExistsError, match="link is a broken symbolic link"):
+        save_for_hub(model, tiny_processor(), tmp_path / "link")
     stage_two = MisterEForEmotionRecognition(tiny_config())
     with pytest.raises(ValueError, match="end-to-end model"):
         save_for_hub(stage_two, tiny_processor(), tmp_path / "stage-2")

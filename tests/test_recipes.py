@@ -190,3 +190,12 @@ def test_a_malformed_recipe_file_is_one_line_exit_2(tmp_path, capsys):
 def test_a_whole_section_cannot_be_set(section):
     with pytest.raises(ValueError, match=re.escape(f"--set {section}=...: set its fields one by one")):
         load_recipe("small", {section: "abc"})
+
+
+def test_a_recipe_file_reads_its_paths_under_the_home_folder(tmp_path, monkeypatch):
+    """`dataset: ~/data` in a YAML file: the home folder's, as `mister-e train --dataset=~/data` reads it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "recipe.yaml"
+    path.write_text("dataset: ~/data\noutput_dir: ~/runs\nseeds: [0]\n")
+    recipe = load_recipe(path)
+    assert (recipe["dataset"], recipe["output_dir"]) == (str(tmp_path / "data"), str(tmp_path / "runs"))

@@ -400,6 +400,17 @@ def test_length_grouped_batches_pad_as_little_as_sorting_does(data, tmp_path):
     assert 0 <= results["validation"]["weighted_f1"] <= 1
 
 
+def test_a_run_folder_named_with_a_tilde_is_one_folder(data, tmp_path, monkeypatch):
+    """TrainingArguments reads a leading `~` as the home folder, pathlib does not: the model of `~/run` went to
+    `./~/run` and its checkpoints and results.json to the home folder's `run`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
+                                                       num_labels=len(LABELS)))
+    trainer = build_trainer(model, data, "~/run", MisterEDataCollator(), FAST)
+    assert trainer.args.output_dir == str(tmp_path / "~" / "run")
+
+
 def test_stage_two_trains_under_cpu_bfloat16_autocast(data, tmp_path):
     model = MisterEForEmotionRecognition(MisterEConfig(**SIZES, speech_embed_dim=SPEECH_DIM, text_embed_dim=TEXT_DIM,
                                                        num_labels=len(LABELS)))

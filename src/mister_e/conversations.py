@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def read_conversation(path: str | Path) -> dict:
 
     path = Path(path)
     if path.is_dir():
+        for entry in sorted(path.iterdir()):
+            if entry.suffix.lower() in RECORDING_EXTENSIONS + OTHER_AUDIO_EXTENSIONS and not entry.is_file():
+                # else left out as no audio file: its utterance lost, or answered from its text alone
+                raise ValueError(f"{entry} is {'a broken symbolic link' if entry.is_symlink() else 'not a file'}: "
+                                 "an audio file of the conversation cannot be read from it; fix it or move it out.")
         files = sorted((file for file in path.iterdir() if file.suffix.lower() in RECORDING_EXTENSIONS
                         and file.is_file()), key=_natural)
         wavs = {}  # utt2 before utt10, as a conversation's turns are numbered
@@ -98,12 +104,12 @@ def read_conversation(path: str | Path) -> dict:
                 raise ValueError(f"{path}: utterances {seen[key]} and {index} have the same id, {key}; give each "
                                  "utterance its own id, or none.")
             seen[key] = index
-    for utterance in conversation["utterances"]:  # relative audio paths are relative to the JSON file
+    for utterance in conversation["utterances"]:  # relative audio paths are relative to the JSON file, `~` is HOME
         audio = utterance.get("audio") if isinstance(utterance, dict) else None
         if isinstance(audio, str) and audio:
-            utterance["audio"] = str(path.parent / audio)
+            utterance["audio"] = str(path.parent / os.path.expanduser(audio))
         elif isinstance(audio, dict) and isinstance(audio.get("path"), str) and audio["path"]:
-            utterance["audio"] = {**audio, "path": str(path.parent / audio["path"])}
+            utterance["audio"] = {**audio, "path": str(path.parent / os.path.expanduser(audio["path"]))}
     return conversation
 
 

@@ -20,10 +20,17 @@ with Agg and never touch pyplot's global backend, so importing this module chang
 
 from __future__ import annotations
 
+import atexit
 import csv
 import functools
+import importlib.util
 import json
+import logging
 import os
+import re
+import shutil
+import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +43,8 @@ from sklearn.metrics import classification_report, confusion_matrix
 from .configuration_mister_e import EXPERTS
 from .summaries import SCALAR_METRICS, format_seed_table, summarize_seeds
 from .utils import PLOT_FORMATS, atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 if TYPE_CHECKING:
@@ -86,7 +95,19 @@ def load_erc_metric(**kwargs: Any) -> evaluate.EvaluationModule:
     import evaluate
 
     kwargs.setdefault("keep_in_memory", True)
-    return evaluate.load(str(ERC_METRIC_PATH), **kwargs)
+    try:
+        return evaluate.load(str(ERC_METRIC_PATH), **kwargs)
+    except OSError:
+        # HF_HOME read-only or not creatable (a shared cache, a home folder that is not there): `evaluate` copies the
+        # script into HF_HOME/modules and makes HF_HOME/metrics, and training failed at its first evaluation. The
+        # script is imported from the package instead, its (unused, in-memory) data folder a temporary one.
+        spec = importlib.util.spec_from_file_location("mister_e_erc_metrics", ERC_METRIC_PATH)
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        if "cache_dir" not in kwargs:
+            kwargs["cache_dir"] = tempfile.mkdtemp(prefix="mister-e-metric-")
+            atexit.register(shutil.rmtree, kwargs["cache_dir"], ignore_errors=True)
+        return script.ErcMetrics(**kwargs)
 
 
 @functools.cache
@@ -143,10 +164,22 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
-    """`figure` in the format its suffix names (PNG for any other), written under a temporary name, then renamed."""
+    """`figure` in the format its suffix names (PNG for any other), written under a temporary name, then renamed.
+
+    Characters of labels that the font cannot draw (CJK, emoji in DejaVu Sans) are drawn as boxes: said in one line
+    naming the file, where matplotlib gave two warning lines per character and drawing."""
     suffix = Path(path).suffix.lower().lstrip(".")
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings(record=True) as caught:
         figure.savefig(tmp, format=suffix if suffix in PLOT_FORMATS else "png", dpi=150, bbox_inches="tight")
+    missing = {}
+    for warning in caught:
+        glyph = re.match(r"Glyph (\d+) \(.*\) missing from font", str(warning.message))
+        if glyph:
+            missing[chr(int(glyph.group(1)))] = None
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing:
+        logger.warning(f"{path}: the plot's font cannot draw {' '.join(missing)} (drawn as boxes)")
 
 
 _MACRO_NOTE = ("\nmacro avg above: over all {total} classes (an absent class scores 0). metrics.json's macro_f1 and "

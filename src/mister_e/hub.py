@@ -58,6 +58,7 @@ from . import (
     segmentation_mister_e,
 )
 from .model_card import model_card
+from .utils import check_not_broken_link
 
 
 # What a self-contained (remote-code) checkpoint folder must hold besides the weights.
@@ -146,6 +147,7 @@ def save_for_hub(model, processor, folder: str | os.PathLike, results: Any = Non
                          "embeddings; join it to its encoders with `MisterEForEmotionRecognition.from_stages`.")
     card = model_card(model, results, **card_kwargs)  # reads `results` first: a bad one must leave nothing behind
     folder = Path(folder)
+    check_not_broken_link(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} is not empty; save the Hub folder to a new or empty folder.")
     folder.parent.mkdir(parents=True, exist_ok=True)

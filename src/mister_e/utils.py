@@ -30,6 +30,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_not_broken_link(path: Path) -> None:
+    """Refuse a symbolic link to nothing (or a loop) where a file or folder is to be written: it reads as absent, but
+    nothing can be created at its name, which failed only after the work, with an errno naming a temporary file."""
+    if path.is_symlink() and not path.exists():
+        raise FileExistsError(f"{path} is a broken symbolic link (to {os.readlink(path)}): remove it, or name another "
+                              "path")
+
+
 def writer_name(path: Path) -> Path:
     """A hidden temporary name beside `path` of this writer's own (`.<name>.<pid>.<random>.tmp`): two processes
     writing one file never write into, or rename, each other's half."""
@@ -79,5 +87,5 @@ def release_process_group() -> None:
         distributed.destroy_process_group()
 
 
-__all__ = ["PLOT_FORMATS", "atomic_path", "launched_on_cpu", "process_state", "release_process_group",
-           "reuse_freed_memory"]
+__all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched_on_cpu", "process_state",
+           "release_process_group", "reuse_freed_memory"]

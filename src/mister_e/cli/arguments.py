@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import tempfile
 from pathlib import Path
+
+from ..utils import check_not_broken_link
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,11 +63,34 @@ def torch_device(text: str) -> str:
     return text
 
 
+def user_path(text: str) -> str:
+    """A path as typed, `~` read as the home folder also where the shell leaves it (`--model=~/m`, or quoted): left as
+    it was, `--output-dir=~/runs` made a folder named `~`, and the Trainer, which expands it, wrote half the run to
+    the home folder."""
+    return os.path.expanduser(text)
+
+
+def _output_path(text: str) -> str:
+    """`user_path` of a file or folder to write, refused when it could only be created as something else: a Windows
+    path on a system whose separator is `/` (a file or folder named `C:\\data\\x` in the working folder), or a
+    broken symbolic link."""
+    if os.sep == "/" and re.match(r"[A-Za-z]:[\\/]", text):
+        raise argparse.ArgumentTypeError(f"{text} is a Windows path; on this system paths are written with / "
+                                         "(e.g. /mnt/c/... for a Windows drive under WSL)")
+    text = user_path(text)
+    try:
+        check_not_broken_link(Path(text))
+    except FileExistsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def output_file(text: str) -> str:
     """A file to write: its folder exists and takes new files, and it is not itself a folder, known before the work
     that fills it (a probe file is created there and removed: permissions alone do not tell, e.g. /proc as root)."""
+    text = _output_path(text)
     path = Path(text)
-    if path.is_dir():
+    if path.is_dir() or text.endswith(("/", os.sep)):  # `out/`: a folder meant, not a file named `out`
         raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} does not exist")
@@ -79,7 +106,7 @@ def plot_file(text: str) -> str:
     """An `output_file` whose suffix names a format the figure can be saved in."""
     from ..utils import PLOT_FORMATS
 
-    output_file(text)
+    text = output_file(text)
     if Path(text).suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise argparse.ArgumentTypeError(f"{text}: a plot is written as {', '.join(PLOT_FORMATS)} (by its suffix)")
     return text
@@ -87,6 +114,7 @@ def plot_file(text: str) -> str:
 
 def output_folder(text: str) -> str:
     """A folder to write into (created when missing): not an existing file."""
+    text = _output_path(text)
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return text

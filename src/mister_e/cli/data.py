@@ -9,12 +9,12 @@ from pathlib import Path
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_utf8
 from ..data import PREPARE_DATASETS
-from .arguments import output_folder, positive_int, seed, torch_device
+from .arguments import output_folder, positive_int, seed, torch_device, user_path
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=PREPARE_DATASETS)
-    parser.add_argument("root", help="Release folder (for `cosmic`: the pickle file).")
+    parser.add_argument("root", type=user_path, help="Release folder (for `cosmic`: the pickle file).")
     parser.add_argument("output_dir", type=output_folder, help="Where the dialogue DatasetDict is saved.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing saved dataset.")
     parser.add_argument("--allow-missing-audio", action="store_true", help="Keep utterances without audio as text-only.")
@@ -22,14 +22,18 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="IEMOCAP, DialogueRNN IEMOCAP pickle: held-out dialogues (12).")
     parser.add_argument("--seed", type=seed, help="Seed of the held-out validation dialogues; EmoDB: of each "
                                                   "speaker's recording order (0).")
-    parser.add_argument("--validation-ids", help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
-                                                 "per line (instead of holding out --validation-dialogues).")
-    parser.add_argument("--audio-dir", help="MELD/MOSI: folder of pre-extracted audio (WAV, FLAC, OGG or MP3).")
-    parser.add_argument("--extract-to", help="MELD/MOSI: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
+    parser.add_argument("--validation-ids", type=user_path,
+                        help="DialogueRNN IEMOCAP pickle: a file of validation dialogue ids, one "
+                             "per line (instead of holding out --validation-dialogues).")
+    parser.add_argument("--audio-dir", type=user_path,
+                        help="MELD/MOSI: folder of pre-extracted audio (WAV, FLAC, OGG or MP3).")
+    parser.add_argument("--extract-to", type=user_path,
+                        help="MELD/MOSI: where WAVs extracted from the mp4 clips go (needs FFmpeg).")
     parser.add_argument("--num-workers", type=positive_int, help="MELD/MOSI: parallel FFmpeg jobs.")
     parser.add_argument("--text-only", action="store_true", help="MELD/MOSI: ignore audio (text-only).")
     parser.add_argument("--label-rule", choices=["nonnegative", "nonzero"], help="MOSI binary rule for scores.")
-    parser.add_argument("--folds", help="MOSI: folds JSON (default ROOT/mosi_standard_folds.json; MMSA: mode column).")
+    parser.add_argument("--folds", type=user_path,
+                        help="MOSI: folds JSON (default ROOT/mosi_standard_folds.json; MMSA: mode column).")
     parser.add_argument("--acoustic", action="store_true", help="MOSI: attach the 73-d acoustic vectors as speech.")
     parser.add_argument("--source", dest="cosmic_dataset", choices=["meld", "iemocap", "emorynlp", "dailydialog"],
                         help="COSMIC: which data set the pickle holds (meld).")
@@ -70,12 +74,14 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="Dialogue dataset folder (from `mister-e prepare`).")
-    parser.add_argument("--model", required=True, nargs="+",
+    parser.add_argument("--dataset", type=user_path, required=True,
+                        help="Dialogue dataset folder (from `mister-e prepare`).")
+    parser.add_argument("--model", type=user_path, required=True, nargs="+",
                         help="Stage-1 model folder(s) (`train-encoder` output `merged/`), one per modality.")
     parser.add_argument("--output-dir", type=output_folder, required=True,
                         help="Where the dataset with embedding columns is saved.")
-    parser.add_argument("--cache-dir", help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
+    parser.add_argument("--cache-dir", type=user_path,
+                        help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--shard-size", type=positive_int, default=512, help="Utterances per cached shard.")
     parser.add_argument("--embedding", choices=EMBEDDINGS, default="projection",

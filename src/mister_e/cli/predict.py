@@ -10,20 +10,22 @@ from pathlib import Path
 
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_conversation
-from .arguments import output_file, plot_file, positive_float, positive_int, torch_device
+from .arguments import output_file, plot_file, positive_float, positive_int, torch_device, user_path
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="End-to-end model folder (with its processor).")
-    parser.add_argument("conversation", help="A conversation JSON file, a folder of audio files with transcripts.txt, or a "
-                                             "recording (.wav/.flac/.ogg/.mp3), cut into utterances by voice activity "
-                                             "detection (extra `mister-e[recording]`).")
+    parser.add_argument("--model", type=user_path, required=True, help="End-to-end model folder (with its processor).")
+    parser.add_argument("conversation", type=user_path,
+                        help="A conversation JSON file, a folder of audio files with transcripts.txt, or a "
+                             "recording (.wav/.flac/.ogg/.mp3), cut into utterances by voice activity "
+                             "detection (extra `mister-e[recording]`).")
     add_encoder_arguments(parser)
     parser.add_argument("--top-k", type=positive_int)
     parser.add_argument("--device", type=torch_device)
     recording = parser.add_argument_group("recordings")
-    recording.add_argument("--asr", metavar="MODEL", help="Transcribe each utterance with this speech recognition model "
-                           "(a Hub id such as openai/whisper-small, or a local folder); without it, speech alone.")
+    recording.add_argument("--asr", metavar="MODEL", type=user_path,
+                           help="Transcribe each utterance with this speech recognition model "
+                                "(a Hub id such as openai/whisper-small, or a local folder); without it, speech alone.")
     recording.add_argument("--min-silence", type=positive_float, default=0.3, metavar="S",
                            help="A pause of at least S seconds ends an utterance (0.3).")
     recording.add_argument("--min-utterance", type=positive_float, default=0.25, metavar="S",
@@ -39,7 +41,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     """`--encoder` and `--embedding`: what joins a stage-2 model to its encoders (`assembly.load_end_to_end`)."""
-    parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR",
+    parser.add_argument("--encoder", dest="encoders", action="append", metavar="DIR", type=user_path,
                         help="With a stage-2 model (a `mister-e train` run): a stage-1 encoder folder "
                              "(`train-encoder` output `merged/`) that made its embeddings, joined to it on the fly; "
                              "once per modality.")

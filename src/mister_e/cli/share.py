@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import output_folder
+from .arguments import output_folder, user_path
 from .predict import add_encoder_arguments
 
 
 def add_share_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="A `mister-e train` run folder (seed_<k>: a stage-2 model, joined to its "
-                                      "encoders with --encoder) or an end-to-end model folder.")
+    parser.add_argument("model", type=user_path,
+                        help="A `mister-e train` run folder (seed_<k>: a stage-2 model, joined to its "
+                             "encoders with --encoder) or an end-to-end model folder.")
     add_encoder_arguments(parser)
-    parser.add_argument("--results", metavar="FILE",
+    parser.add_argument("--results", metavar="FILE", type=user_path,
                         help="The card's scores: the results.json of the run whose weights these are, or the "
                              "summary.json of its seeds (default: MODEL/results.json). Scores recorded for other "
                              "weights are refused.")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
-from .arguments import output_file, output_folder, positive_float, positive_int, probability, seed, torch_device
+from .arguments import (
+    output_file, output_folder, positive_float, positive_int, probability, seed, torch_device, user_path,
+)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +24,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mister-e train` (stage 2)."""
-    parser.add_argument("--recipe", required=True, help="Packaged recipe (iemocap, meld, mosi, small) or a YAML file.")
-    parser.add_argument("--dataset", help="Dialogue DatasetDict folder with embedding columns (overrides the recipe).")
+    parser.add_argument("--recipe", type=user_path, required=True,
+                        help="Packaged recipe (iemocap, meld, mosi, small) or a YAML file.")
+    parser.add_argument("--dataset", type=user_path,
+                        help="Dialogue DatasetDict folder with embedding columns (overrides the recipe).")
     parser.add_argument("--output-dir", type=output_folder, help="Where runs go (overrides the recipe).")
     parser.add_argument("--seeds", type=int, nargs="+", help="Seeds to train (default: the recipe's).")
     parser.add_argument("--ablation", nargs="+", choices=[*ABLATIONS, "all"],
@@ -56,14 +60,18 @@ def run_train(args: argparse.Namespace) -> None:
 
 def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mister-e train-encoder` (stage 1)."""
-    parser.add_argument("--dataset", required=True, help="Dialogue DatasetDict folder (audio paths and texts).")
+    parser.add_argument("--dataset", type=user_path, required=True,
+                        help="Dialogue DatasetDict folder (audio paths and texts).")
     parser.add_argument("--modality", required=True, choices=MODALITIES)
-    parser.add_argument("--backbone", help="Backbone folder or Hub id (default: the package's default per modality); "
-                                           "for speech also opensmile:ComParE_2016 or opensmile:eGeMAPSv02 "
-                                           "(openSMILE functionals, extra `mister-e[opensmile]`).")
-    parser.add_argument("--processor", help="Saved MisterEProcessor folder (default: built from the backbone).")
-    parser.add_argument("--tokenizer", help="Text tokenizer stored in the processor of a speech encoder "
-                                            "(default: the default text backbone's).")
+    parser.add_argument("--backbone", type=user_path,
+                        help="Backbone folder or Hub id (default: the package's default per modality); "
+                             "for speech also opensmile:ComParE_2016 or opensmile:eGeMAPSv02 "
+                             "(openSMILE functionals, extra `mister-e[opensmile]`).")
+    parser.add_argument("--processor", type=user_path,
+                        help="Saved MisterEProcessor folder (default: built from the backbone).")
+    parser.add_argument("--tokenizer", type=user_path,
+                        help="Text tokenizer stored in the processor of a speech encoder "
+                             "(default: the default text backbone's).")
     parser.add_argument("--output-dir", type=output_folder, required=True)
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--lora-r", type=positive_int, help="LoRA rank (default: 16 speech, 8 text).")
@@ -152,10 +160,11 @@ def print_once(text: str) -> None:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mister-e evaluate`."""
-    parser.add_argument("--model", required=True, help="Folder of a trained conversation model.")
-    parser.add_argument("--dataset", required=True, help="Dialogue DatasetDict folder.")
+    parser.add_argument("--model", type=user_path, required=True, help="Folder of a trained conversation model.")
+    parser.add_argument("--dataset", type=user_path, required=True, help="Dialogue DatasetDict folder.")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--output-dir", help="Where the report goes (default: <model>/evaluation/<split>).")
+    parser.add_argument("--output-dir", type=output_folder,
+                        help="Where the report goes (default: <model>/evaluation/<split>).")
     parser.add_argument("--no-robustness", dest="robustness", action="store_false",
                         help="Skip the missing-modality robustness curve.")
     parser.add_argument("--probabilities", type=probability, nargs="+",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from ..utils import check_not_broken_link
+
 
 def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite: bool = False) -> None:
     """`save_to_disk` into a folder beside ``path``, then rename: a crash never leaves a half-written dataset.
@@ -87,6 +89,7 @@ def load_dialogues(path: str | os.PathLike) -> Dataset | DatasetDict:
 
 def check_save_target(path: Path, overwrite: bool) -> None:
     """`save_dialogues` can write `path`: checked before the work that produces the dataset, too."""
+    check_not_broken_link(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if path.exists() and not (path / "dataset_dict.json").is_file():

@@ -100,6 +100,9 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
             raise ValueError(f"Recipe {path}: `{section}` must be a mapping of field: value, got {loaded[section]!r}.")
     recipe = {"modalities": list(MODALITIES), **RECIPE_OPTIONS, **loaded, "config": dict(loaded.get("config") or {})}
     recipe["training"] = {**PAPER_TRAINING, **(loaded.get("training") or {})}
+    for key in ("dataset", "output_dir"):  # `~/data` in a YAML file is the home folder's, as in a shell
+        if isinstance(recipe.get(key), str):
+            recipe[key] = os.path.expanduser(recipe[key])
     for key, value in (overrides or {}).items():
         *sections, field = route(key)
         if not sections and field in ("config", "training"):  # a whole section: its fields one by one instead

@@ -290,7 +290,9 @@ def build_trainer(
     # Trainer refuses `bf16` without a GPU unless told that it runs on the CPU (where it is autocast to bfloat16).
     use_cpu = launched_on_cpu() or (bool(training_arguments.get("bf16")) and not torch.cuda.is_available())
     args = MisterETrainingArguments(
-        output_dir=str(output_dir),
+        # absolute: TrainingArguments reads a leading `~` as the home folder, where this package (as pathlib) does not,
+        # and would write the checkpoints and results.json of `~/run` to another folder than the model
+        output_dir=os.path.abspath(output_dir),
         seed=seed,
         data_seed=seed,
         **{"dataloader_pin_memory": torch.cuda.is_available(), "use_cpu": use_cpu, **training_arguments,
