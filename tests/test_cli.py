@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 from huggingface_hub import HfApi
+from safetensors import SafetensorError
 
 from tiny import tiny_config
 from tiny_end_to_end import tiny_processor
@@ -22,6 +26,7 @@ from mister_e import MisterEForEmotionRecognition, MisterEForUtteranceClassifica
 from mister_e.assembly import conversation_fingerprint, folder_kind
 from mister_e.cli import build_parser, main
 from mister_e.conversations import read_conversation
+from mister_e.utils import writing_into
 
 
 VERBS = ("quickstart", "prepare", "train-encoder", "plan", "extract", "train", "evaluate", "predict", "share")
@@ -385,3 +390,71 @@ def test_a_conversation_file_reads_audio_paths_under_the_home_folder(tmp_path, m
     utterances = read_conversation(tmp_path / "c.json")["utterances"]
     assert utterances == [{"audio": str(tmp_path / "home" / "a.wav")}, {"audio": {"path": str(tmp_path / "home" /
                                                                                                "b.wav")}}]
+
+
+# --- shared machines: one writer per output folder, disk errors named ---------------------------------------------
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),  # datasets' and Python's writes: no file named
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),  # no OSError
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7936 vs 7828"),  # torch.save's
+])
+def test_a_full_disk_is_one_line_naming_the_output_folder(tmp_path, error):
+    with pytest.raises(OSError, match=re.escape(str(tmp_path / "out"))) as raised:
+        with writing_into(tmp_path / "out"):
+            assert (tmp_path / ".out.lock").read_text() == f"{os.getpid()}@{socket.gethostname()}"
+            raise error
+    assert "full" in str(raised.value) or "No space left on device" in str(raised.value)
+    with pytest.raises(ValueError, match="^other$"), writing_into(tmp_path / "out"):  # other errors pass as they are
+        raise ValueError("other")
+    assert not (tmp_path / ".out.lock").exists()
+
+
+def test_prepare_on_a_full_disk_leaves_nothing_and_runs_again(tmp_path, capsys, monkeypatch):
+    from datasets import DatasetDict
+
+    from test_data import make_meld
+
+    root, out = make_meld(tmp_path / "MELD"), tmp_path / "out" / "prepared"
+    save = DatasetDict.save_to_disk
+
+    def full(self, path, **kwargs):
+        save(self, path, **kwargs)  # written, then the disk ran out (as pyarrow says it: no file named)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", full)
+    assert main(["prepare", "meld", str(root), str(out), "--text-only"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"mister-e prepare: error: [Errno 28] No space left on device: '{out}'"
+    assert list((tmp_path / "out").iterdir()) == []  # no staging folder, no lock
+    monkeypatch.setattr(DatasetDict, "save_to_disk", save)
+    assert main(["prepare", "meld", str(root), str(out), "--text-only"]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["prepared"]
+
+
+def test_two_commands_writing_one_folder_one_is_refused(tmp_path):
+    """Two `train` into one run folder both trained it, over the same checkpoints; two `extract` sharing a cache could
+    mix two encoders' shards. The second writer is now refused in one line; a lock its process left when killed is
+    taken over."""
+    from test_data import make_meld
+
+    root, out = make_meld(tmp_path / "MELD"), tmp_path / "prepared"
+    holder = subprocess.Popen(  # another mister-e, writing into the folder
+        [sys.executable, "-c",
+         "import sys; from mister_e.utils import writing_into\n"
+         f"with writing_into({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    prepare = [sys.executable, "-m", "mister_e.cli", "prepare", "meld", str(root), str(out), "--text-only"]
+    refused = subprocess.run(prepare, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"mister-e prepare: error: another mister-e (pid {holder.pid} on {socket.gethostname()}) is writing into {out}; "
+        f"wait for it to finish, or remove {tmp_path / '.prepared.lock'} if that process is gone."]
+    assert not out.exists()
+    holder.communicate("")
+    assert subprocess.run(prepare, capture_output=True).returncode == 0  # its lock went with it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".again.lock").write_text(f"{dead.stdout.strip()}@{socket.gethostname()}")  # killed, lock left
+    assert subprocess.run([*prepare[:-2], str(tmp_path / "again"), "--text-only"]).returncode == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["MELD", "again", "prepared"]

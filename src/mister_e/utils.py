@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import errno
 import os
+import re
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +45,92 @@ def writer_name(path: Path) -> Path:
     """A hidden temporary name beside `path` of this writer's own (`.<name>.<pid>.<random>.tmp`): two processes
     writing one file never write into, or rename, each other's half."""
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+# Errors only a write gives: a disk error without a file named is said to be one writing the command's output folder.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+@contextmanager
+def writing_into(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `.<name>.lock` beside `folder` while this command writes into it, and name `folder` in the disk errors
+    that name no file (`datasets`' and Python's ENOSPC, safetensors' and torch's write errors).
+
+    The lock is created with O_CREAT|O_EXCL and holds `<pid>@<host>`: a second mister-e writing into the same folder
+    (two `train` trained one run folder twice over the same checkpoints; two `extract` with one cache could mix two
+    encoders' shards) is refused in one line. One left by a process of this machine that is gone is taken over. Under
+    a launcher the main process (RANK 0) holds it for all; a folder whose parent this user cannot write is not locked
+    (a finished run or extraction read back from a read-only place)."""
+    folder = Path(folder).absolute()
+    lock = folder.with_name(f".{folder.name}.lock")
+    held = int(os.environ.get("RANK", "0")) == 0 and _take(lock, folder)
+    try:
+        yield
+    except Exception as error:
+        code = _write_error(error)
+        if code is None:
+            raise
+        if code:
+            raise OSError(code, os.strerror(code), str(folder)) from error
+        raise OSError(f"a file written into {folder} came out short ({' '.join(str(error).split())}): is its disk "
+                      "full?") from error
+    finally:
+        if held:
+            lock.unlink(missing_ok=True)
+
+
+def _take(lock: Path, folder: Path) -> bool:
+    """Create `lock` for this process; False where its parent may not be written (nothing to lock)."""
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock.read_text().strip() if lock.exists() else ""
+                pid, _, host = holder.partition("@")
+                if host == socket.gethostname() and pid.isdigit() and not running(int(pid)):
+                    lock.unlink(missing_ok=True)  # its process died (killed) without removing it
+                    continue
+                if not holder:  # being written this instant: taken
+                    pid, host = "?", "?"
+                raise RuntimeError(f"another mister-e (pid {pid} on {host}) is writing into {folder}; wait for it to "
+                                   f"finish, or remove {lock} if that process is gone.") from None
+            try:
+                with os.fdopen(descriptor, "w") as file:
+                    file.write(owner)
+            except OSError as error:  # a full disk: no lock left behind that names nobody
+                lock.unlink(missing_ok=True)
+                raise OSError(error.errno, error.strerror, str(folder)) from None
+            return True
+    except OSError as error:  # a parent this user cannot write: nothing to lock there
+        if error.filename != str(folder) and (isinstance(error, PermissionError) or error.errno == errno.EROFS):
+            return False
+        raise
+
+
+def _write_error(error: BaseException) -> int | None:
+    """The errno of a failed write that names no file (0 when the writer gives none), else None."""
+    if isinstance(error, OSError):
+        return error.errno if error.filename is None and error.errno in _WRITE_ERRORS else None
+    if type(error).__name__ == "SafetensorError":  # safetensors' I/O errors are no OSError; "(os error 28)"
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        return int(found.group(1)) if found else None
+    if isinstance(error, RuntimeError) and "inline_container.cc" in str(error) and "unexpected pos" in str(error):
+        return 0  # torch.save's writer found its file shorter than it wrote
+    return None
+
+
+def running(pid: int) -> bool:
+    """Whether a process of this machine with id `pid` is alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def launched_on_cpu() -> bool:
@@ -88,4 +177,4 @@ def release_process_group() -> None:
 
 
 __all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched_on_cpu", "process_state",
-           "release_process_group", "reuse_freed_memory"]
+           "release_process_group", "reuse_freed_memory", "running", "writing_into"]

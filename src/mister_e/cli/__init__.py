@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code
     _quiet_libraries(args.debug)
     from huggingface_hub.errors import StrictDataclassError  # a config field with a wrong value (`--set`)
+    from safetensors import SafetensorError  # a weights file that cannot be read, or written (no OSError)
 
     try:
         args.run(args)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout is no file (captured)
             pass
         return 141  # as a shell reports a process ended by SIGPIPE
-    except (OSError, ImportError, ValueError, RuntimeError, StrictDataclassError) as error:  # a user's input or machine
+    except (OSError, ImportError, ValueError, RuntimeError, StrictDataclassError, SafetensorError) as error:  # a user's input or machine
         if args.debug:
             raise
         cause = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error

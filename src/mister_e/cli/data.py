@@ -9,6 +9,7 @@ from pathlib import Path
 from ..configuration_mister_e import EMBEDDINGS
 from ..conversations import read_utf8
 from ..data import PREPARE_DATASETS
+from ..utils import writing_into
 from .arguments import output_folder, positive_int, seed, torch_device, user_path
 
 
@@ -70,7 +71,8 @@ def run_prepare(args: argparse.Namespace) -> None:
         "conversation_size": args.conversation_size,
     }
     options = {key: value for key, value in options.items() if value is not None}
-    prepare(args.dataset, args.root, args.output_dir, overwrite=args.overwrite, **options)
+    with writing_into(args.output_dir):
+        prepare(args.dataset, args.root, args.output_dir, overwrite=args.overwrite, **options)
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,19 +95,27 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> None:
+    from ..assembly import encoders_by_modality
+    from ..data.storage import load_dialogues
+
+    encodes = encoders_by_modality(args.model, "extract --model")
+    dataset = load_dialogues(args.dataset)
+    output, cache = Path(args.output_dir), args.cache_dir or f"{args.output_dir.rstrip('/')}.cache"
+    with writing_into(output), writing_into(cache):  # a --cache-dir shared by two outputs is written by one at a time
+        _extract(args, encodes, dataset, output, cache)
+
+
+def _extract(args: argparse.Namespace, encodes: dict, dataset, output: Path, cache: str) -> None:
+    """`run_extract` once its output and cache folders are held."""
     import torch
 
-    from ..assembly import encoders_by_modality
     from ..data import describe
-    from ..data.storage import check_save_target, load_dialogues, save_dialogues
+    from ..data.storage import check_save_target, save_dialogues
     from ..extraction import extract_embeddings, holds_every_shard
     from ..modeling_mister_e import MisterEForUtteranceClassification
     from ..processing_mister_e import MisterEProcessor
     from ..utils import process_state
 
-    encodes = encoders_by_modality(args.model, "extract --model")
-    dataset = load_dialogues(args.dataset)
-    output, cache = Path(args.output_dir), args.cache_dir or f"{args.output_dir.rstrip('/')}.cache"
     names = ["+".join(m for m in ("speech", "text") if encodes.get(m) == folder) for folder in args.model]
     # The same command again, after it finished: its cache answers without an encoder, and the saved data set is
     # checked against that answer below (anything else into an existing folder needs --overwrite, checked now).

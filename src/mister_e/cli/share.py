@@ -31,6 +31,7 @@ def add_share_arguments(parser: argparse.ArgumentParser) -> None:
 def run_share(args: argparse.Namespace) -> None:
     from ..assembly import load_end_to_end
     from ..hub import check_pushable, push_to_hub, save_for_hub
+    from ..utils import writing_into
 
     if args.private and not args.to:
         raise ValueError("--private is for --to: a folder written locally has no visibility.")
@@ -43,7 +44,8 @@ def run_share(args: argparse.Namespace) -> None:
         commit = push_to_hub(model, processor, args.to, private=args.private, **card)
         print(f"Shared {args.model} as {args.to}: {commit.commit_url}")
     else:
-        print(f"Wrote the Hub folder {save_for_hub(model, processor, args.folder, **card)}")
+        with writing_into(args.folder):
+            print(f"Wrote the Hub folder {save_for_hub(model, processor, args.folder, **card)}")
 
 
 def run_results(model: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
+from ..utils import writing_into
 from .arguments import (
     output_file, output_folder, positive_float, positive_int, probability, seed, torch_device, user_path,
 )
@@ -50,12 +51,13 @@ def run_train(args: argparse.Namespace) -> None:
     if missing:  # a recipe file may leave them to the command line
         options = " ".join(f"--{key.replace('_', '-')}" for key in missing)
         raise ValueError(f"Recipe {args.recipe} names no {', '.join(missing)}: give {options}.")
-    if args.ablation:
-        names = list(ABLATIONS) if "all" in args.ablation else args.ablation
-        summaries = run_ablations(recipe, names, keep_checkpoints=args.keep_checkpoints)
-        print_once(format_seed_table(summaries, SUMMARY_METRICS))
-        return
-    print_once(format_seed_table(train_seeds(recipe, keep_checkpoints=args.keep_checkpoints), SUMMARY_METRICS))
+    with writing_into(recipe["output_dir"]):
+        if args.ablation:
+            names = list(ABLATIONS) if "all" in args.ablation else args.ablation
+            summaries = run_ablations(recipe, names, keep_checkpoints=args.keep_checkpoints)
+        else:
+            summaries = train_seeds(recipe, keep_checkpoints=args.keep_checkpoints)
+    print_once(format_seed_table(summaries, SUMMARY_METRICS))
 
 
 def add_train_encoder_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,10 +131,11 @@ def run_train_encoder(args: argparse.Namespace) -> None:
         # a folder's run record stands for what its merged/ holds: a trained run's is not replaced by frozen heads
         settings = {"modality": args.modality, "backbone": args.backbone or default, "frozen": True, **sections,
                     "seed": args.seed}
-        check_run(args.output_dir, settings)
-        merged = save_frozen_encoder(load_dialogues(args.dataset), args.modality, args.output_dir, processor, backbone,
-                                     sections["config"], args.seed)
-        record_run(args.output_dir, settings)
+        with writing_into(args.output_dir):
+            check_run(args.output_dir, settings)
+            merged = save_frozen_encoder(load_dialogues(args.dataset), args.modality, args.output_dir, processor,
+                                         backbone, sections["config"], args.seed)
+            record_run(args.output_dir, settings)
         print_once(f"Saved the frozen {args.modality} encoder to {merged}")
         return
     dataset = load_dialogues(args.dataset)
@@ -140,13 +143,14 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     settings = {"modality": args.modality, "backbone": args.backbone or default, "processor": args.processor,
                 "tokenizer": args.tokenizer, "lora": lora, **sections, "seed": args.seed, "dtype": args.dtype,
                 "load_in_bits": args.load_in_bits, "solver": args.solver, "l2": args.l2, "data": data_identity(dataset)}
-    check_run(args.output_dir, settings)
-    results = finished_results(args.output_dir, args.seed) or train_encoder(
-        dataset, args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
-        config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
-        dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
-        load_in_bits=args.load_in_bits, solver=args.solver, l2=args.l2, run_settings=settings,
-    )
+    with writing_into(args.output_dir):
+        check_run(args.output_dir, settings)
+        results = finished_results(args.output_dir, args.seed) or train_encoder(
+            dataset, args.modality, args.output_dir, processor, backbone=backbone, lora=lora,
+            config_overrides=sections["config"], training_overrides=sections["training"], seed=args.seed,
+            dtype=args.dtype and getattr(torch, args.dtype), keep_checkpoints=args.keep_checkpoints,
+            load_in_bits=args.load_in_bits, solver=args.solver, l2=args.l2, run_settings=settings,
+        )
     print_once(json.dumps({split: results[split] for split in ("validation", "test") if split in results}, indent=2))
 
 
@@ -194,12 +198,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
     check_unique_ids(DatasetDict({args.split: dataset[args.split]}))  # as `evaluate_model` does, naming the split
-    result = evaluate_model(
-        args.model, dataset[args.split], output_dir, robustness=args.robustness,
-        probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
-        batch_size=args.batch_size, seed=args.seed,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-    )
+    with writing_into(output_dir):
+        result = evaluate_model(
+            args.model, dataset[args.split], output_dir, robustness=args.robustness,
+            probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
+            batch_size=args.batch_size, seed=args.seed,
+            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        )
     print(json.dumps({metric: result["metrics"][metric] for metric in SCALAR_METRICS}, indent=2))
 
 
@@ -213,7 +218,8 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
 def run_quickstart(args: argparse.Namespace) -> None:
     from ..quickstart import quickstart
 
-    quickstart(args.output_dir, epochs=args.epochs, seed=args.seed)
+    with writing_into(args.output_dir):
+        quickstart(args.output_dir, epochs=args.epochs, seed=args.seed)
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:

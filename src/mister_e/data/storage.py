@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from ..utils import check_not_broken_link
+from ..utils import check_not_broken_link, running
 
 
 def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -54,23 +54,13 @@ def _remove_abandoned_saves(path: Path) -> None:
     host name but not their process ids."""
     for staging in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
         pid, _, host = staging.name[len(path.name) + 2 :].rsplit(".", 2)[0].partition("@")
-        if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)) and _untouched(staging, 3600):
+        if host == socket.gethostname() and pid.isdigit() and not running(int(pid)) and _untouched(staging, 3600):
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def _untouched(folder: Path, seconds: float) -> bool:
     """Whether nothing in `folder` was written in the last `seconds`."""
     return time.time() - max(entry.stat().st_mtime for entry in (folder, *folder.rglob("*"))) > seconds
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def load_dialogues(path: str | os.PathLike) -> Dataset | DatasetDict:
