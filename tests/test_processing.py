@@ -530,8 +530,13 @@ def test_clipped_audio_is_read_with_a_warning_naming_it(processor, tmp_path):
     said = _read_everywhere(processor, path)
     assert f"audio file {str(path)!r}: 55.1% of the samples are clipped" in said
     assert f"The recording {path}: 55.1% of the samples are clipped" in said
-    stereo = np.stack([clipped, tones(SR)], axis=1)  # one channel clipped is said too
-    assert "27.5% of the samples are clipped" in _read_everywhere(processor, stereo)
+    stereo = np.stack([clipped, tones(SR)], axis=1)  # one channel clipped is said too, its own share
+    assert "55.1% of the samples of channel 1 are clipped" in _read_everywhere(processor, stereo)
+    sf.write(path, stereo, SR, subtype="PCM_16")
+    assert "55.1% of the samples of channel 1 are clipped" in _read_everywhere(processor, path)
+    some = tones(SR)  # 0.15% of one channel: said, though 0.075% of all the samples
+    some[::2000] = some[1::2000] = some[2::2000] = -1.0
+    assert "0.15% of the samples of channel 2 are clipped" in _read_everywhere(processor, np.stack([tones(SR), some]))
     sf.write(path, np.clip(4 * tones(SR), -1, 1), SR, subtype="PCM_U8")  # 8-bit PCM's rails are at 127/128
     assert "55.4% of the samples are clipped" in _read_everywhere(processor, path)
     normalised = tones(SR) / np.abs(tones(SR)).max()

@@ -50,7 +50,7 @@ _FLOAT_PEAK_SAID = 10 ** (3 / 20)
 # on the rails. One sample there is a loud peak (a normalised file touches full scale so: 212 of EmoDB's 339 files do,
 # none for 3 samples); 3 alike is the waveform flattened against the limit. The rails are from -0.26 dBFS up, so that
 # 8-bit PCM's (127/128) and A-law's and mu-law's (0.98) count; the samples of a run must be equal, which unclipped
-# audio near full scale is not. Said once clipped samples reach 0.1% of the audio (one 3-sample run in 3000 samples).
+# audio near full scale is not. Said once clipped samples reach 0.1% of a channel's samples (one 3-sample run in 3000).
 _CLIP_LEVEL = 0.97
 _CLIPPED_SHARE = 1e-3
 # Channels whose average is this much weaker (power ratio, -20 dB) than the channels themselves cancel each other: one
@@ -121,8 +121,10 @@ def float_samples(array, where: str) -> np.ndarray:
 def check_peak(samples: np.ndarray, where: str, remedy: str) -> float:
     """The peak of finite float samples; refuses one far outside [-1, 1] (`_FLOAT_PEAK_LIMIT`), from an array or a
     float audio file."""
-    finite = np.abs(samples[np.isfinite(samples)])  # NaN and inf are refused, by name, where samples are checked
-    peak = float(finite.max()) if finite.size else 0.0
+    peak = float(max(samples.max(), -samples.min())) if samples.size else 0.0  # two passes, no copy
+    if not np.isfinite(peak):  # NaN and inf are refused, by name, where samples are checked
+        finite = np.abs(samples[np.isfinite(samples)])
+        peak = float(finite.max()) if finite.size else 0.0
     if peak > _FLOAT_PEAK_LIMIT:
         raise ValueError(f"{where}: float audio samples reach {peak:.4g}, far outside [-1, 1]: integer PCM cast to "
                          f"float without scaling? {remedy}")
@@ -134,34 +136,42 @@ ARRAY_PEAK_REMEDY = ("Pass the integer array as it is (int16, int32 and uint8 ar
                      "(int16).")
 
 
-def clipped_samples(samples: np.ndarray) -> int:
-    """How many of the samples (1-D, or (samples, channels): each channel apart) lie in a run of 3 or more equal
-    samples on the rails (`_CLIP_LEVEL`)."""
+def clipped_samples(samples: np.ndarray) -> np.ndarray:
+    """How many samples of each channel (1-D: one; or (samples, channels)) lie in a run of 3 or more equal samples on
+    the rails (`_CLIP_LEVEL`). Only the samples on the rails are compared, so that audio that reaches them seldom
+    costs one pass."""
     x = samples[:, None] if samples.ndim == 1 else samples
-    flat = (x[1:] == x[:-1]) & (np.abs(x[1:]) >= _CLIP_LEVEL)  # sample i + 1 repeats sample i, on a rail
-    starts = flat[1:] & flat[:-1]  # samples i, i + 1 and i + 2 alike on a rail
-    clipped = np.zeros(x.shape, dtype=bool)
-    for offset in range(3):
-        clipped[offset : offset + len(starts)] |= starts
-    return int(clipped.sum())
+    counts = np.zeros(x.shape[1], dtype=np.int64)
+    for channel in range(x.shape[1]):
+        rails = np.flatnonzero(np.abs(x[:, channel]) >= _CLIP_LEVEL)
+        values = x[rails, channel]
+        joined = (np.diff(rails) == 1) & (values[1:] == values[:-1])  # continues the run of the sample before it
+        ends = np.flatnonzero(np.diff(np.concatenate(([False], joined, [False])).astype(np.int8)))
+        lengths = ends[1::2] - ends[0::2] + 1  # samples in each run of equal neighbours
+        counts[channel] = lengths[lengths >= 3].sum()
+    return counts
 
 
 class LevelCheck:
     """Judges the level of audio read block by block (a file is never held whole for it), before its channels are
     averaged or its rate changed (both move peaks): float samples far outside [-1, 1] are refused as soon as a block
-    holds one (`check_peak`); `report` then says, naming `where`, float samples well past full scale and clipping.
+    holds one (`check_peak`); `report` then says, naming `where`, float samples well past full scale and clipping, the
+    share of the most clipped channel (averaged over the channels, one clipped channel of several would read as less).
     Neither is changed: loudness is part of what the speech experts read, and clipped speech is still speech."""
 
     def __init__(self, where: str, remedy: str):
         self.where, self.remedy = where, remedy
-        self.peak, self.clipped, self.samples = 0.0, 0, 0
+        self.peak, self.frames = 0.0, 0
+        self.clipped = np.zeros(1, dtype=np.int64)  # per channel, once a block reaches the rails
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """Judges a block of float samples (1-D, or (samples, channels)) and returns it, so that `map(check,
         blocks)` judges blocks as they are read."""
-        self.peak = max(self.peak, check_peak(block, self.where, self.remedy))
-        self.clipped += clipped_samples(block)
-        self.samples += block.size
+        peak = check_peak(block, self.where, self.remedy)
+        self.peak = max(self.peak, peak)
+        if peak >= _CLIP_LEVEL:  # else nothing is on the rails: one pass over the block in all
+            self.clipped = self.clipped + clipped_samples(block)
+        self.frames += len(block)
         return block
 
     def report(self) -> None:
@@ -169,10 +179,12 @@ class LevelCheck:
             logger.warning(f"{self.where}: float audio samples reach {self.peak:.3g}, beyond [-1, 1]; they are read as "
                            "they are (not rescaled), louder than any audio the encoders learnt from: rescale them to "
                            "[-1, 1] unless the audio is meant to be that loud.")
-        if self.clipped and self.clipped >= _CLIPPED_SHARE * self.samples:
-            logger.warning(f"{self.where}: {100 * self.clipped / self.samples:.3g}% of the samples are clipped (flat "
-                           "at full scale for 3 samples or more: recorded too loud?); they are read as they are, "
-                           "distorted.")
+        channel = int(self.clipped.argmax())
+        if self.clipped[channel] and self.clipped[channel] >= _CLIPPED_SHARE * self.frames:
+            which = f" of channel {channel + 1}" if len(self.clipped) > 1 else ""
+            logger.warning(f"{self.where}: {100 * self.clipped[channel] / self.frames:.3g}% of the samples{which} are "
+                           "clipped (flat at full scale for 3 samples or more: recorded too loud?); they are read as "
+                           "they are, distorted.")
 
 
 def mono_samples(array, where: str) -> np.ndarray:
