@@ -20,6 +20,8 @@ import torch
 from matplotlib.image import imread
 from transformers import (WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor,
                           WhisperTokenizer, pipeline)
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as logging_utils
 
 from tiny_end_to_end import _SSL, SR, TASK, tiny_model, tiny_processor
 from mister_e.cli import main
@@ -197,6 +199,19 @@ def test_pipeline_predicts_every_utterance_with_its_times(recording, model_dir, 
     with caplog.at_level(logging.WARNING):
         assert pipe(str(tmp_path / "quiet.wav")) == []
     assert f"No speech found in {tmp_path / 'quiet.wav'}" in caplog.text  # the warning names the file
+
+
+def test_a_clipped_recording_is_said_once_not_once_per_utterance(recording, model_dir, tmp_path):
+    """Its level is judged as the recording is read, naming the file; the utterances cut from it said it again, each
+    as `conversation 0, utterance k` (or `utterance 0` when streamed), a line per utterance of an hour-long call."""
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, np.clip(8 * load_recording(recording[0]), -1, 1), SR, subtype="PCM_16")
+    pipe, causal = pipeline(TASK, model=str(model_dir)), pipeline(TASK, model=tiny_model(causal=True),
+                                                                   processor=tiny_processor())
+    for call in (pipe, lambda path: list(causal.stream(path))):
+        with CaptureLogger(logging_utils.get_logger("mister_e.audio_mister_e")) as captured:
+            assert len(call(str(loud))) > 1
+        assert captured.out.count("are clipped") == 1 and f"The recording {loud}: " in captured.out, captured.out
 
 
 def test_asr_text_reaches_the_model(recording, model_dir, tmp_path):

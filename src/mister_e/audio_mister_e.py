@@ -187,9 +187,9 @@ class LevelCheck:
                            "they are, distorted.")
 
 
-def mono_samples(array, where: str) -> np.ndarray:
+def mono_samples(array, where: str, judge: bool = True) -> np.ndarray:
     """An audio array's samples (`float_samples`) averaged to mono, their level and channels judged as a file's are
-    (`LevelCheck`, `check_downmix`).
+    (`LevelCheck`, `check_downmix`); their level not with `judge=False` (audio already judged, as read).
 
     A 2-D array is read as (channels, samples) when its first axis is the shorter one and as (samples, channels),
     soundfile's layout, otherwise (ties included). The channel axis may hold at most 8 channels, so that a layout
@@ -204,9 +204,10 @@ def mono_samples(array, where: str) -> np.ndarray:
             f"{where}: cannot tell channels from samples in an audio array of shape {array.shape}: give "
             f"(samples, channels) or (channels, samples) with at most {_MAX_CHANNELS} channels."
         )
-    levels = LevelCheck(where, ARRAY_PEAK_REMEDY)
-    levels(channels)
-    levels.report()
+    if judge:
+        levels = LevelCheck(where, ARRAY_PEAK_REMEDY)
+        levels(channels)
+        levels.report()
     if array.ndim == 1:
         return array
     check_downmix([channels], where)

@@ -33,7 +33,7 @@ from transformers.utils import logging
 
 from .configuration_mister_e import EXPERTS, PIPELINE_TASK, modalities_read
 from .experts_mister_e import answerable
-from .processing_mister_e import _describe
+from .processing_mister_e import LEVELS_JUDGED, _describe
 from .segmentation_mister_e import (
     SAMPLING_RATE,
     as_segmentation,
@@ -456,8 +456,10 @@ def _renamed(error: Exception, old: str, new: str) -> Exception:
 
 
 def _as_input(utterance: Mapping) -> dict:
-    """A recording's utterance as the processor reads it (audio array, text when transcribed)."""
-    return {"audio": utterance["audio"], **({"text": utterance["text"]} if utterance.get("text") else {})}
+    """A recording's utterance as the processor reads it (audio array, text when transcribed), its level not judged
+    again (`LEVELS_JUDGED`)."""
+    return {"audio": utterance["audio"], **({"text": utterance["text"]} if utterance.get("text") else {}),
+            LEVELS_JUDGED: True}
 
 
 def _timing(utterance: Mapping) -> dict:

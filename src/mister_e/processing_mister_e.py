@@ -50,6 +50,9 @@ _MISNAMED_KEYS = {**dict.fromkeys(("transcript", "transcription", "sentence", "u
 # still read (silence is a valid recording), but the caller hears of it: the speech experts would label silence.
 _SILENCE_PEAK = 1e-4
 _MIN_SPEECH_SECONDS = 0.025
+# An utterance key the pipeline sets on the utterances it cuts from a recording: their level (clipping, float peaks)
+# was judged, and said naming the file, as the recording was read, so it is not said again for each of them.
+LEVELS_JUDGED = "levels_judged"
 
 
 def blank_text(text: str) -> bool:
@@ -144,7 +147,8 @@ class MisterEProcessor(ProcessorMixin):
                 utterance has `audio` and/or `text` (a missing modality is an absent key or `None`). `audio` is a
                 local file path, a dict `{"array": ..., "sampling_rate": ...}` or `{"path": ...}`, or an array of float
                 samples or int16/int32/uint8 PCM (1-D, or 2-D with up to 8 channels on the shorter axis) with
-                `sampling_rate` on the utterance.
+                `sampling_rate` on the utterance. An utterance with `levels_judged: True` (the pipeline's, cut from a
+                recording it judged) is not warned of for clipping or float peaks.
             training (`bool`, *optional*, defaults to `False`):
                 Cut audio longer than `train_crop_seconds` (at most `max_audio_seconds`) to a random window of that
                 length and pad shorter rows to it, instead of keeping the first `max_audio_seconds` of each clip.
@@ -320,7 +324,7 @@ class MisterEProcessor(ProcessorMixin):
             array, source_rate = audio, utterance.get("sampling_rate")
 
         source_rate = check_sampling_rate(source_rate, where)
-        waveform = mono_samples(array, where).astype(np.float32)
+        waveform = mono_samples(array, where, judge=not utterance.get(LEVELS_JUDGED)).astype(np.float32)
         self._check_samples(waveform, where, "audio array")
         if source_rate != sampling_rate:
             waveform = resample(waveform, source_rate, sampling_rate)
