@@ -312,7 +312,7 @@ def test_the_weights_fingerprint_is_the_conversation_models_joined_or_not(tmp_pa
     assert conversation_fingerprint(joined) != conversation_fingerprint(stage_two)
 
 
-def test_scores_of_other_weights_are_refused_and_unrecorded_ones_warned(tmp_path, caplog):
+def test_scores_of_other_weights_are_refused_and_unrecorded_ones_warned(tmp_path, caplog, monkeypatch):
     """The card published any run's scores as the uploaded model's; now a run's recorded weights must be the model's."""
     model, other = tiny_model(), "0" * 64
     own = conversation_fingerprint(model)
@@ -338,6 +338,15 @@ def test_scores_of_other_weights_are_refused_and_unrecorded_ones_warned(tmp_path
     refused = r"summary\.json holds the scores of the runs in \S*runs \(seed 0, seed 1\), and the model being shared is"
     with pytest.raises(ValueError, match=refused + " none of them"):
         model_card(model, tmp_path / "runs" / "summary.json")
+
+    caplog.clear()  # a summary of a run from before the fingerprint and one of other weights: the warning says which
+    with caplog.at_level("WARNING"):
+        model_card(model, {**summary, "runs": {"0": {"weights_sha256": other}, "1": {}}})
+    assert "the model is not seed 0, which recorded its weights, and seed 1 recorded none" in caplog.text
+    monkeypatch.chdir(run)  # a results.json named from its own folder names that folder, not "."
+    (run / "results.json").write_text(json.dumps({**RESULTS[0], "weights_sha256": other}))
+    with pytest.raises(ValueError, match=f"holds the scores of the run in {re.escape(str(run))} \\(seed 0\\)"):
+        model_card(model, "results.json")
 
     for older in (RESULTS[0], {**summary, "runs": {"0": {}, "1": {}}}, scores):  # runs from before the fingerprint
         caplog.clear()

@@ -97,12 +97,20 @@ def _check_weights(model, results: Any, source: Any) -> str | None:
     if match is not None:
         return match
     where = str(source) if isinstance(source, (str, os.PathLike)) else "`results`"
-    if not recorded or None in recorded.values():
+    unrecorded = [run for run, fingerprint in recorded.items() if fingerprint is None]
+    if unrecorded and len(unrecorded) < len(recorded):  # some runs recorded other weights, others none
+        others = [run for run in recorded if run not in unrecorded]
+        logger.warning(f"{where}: the model is not {', '.join(others)}, which recorded "
+                       f"{'its' if len(others) == 1 else 'their'} weights, and "
+                       f"{', '.join(unrecorded)} recorded none (trained before runs recorded one), so the scores "
+                       "cannot be checked to be this model's: make sure they are.")
+        return None
+    if not recorded or unrecorded:
         logger.warning(f"{where}: {'these scores record' if recorded else 'a bare summary records'} no fingerprint "
                        "of the weights they were scored on (runs trained before they recorded one), so they cannot "
                        "be checked to be this model's: make sure they are.")
         return None
-    folder = f" in {Path(source).parent}" if isinstance(source, (str, os.PathLike)) else ""
+    folder = f" in {Path(source).absolute().parent}" if isinstance(source, (str, os.PathLike)) else ""
     if len(recorded) == 1:
         raise ValueError(f"{where} holds the scores of the run{folder} ({next(iter(recorded))}), whose weights are "
                          "not the model being shared: give the results of the run whose model you share.")
