@@ -370,6 +370,35 @@ def test_context_convolutions_on_real_utterances_equal_torch_convolutions(causal
     assert max(module.kernel_sizes) > 1
 
 
+def test_inference_under_autocast_keeps_the_kernels_low_precision_copy_and_its_exact_answers():
+    """Without gradients under autocast, the convolutions' bfloat16 kernels are kept across forwards (autocast would
+    cast their views afresh each time): the same logits as a forward that casts them, a copy made again when a weight
+    changes, none kept once gradients are on, and nothing new in the state dict."""
+    model, batch = tiny_model(), conversations()
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    conv = model.speech_expert.convs[0]
+
+    def casting_afresh():  # gradients on: autocast casts the views itself, nothing is kept
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(**inputs).logits.detach()
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first, again = model(**inputs).logits, model(**inputs).logits
+        kept = conv.low_precision_matrix[1]
+        assert kept.dtype == torch.bfloat16 and model(**inputs).logits is not None
+        assert conv.low_precision_matrix[1] is kept  # reused, not cast again
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    torch.testing.assert_close(first, casting_afresh(), rtol=0, atol=0)
+    assert conv.low_precision_matrix is None
+    with torch.no_grad():
+        conv.weight.mul_(3.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            changed = model(**inputs).logits
+    assert not torch.equal(changed, first)
+    torch.testing.assert_close(changed, casting_afresh(), rtol=0, atol=0)
+    assert not any("low_precision" in key for key in model.state_dict())
+
+
 @pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru", PER_MODALITY])
 def test_causal_mode_never_looks_ahead(variant):
     model = tiny_model(causal=True, context_module=variant)

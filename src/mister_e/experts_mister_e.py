@@ -142,7 +142,24 @@ class MisterEContextModule(nn.Module):
         kernel_size = conv.kernel_size[0]
         padded = F.pad(inputs.transpose(1, 2), self._padding(kernel_size))
         windows = padded.unfold(2, kernel_size, 1).transpose(1, 2)[rows]
-        return F.linear(windows.reshape(len(windows), -1), conv.weight.view(conv.out_channels, -1), conv.bias)
+        return F.linear(windows.reshape(len(windows), -1), self._kernel_matrix(conv), conv.bias)
+
+    def _kernel_matrix(self, conv: nn.Conv1d) -> torch.Tensor:
+        """`conv`'s weight viewed as `(out, in * k)`. Autocast keeps a weight's low-precision copy for the rest of its
+        region, but not a view's: inference under autocast would cast this view afresh at every forward (at paper size
+        a fifth of a bfloat16 forward on a CPU). Without gradients the copy is kept here instead, the very values
+        autocast would make, and made again once the weight changes (its version or storage)."""
+        matrix = conv.weight.view(conv.out_channels, -1)
+        device = matrix.device.type
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+            conv.low_precision_matrix = None  # a plain attribute, never in the state dict
+            return matrix
+        dtype = torch.get_autocast_dtype(device)
+        key = (dtype, conv.weight._version, conv.weight.data_ptr())
+        kept = getattr(conv, "low_precision_matrix", None)
+        if kept is None or kept[0] != key:
+            kept = conv.low_precision_matrix = (key, matrix.to(dtype))
+        return kept[1]
 
     def step(self, inputs: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         """Causal mode, one new utterance `(batch, dim)`: the last inputs feed the convolutions, the GRU carries on."""
