@@ -395,6 +395,26 @@ def test_a_conversation_file_reads_audio_paths_under_the_home_folder(tmp_path, m
 # --- shared machines: one writer per output folder, disk errors named ---------------------------------------------
 
 
+def test_weights_written_by_a_verb_follow_the_umask(tmp_path):
+    """safetensors writes owner-only files (0600) whatever the umask: another user of the folder could not read the
+    weights. A verb's output folder gets them in the umask's mode; other files keep theirs."""
+    from safetensors.torch import save_file
+
+    out = tmp_path / "out"
+    mask = os.umask(0o022)
+    try:
+        with writing_into(out):
+            (out / "seed_0").mkdir(parents=True)
+            save_file({"w": torch.zeros(2)}, str(out / "seed_0" / "model.safetensors"))
+            (out / "secret.txt").write_text("x")
+            (out / "secret.txt").chmod(0o600)
+            assert (out / "seed_0" / "model.safetensors").stat().st_mode & 0o777 == 0o600  # as safetensors writes it
+    finally:
+        os.umask(mask)
+    assert (out / "seed_0" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (out / "secret.txt").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("error", [
     OSError(errno.ENOSPC, "No space left on device"),  # datasets' and Python's writes: no file named
     SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),  # no OSError

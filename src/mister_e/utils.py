@@ -66,6 +66,7 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     held = int(os.environ.get("RANK", "0")) == 0 and _take(lock, folder)
     try:
         yield
+        _follow_umask(folder)
     except Exception as error:
         code = _write_error(error)
         if code is None:
@@ -77,6 +78,18 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     finally:
         if held:
             lock.unlink(missing_ok=True)
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give the weights files written into `folder` a file's usual mode: safetensors (0.8) writes them owner-only
+    (0600) whatever the umask, so colleagues who could read the folder found `model.safetensors` missing."""
+    if not folder.is_dir():
+        return
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o666 & ~mask)
 
 
 def _take(lock: Path, folder: Path) -> bool:
