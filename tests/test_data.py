@@ -146,6 +146,27 @@ def test_duplicate_ids_are_named():
         make_dialogue_dataset([first, clash], ["hap", "sad"])
 
 
+def test_attach_embeddings_names_the_split_of_a_repeated_or_missing_utterance_id():
+    """Vectors are matched to utterances by id: an id that repeats in one split of several named no split."""
+    from mister_e.data import attach_embeddings
+
+    def split(prefix, lengths):
+        return make_dialogue_dataset([{"dialogue_id": f"{prefix}{i}", "texts": ["a"] * length, "labels": [0] * length}
+                                      for i, length in enumerate(lengths)], ["hap"])
+
+    positions = split("d", [2, 1]).map(lambda row: {"utterance_ids": [str(i) for i in range(len(row["labels"]))]})
+    vectors = {name: np.zeros(2) for name in ("t0_0", "t0_1", "v0_0", "0", "1")}
+    dialogues = DatasetDict(train=split("t", [2]), validation=split("v", [1]), test=positions)
+    with pytest.raises(ValueError, match="^split 'test': utterance id '0' appears twice: text_embeds vectors are "
+                                         "matched to utterances by id; give every utterance of the split its own id$"):
+        attach_embeddings(dialogues, "text_embeds", vectors)
+    with pytest.raises(ValueError, match="^split 'validation': no text_embeds vector for 1 utterances "
+                                         "\\(first: v0_0\\)$"):
+        attach_embeddings(dialogues, "text_embeds", {name: vectors[name] for name in ("t0_0", "t0_1")})
+    attached = attach_embeddings(DatasetDict(train=dialogues["train"]), "text_embeds", vectors)
+    assert attached["train"][0]["text_embeds"] == [[0.0, 0.0], [0.0, 0.0]]
+
+
 def test_embeddings_are_float32_lists_and_required_everywhere():
     conversation = {"dialogue_id": "d1", "labels": [0], "speech_embeds": [np.ones(3)]}
     dataset = make_dialogue_dataset([conversation], ["hap"])
@@ -158,7 +179,8 @@ def test_embeddings_are_float32_lists_and_required_everywhere():
 def test_a_text_of_invisible_characters_is_no_text_in_every_check():
     """The processor reads a zero-width space as no text; the data side (per value and over Arrow columns) counted it
     as text, so extraction and stage 1 failed at the batch holding it instead of leaving it out up front."""
-    from mister_e.data.schema import check_experts_can_answer, is_present
+    from mister_e.data.checks import check_experts_can_answer
+    from mister_e.data.schema import is_present
     from mister_e.training.collator import flatten_utterances
 
     assert not is_present("\u200b \u00a0\ufeff") and is_present("hi\u200b")

@@ -377,10 +377,10 @@ def test_report_of_a_split_missing_a_class(tmp_path):
 
 def test_dominant_expert_shares_ties():
     """The `mean` gate weighs every expert 1/3: no expert dominates, so each gets a third, not the first all of it."""
-    from mister_e.evaluation import _summarize_gates
+    from mister_e.gates import summarize_gates
 
     weights = np.array([[1 / 3, 1 / 3, 1 / 3], [0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
-    dominant = _summarize_gates(weights, np.array([0, 1, 0, 1]), ["a", "b"])["dominant_fraction"]
+    dominant = summarize_gates(weights, np.array([0, 1, 0, 1]), ["a", "b"])["dominant_fraction"]
     assert dominant == pytest.approx({"speech": (1 / 3 + 0.5) / 4, "text": (1 / 3 + 1 + 0.5) / 4,
                                       "cross_modal": (1 / 3 + 1) / 4})
     assert sum(dominant.values()) == pytest.approx(1.0)
@@ -390,12 +390,12 @@ def test_gate_plot_legend_covers_no_plot_and_every_expert_is_drawn():
     """The legend sat inside the bar chart (covering two bars), and step histograms hid each other at 0."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from mister_e.evaluation import _plot_gate_weights
+    from mister_e.gates import plot_gate_weights
 
     rng = np.random.default_rng(0)
     weights = rng.dirichlet([1.0, 5.0, 2.0], size=60)
     weights[:, 0] = 0.0  # an expert the gate never uses: all of its mass in the first bin
-    figure = _plot_gate_weights(weights / weights.sum(1, keepdims=True), rng.integers(0, len(LABELS), 60), LABELS)
+    figure = plot_gate_weights(weights / weights.sum(1, keepdims=True), rng.integers(0, len(LABELS), 60), LABELS)
     FigureCanvasAgg(figure).draw()
     legend = figure.legends[0]
     assert [text.get_text() for text in legend.get_texts()] == list(GATE_NAMES)
@@ -410,11 +410,11 @@ def test_gate_plot_legend_covers_no_plot_and_every_expert_is_drawn():
 def test_figures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, magic):
     from matplotlib.figure import Figure
 
-    from mister_e.evaluation import _save_figure
+    from mister_e.utils import save_figure
 
     figure = Figure()
     figure.add_subplot().plot([0, 1], [1, 0])
-    _save_figure(figure, tmp_path / f"plot{suffix}")
+    save_figure(figure, tmp_path / f"plot{suffix}")
     assert (tmp_path / f"plot{suffix}").read_bytes().startswith(magic)
     assert [p.name for p in tmp_path.iterdir()] == [f"plot{suffix}"]  # no temporary file left
 
@@ -423,13 +423,13 @@ def test_characters_a_figure_cannot_draw_are_named_once(tmp_path, caplog):
     """Labels in a script the font lacks (CJK, emoji) gave matplotlib's two warning lines per character and figure."""
     from matplotlib.figure import Figure
 
-    from mister_e.evaluation import _save_figure
+    from mister_e.utils import save_figure
 
     figure = Figure()
     figure.add_subplot().set_xticks([0, 1], ["joie", "\ue000\ue001"])  # private-use characters: in no font
     with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
         warnings.simplefilter("always")
-        _save_figure(figure, tmp_path / "plot.png")
+        save_figure(figure, tmp_path / "plot.png")
     assert not [str(warning.message) for warning in caught if "Glyph" in str(warning.message)]
     assert [record.getMessage() for record in caplog.records] == [
         f"{tmp_path / 'plot.png'}: the plot's font cannot draw \ue000 \ue001 (drawn as boxes)"]

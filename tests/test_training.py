@@ -25,7 +25,8 @@ from mister_e.assembly import conversation_fingerprint, folder_kind
 from mister_e.configuration_mister_e import EXPERTS
 from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
-from mister_e.data.schema import check_experts_can_answer, embedding_feature
+from mister_e.data.checks import check_experts_can_answer
+from mister_e.data.schema import embedding_feature
 from mister_e.data.splits import warn_of_shared_dialogues
 from mister_e.evaluation import REPORT_FILES, load_erc_metric
 from mister_e.cli import main
@@ -1135,7 +1136,7 @@ def test_selecting_on_the_f1_of_a_class_validation_lacks_is_refused_before_train
 def test_ids_used_twice_in_a_split_are_refused_before_training_or_scoring(tmp_path):
     """A data set saved by hand skips the builders' id check: evaluate wrote two predictions.csv rows under the same
     dialogue and utterance ids (which row is which utterance?), and a split's dialogue count by id came out short."""
-    from mister_e.data.schema import attach_embeddings
+    from mister_e.data.building import attach_embeddings
     from mister_e.data.splits import check_unique_ids
 
     data = corpus(train=3, validation=2, test=3)

@@ -14,8 +14,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .configuration_mister_e import EXPERTS
-from .evaluation import _save_figure
-from .utils import atomic_path
+from .utils import atomic_path, save_figure
 
 # Greys for the experts, so that no expert shares a colour with an emotion.
 EXPERT_GREYS = ("0.2", "0.5", "0.8")
@@ -66,7 +65,7 @@ def plot_timeline(results: Sequence[Mapping], labels: Sequence[str]) -> Figure:
 
 
 def save_timeline_plot(results: Sequence[Mapping], labels: Sequence[str], path: str | os.PathLike) -> None:
-    _save_figure(plot_timeline(results, labels), Path(path))
+    save_figure(plot_timeline(results, labels), Path(path))
 
 
 __all__ = ["COLUMNS", "plot_timeline", "save_timeline_plot", "write_timeline_csv"]

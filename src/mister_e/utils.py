@@ -1,22 +1,28 @@
-"""Small helpers shared by the training-side modules."""
+"""Small helpers shared across the package: atomic writes (text, JSON, figures), output-folder locks, process state."""
 
 from __future__ import annotations
 
 import atexit
 import ctypes
 import errno
+import json
+import logging
 import os
 import re
 import socket
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 
 if TYPE_CHECKING:
     from accelerate import PartialState
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what a figure is saved as, by its file's suffix
 
@@ -31,6 +37,36 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """`text` as UTF-8 into `path`, through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """`payload` as indented JSON into `path`, through `atomic_path`."""
+    write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """`figure` in the format its suffix names (PNG for any other), written under a temporary name, then renamed.
+
+    Characters of labels that the font cannot draw (CJK, emoji in DejaVu Sans) are drawn as boxes: said in one line
+    naming the file, where matplotlib gave two warning lines per character and drawing."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    with atomic_path(path) as tmp, warnings.catch_warnings(record=True) as caught:
+        figure.savefig(tmp, format=suffix if suffix in PLOT_FORMATS else "png", dpi=150, bbox_inches="tight")
+    missing = {}
+    for warning in caught:
+        glyph = re.match(r"Glyph (\d+) \(.*\) missing from font", str(warning.message))
+        if glyph:
+            missing[chr(int(glyph.group(1)))] = None
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing:
+        logger.warning(f"{path}: the plot's font cannot draw {' '.join(missing)} (drawn as boxes)")
 
 
 def check_not_broken_link(path: Path) -> None:
@@ -190,4 +226,5 @@ def release_process_group() -> None:
 
 
 __all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched_on_cpu", "process_state",
-           "release_process_group", "reuse_freed_memory", "running", "writing_into"]
+           "release_process_group", "reuse_freed_memory", "running", "save_figure", "write_json", "write_text",
+           "writing_into"]

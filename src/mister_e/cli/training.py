@@ -38,7 +38,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from ..evaluation import format_seed_table
+    from ..summaries import format_seed_table
     from ..training import run_ablations, train_seeds
     from ..training.stage_two import SUMMARY_METRICS
 
@@ -103,7 +103,7 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     import torch
 
     from ..backbones import DEFAULT_SPEECH_BACKBONE, DEFAULT_TEXT_BACKBONE, resolve_backbone
-    from ..data.schema import require_splits
+    from ..data.splits import require_splits
     from ..data.storage import load_dialogues
     from ..processing_mister_e import MisterEProcessor
     from ..training import check_run, data_identity, finished_results, record_run, save_frozen_encoder, train_encoder
@@ -186,7 +186,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from ..assembly import require_kind
     from ..data.splits import check_unique_ids
     from ..data.storage import load_dialogues
-    from ..evaluation import DEFAULT_DROP_PROBABILITIES, SCALAR_METRICS
+    from ..robustness import DEFAULT_DROP_PROBABILITIES
+    from ..summaries import SCALAR_METRICS
     from ..training import evaluate_model
 
     require_kind(args.model, ("stage-2", "end-to-end"), "`evaluate --model`")

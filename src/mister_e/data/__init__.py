@@ -1,9 +1,10 @@
 """Dialogue datasets for emotion recognition in conversations, and builders from the official releases.
 
-`schema` holds the dataset layout every builder shares, `splits` how its splits must agree, `storage` saves and loads
-it, `releases` the helpers the release builders share; each data set has its own module (`iemocap`, `meld`, `mosi`,
-`cosmic`, `emodb`, and the synthetic `demo`). This package holds the registry of `mister-e prepare` and re-exports the
-public names. They are imported on first use, so that the CLI can list `PREPARE_DATASETS` without `datasets`.
+`schema` holds the dataset layout every builder shares, `checks` what one split must hold, `splits` how its splits must
+agree, `building` makes a dataset from plain values, `storage` saves and loads it, `releases` holds the helpers the
+release builders share; each data set has its own module (`iemocap`, `meld`, `mosi`, `cosmic`, `emodb`, and the
+synthetic `demo`). This package holds the registry of `mister-e prepare` and re-exports the public names. They are
+imported on first use, so that the CLI can list `PREPARE_DATASETS` without `datasets`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ PREPARE_DATASETS = tuple(sorted(_REGISTRY))
 _EXPORTS = {
     **dict.fromkeys(
         ("SPLITS", "DIALOGUE_ID", "UTTERANCE_IDS", "TEXTS", "AUDIO", "LABELS", "SPEAKERS", "SPEECH_EMBEDS",
-         "TEXT_EMBEDS", "EMBED_COLUMNS", "UTTERANCE_COLUMNS", "attach_embeddings", "describe", "dialogue_features",
-         "make_dialogue_dataset", "validate_dialogues"),
+         "TEXT_EMBEDS", "EMBED_COLUMNS", "UTTERANCE_COLUMNS", "describe", "dialogue_features"),
         "schema",
     ),  # fmt: skip
+    **dict.fromkeys(("attach_embeddings", "make_dialogue_dataset"), "building"),
+    "validate_dialogues": "checks",
     **dict.fromkeys(("load_dialogues", "save_dialogues"), "storage"),
     **dict.fromkeys(("IEMOCAP_LABELS", "IEMOCAP_DROPPED_LABELS", "build_iemocap"), "iemocap"),
     # The clip folders are private, but tests name them through this package.

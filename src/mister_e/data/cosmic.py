@@ -17,6 +17,7 @@ import numpy as np
 from datasets import DatasetDict
 
 from .iemocap import IEMOCAP_LABELS
+from .building import make_dialogue_dataset
 from .meld import MELD_LABELS
 from .releases import clean_text, hold_out
 from .schema import (
@@ -28,7 +29,6 @@ from .schema import (
     TEXT_EMBEDS,
     TEXTS,
     UTTERANCE_IDS,
-    make_dialogue_dataset,
 )
 
 # COSMIC's meld.pkl numbers dialogues across splits: key = offset + Dialogue_ID (shared/data/README.md).

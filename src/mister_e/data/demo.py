@@ -36,6 +36,7 @@ import soundfile as sf
 from datasets import DatasetDict, load_from_disk
 from scipy.signal import sosfilt
 
+from .building import make_dialogue_dataset
 from .schema import (
     AUDIO,
     DIALOGUE_ID,
@@ -44,7 +45,6 @@ from .schema import (
     SPLITS,
     TEXTS,
     UTTERANCE_IDS,
-    make_dialogue_dataset,
 )
 from .storage import save_dialogues
 

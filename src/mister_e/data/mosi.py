@@ -16,7 +16,8 @@ from datasets import DatasetDict
 
 from ..conversations import read_utf8
 from .releases import clean_text, extract_wavs, find_audio, group_dialogues, read_csv, read_integer
-from .schema import SPEECH_EMBEDS, SPLITS, attach_embeddings
+from .building import attach_embeddings
+from .schema import SPEECH_EMBEDS, SPLITS
 
 MOSI_LABELS = ["negative", "positive"]
 MOSI_LABEL_RULES = ("nonnegative", "nonzero")

@@ -19,7 +19,8 @@ from datasets import DatasetDict
 from tqdm.auto import tqdm
 
 from ..segmentation_mister_e import RECORDING_EXTENSIONS
-from .schema import AUDIO, DIALOGUE_ID, LABELS, SPEAKERS, SPLITS, TEXTS, UTTERANCE_IDS, make_dialogue_dataset
+from .building import make_dialogue_dataset
+from .schema import AUDIO, DIALOGUE_ID, LABELS, SPEAKERS, SPLITS, TEXTS, UTTERANCE_IDS
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
-"""How the splits of a dialogue dataset relate: one label set in one order, one width per embedding column, and no
-dialogue of validation or test repeated from training; and, for data saved by hand, ids that name one dialogue and one
-utterance each. Each split alone is checked in `schema`."""
+"""How the splits of a dialogue dataset relate: the splits training needs, labelled; one label set in one order, one
+width per embedding column, and no dialogue of validation or test repeated from training; and, for data saved by hand,
+ids that name one dialogue and one utterance each. Each split alone is checked in `checks`."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,6 +52,16 @@ def check_splits_agree(dialogues: Dataset | DatasetDict, embeddings: bool = True
                 elsewhere = f" (split {origin!r} has {width}-d ones)" if origin != split else ""
                 raise ValueError(f"{where}dialogue {name!r}: {column} mixes sizes {width} and {int(sizes[wrong[0]])}"
                                  f"{elsewhere}; extract every split with one encoder.")
+
+
+def require_splits(dialogues, where: str | os.PathLike | None = None,
+                   splits: Sequence[str] = ("train", "validation")) -> None:
+    """Raise unless `dialogues` has `splits`: training fits on `train` and selects its epoch on `validation`."""
+    held = list(dialogues) if isinstance(dialogues, DatasetDict) else []
+    missing = [split for split in splits if split not in held]
+    if missing:
+        raise ValueError(f"{where or 'The data set'} has splits {held or 'none (a single Dataset)'}; training needs "
+                         f"{missing} too (`train` to fit, `validation` to select the epoch).")
 
 
 def require_labelled(dialogues: DatasetDict, splits: tuple[str, ...] = ("train", "validation")) -> None:
@@ -132,4 +144,6 @@ def _label_names(dataset: Dataset) -> list | str:
     return getattr(getattr(feature, "feature", None), "names", None) or str(feature)
 
 
-__all__ = ["check_splits_agree", "check_unique_ids", "require_labelled", "warn_of_shared_dialogues"]
+__all__ = [
+    "check_splits_agree", "check_unique_ids", "require_labelled", "require_splits", "warn_of_shared_dialogues",
+]

@@ -32,7 +32,7 @@ RECIPE_KEYS = ("name", "dataset", "output_dir", "seeds", "modalities", "modality
                "early_stopping_patience", "config", "training")
 # Recipe keys that go to `train_conversation_model` as they are, and their defaults (the paper's behaviour).
 RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_stopping_patience": None}
-# What `evaluation.compute_metrics` reports on validation (plus the Trainer's `loss`): what a model can be selected on.
+# What `scores.compute_metrics` reports on validation (plus the Trainer's `loss`): what a model can be selected on.
 SELECTION_METRICS = (*SCALAR_METRICS, "log_loss", "loss")
 # The types a training field's value is checked against, and how a message names them.
 _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}

@@ -15,17 +15,14 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from ..configuration_mister_e import MODALITIES, contradicts_recorded_embedding
-from ..data.schema import (
-    DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS, check_experts_can_answer, check_finite_embeddings,
-)
+from ..data.checks import check_experts_can_answer, check_finite_embeddings
+from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS
 from ..data.splits import check_splits_agree, check_unique_ids
-from ..evaluation import (
-    DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, clear_report, robustness_curve, write_evaluation_report,
-    write_robustness_report,
-)
+from ..evaluation import clear_report, write_evaluation_report
 from ..experts_mister_e import answerable
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..pipeline_mister_e import NON_FINITE
+from ..robustness import DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, robustness_curve, write_robustness_report
 from .collator import MisterEDataCollator
 from .trainer import data_config, label_names
 

@@ -13,8 +13,7 @@ from datasets import DatasetDict
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..evaluation import _write_json
-from ..utils import process_state, writer_name
+from ..utils import process_state, write_json, writer_name
 
 logger = logging.get_logger(__name__)
 
@@ -66,7 +65,7 @@ def record_run(output_dir: str | os.PathLike, settings: Mapping[str, Any] | None
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     written = writer_name(path)
-    _write_json(written, _normalised(settings))
+    write_json(written, _normalised(settings))
     try:  # created only if absent, atomically: of two runs started together into one folder, one records it
         os.link(written, path)
     except FileExistsError:

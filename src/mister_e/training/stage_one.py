@@ -17,8 +17,7 @@ from transformers import TrainerCallback, set_seed
 
 from ..configuration_mister_e import MODALITIES, MisterEOpenSmileConfig
 from ..encoders_mister_e import MisterEFunctionalsEncoder
-from ..data.schema import require_splits
-from ..data.splits import check_splits_agree, check_unique_ids, warn_of_shared_dialogues
+from ..data.splits import check_splits_agree, check_unique_ids, require_splits, warn_of_shared_dialogues
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels

@@ -18,15 +18,15 @@ from transformers.utils import logging
 
 from ..assembly import WEIGHTS_KEY, conversation_fingerprint
 from ..configuration_mister_e import MODALITIES, MisterEConfig, modalities_of
-from ..evaluation import SCALAR_METRICS, _write_json, _write_text, format_seed_table, summarize_seeds
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, check_seeds, load_recipe
-from ..utils import process_state
-from ..data.schema import (
-    EMBED_COLUMN, LABELS, check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given,
-    require_splits,
+from ..summaries import SCALAR_METRICS, format_seed_table, summarize_seeds
+from ..utils import process_state, write_json, write_text
+from ..data.checks import check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given
+from ..data.schema import EMBED_COLUMN, LABELS
+from ..data.splits import (
+    check_splits_agree, check_unique_ids, require_labelled, require_splits, warn_of_shared_dialogues,
 )
-from ..data.splits import check_splits_agree, check_unique_ids, require_labelled, warn_of_shared_dialogues
 from ..data.storage import load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
@@ -238,12 +238,12 @@ def train_seeds(
     summary = summarize_seeds(list(scores.values()))
     if process_state().is_main_process:
         weights = {seed: {WEIGHTS_KEY: run[WEIGHTS_KEY]} if WEIGHTS_KEY in run else {} for seed, run in runs.items()}
-        _write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary,
-                                                  "runs": {seed: {**scores[seed], **weights[seed]} for seed in seeds}})
+        write_json(output_dir / "summary.json", {"recipe": recipe, "seeds": seeds, "summary": summary,
+                                                 "runs": {seed: {**scores[seed], **weights[seed]} for seed in seeds}})
         names = [f"test/f1_{name}" for name in label_names(dataset["train"])]
         title = f"# {recipe.get('name', 'MiSTER-E')}{' / ' + recipe['ablation'] if recipe.get('ablation') else ''}"
         table = format_seed_table(summary, SUMMARY_METRICS + names)
-        _write_text(output_dir / "summary.md", f"{title}\n\nSeeds {seeds}.\n\n{table}")
+        write_text(output_dir / "summary.md", f"{title}\n\nSeeds {seeds}.\n\n{table}")
     return summary
 
 
@@ -297,9 +297,9 @@ def run_ablations(
         for name in names
     }
     if process_state().is_main_process:
-        _write_json(output_dir / "ablations.json", summaries)
-        _write_text(output_dir / "ablations.md", f"# {recipe.get('name', 'MiSTER-E')} ablations\n\n"
-                    + format_seed_table(summaries, SUMMARY_METRICS))
+        write_json(output_dir / "ablations.json", summaries)
+        write_text(output_dir / "ablations.md", f"# {recipe.get('name', 'MiSTER-E')} ablations\n\n"
+                   + format_seed_table(summaries, SUMMARY_METRICS))
     return summaries
 
 
