@@ -111,6 +111,11 @@ EARLIER_PUBLIC_NAMES = {
     "mister_e.scale": "PAPER_BACKBONES activation_bytes format_plan paper_backbone_config paper_scale_plan "
                       "parameter_sizes prepare_quantized_backbones quantization_kwargs training_memory",
     "mister_e.demo": "EMOTIONS build_demo_corpus demo_conversation",
+    # Before `data/checks.py`, `data/building.py` and `require_splits` in `data/splits.py` (stop 35).
+    "mister_e.data.schema": "AUDIO DIALOGUE_ID EMBED_COLUMNS LABELS SPEAKERS SPEECH_EMBEDS SPLITS TEXTS TEXT_EMBEDS "
+                            "UTTERANCE_COLUMNS UTTERANCE_IDS attach_embeddings check_finite_embeddings "
+                            "experts_never_given require_splits dialogue_features describe make_dialogue_dataset "
+                            "validate_dialogues",
     "mister_e.evaluation": "DEFAULT_DROP_PROBABILITIES GATE_NAMES SCALAR_METRICS compute_metrics format_seed_table "
                            "load_erc_metric robustness_curve summarize_seeds write_evaluation_report",
 }

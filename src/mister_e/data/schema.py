@@ -8,6 +8,7 @@ stays small and points at the release on disk. Code elsewhere names columns thro
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -108,6 +109,21 @@ def describe(dialogues: DatasetDict) -> str:
         cells = [f"{split:<10} {len(dataset):>9} {sum(counts.values()):>10}"]
         lines.append(" ".join([*cells, *(f"{counts[index]:>9}" for index in range(len(names)))]))
     return "\n".join(lines)
+
+
+# Names that lived here before `checks`, `building` and `splits` took them (stop 35): still importable from here, read
+# from their new homes when asked for (an import at the top would be circular: they import this module).
+_MOVED = {
+    **dict.fromkeys(("check_finite_embeddings", "experts_never_given", "validate_dialogues"), "checks"),
+    **dict.fromkeys(("attach_embeddings", "make_dialogue_dataset"), "building"),
+    "require_splits": "splits",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
