@@ -1094,18 +1094,34 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds a bare {name}"))
 
 
+class _LogRecorder(TrainerCallback):
+    """What a logging integration (TensorBoard, W&B, ...) is handed at each log."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
 def test_a_class_absent_from_validation_and_test_has_no_f1(tmp_path):
     """Its F1 was 0.0, read as the model failing on it; now None (null) through the Trainer's evaluations, its state
-    file, results.json and the test report, while selection on weighted F1 goes on as before."""
+    file, results.json and the test report, while selection on weighted F1 goes on as before. The logging callbacks
+    get no None (TensorBoard's warned about each at every evaluation)."""
     data = corpus(train=6, validation=3, test=3)
     calm = LABELS.index("calm")
     without_angry = {split: data[split].map(lambda row: {"labels": [calm if label == LABELS.index("angry") else label
                                                                      for label in row["labels"]]})
                      for split in ("validation", "test")}
     data = DatasetDict({**data, **without_angry})
-    results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "checkpoint_budget": 0}, keep_checkpoints=True)
+    recorder = _LogRecorder()
+    results = train_conversation_model(data, tmp_path, SIZES, {**FAST, "checkpoint_budget": 0}, keep_checkpoints=True,
+                                       callbacks=[recorder])
 
     assert results["validation"]["f1_angry"] is None and results["test"]["f1_angry"] is None
+    logged = [log for log in recorder.logs if any(key.endswith("weighted_f1") for key in log)]
+    assert len(logged) == 4 and all(None not in log.values() and "epoch" in log for log in logged)
+    assert all(isinstance(log[key], float) for log in logged for key in log if key.endswith("f1_calm"))
     assert all(isinstance(results["validation"][name], float) for name in ("f1_calm", "weighted_f1"))
     assert _strict_json(tmp_path / "results.json")["test"]["f1_angry"] is None
     state = _strict_json(next(tmp_path.glob("checkpoint-*")) / "trainer_state.json")

@@ -138,6 +138,15 @@ class MisterETrainer(Trainer):
                              f"rate ({self.args.learning_rate:g}) or check the inputs.")
         return result
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log, whose undefined values (`None`: the F1 of a class without reference utterances) stay in the
+        log history (the state file's null) but reach no callback: the logging integrations (`report_to`) take
+        numbers, and TensorBoard's and MLflow's warned about each at every evaluation."""
+        defined = {key: value for key, value in logs.items() if value is not None}
+        super().log(defined, start_time)
+        logs.update(defined)  # with what Trainer adds (`epoch`), as Trainer's own log leaves `logs`
+        self.state.log_history[-1] = {**logs, "step": self.state.global_step}
+
     def _averaged(self):
         """Inside the block the model holds the weight average when training keeps one (else its own weights)."""
         if self.weight_average is None:
