@@ -306,6 +306,9 @@ def test_share_refuses_what_it_cannot_share_in_one_line(tmp_path, capsys, caplog
     (other / "results.json").write_text(json.dumps({"seed": 3, "test": {"accuracy": 0.9}, "weights_sha256": "0" * 64}))
     (tmp_path / "runs" / "seed_0").mkdir(parents=True)
     (tmp_path / "runs" / "summary.json").write_text("{}")
+    stage_one = tmp_path / "text_encoder" / "results.json"  # what `train-encoder` writes
+    stage_one.parent.mkdir()
+    stage_one.write_text(json.dumps({"seed": 0, "modality": "text", "solver": "trainer", "test": {"accuracy": 0.5}}))
     MisterEForEmotionRecognition(tiny_config()).save_pretrained(tmp_path / "bare")
     (tmp_path / "empty").mkdir()
     out = ["--folder", str(tmp_path / "out")]
@@ -320,6 +323,10 @@ def test_share_refuses_what_it_cannot_share_in_one_line(tmp_path, capsys, caplog
         (["share", str(run), "--encoder", str(encoder), "--private", *out], "--private is for --to"),
         (["share", str(run), "--encoder", str(encoder), "--results", str(other / "results.json"), *out],
          f"holds the scores of the run in {other} (seed 3), whose weights are not the model being shared"),
+        # before the model is loaded: without --encoder, loading `run` would fail first
+        (["share", str(run), "--results", str(tmp_path / "nowhere.json"), *out], "No results file at"),
+        (["share", str(run), "--results", str(stage_one), *out],
+         f"{stage_one} holds the scores of a text encoder (`train-encoder`), not of a conversation model"),
     ]
     capsys.readouterr()
     for argv, message in cases:

@@ -191,6 +191,8 @@ def test_card_from_single_run_and_seed_summary(tmp_path):
     assert "No scores were given" in model_card(model)
     with pytest.raises(ValueError, match="no `test`/`validation`"):
         model_card(model, {"seed": 0})
+    with pytest.raises(ValueError, match=r"`results` holds the scores of a speech encoder \(`train-encoder`\)"):
+        model_card(model, [RESULTS[0], {**RESULTS[0], "modality": "speech", "solver": "lbfgs"}])
     with pytest.raises(ValueError, match=r"`test/accuracy` is 62.0: scores are fractions in \[0, 1\]"):
         model_card(model, {"test/accuracy": {"mean": 62.0, "std": 0.0, "n": 1}})  # not 6200.00
 

@@ -31,17 +31,27 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------- metrics
 
 
-def _read_results(results: Any) -> Any:
-    """`results` as given, or read from its file when it is a path (one reading for every part of the card)."""
-    if not isinstance(results, (str, os.PathLike)):
-        return results
-    if not Path(results).is_file():
-        raise FileNotFoundError(f"No results file at {results} (a run's results.json or a summary.json of "
-                                "`mister-e train`).")
-    try:
-        return json.loads(Path(results).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{results} is not a readable results file: {error}") from None
+def read_results(results: Any) -> Any:
+    """`results` as given, or read from its file when it is a path (one reading for every part of the card). A stage-1
+    encoder's scores (`train_encoder`'s results.json, which records its `modality` and `solver`) are refused: its
+    labels are the conversation model's, so nothing else would tell them from the model's own."""
+    loaded = results
+    if isinstance(results, (str, os.PathLike)):
+        if not Path(results).is_file():
+            raise FileNotFoundError(f"No results file at {results} (a run's results.json or a summary.json of "
+                                    "`mister-e train`).")
+        try:
+            loaded = json.loads(Path(results).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{results} is not a readable results file: {error}") from None
+    runs = [loaded] if isinstance(loaded, Mapping) else loaded if isinstance(loaded, Sequence) else []
+    encoder = next((run for run in runs if isinstance(run, Mapping) and {"modality", "solver"} <= run.keys()), None)
+    if encoder is not None:
+        where = str(results) if isinstance(results, (str, os.PathLike)) else "`results`"
+        raise ValueError(f"{where} holds the scores of a {encoder['modality']} encoder (`train-encoder`), not of a "
+                         "conversation model: give the results.json of the `mister-e train` run whose model you "
+                         "share.")
+    return loaded
 
 
 def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, float]]]:
@@ -51,7 +61,7 @@ def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, floa
     `{"seeds", "summary", "runs", ...}`), a bare `summarize_seeds` result (what `train_seeds` returns), or a list of
     `results.json` dicts (one per seed); each also as the path of its file.
     """
-    results = _read_results(results)
+    results = read_results(results)
     if isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping):
         return list(results.get("seeds") or []) or None, dict(results["summary"])
     if isinstance(results, Mapping) and results and all(
@@ -255,7 +265,7 @@ def model_card(
     base_models = [hub for b in backbones.values() if b and (hub := _hub_id(b[1]))]
 
     metric_names: list[str] = []
-    source, results = results, _read_results(results)
+    source, results = results, read_results(results)
     if results is not None:
         metrics_text, metric_names = _metrics_section(model, results, source)
     else:

@@ -31,6 +31,7 @@ def add_share_arguments(parser: argparse.ArgumentParser) -> None:
 def run_share(args: argparse.Namespace) -> None:
     from ..assembly import load_end_to_end
     from ..hub import check_pushable, push_to_hub, save_for_hub
+    from ..model_card import read_results
     from ..utils import writing_into
 
     if args.private and not args.to:
@@ -39,6 +40,7 @@ def run_share(args: argparse.Namespace) -> None:
         check_pushable(args.to)  # before the model is loaded
     card = {"results": args.results or run_results(args.model), "license": args.license,
             "dataset_name": args.dataset_name}
+    read_results(card["results"])  # a missing or unreadable file, or an encoder's scores, before the model is loaded
     model, processor = load_end_to_end(args.model, args.encoders, args.embedding, "`share`")
     if args.to:
         commit = push_to_hub(model, processor, args.to, private=args.private, **card)
