@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -277,6 +278,27 @@ def test_bad_input_is_one_named_line_and_exit_2(case, root, tmp_path, capsys):
     assert culprit in error and says in error, error
     assert not out.exists()  # nothing half-written
     assert not list(root.rglob("*.tmp*")) and not (root / "model" / "evaluation").exists()
+
+
+def test_evaluate_into_a_model_folder_that_takes_no_files_says_to_pass_output_dir(root, tmp_path, capsys):
+    """The default report folder is inside the model folder (MODEL/evaluation/SPLIT), which may be read-only or another
+    user's: refused before the data is read, saying what to do, where the write failed after the predictions with an
+    errno line. As root, permissions do not bind: `evaluation` a file is a folder that takes no files too."""
+    model = tmp_path / "stage-2"
+    shutil.copytree(root / "stage-2", model)
+    (model / "evaluation").write_text("")
+    blocked = [(model, model / "evaluation", "Not a directory")]
+    if os.geteuid() != 0:
+        shutil.copytree(root / "stage-2", tmp_path / "read-only")
+        (tmp_path / "read-only").chmod(0o555)
+        blocked.append((tmp_path / "read-only", tmp_path / "read-only", "Permission denied"))
+    for model, folder, reason in blocked:
+        capsys.readouterr()
+        assert main(["evaluate", "--model", str(model), "--dataset", str(tmp_path / "no-data")]) == 2  # before reading
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and f"{folder} takes no new files ({reason})" in error, error
+        assert "pass --output-dir" in error, error
+    assert (tmp_path / "stage-2" / "evaluation").is_file() and not list(tmp_path.rglob("*.probe"))
 
 
 def test_debug_gives_the_traceback_instead(root):

@@ -95,11 +95,17 @@ def output_file(text: str) -> str:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} does not exist")
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
+        probe(path.parent, path.name)
     except OSError as error:
         raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} takes no new files ({error.strerror})")
     return text
+
+
+def probe(folder: Path, name: str) -> None:
+    """Create a file `.<name>.*.probe` in `folder` and remove it: the OSError of a folder that takes no new files,
+    known before the work that would write there (permissions alone do not tell, e.g. /proc as root)."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".probe"):
+        pass
 
 
 def plot_file(text: str) -> str:

@@ -10,7 +10,7 @@ from ..configuration_mister_e import MODALITIES
 from ..recipes import ABLATIONS, check_training, load_recipe, parse_sets, route, training_fields
 from ..utils import writing_into
 from .arguments import (
-    output_file, output_folder, positive_float, positive_int, probability, seed, torch_device, user_path,
+    output_file, output_folder, positive_float, positive_int, probability, probe, seed, torch_device, user_path,
 )
 
 
@@ -194,6 +194,14 @@ def run_evaluate(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir or Path(args.model) / "evaluation" / args.split)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output-dir {output_dir} is a file, not a folder.")
+    if args.output_dir is None:  # inside the model folder, which may be read-only or another user's
+        existing = next(folder for folder in (output_dir, *output_dir.parents) if folder.exists())
+        try:
+            probe(existing, output_dir.name)
+        except OSError as error:
+            raise OSError(f"{existing} takes no new files ({error.strerror}), and evaluate writes its report into "
+                          f"the model folder ({output_dir}) by default: pass --output-dir DIR to write it "
+                          "elsewhere.") from None
     dataset = load_dialogues(args.dataset)
     if not isinstance(dataset, DatasetDict) or args.split not in dataset:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
