@@ -438,6 +438,22 @@ def test_a_full_disk_is_one_line_naming_the_output_folder(tmp_path, error):
     assert not (tmp_path / ".out.lock").exists()
 
 
+def test_a_write_through_a_temporary_name_fails_naming_the_file_written(tmp_path):
+    """`atomic_path`'s errors named `.summary.json.<pid>.<random>.tmp`, a file no user asked for (nor can find)."""
+    from mister_e.utils import atomic_path
+
+    with pytest.raises(FileNotFoundError) as raised, atomic_path(tmp_path / "gone" / "summary.json") as tmp:
+        tmp.write_text("{}")
+    assert raised.value.filename == str(tmp_path / "gone" / "summary.json") and ".tmp" not in str(raised.value)
+    (tmp_path / "summary.json").mkdir()  # the rename onto it fails
+    with pytest.raises(IsADirectoryError) as raised, atomic_path(tmp_path / "summary.json") as tmp:
+        tmp.write_text("{}")
+    assert raised.value.filename == str(tmp_path / "summary.json") and ".tmp" not in str(raised.value)
+    with pytest.raises(OSError, match="^other$"), atomic_path(tmp_path / "other.json"):  # none named: as it was
+        raise OSError("other")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["summary.json"]
+
+
 def test_prepare_on_a_full_disk_leaves_nothing_and_runs_again(tmp_path, capsys, monkeypatch):
     from datasets import DatasetDict
 

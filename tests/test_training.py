@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1092,6 +1094,36 @@ def test_a_diverging_run_stops_and_nan_weights_are_never_answered_with(data, tmp
 def _strict_json(path):
     """JSON as the standard has it: a bare NaN or Infinity (Python's json writes them) is refused."""
     return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds a bare {name}"))
+
+
+def test_checkpoint_extras_are_written_under_a_name_of_the_writers_own(tmp_path, monkeypatch):
+    """The best and averaged weights went through a fixed `NAME.partial` (two writers would write into each other's
+    half), left behind by a failed write."""
+    import mister_e.training.averaging as averaging
+    import mister_e.training.checkpoints as checkpoints
+
+    written = []
+
+    def failing_save(tensors, path, **kwargs):
+        written.append(Path(path).name)
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    average = averaging.MisterEWeightAverage(1.0)
+    average.sums = {"w": torch.ones(2)}
+    for module, write in ((checkpoints, lambda: checkpoints.write_best_weights({"w": torch.ones(2)}, tmp_path)),
+                          (averaging, lambda: average.save(tmp_path))):
+        monkeypatch.setattr(module, "save_file", failing_save)
+        with pytest.raises(OSError, match="No space left"):
+            write()
+    assert [re.sub(r"\.\d+\.[0-9a-f]{8}\.tmp$", ".<pid>.<random>.tmp", name) for name in written] == [
+        f".{BEST_WEIGHTS}.<pid>.<random>.tmp", f".{averaging.AVERAGE_WEIGHTS}.<pid>.<random>.tmp"]
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    checkpoints.write_best_weights({"w": torch.ones(2)}, tmp_path)
+    average.save(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([BEST_WEIGHTS, averaging.AVERAGE_WEIGHTS])
+    assert torch.equal(load_file(tmp_path / BEST_WEIGHTS)["w"], torch.ones(2))
 
 
 class _LogRecorder(TrainerCallback):

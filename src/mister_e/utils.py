@@ -30,11 +30,15 @@ PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what a figure is saved as
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary name beside `path` (`writer_name`) and move it onto `path` once written: readers never see a
-    half-written file."""
+    half-written file. An error naming the temporary file names `path` instead, the file the user knows of."""
     tmp = writer_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno is None or str(tmp) not in (str(error.filename), str(error.filename2)):
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

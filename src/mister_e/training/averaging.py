@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from ..recipes import check_half_life
+from ..utils import atomic_path
 
 AVERAGE_WEIGHTS = "average_weights.safetensors"
 _STEPS = "__steps__"
@@ -79,12 +79,12 @@ class MisterEWeightAverage(TrainerCallback):
                 parameter.copy_(self.sums[name] * scale)
 
     def save(self, folder: Path) -> None:
-        """`AVERAGE_WEIGHTS` in `folder` through a temporary name (a cut-short write leaves no file that looks whole)."""
+        """`AVERAGE_WEIGHTS` in `folder` through a temporary name (`atomic_path`: a cut-short write leaves no file that
+        looks whole)."""
         folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{AVERAGE_WEIGHTS}.partial"
         tensors = {name: value.detach().cpu().contiguous() for name, value in self.sums.items()}
-        save_file({**tensors, _STEPS: torch.tensor(self.steps)}, str(partial))
-        os.replace(partial, folder / AVERAGE_WEIGHTS)
+        with atomic_path(folder / AVERAGE_WEIGHTS) as tmp:
+            save_file({**tensors, _STEPS: torch.tensor(self.steps)}, str(tmp))
 
     def load(self, folder: Path, model: torch.nn.Module) -> None:
         path = Path(folder) / AVERAGE_WEIGHTS

@@ -13,7 +13,6 @@ evaluation in memory (`trainable_weights`), writes that copy into the next check
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 from accelerate.utils import broadcast_object_list
 from safetensors.torch import save_file
 from transformers import TrainerCallback
+
+from ..utils import atomic_path
 
 BEST_WEIGHTS = "best_weights.safetensors"
 
@@ -80,8 +81,8 @@ def load_trainable_weights(model: torch.nn.Module, weights: dict[str, torch.Tens
 
 
 def write_best_weights(weights: dict[str, torch.Tensor], folder: Path) -> None:
-    """`BEST_WEIGHTS` in `folder`, through a temporary name: a cut-short write leaves no file that looks whole."""
+    """`BEST_WEIGHTS` in `folder`, through a temporary name (`atomic_path`): a cut-short write leaves no file that looks
+    whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{BEST_WEIGHTS}.partial"
-    save_file({name: value.contiguous() for name, value in weights.items()}, str(partial))
-    os.replace(partial, folder / BEST_WEIGHTS)
+    with atomic_path(folder / BEST_WEIGHTS) as tmp:
+        save_file({name: value.contiguous() for name, value in weights.items()}, str(tmp))
