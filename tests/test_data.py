@@ -1101,6 +1101,12 @@ def test_emodb_reads_a_recording_once_under_names_differing_in_case(tmp_path, ca
     assert re.search(r"left out 2 WAVs that are byte-identical copies .*08a01Wa\.WAV", caplog.text)
     for split in SPLITS:
         assert twinned[split].to_list() == alone[split].to_list()
+    (root / "16a05Ld.Wav").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mister_e.data.emodb"):
+        build_emodb(root)
+    assert re.search(r"left out 1 WAV that is a byte-identical copy of one whose name .* \(\S*08a01Wa\.WAV\)",
+                     caplog.text), caplog.text
     write_wav(root / "03a01Fa.WAV")
     (root / "03a01Fa.WAV").write_bytes((root / "03a01Fa.WAV").read_bytes()[:-2])
     assert main(["prepare", "emodb", str(root), str(tmp_path / "out")]) == 2

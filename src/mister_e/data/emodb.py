@@ -164,7 +164,10 @@ def _without_case_twins(files: list[Path]) -> list[Path]:
                                  "case) but their contents differ; keep the right one")
         kept.append(keep)
         copies += [path for path in paths if path != keep]
-    if copies:
+    if len(copies) == 1:
+        logger.warning("EmoDB: left out 1 WAV that is a byte-identical copy of one whose name differs only in case "
+                       "(%s)", copies[0])
+    elif copies:
         logger.warning("EmoDB: left out %d WAVs that are byte-identical copies of one whose name differs only in case "
                        "(first: %s)", len(copies), copies[0])
     return sorted(kept)
