@@ -41,7 +41,6 @@ from .scores import ERC_METRIC_PATH, IGNORE_INDEX, compute_metrics, load_erc_met
 from .summaries import SCALAR_METRICS, format_seed_table, summarize_seeds
 from .utils import atomic_path, save_figure, write_json, write_text
 
-_write_json = write_json  # training/trainer.py imports it from here
 
 # Every file an evaluation report may hold: an evaluation into a used folder first removes them all, so that a file
 # the new one does not write (a robustness curve, gate plots) is never left describing another model or split.

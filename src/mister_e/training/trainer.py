@@ -36,12 +36,13 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..evaluation import _write_json, compute_metrics
 from ..configuration_mister_e import EMBEDDINGS
 from ..data.schema import EMBED_COLUMN, LABELS, column_embedding
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING, check_checkpoint_budget, check_half_life
-from ..utils import launched_on_cpu, reuse_freed_memory
+from ..scores import compute_metrics
+from ..utils import launched_on_cpu, reuse_freed_memory, write_json
+from .optimization import clip_into_fused_step, fused_adam
 from .runs import last_checkpoint
 from .averaging import MisterEWeightAverage
 from .checkpoints import (
@@ -255,28 +256,6 @@ class MisterETrainer(Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
 
-def fused_adam(optimizer) -> torch.optim.Optimizer | None:
-    """The torch Adam or AdamW with `fused=True` inside `optimizer` (accelerate wraps it), else None."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    fused = isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)) and inner.defaults.get("fused")
-    return inner if fused else None
-
-
-def clip_into_fused_step(optimizer, parameters, max_norm: float) -> torch.Tensor:
-    """`clip_grad_norm_`'s clipping, done by the fused Adam(W) step that follows: the factor goes to the optimizer as
-    its `grad_scale` (the gradients are divided by it inside the step), so the gradients are read once for the norm
-    and once by the step, not rewritten in a pass of their own. Returns the norm before clipping, as
-    `clip_grad_norm_` does. At paper size that pass was a tenth of a CPU training step."""
-    gradients = [param.grad for param in parameters if param.grad is not None]
-    if gradients and all(gradient.dtype == torch.float32 and gradient.is_contiguous() for gradient in gradients):
-        # BLAS's dot reads a CPU tensor at about twice the speed of `vector_norm`, which `clip_grad_norm_` uses.
-        norm = torch.stack([torch.dot(gradient.view(-1), gradient.view(-1)) for gradient in gradients]).sum().sqrt()
-    else:
-        norm = torch.nn.utils.get_total_norm(gradients, foreach=True)
-    fused_adam(optimizer).grad_scale = (norm + 1e-6).div(max_norm).clamp(min=1.0)  # 1 / clip_grad_norm_'s factor
-    return norm
-
-
 def build_trainer(
     model: PreTrainedModel,
     dataset: DatasetDict,
@@ -381,7 +360,7 @@ def _finish(trainer: MisterETrainer, results: dict[str, Any], keep_checkpoints: 
     """
     if trainer.is_world_process_zero():
         output_dir = Path(trainer.args.output_dir)
-        _write_json(output_dir / "results.json", results)
+        write_json(output_dir / "results.json", results)
         if not keep_checkpoints:
             for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
                 shutil.rmtree(checkpoint)
