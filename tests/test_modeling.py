@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from huggingface_hub.errors import StrictDataclassError
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition
-from mister_e.experts_mister_e import gru_packed
+from mister_e.experts_mister_e import _LOW_PRECISION_KERNELS, gru_packed
 from mister_e.losses_mister_e import focal_loss, supervised_contrastive_loss, symmetric_kl
 
 import tiny
@@ -384,12 +384,12 @@ def test_inference_under_autocast_keeps_the_kernels_low_precision_copy_and_its_e
 
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         first, again = model(**inputs).logits, model(**inputs).logits
-        kept = conv.low_precision_matrix[1]
+        kept = _LOW_PRECISION_KERNELS[conv][1]
         assert kept.dtype == torch.bfloat16 and model(**inputs).logits is not None
-        assert conv.low_precision_matrix[1] is kept  # reused, not cast again
+        assert _LOW_PRECISION_KERNELS[conv][1] is kept  # reused, not cast again
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     torch.testing.assert_close(first, casting_afresh(), rtol=0, atol=0)
-    assert conv.low_precision_matrix is None
+    assert conv not in _LOW_PRECISION_KERNELS
     with torch.no_grad():
         conv.weight.mul_(3.0)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -397,6 +397,35 @@ def test_inference_under_autocast_keeps_the_kernels_low_precision_copy_and_its_e
     assert not torch.equal(changed, first)
     torch.testing.assert_close(changed, casting_afresh(), rtol=0, atol=0)
     assert not any("low_precision" in key for key in model.state_dict())
+
+
+def test_kept_low_precision_kernels_follow_weights_replaced_and_stay_out_of_copies():
+    """A weight replaced twice between two forwards (`load_state_dict(assign=True)`, `.data =`) can land on the first
+    one's memory with the same version: a key of address and version kept the first weight's bfloat16 kernel, a
+    silently wrong answer. A copy or pickle of the model after bfloat16 inference carries no kept kernel."""
+    import copy
+    import pickle
+
+    model, batch = tiny_model(), conversations()
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    conv = model.speech_expert.convs[0]
+    original = conv.weight.detach().clone()
+
+    def bf16(grad: bool = False):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(**inputs).logits.detach()
+
+    for attempt in range(20):  # the allocator gives the first weight's memory back often, not always
+        conv.weight.data = original.clone()
+        bf16()
+        conv.weight.data = original * 3  # the first weight's memory freed
+        conv.weight.data = original * -2  # may land on it, with the parameter's unchanged version
+        torch.testing.assert_close(bf16(), bf16(grad=True), rtol=0, atol=0)
+    bf16()
+    for replica in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert not any(isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16
+                       for module in replica.modules() for value in vars(module).values()
+                       for value in (value if isinstance(value, tuple) else (value,)))
 
 
 @pytest.mark.parametrize("variant", ["conv_gru", "conv", "gru", PER_MODALITY])

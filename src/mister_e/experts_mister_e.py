@@ -4,9 +4,12 @@ co-attention, the gate and the mixture of the experts; `modeling_mister_e.py` as
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .configuration_mister_e import EXPERT_MODALITIES, EXPERTS, MisterEConfig
@@ -85,6 +88,11 @@ def gru_packed(gru: nn.GRU, packed: PackedSequence) -> PackedSequence:
     return PackedSequence(hidden, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
 
+# A context convolution's kept low-precision kernel (`MisterEContextModule._kernel_matrix`), beside the module rather
+# than on it: never in its state dict, copies or pickles, and gone with it.
+_LOW_PRECISION_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class MisterEContextModule(nn.Module):
     """Convolutional-recurrent context over one modality's utterance sequence, with a linear skip and classifier.
 
@@ -147,18 +155,20 @@ class MisterEContextModule(nn.Module):
     def _kernel_matrix(self, conv: nn.Conv1d) -> torch.Tensor:
         """`conv`'s weight viewed as `(out, in * k)`. Autocast keeps a weight's low-precision copy for the rest of its
         region, but not a view's: inference under autocast would cast this view afresh at every forward (at paper size
-        a fifth of a bfloat16 forward on a CPU). Without gradients the copy is kept here instead, the very values
-        autocast would make, and made again once the weight changes (its version or storage)."""
+        a fifth of a bfloat16 forward on a CPU). Without gradients the copy is kept in `_LOW_PRECISION_KERNELS`
+        instead, the very values autocast would make, and made again once the weight changes: its version, or its
+        memory (a weak reference to it: an address alone was matched by a later weight given the same memory)."""
         matrix = conv.weight.view(conv.out_channels, -1)
         device = matrix.device.type
-        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
-            conv.low_precision_matrix = None  # a plain attribute, never in the state dict
+        if torch.compiler.is_compiling():  # the cast is then part of the compiled graph, and no Python state is kept
             return matrix
-        dtype = torch.get_autocast_dtype(device)
-        key = (dtype, conv.weight._version, conv.weight.data_ptr())
-        kept = getattr(conv, "low_precision_matrix", None)
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+            _LOW_PRECISION_KERNELS.pop(conv, None)
+            return matrix
+        key = (torch.get_autocast_dtype(device), conv.weight._version, StorageWeakRef(conv.weight.untyped_storage()))
+        kept = _LOW_PRECISION_KERNELS.get(conv)
         if kept is None or kept[0] != key:
-            kept = conv.low_precision_matrix = (key, matrix.to(dtype))
+            kept = _LOW_PRECISION_KERNELS[conv] = (key, matrix.to(key[0]))
         return kept[1]
 
     def step(self, inputs: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
