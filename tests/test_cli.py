@@ -476,6 +476,23 @@ def test_prepare_on_a_full_disk_leaves_nothing_and_runs_again(tmp_path, capsys, 
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["prepared"]
 
 
+def test_one_folder_named_two_ways_or_twice_is_locked_as_one(tmp_path):
+    """The lock sits beside the folder itself, however it is named: `runs/x/..` locked `runs/x/....lock` and a
+    symbolic link its own, so two commands writing one folder both ran. A folder this command already writes (e.g.
+    `extract --cache-dir` naming its --output-dir) is said so, not as another mister-e of this very process id."""
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    for other in (tmp_path / "runs" / "x" / "..", tmp_path / "link"):
+        with writing_into(tmp_path / "runs"), pytest.raises(RuntimeError, match="this command writes into .* twice"):
+            with writing_into(other):
+                pass
+    with writing_into(tmp_path / "out"), pytest.raises(RuntimeError) as caught:
+        with writing_into(tmp_path / "out"):
+            pass
+    assert str(caught.value) == f"this command writes into {tmp_path / 'out'} twice: give each output its own folder."
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "runs"]
+
+
 def test_two_commands_writing_one_folder_one_is_refused(tmp_path):
     """Two `train` into one run folder both trained it, over the same checkpoints; two `extract` sharing a cache could
     mix two encoders' shards. The second writer is now refused in one line; a lock its process left when killed is

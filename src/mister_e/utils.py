@@ -101,8 +101,9 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     encoders' shards) is refused in one line. One left by a process of this machine that is gone is taken over. Under
     a launcher the main process (RANK 0) holds it for all; a folder whose parent this user cannot write is not locked
     (a finished run or extraction read back from a read-only place)."""
-    folder = Path(folder).absolute()
-    lock = folder.with_name(f".{folder.name}.lock")
+    folder = Path(os.path.abspath(folder))
+    real = folder.resolve()  # one lock for one folder, whatever the `..` or symbolic links naming it
+    lock = real.with_name(f".{real.name}.lock")
     held = int(os.environ.get("RANK", "0")) == 0 and _take(lock, folder)
     try:
         yield
@@ -142,6 +143,8 @@ def _take(lock: Path, folder: Path) -> bool:
                 descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = lock.read_text().strip() if lock.exists() else ""
+                if holder == owner:  # e.g. an extraction cache named as its own output folder
+                    raise RuntimeError(f"this command writes into {folder} twice: give each output its own folder.")
                 pid, _, host = holder.partition("@")
                 if host == socket.gethostname() and pid.isdigit() and not running(int(pid)):
                     lock.unlink(missing_ok=True)  # its process died (killed) without removing it
