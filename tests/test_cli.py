@@ -422,6 +422,19 @@ def test_weights_written_by_a_verb_follow_the_umask(tmp_path):
     assert (out / "secret.txt").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user")
+def test_weights_of_another_user_in_the_output_folder_are_left_as_they_are(tmp_path):
+    """Only the owner may change a file's mode: another user's owner-only weights in a shared output folder failed a
+    finished command with a PermissionError (root, who may, made another user's private file readable)."""
+    out = tmp_path / "out"
+    with writing_into(out):
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"x")
+        (out / "model.safetensors").chmod(0o600)
+        os.chown(out / "model.safetensors", 12345, 12345)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("error", [
     OSError(errno.ENOSPC, "No space left on device"),  # datasets' and Python's writes: no file named
     SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),  # no OSError

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -124,12 +125,13 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
 def _follow_umask(folder: Path) -> None:
     """Give the weights files written into `folder` a file's usual mode: safetensors (0.8) writes them owner-only
     (0600) whatever the umask, so colleagues who could read the folder found `model.safetensors` missing."""
-    if not folder.is_dir():
+    if not folder.is_dir() or os.name != "posix":
         return
     mask = os.umask(0)
     os.umask(mask)
     for path in folder.rglob("*.safetensors"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+        found = path.lstat()  # a link is left as it is; so is another user's file (only its owner may change it)
+        if stat.S_ISREG(found.st_mode) and found.st_mode & 0o777 == 0o600 and found.st_uid == os.geteuid():
             path.chmod(0o666 & ~mask)
 
 
