@@ -105,7 +105,7 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     folder = Path(os.path.abspath(folder))
     real = folder.resolve()  # one lock for one folder, whatever the `..` or symbolic links naming it
     lock = real.with_name(f".{real.name}.lock")
-    held = int(os.environ.get("RANK", "0")) == 0 and _take(lock, folder)
+    held = os.environ.get("RANK", "0").strip() in ("", "0") and _take(lock, folder)  # "" as unset
     try:
         yield
         _follow_umask(folder)
