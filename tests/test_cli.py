@@ -370,6 +370,8 @@ def test_outputs_that_could_only_be_written_as_something_else_are_refused(tmp_pa
         (["prepare", "emodb", "root", "loop"], "loop is a broken symbolic link"),
         (["predict", "--model", "m", "r.wav", "--csv", "out/"], "out/ is a folder; name a file in it"),
         (["predict", "--model", "m", "r.wav", "--plot", "D:/plots/t.png"], "D:/plots/t.png is a Windows path"),
+        (["extract", "--dataset", "d", "--model", "m", "--output-dir", "o", "--cache-dir", "broken"],
+         "broken is a broken symbolic link"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -82,7 +82,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Stage-1 model folder(s) (`train-encoder` output `merged/`), one per modality.")
     parser.add_argument("--output-dir", type=output_folder, required=True,
                         help="Where the dataset with embedding columns is saved.")
-    parser.add_argument("--cache-dir", type=user_path,
+    parser.add_argument("--cache-dir", type=output_folder,
                         help="Shard cache; rerun with the same folder to resume (default OUTPUT.cache).")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--shard-size", type=positive_int, default=512, help="Utterances per cached shard.")
