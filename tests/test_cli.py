@@ -35,6 +35,7 @@ VERBS = ("quickstart", "prepare", "train-encoder", "plan", "extract", "train", "
 def test_every_command_is_wired():
     parser = build_parser()
     assert set(parser._subparsers._group_actions[0].choices) == set(VERBS)
+    assert "share on the Hub" in parser.format_help() and "live here" not in parser.format_help()  # no code layout
     for command in VERBS:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])

@@ -23,7 +23,7 @@ from .training import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="mister-e", description=__doc__)
+    parser = Parser(prog="mister-e", description=__doc__.split("\n\n")[0])  # what it does; not the code layout
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, add, run, summary in (
