@@ -296,6 +296,25 @@ def test_offline_or_a_malformed_repo_id_is_refused_before_anything_is_built(monk
         push_to_hub(tiny_model(), tiny_processor(), "you/my model")
 
 
+def test_a_push_the_hub_refuses_or_cannot_reach_is_one_clear_error(monkeypatch):
+    """No network (a connection error of the Hub client's HTTP library, no OSError) or no write access (the Hub's HTTP
+    error) came as a traceback of the library's own; now one OSError naming the repository and what to do."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr("mister_e.hub.is_offline_mode", lambda: False)
+    http_library = sys.modules[next(c for c in HfHubHTTPError.__mro__ if c.__module__.startswith("httpx")).__module__]
+    failures = [http_library.ConnectError("[Errno -2] Name or service not known"),
+                HfHubHTTPError("401 Client Error: Unauthorized", response=http_library.Response(
+                    401, request=http_library.Request("POST", "https://huggingface.co/api/repos/create")))]
+    for failure in failures:
+        monkeypatch.setattr(HfApi, "create_repo", lambda *args, failure=failure, **kwargs: (_ for _ in ()).throw(failure))
+        with pytest.raises(OSError, match=r"^Could not push to you/tiny: .*hf auth login.*--folder OUT"):
+            push_to_hub(tiny_model(), tiny_processor(), "you/tiny")
+    monkeypatch.setattr(HfApi, "create_repo", lambda *args, **kwargs: (_ for _ in ()).throw(KeyError("ours")))
+    with pytest.raises(KeyError):  # anything else is not said to be the network's
+        push_to_hub(tiny_model(), tiny_processor(), "you/tiny")
+
+
 def test_the_weights_fingerprint_is_the_conversation_models_joined_or_not(tmp_path):
     """What a run records of its stage-2 weights must be found again in the end-to-end model they are joined into."""
     stage_two = MisterEForEmotionRecognition(tiny_config(experts=["text"]))

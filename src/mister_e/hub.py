@@ -202,13 +202,26 @@ def push_to_hub(
             for path in sorted(folder.rglob("*"))
             if path.is_file() and "__pycache__" not in path.parts
         ]
-        repo_url = api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
-        return api.create_commit(
-            repo_id=getattr(repo_url, "repo_id", None) or repo_id,
-            operations=operations,
-            commit_message=commit_message,
-            repo_type="model",
-        )
+        try:
+            repo_url = api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+            return api.create_commit(
+                repo_id=getattr(repo_url, "repo_id", None) or repo_id,
+                operations=operations,
+                commit_message=commit_message,
+                repo_type="model",
+            )
+        except Exception as error:
+            if not _from_the_http_client(error):
+                raise
+            raise OSError(f"Could not push to {repo_id}: {error} (no network, or a token without write access: "
+                          "`hf auth login`, or HF_TOKEN). Write the folder with `share --folder OUT` (`save_for_hub`) "
+                          "and upload it later.") from error
+
+
+def _from_the_http_client(error: Exception) -> bool:
+    """Whether `error` is the Hub client's HTTP library's (httpx's; the Hub's own HTTP errors derive from it): a
+    connection that failed, or a refusal (401, 403), which came as a traceback of the library's own type."""
+    return any(cls.__module__.partition(".")[0].startswith("httpx") for cls in type(error).__mro__)
 
 
 __all__ = ["check_pushable", "model_card", "push_to_hub", "save_for_hub"]

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout is no file (captured)
             pass
         return 141  # as a shell reports a process ended by SIGPIPE
-    except (OSError, ImportError, ValueError, RuntimeError, StrictDataclassError, SafetensorError) as error:  # a user's input or machine
+    # A user's input, or the machine's state.
+    except (OSError, ImportError, ValueError, RuntimeError, StrictDataclassError, SafetensorError) as error:
         if args.debug:
             raise
         cause = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
