@@ -127,17 +127,35 @@ def _follow_umask(folder: Path) -> None:
     (0600) whatever the umask, so colleagues who could read the folder found `model.safetensors` missing."""
     if not folder.is_dir() or os.name != "posix":
         return
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = umask()
     for path in folder.rglob("*.safetensors"):
         found = path.lstat()  # a link is left as it is; so is another user's file (only its owner may change it)
         if stat.S_ISREG(found.st_mode) and found.st_mode & 0o777 == 0o600 and found.st_uid == os.geteuid():
             path.chmod(0o666 & ~mask)
 
 
+def umask() -> int:
+    """This process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def owner_tag() -> str:
+    """`<pid>@<host>`: this process, as a lock file or a staging folder's name records its writer."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the writer an `owner_tag` names is a process of this machine that is no longer running (another
+    machine's, on a shared disk, cannot be checked from here)."""
+    pid, _, host = tag.partition("@")
+    return host == socket.gethostname() and pid.isdigit() and not running(int(pid))
+
+
 def _take(lock: Path, folder: Path) -> bool:
     """Create `lock` for this process; False where its parent may not be written (nothing to lock)."""
-    owner = f"{os.getpid()}@{socket.gethostname()}"
+    owner = owner_tag()
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -147,12 +165,10 @@ def _take(lock: Path, folder: Path) -> bool:
                 holder = lock.read_text().strip() if lock.exists() else ""
                 if holder == owner:  # e.g. an extraction cache named as its own output folder
                     raise RuntimeError(f"this command writes into {folder} twice: give each output its own folder.")
-                pid, _, host = holder.partition("@")
-                if host == socket.gethostname() and pid.isdigit() and not running(int(pid)):
+                if owner_gone(holder):
                     lock.unlink(missing_ok=True)  # its process died (killed) without removing it
                     continue
-                if not holder:  # being written this instant: taken
-                    pid, host = "?", "?"
+                pid, _, host = holder.partition("@") if holder else ("?", "", "?")  # empty: being written this instant
                 raise RuntimeError(f"another mister-e (pid {pid} on {host}) is writing into {folder}; wait for it to "
                                    f"finish, or remove {lock} if that process is gone.") from None
             try:
@@ -234,6 +250,6 @@ def release_process_group() -> None:
         distributed.destroy_process_group()
 
 
-__all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched_on_cpu", "process_state",
-           "release_process_group", "reuse_freed_memory", "running", "save_figure", "write_json", "write_text",
-           "writing_into"]
+__all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched_on_cpu", "owner_gone", "owner_tag",
+           "process_state", "release_process_group", "reuse_freed_memory", "running", "save_figure", "umask",
+           "write_json", "write_text", "writing_into"]

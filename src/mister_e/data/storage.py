@@ -6,14 +6,13 @@ import glob
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from ..utils import check_not_broken_link, running
+from ..utils import check_not_broken_link, owner_gone, owner_tag, umask
 
 
 def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -28,13 +27,11 @@ def save_dialogues(dialogues: DatasetDict, path: str | os.PathLike, *, overwrite
         raise ValueError(f"the {empty[0]} split of {path} would be empty: no dialogue was found for it")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_saves(path)
-    owner = f"{os.getpid()}@{socket.gethostname()}"  # in the name: a later save tells an abandoned folder by it
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".partial", dir=path.parent))
+    # the writer in the name: a later save tells an abandoned folder by it
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".partial", dir=path.parent))
     try:
         dialogues.save_to_disk(str(staging))
-        mask = os.umask(0)
-        os.umask(mask)
-        staging.chmod(0o777 & ~mask)  # a folder's usual mode, not mkdtemp's owner-only one
+        staging.chmod(0o777 & ~umask())  # a folder's usual mode, not mkdtemp's owner-only one
         if path.exists():
             retired = staging.with_suffix(".old")
             path.rename(retired)
@@ -53,8 +50,7 @@ def _remove_abandoned_saves(path: Path) -> None:
     a shared disk, cannot be checked from here; and only one untouched for an hour, since two containers may share a
     host name but not their process ids."""
     for staging in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        pid, _, host = staging.name[len(path.name) + 2 :].rsplit(".", 2)[0].partition("@")
-        if host == socket.gethostname() and pid.isdigit() and not running(int(pid)) and _untouched(staging, 3600):
+        if owner_gone(staging.name[len(path.name) + 2 :].rsplit(".", 2)[0]) and _untouched(staging, 3600):
             shutil.rmtree(staging, ignore_errors=True)
 
 
