@@ -54,19 +54,26 @@ def read_results(results: Any) -> Any:
     return loaded
 
 
-def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, float]]]:
-    """`(seeds, {"split/metric": {"mean", "std", "n"}})` from any of the shapes training writes.
+def _summary_file(results: Any) -> bool:
+    """Whether `results` is a `summary.json` dict (`train_seeds`: `{"seeds", "summary", "runs", ...}`)."""
+    return isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping)
 
-    Accepted: a `results.json` dict of one run (`train_conversation_model`), a `summary.json` dict (`train_seeds`:
-    `{"seeds", "summary", "runs", ...}`), a bare `summarize_seeds` result (what `train_seeds` returns), or a list of
-    `results.json` dicts (one per seed); each also as the path of its file.
-    """
-    results = read_results(results)
-    if isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping):
-        return list(results.get("seeds") or []) or None, dict(results["summary"])
-    if isinstance(results, Mapping) and results and all(
+
+def _bare_summary(results: Any) -> bool:
+    """Whether `results` is a bare `summarize_seeds` result (what `train_seeds` returns), which names no run."""
+    return isinstance(results, Mapping) and bool(results) and all(
         isinstance(value, Mapping) and "mean" in value for value in results.values()
-    ):
+    )
+
+
+def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, float]]]:
+    """`(seeds, {"split/metric": {"mean", "std", "n"}})` from any of the shapes training writes, as `read_results`
+    gives them: a `results.json` dict of one run (`train_conversation_model`), a `summary.json` dict, a bare
+    `summarize_seeds` result, or a list of `results.json` dicts (one per seed).
+    """
+    if _summary_file(results):
+        return list(results.get("seeds") or []) or None, dict(results["summary"])
+    if _bare_summary(results):
         return None, dict(results)
     runs = [results] if isinstance(results, Mapping) else list(results)
     if not runs:
@@ -84,13 +91,11 @@ def _metric_summary(results: Any) -> tuple[list | None, dict[str, dict[str, floa
 def _recorded_weights(results: Any) -> dict[str, str | None]:
     """Each run `results` holds the scores of ("seed 3", else "run 2") and the `weights_sha256` it recorded (`None`:
     written before runs recorded one); a bare `summarize_seeds` result names no run."""
-    if isinstance(results, Mapping) and isinstance(results.get("summary"), Mapping):  # summary.json
+    if _summary_file(results):
         runs = results.get("runs") if isinstance(results.get("runs"), Mapping) else {}
         return {f"seed {seed}": run.get(WEIGHTS_KEY) if isinstance(run, Mapping) else None
                 for seed, run in runs.items()}
-    if isinstance(results, Mapping) and results and all(
-        isinstance(value, Mapping) and "mean" in value for value in results.values()
-    ):
+    if _bare_summary(results):
         return {}
     runs = [results] if isinstance(results, Mapping) else list(results)
     return {f"seed {run['seed']}" if run.get("seed") is not None else f"run {index}": run.get(WEIGHTS_KEY)
