@@ -19,6 +19,17 @@ from .schema import AUDIO, DIALOGUE_ID, EMBED_COLUMNS, LABELS, TEXTS, UTTERANCE_
 logger = logging.getLogger(__name__)
 
 
+def check_across_splits(dialogues: Dataset | DatasetDict, embeddings: bool = True) -> None:
+    """What every command that reads a data set checks of how its splits relate, before any work: one label set and
+    (with `embeddings`) one width per column (`check_splits_agree`), ids that name one dialogue and one utterance
+    each (`check_unique_ids`), and, for several splits, a warning of dialogues they share
+    (`warn_of_shared_dialogues`)."""
+    check_splits_agree(dialogues, embeddings)
+    check_unique_ids(dialogues)
+    if isinstance(dialogues, DatasetDict):
+        warn_of_shared_dialogues(dialogues)
+
+
 def check_splits_agree(dialogues: Dataset | DatasetDict, embeddings: bool = True) -> None:
     """Raise a ValueError naming the first split, and dialogue, that disagrees with the training split (or, for one
     `Dataset`, with its own first vectors): other class names, or the same in another order, under which every

@@ -17,7 +17,7 @@ from transformers.utils import logging
 from ..configuration_mister_e import MODALITIES, contradicts_recorded_embedding
 from ..data.checks import check_experts_can_answer, check_finite_embeddings
 from ..data.schema import DIALOGUE_ID, EMBED_COLUMN, LABELS, UTTERANCE_IDS
-from ..data.splits import check_splits_agree, check_unique_ids
+from ..data.splits import check_across_splits
 from ..evaluation import clear_report, write_evaluation_report
 from ..experts_mister_e import answerable
 from ..modeling_mister_e import MisterEForEmotionRecognition
@@ -91,8 +91,9 @@ def evaluate_model(
 
             processor = MisterEProcessor.from_pretrained(path)
     check_finite_embeddings(dataset)
-    check_splits_agree(dataset)  # one width per column, before `_check_fits` holds the first to the model's
-    check_unique_ids(dataset)  # predictions.csv names each utterance by its ids
+    # one width per column, before `_check_fits` holds the first to the model's; predictions.csv names each utterance
+    # by its ids
+    check_across_splits(dataset)
     check_experts_can_answer(model.config.experts, dataset, modalities, raw=processor is not None)
     _check_fits(model, dataset)
     if device is not None:

@@ -17,7 +17,7 @@ from transformers import TrainerCallback, set_seed
 
 from ..configuration_mister_e import MODALITIES, MisterEOpenSmileConfig
 from ..encoders_mister_e import MisterEFunctionalsEncoder
-from ..data.splits import check_splits_agree, check_unique_ids, require_splits, warn_of_shared_dialogues
+from ..data.splits import check_across_splits, require_splits
 from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
@@ -72,9 +72,7 @@ def train_encoder(
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}.")
     require_splits(dataset)
-    check_splits_agree(dataset, embeddings=False)
-    check_unique_ids(dataset)
-    warn_of_shared_dialogues(dataset)
+    check_across_splits(dataset, embeddings=False)
     if load_in_bits and model is not None:
         raise ValueError("`load_in_bits` quantizes the backbone of a new model: pass `backbone`, not `model`.")
     if model is None and backbone is None:

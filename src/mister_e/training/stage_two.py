@@ -24,9 +24,7 @@ from ..summaries import SCALAR_METRICS, format_seed_table, summarize_seeds
 from ..utils import process_state, write_json, write_text
 from ..data.checks import check_experts_can_answer, check_finite_embeddings, experts_never_given, modalities_given
 from ..data.schema import EMBED_COLUMN, LABELS
-from ..data.splits import (
-    check_splits_agree, check_unique_ids, require_labelled, require_splits, warn_of_shared_dialogues,
-)
+from ..data.splits import check_across_splits, require_labelled, require_splits
 from ..data.storage import load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
@@ -84,8 +82,7 @@ def train_conversation_model(
     the experts' losses for the gate.
     """
     require_splits(dataset)
-    check_splits_agree(dataset)  # before `data_config` reads the labels and widths of `train` alone
-    check_unique_ids(dataset)
+    check_across_splits(dataset)  # before `data_config` reads the labels and widths of `train` alone
     require_labelled(dataset)
     output_dir = Path(output_dir)
     set_seed(seed)
@@ -112,7 +109,6 @@ def train_conversation_model(
     check_finite_embeddings(dataset)
     check_experts_can_answer(model.config.experts, dataset, modalities, raw=processor is not None)
     warn_of_unseen_classes(model.config, dataset["train"])
-    warn_of_shared_dialogues(dataset)
     fit_input_statistics(model, dataset["train"])
     if model.gate is not None and model.config.gate_holdout_fraction and len(model.config.experts) > 1:
         dataset = with_gate_holdout(dataset, model.config.gate_holdout_fraction, seed)
