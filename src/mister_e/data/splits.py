@@ -79,10 +79,14 @@ def require_labelled(dialogues: DatasetDict, splits: tuple[str, ...] = ("train",
     """Raise unless `splits` each hold a labelled utterance (a class id, not -1 or -100): training fits on `train` and
     selects on `validation`, and an unlabelled one failed after the first epoch, naming no split."""
     for split in splits:
-        labels = pc.list_flatten(pa.chunked_array(dialogues[split].with_format("arrow")[LABELS]))
-        if not pc.any(pc.greater_equal(labels, 0)).as_py():
+        if not pc.any(pc.greater_equal(labels_of(dialogues[split]), 0)).as_py():
             raise ValueError(f"split {split!r} has no labelled utterance (every label is missing, -1 or -100): "
                              f"training {'fits on' if split == 'train' else 'selects its epoch on'} its labels.")
+
+
+def labels_of(part: Dataset) -> pa.Array:
+    """Every utterance's label in a split, dialogue after dialogue, as one flat Arrow array (no Python row loop)."""
+    return pc.list_flatten(pa.chunked_array(part.with_format("arrow")[LABELS]))
 
 
 def warn_of_shared_dialogues(dialogues: DatasetDict) -> None:
@@ -156,5 +160,6 @@ def _label_names(dataset: Dataset) -> list | str:
 
 
 __all__ = [
-    "check_splits_agree", "check_unique_ids", "require_labelled", "require_splits", "warn_of_shared_dialogues",
+    "check_across_splits", "check_splits_agree", "check_unique_ids", "labels_of", "require_labelled", "require_splits",
+    "warn_of_shared_dialogues",
 ]

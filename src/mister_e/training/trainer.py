@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from accelerate.utils import broadcast_object_list
@@ -38,6 +37,7 @@ from transformers.utils import logging
 
 from ..configuration_mister_e import EMBEDDINGS
 from ..data.schema import EMBED_COLUMN, LABELS, column_embedding
+from ..data.splits import labels_of
 from ..modeling_mister_e import MisterEOutput, MisterEUtteranceOutput
 from ..recipes import PAPER_TRAINING, check_checkpoint_budget, check_half_life
 from ..scores import compute_metrics
@@ -311,8 +311,7 @@ def check_selection_metric(metric: str | None, dataset: DatasetDict) -> None:
     names, label = label_names(dataset["train"]), name.removeprefix("f1_")
     if label not in names:
         raise ValueError(f"metric_for_best_model {metric!r} names no class of the data (its classes: {names}).")
-    labels = pc.list_flatten(pa.chunked_array(dataset["validation"].with_format("arrow")[LABELS]))
-    if not pc.any(pc.equal(labels, names.index(label))).as_py():
+    if not pc.any(pc.equal(labels_of(dataset["validation"]), names.index(label))).as_py():
         raise ValueError(f"metric_for_best_model {metric!r}: split 'validation' has no {label!r} utterance, so that "
                          "F1 is undefined at every evaluation; select on another metric or move some there.")
 
