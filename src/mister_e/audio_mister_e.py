@@ -32,7 +32,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 
-# Channel-count limit that lets a 2-D array's layout be told apart from its shape (see `to_mono`).
+# Channel-count limit that lets a 2-D array's layout be told apart from its shape (see `mono_samples`).
 _MAX_CHANNELS = 8
 # librosa's "kaiser_best" settings, also offered by `torchaudio.functional.resample`.
 _LOWPASS_FILTER_WIDTH = 64

@@ -67,8 +67,8 @@ def build_mosi(
     CMU-MultimodalSDK ``.csd`` files (HDF5) are not read. Folds come from ``folds`` or ``mosi_standard_folds.json``
     beside the data (keys train/valid/test, lists of video ids; valid becomes validation). ``audio_dir`` holds
     ``<segment_id>.wav`` (or .flac, .ogg, .mp3); missing files fail the build unless ``allow_missing_audio``;
-    ``audio=False`` builds text only, whatever audio there is. ``acoustic`` attaches the release's 73-d vectors as ``speech_embeds``
-    (`load_mosi_acoustic`; needs the release files in the data folder). The speaker is the video id.
+    ``audio=False`` builds text only, whatever audio there is. ``acoustic`` attaches the release's 73-d vectors as
+    ``speech_embeds`` (`load_mosi_acoustic`; needs the release files in the data folder). The speaker is the video id.
     """
     if label_rule not in MOSI_LABEL_RULES:
         raise ValueError(f"label_rule must be one of {MOSI_LABEL_RULES}, got {label_rule!r}")
