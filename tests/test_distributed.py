@@ -7,6 +7,7 @@ Each process records (audit hook) the file operations it made under the run fold
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -111,7 +112,11 @@ def _worker(root: Path) -> None:
                  str(SHARD_SIZE), "--device", "cpu"])
     stage_one = _train_stage_one(root, root / "dist" / "encoder")
     stage_two = train_seeds(_recipe(root, processes=2), output_dir=root / "dist" / "stage2")
-    report = {"stage_two": stage_two, "stage_one": stage_one, "extract": code, "shards": shards, "writes": writes}
+    evaluated = main(["evaluate", "--model", str(root / "dist" / "stage2" / "seed_0"), "--dataset",
+                      str(root / "inputs" / "dialogues"), "--output-dir", str(root / "dist" / "evaluation"),
+                      "--no-robustness", "--device", "cpu"])
+    report = {"stage_two": stage_two, "stage_one": stage_one, "extract": code, "evaluate": evaluated,
+              "shards": shards, "writes": writes}
     (root / "reports" / f"rank{os.environ['RANK']}.json").write_text(json.dumps(report, indent=2))
 
 
@@ -131,8 +136,10 @@ def runs(tmp_path_factory):
     """Inputs, single-process references, then the 2-process run; returns the root folder and both reports."""
     root = tmp_path_factory.mktemp("distributed")
     inputs, cache = root / "inputs", root / "dist" / "embedded.cache" / "speech+text" / "test"
-    DatasetDict(train=dialogues(8, 0, "train", lengths=(5, 6)), validation=dialogues(8, 1, "validation"),
-                test=dialogues(8, 2, "test")).save_to_disk(inputs / "dialogues")
+    # 9 and 7 dialogues in evaluation batches of 4 a process: accelerate fills each process's last batch up with
+    # dialogues from the split's start (rank 0's in validation, rank 1's in test), which gathering then drops.
+    DatasetDict(train=dialogues(8, 0, "train", lengths=(5, 6)), validation=dialogues(9, 1, "validation"),
+                test=dialogues(7, 2, "test")).save_to_disk(inputs / "dialogues")
     torch.manual_seed(0)
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
                          vocab_size=len(WORDS) + 5)).save_pretrained(inputs / "bert")
@@ -194,6 +201,17 @@ def test_two_processes_train_stage_two_like_one_with_the_same_global_batch(runs)
     assert runs["reports"][0]["stage_two"] == runs["reports"][1]["stage_two"]  # both processes return the summary
 
 
+def test_evaluate_under_a_launcher_lists_every_utterance_once_in_order(runs):
+    root = runs["root"]
+    predicted, reported = (list(csv.DictReader((folder / "predictions.csv").open(encoding="utf-8")))
+                           for folder in (root / "dist" / "evaluation", root / "single" / "stage2" / "seed_0" / "test"))
+    test = load_from_disk(root / "inputs" / "dialogues")["test"]
+    expected = [(dialogue, utterance) for dialogue, ids in zip(test["dialogue_id"], test["utterance_ids"])
+                for utterance in ids]
+    assert [(row["dialogue_id"], row["utterance_id"]) for row in predicted] == expected
+    assert [row["label"] for row in predicted] == [row["label"] for row in reported]
+
+
 def test_two_processes_extract_exactly_the_single_process_dataset(runs):
     root, reference = runs["root"], runs["reference"]["test"]
     extracted = load_from_disk(root / "dist" / "embedded")["test"]
@@ -211,11 +229,13 @@ def test_two_processes_extract_exactly_the_single_process_dataset(runs):
 
 def test_only_the_main_process_writes(runs):
     assert [report["extract"] for report in runs["reports"]] == [0, 0]  # `mister-e extract` succeeded in both
+    assert [report["evaluate"] for report in runs["reports"]] == [0, 0]
     rank0, rank1 = (report["writes"] for report in runs["reports"])
     # Trainer's own: every process saves its random state (`rng_state_<rank>.pth`) into the checkpoint folder.
     assert rank1 and all(re.fullmatch(r"os.mkdir (stage2/seed_0|encoder)/checkpoint-\d+", write) for write in rank1)
     for name in ("stage2/seed_0/results.json", "stage2/summary.json", "encoder/results.json",
-                 "encoder/merged.tmp/config.json", "stage2/seed_0/test/metrics.json"):  # merged/: written whole
+                 "encoder/merged.tmp/config.json", "stage2/seed_0/test/metrics.json",  # merged/: written whole
+                 "evaluation/metrics.json"):
         assert any(write.endswith(name) for write in rank0), name
     assert (runs["root"] / "dist" / "encoder" / "merged" / "config.json").is_file()
     root = runs["root"] / "dist"

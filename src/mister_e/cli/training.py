@@ -189,7 +189,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from ..robustness import DEFAULT_DROP_PROBABILITIES
     from ..summaries import SCALAR_METRICS
     from ..training import evaluate_model
+    from ..utils import process_state
 
+    if not process_state().is_main_process:  # under a launcher: the others would score the same split again and
+        return  # write the same report into the folder the main process has locked
     require_kind(args.model, ("stage-2", "end-to-end"), "`evaluate --model`")
     output_dir = Path(args.output_dir or Path(args.model) / "evaluation" / args.split)
     if output_dir.exists() and not output_dir.is_dir():

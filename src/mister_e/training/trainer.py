@@ -240,20 +240,50 @@ class MisterETrainer(Trainer):
             return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
         return super()._get_eval_sampler(eval_dataset)
 
+    def _collator(self, is_training: bool) -> MisterEDataCollator:
+        """The collator of training batches (crops, modality dropout) or of the others (neither)."""
+        collator = self.data_collator
+        dropout = collator.modality_dropout if is_training else 0.0
+        return dataclasses.replace(collator, training=is_training, modality_dropout=dropout)
+
     def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
         # Every loader of Trainer 5.x is built here; `is_training` tells the training loader from the others.
         collator = self.data_collator
-        dropout = collator.modality_dropout if is_training else 0.0
-        self.data_collator = dataclasses.replace(collator, training=is_training, modality_dropout=dropout)
+        self.data_collator = self._collator(is_training)
         try:
             return super()._get_dataloader(*args, is_training=is_training, **kwargs)
         finally:
             self.data_collator = collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Trainer's step; a last batch that accelerate filled up with repeated dialogues has its loss taken on its
+        own dialogues alone (a second forward): gathering drops the repeats' predictions, but the batch's mean loss
+        counted them, so a multi-process evaluation loss differed from a single-process one."""
         if ignore_keys is None:
             ignore_keys = sorted(_OUTPUT_KEYS - {self.prediction_key})
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        rows = self._own_rows_of_filled_batch()
+        if loss is not None and rows is not None:
+            own = self._prepare_inputs(self._collator(is_training=False)(rows))
+            loss = super().prediction_step(model, own, True, ignore_keys=ignore_keys)[0]
+        return loss, logits, labels
+
+    def _own_rows_of_filled_batch(self) -> list[dict] | None:
+        """The split's rows in this process's last evaluation batch when accelerate filled it up with repeats.
+
+        With several processes, batch k of the split (in order: evaluation is never shuffled) goes to process
+        k % N, and the last round's batches are filled up with rows from the split's start to a whole batch each;
+        `remainder` rows of that round are the split's own, the first ones in process order (as
+        `gather_for_metrics` keeps them). None when this batch holds no repeat, or nothing else."""
+        state, size = self.accelerator.gradient_state, self.args.eval_batch_size
+        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return None
+        own = state.remainder - self.accelerator.process_index * size
+        if not 0 < own < size:
+            return None
+        dataset = self.callback_handler.eval_dataloader.dataset
+        start = len(dataset) - state.remainder + self.accelerator.process_index * size
+        return [dataset[index] for index in range(start, start + own)]
 
 
 def build_trainer(
