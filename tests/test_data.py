@@ -180,11 +180,14 @@ def test_a_text_of_invisible_characters_is_no_text_in_every_check():
     """The processor reads a zero-width space as no text; the data side (per value and over Arrow columns) counted it
     as text, so extraction and stage 1 failed at the batch holding it instead of leaving it out up front."""
     from mister_e.data.checks import check_experts_can_answer
+    from mister_e.data.releases import clean_text
     from mister_e.data.schema import is_present
     from mister_e.training.collator import flatten_utterances
 
     assert not is_present("\u200b \u00a0\ufeff") and is_present("hi\u200b")
-    dialogues = make_dialogue_dataset([{"dialogue_id": "d", "texts": ["hi", "\u200b\u3000"], "labels": [0, 0]}], ["x"])
+    assert not is_present("\x00\x92") and clean_text("\x00 ") is None  # control characters: a release's NUL
+    dialogues = make_dialogue_dataset([{"dialogue_id": "d", "texts": ["hi", "\u200b\u3000\x00"], "labels": [0, 0]}],
+                                      ["x"])
     assert len(flatten_utterances(dialogues, "text")) == 1
     with pytest.raises(ValueError, match="dialogue 'd': utterance 'd_1' lacks every modality"):
         check_experts_can_answer(["text"], dialogues, ["text"], raw=True)

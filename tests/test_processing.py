@@ -631,3 +631,13 @@ def test_a_text_of_invisible_characters_is_no_text(processor):
     assert features["modality_mask"][0, :, 1].tolist() == [False, True]
     with pytest.raises(ValueError, match=re.escape("neither `audio` nor `text` (its text is empty)")):
         processor({"utterances": [{"text": "\u200b"}]})
+
+
+def test_a_text_of_control_characters_is_no_text(processor):
+    """NUL, DEL and C1 codes (a stray `\\x92` of cp1252 read as latin-1) tokenize to no token: such a text was read as
+    a text, an empty one, where a blank one is no text."""
+    tone = {"audio": tones(SR), "sampling_rate": SR}
+    features = processor({"utterances": [{**tone, "text": "\x00\x7f\x92 "}, {**tone, "text": "hello\x00"}]})
+    assert features["modality_mask"][0, :, 1].tolist() == [False, True]
+    with pytest.raises(ValueError, match=re.escape("neither `audio` nor `text` (its text is empty)")):
+        processor({"utterances": [{"text": "\x00"}]})

@@ -56,14 +56,15 @@ LEVELS_JUDGED = "levels_judged"
 
 
 def blank_text(text: str) -> bool:
-    """A text without a visible character: whitespace and invisible format characters (a zero-width space, a byte-order
-    mark), which tokenizers drop, leaving the text encoder an empty text. `BLANK_TEXT` says the same to Arrow."""
-    return all(character.isspace() or unicodedata.category(character) == "Cf" for character in text)
+    """A text without a visible character: whitespace, control characters (NUL, DEL, C1 codes) and invisible format
+    characters (a zero-width space, a byte-order mark), which tokenizers drop, leaving the text encoder an empty text.
+    `BLANK_TEXT` says the same to Arrow."""
+    return all(character.isspace() or unicodedata.category(character) in ("Cc", "Cf") for character in text)
 
 
-# `blank_text` as an RE2 pattern, for whole Arrow columns: RE2's `\s` is ASCII [\t\n\f\r ], so the vertical tab, the
-# information separators and NEL that `str.isspace` counts are named, and Unicode spaces are `\p{Z}`.
-BLANK_TEXT = r"^[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}\p{Cf}]*$"
+# `blank_text` as an RE2 pattern, for whole Arrow columns: the spaces `str.isspace` counts are Unicode spaces (`\p{Z}`)
+# or control characters (`\p{Cc}`: the tab, the line breaks, the information separators, NEL).
+BLANK_TEXT = r"^[\p{Z}\p{Cc}\p{Cf}]*$"
 
 
 def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from datasets import DatasetDict
 from tqdm.auto import tqdm
 
+from ..processing_mister_e import blank_text
 from ..segmentation_mister_e import RECORDING_EXTENSIONS
 from .building import make_dialogue_dataset
 from .schema import AUDIO, DIALOGUE_ID, LABELS, SPEAKERS, SPLITS, TEXTS, UTTERANCE_IDS
@@ -74,12 +75,12 @@ def hold_out(dialogue_ids: Iterable[str], count: int, seed: int) -> set[str]:
 
 
 def clean_text(text: Any) -> str | None:
-    """Undo the mojibake of the public releases; None for an empty transcript.
+    """Undo the mojibake of the public releases; None for a blank transcript (`blank_text`, as the processor reads it).
 
     MELD CSV copies carry UTF-8 read as cp1252 (``’``), the py2 pickles cp1252 bytes read as latin1 (``\\x92``).
     Each repair is a no-op on clean text. No-break spaces become spaces, as in the MELD CSVs.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or blank_text(text):
         return None
     for wrong, right in (("latin1", "cp1252"), ("cp1252", "utf-8")):
         try:
