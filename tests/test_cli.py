@@ -147,9 +147,20 @@ def test_read_conversation_rejects_bad_files(tmp_path, content, message):
     (tmp_path / "transcripts.txt").write_text("no tab here\n")
     with pytest.raises(ValueError, match="transcripts.txt:1"):
         read_conversation(tmp_path)
-    (tmp_path / "transcripts.txt").write_bytes("a\tcaf\u00e9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"transcripts\.txt is not UTF-8 text"):
+    (tmp_path / "transcripts.txt").write_bytes("a\tyes\rb\tno\rc\tcaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"transcripts\.txt is not UTF-8 text \(line 3, byte 16: invalid"):
         read_conversation(tmp_path)
+
+
+def test_a_transcript_holding_a_unicode_line_separator_stays_one_line(tmp_path):
+    """`str.splitlines` cut a text at U+2028 or NEL (a cp1252 ellipsis read as latin-1): `expected name<TAB>text`, for
+    the rest of the text, named by a line number the file does not have."""
+    texts = ["Wait\u2028what?", "Well\x85 fine", "form\x0cfeed"]
+    (tmp_path / "transcripts.txt").write_text("".join(f"u{i}\t{text}\r\n" for i, text in enumerate(texts)),
+                                              encoding="utf-8", newline="")
+    assert [u["text"] for u in read_conversation(tmp_path)["utterances"]] == texts
+    (tmp_path / "transcripts.txt").write_text("u0\tyes\ru1\tno\r", encoding="utf-8", newline="")  # classic Mac OS
+    assert [u["text"] for u in read_conversation(tmp_path)["utterances"]] == ["yes", "no"]
 
 
 def test_predict_exits_non_zero_on_a_missing_conversation(tmp_path):

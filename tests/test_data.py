@@ -521,6 +521,26 @@ def test_meld_empty_split_bad_encoding_and_blank_utterance_name_the_csv(tmp_path
         build_meld(root, audio=False)  # dia0_utt1 is in every CSV: only the file tells which one
 
 
+def test_a_meld_csv_in_cp1252_names_its_line_and_a_header_with_spaces_or_a_bom_reads(tmp_path, capsys):
+    """The CSV was decoded a read buffer at a time, so the byte named was the buffer's (6112 for the file's 30688)."""
+    root = make_meld(tmp_path / "MELD")
+    rows = [[n, f"hello there friend number {n}", "Joey", "neutral", "neutral", 0, n, 1, 1, "", ""]
+            for n in range(1, 600)]
+    rows[499][1] = "I\u2019m fine"  # row 500 is line 501, past the first 8 KiB
+    with open(root / "train_sent_emo.csv", "w", newline="", encoding="cp1252") as file:
+        csv.writer(file).writerows([MELD_HEADER, *rows])
+    offset = (root / "train_sent_emo.csv").read_bytes().index(b"\x92")
+    message = rf"train_sent_emo\.csv is not UTF-8 text \(line 501, byte {offset}: invalid start byte\)"
+    with pytest.raises(ValueError, match=message):
+        build_meld(root)
+    assert main(["prepare", "meld", str(root), str(tmp_path / "out"), "--text-only"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    make_meld(root)
+    csv_text = (root / "dev_sent_emo.csv").read_text(encoding="utf-8").replace('"Utterance"', '"Utterance "', 1)
+    (root / "dev_sent_emo.csv").write_text("\ufeff" + csv_text.replace('"Emotion"', '" Emotion"', 1), encoding="utf-8")
+    assert build_meld(root, audio=False)["validation"][0]["texts"] == ["What?", "Run."]
+
+
 # --- CMU-MOSI -----------------------------------------------------------------------------------------
 
 MOSI_FOLDS = {"train": ["vidA", "vid_B"], "valid": ["vidC"], "test": ["vidD"]}
@@ -656,6 +676,11 @@ def test_mosi_bad_release_files_are_named(tmp_path, capsys):
     (root / "mosi.csv").write_bytes(b"segment_id,video_id,clip,text,sentiment\nvidA_1,vidA,1,caf\xe9,1.0\n")
     with pytest.raises(ValueError, match=r"mosi\.csv is not UTF-8"):
         build_mosi(root)
+    (root / "mosi.csv").unlink()
+    make_mosi_release(root)
+    (root / "audio_test0.csv").write_bytes(b"\xff" + (root / "audio_test0.csv").read_bytes())  # a traceback
+    with pytest.raises(ValueError, match=r"audio_test0\.csv is not UTF-8 text \(line 1, byte 0"):
+        build_mosi(root, acoustic=True)
 
 
 # MMSA's CMU-MOSI folder (thuiar/MMSA, MMSA-FET): label.csv in this column order, clips Raw/<video_id>/<clip_id>.mp4.

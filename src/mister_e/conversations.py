@@ -12,6 +12,10 @@ from pathlib import Path
 OTHER_AUDIO_EXTENSIONS = (".aac", ".aif", ".aifc", ".aiff", ".amr", ".au", ".avi", ".caf", ".m4a", ".mkv", ".mov",
                           ".mp4", ".oga", ".opus", ".w64", ".webm", ".wma")
 
+# A line ends at \n, \r\n or a lone \r, never inside a text: `str.splitlines` also splits at U+2028, NEL (U+0085, a
+# cp1252 ellipsis read as latin-1), form feeds and the information separators, which a transcript may hold.
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
 
 def read_conversation(path: str | Path) -> dict:
     """A conversation JSON file (`{"utterances": [...]}` or a bare list), or a folder of audio files.
@@ -56,7 +60,7 @@ def read_conversation(path: str | Path) -> dict:
                                  "transcripts.txt.")
             return {"id": path.name, "utterances": [{"id": name, "audio": wav} for name, wav in wavs.items()]}
         utterances = []
-        for number, line in enumerate(read_utf8(transcripts).splitlines(), 1):
+        for number, line in enumerate(_LINE_BREAK.split(read_utf8(transcripts)), 1):
             if line.strip():
                 name, tab, text = line.partition("\t")
                 if not tab:
@@ -120,14 +124,18 @@ def _natural(path: Path) -> tuple:
 
 
 def read_utf8(path: Path) -> str:
-    """A text file's contents, or a ValueError naming the file when it is not UTF-8 (a byte-order mark, which Windows
-    editors write, is dropped)."""
+    """A text file's contents, or a ValueError naming the file, and the line and byte, when it is not UTF-8 (a
+    byte-order mark, which Windows editors write, is dropped)."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8.") from None
+        data = path.read_bytes()
     except (PermissionError, IsADirectoryError) as error:  # one line naming the file, not Python's errno
         raise ValueError(f"{path} could not be read: {error.strerror or error}.") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:  # decoded whole, so `start` is the file's byte, not a read buffer's
+        line = len(_LINE_BREAK.findall(data[: error.start].decode("utf-8", "replace"))) + 1
+        raise ValueError(f"{path} is not UTF-8 text (line {line}, byte {error.start}: {error.reason}); save it as "
+                         "UTF-8.") from None
 
 
 __all__ = ["OTHER_AUDIO_EXTENSIONS", "read_conversation", "read_utf8"]

@@ -7,6 +7,7 @@ Kept apart because MOSI alone needs label binarisation rules, fold files and the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -189,11 +190,11 @@ def _read_matrix(path: Path) -> np.ndarray:
     """A numeric CSV as a 2-D array; an empty file or a nan/inf value fails here, not as NaN features later."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    with open(path, newline="", encoding="utf-8") as file:
-        try:
-            matrix = np.array([[float(value) for value in row] for row in csv.reader(file) if row], dtype=np.float64)
-        except ValueError as error:
-            raise ValueError(f"{path}: expected a numeric table ({error})") from None
+    rows = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    try:
+        matrix = np.array([[float(value) for value in row] for row in rows if row], dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{path}: expected a numeric table ({error})") from None
     if matrix.size == 0:
         raise ValueError(f"{path} has no rows")
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))

@@ -5,6 +5,7 @@ records into the three splits."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ from typing import Any
 from datasets import DatasetDict
 from tqdm.auto import tqdm
 
+from ..conversations import read_utf8
 from ..processing_mister_e import blank_text
 from ..segmentation_mister_e import RECORDING_EXTENSIONS
 from .building import make_dialogue_dataset
@@ -137,18 +139,17 @@ def read_csv(
     path: Path, *, columns: Sequence[str] | None = None, required: Sequence[str] = ()
 ) -> list[dict[str, str]]:
     """Rows as dicts (``columns`` names a header-less file), failing with the file and missing column named, or with
-    the file named when it is not UTF-8 (the decoder's own message does not name it)."""
+    the file and line named when it is not UTF-8 (`read_utf8`). Header names are read without surrounding spaces
+    (``Utterance ,Speaker``, as spreadsheets export them)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        try:
-            reader = csv.DictReader(file, fieldnames=columns)
-            missing = [column for column in required if column not in (reader.fieldnames or ())]
-            if missing:
-                raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
-            return list(reader)
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""), fieldnames=columns)
+    if columns is None and reader.fieldnames is not None:
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    missing = [column for column in required if column not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
+    return list(reader)
 
 
 def read_integer(row: Mapping[str, str], column: str, where: str) -> int:
