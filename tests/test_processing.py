@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -295,8 +296,9 @@ def test_an_unscaled_float_file_is_refused_by_the_processor_and_as_a_recording_a
 
 
 def test_a_capped_utterance_is_said(processor):
-    """Inference reads the first `max_audio_seconds` of a longer utterance, a text up to `max_text_length` tokens, and
-    says so (once a process); training crops audio without a word."""
+    """Inference reads the first `max_audio_seconds` of a longer utterance (said once a process), a text up to
+    `max_text_length` tokens (said naming the utterances cut and how many: it was said once a process, of the first
+    text that filled the limit, even one of exactly that length); training crops audio without a word."""
     long_turn = {"utterances": [{"audio": np.full(2 * SR, 0.1, np.float32), "sampling_rate": SR}]}
     logger = transformers.logging.get_logger("mister_e.processing_mister_e")
     with CaptureLogger(logger) as captured:
@@ -306,9 +308,14 @@ def test_a_capped_utterance_is_said(processor):
         features = processor(long_turn, max_audio_seconds=0.75, min_audio_seconds=0.25)
     assert "longer than max_audio_seconds (0.75 s)" in captured.out
     assert features["input_values"].shape[-1] == round(0.75 * SR)
+    texts = [" ".join(WORDS * 3), "hello world", "yes no oh okay fine", " ".join(WORDS * 2)]  # 26, 4, 7, 18 tokens
     with CaptureLogger(logger) as captured:
-        features = processor({"utterances": [{"text": " ".join(WORDS * 3)}]}, max_text_length=7)
-    assert "fills max_text_length (7 tokens)" in captured.out and features["input_ids"].shape[-1] == 7
+        features = processor({"utterances": [{"text": text, "id": f"u{i}"} for i, text in enumerate(texts)]},
+                             max_text_length=7)
+    assert features["input_ids"].shape[-1] == 7
+    assert captured.out == ("conversation 0, utterance 0 (id='u0') (and 1 more of the 4 texts): the text is longer "
+                            "than max_text_length (7 tokens), so only its first tokens are read; cut long turns into "
+                            "utterances.\n")  # the text of exactly 7 tokens is whole, and not counted
 
 
 @pytest.mark.parametrize("dtype, scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 128, 128)])
@@ -631,6 +638,17 @@ def test_a_text_of_invisible_characters_is_no_text(processor):
     assert features["modality_mask"][0, :, 1].tolist() == [False, True]
     with pytest.raises(ValueError, match=re.escape("neither `audio` nor `text` (its text is empty)")):
         processor({"utterances": [{"text": "\u200b"}]})
+
+
+def test_composed_and_decomposed_accents_tokenize_alike():
+    """`café` as é or as e + U+0301 is one text; a tokenizer that keeps accents (cased BERT, byte-level BPE) read the
+    decomposed form as another word ([UNK] here)."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "caf\u00e9", "ol\u00e9"]
+    cased = BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=False)
+    processor = MisterEProcessor(wav2vec2_extractor(), cased)
+    texts = ["caf\u00e9 ol\u00e9", unicodedata.normalize("NFD", "caf\u00e9 ol\u00e9")]
+    ids = processor({"utterances": [{"text": text} for text in texts]})["input_ids"]
+    assert ids[0].tolist() == ids[1].tolist() == [2, 5, 6, 3]
 
 
 def test_a_text_of_control_characters_is_no_text(processor):

@@ -108,7 +108,7 @@ class MisterEProcessor(ProcessorMixin):
             With `training=True`, longer audio is cut to a random window of this length (at most
             `max_audio_seconds`), and every row is padded to it by the feature extractor (masked).
         max_text_length (`int`, *optional*, defaults to 128):
-            Texts are truncated to this many tokens.
+            Texts are truncated to this many tokens, with a warning naming the utterances cut.
     """
 
     def __init__(
@@ -194,6 +194,7 @@ class MisterEProcessor(ProcessorMixin):
         attention_mask = np.zeros((len(batch), num_utterances), dtype=np.int64)
         modality_mask = np.zeros((len(batch), num_utterances, 2), dtype=bool)
         waveforms, texts = [], []
+        text_utterances = []  # each text's utterance, for the truncation warning
         waveform_utterances = []  # each waveform's utterance, for the feature extractor's errors
         silent = []  # utterances whose audio holds no speech
         misnamed = {}  # a key that reads nothing (`transcript` for `text`): where it first came
@@ -241,7 +242,10 @@ class MisterEProcessor(ProcessorMixin):
                     except UnicodeEncodeError as error:  # a lone surrogate (`"\ud83d"` in JSON): no tokenizer reads it
                         raise ValueError(f"{where}: `text` is not valid Unicode ({error.reason} at character "
                                          f"{error.start}).") from None
-                    texts.append(text)
+                    # one text, one encoding: a decomposed `café` (e + U+0301, as macOS file names and some
+                    # editors write it) tokenized apart from the composed one wherever the tokenizer keeps accents
+                    texts.append(unicodedata.normalize("NFC", text))
+                    text_utterances.append(where)
                     modality_mask[b, i, 1] = True
 
         if silent:
@@ -273,10 +277,28 @@ class MisterEProcessor(ProcessorMixin):
             )
             data["input_ids"] = encoding["input_ids"].astype(np.int64)
             data["text_attention_mask"] = encoding["attention_mask"].astype(np.int64)
-            if data["text_attention_mask"].sum(-1).max() >= max_text_length:  # a text filled it: likely cut
-                logger.warning_once(f"An utterance's text fills max_text_length ({max_text_length} tokens): a longer "
-                                    "text is cut there.")
+            self._say_cut_texts(texts, text_utterances, data["text_attention_mask"], max_text_length, training)
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _say_cut_texts(self, texts, utterances, mask, max_text_length, training) -> None:
+        """Warn of texts longer than `max_text_length` tokens, which are cut there: outside training naming the first
+        and how many of the call's texts (a user learns which utterances lost words, and how many; the same message is
+        said once, as evaluation repeats its batches each epoch); in training, whose batches are shuffled, once a
+        process. Only a text that fills the limit is tokenized again, whole."""
+        full = np.flatnonzero(mask.sum(-1) >= max_text_length)
+        if not full.size:
+            return
+        whole = self.tokenizer([texts[j] for j in full], truncation=False, verbose=False)["input_ids"]
+        cut = [utterances[j] for j, ids in zip(full, whole) if len(ids) > max_text_length]
+        if not cut:  # a text of exactly max_text_length tokens is whole
+            return
+        if training:
+            logger.warning_once(f"An utterance's text is longer than max_text_length ({max_text_length} tokens): "
+                                "training reads its first tokens only.")
+            return
+        more = f" (and {len(cut) - 1} more of the {len(texts)} texts)" if len(cut) > 1 else ""
+        logger.warning_once(f"{cut[0]}{more}: the text is longer than max_text_length ({max_text_length} tokens), so "
+                            "only its first tokens are read; cut long turns into utterances.")
 
     @property
     def model_input_names(self) -> list[str]:
