@@ -539,6 +539,9 @@ def test_a_meld_csv_in_cp1252_names_its_line_and_a_header_with_spaces_or_a_bom_r
     csv_text = (root / "dev_sent_emo.csv").read_text(encoding="utf-8").replace('"Utterance"', '"Utterance "', 1)
     (root / "dev_sent_emo.csv").write_text("\ufeff" + csv_text.replace('"Emotion"', '" Emotion"', 1), encoding="utf-8")
     assert build_meld(root, audio=False)["validation"][0]["texts"] == ["What?", "Run."]
+    (root / "dev_sent_emo.csv").write_text(csv_text.replace('"What?"', '"What?', 1), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dev_sent_emo\.csv row 1 has 10 fields where 11 are expected: a quote left"):
+        build_meld(root, audio=False)  # fields shifted: `row 2: ... Utterance_ID 1 is also row 1`
 
 
 # --- CMU-MOSI -----------------------------------------------------------------------------------------

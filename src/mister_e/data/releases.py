@@ -139,8 +139,8 @@ def read_csv(
     path: Path, *, columns: Sequence[str] | None = None, required: Sequence[str] = ()
 ) -> list[dict[str, str]]:
     """Rows as dicts (``columns`` names a header-less file), failing with the file and missing column named, or with
-    the file and line named when it is not UTF-8 (`read_utf8`). Header names are read without surrounding spaces
-    (``Utterance ,Speaker``, as spreadsheets export them)."""
+    the file and line named when it is not UTF-8 (`read_utf8`), or with the row named when its fields are not the
+    header's. Header names are read without surrounding spaces (``Utterance ,Speaker``, as spreadsheets export them)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""), fieldnames=columns)
@@ -149,7 +149,13 @@ def read_csv(
     missing = [column for column in required if column not in (reader.fieldnames or ())]
     if missing:
         raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
-    return list(reader)
+    rows = list(reader)
+    for number, row in enumerate(rows, start=1):  # DictReader fills a short row with None, keeps extras under None
+        if None in row or None in row.values():  # e.g. a quote left open, which takes in the rows after it as text
+            fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, ()))
+            raise ValueError(f"{path} row {number} has {fields} fields where {len(reader.fieldnames)} are expected: a "
+                             "quote left open, or a comma in an unquoted text?")
+    return rows
 
 
 def read_integer(row: Mapping[str, str], column: str, where: str) -> int:
