@@ -160,6 +160,23 @@ def test_inputs_off_the_grid_are_named(change, error, match):
         tiny_model()(**change(conversations(lengths=(3, 7))))
 
 
+def test_an_utterance_no_enabled_expert_reads_is_refused_not_answered_as_class_0():
+    """A text-only model given an utterance with speech alone: no expert could weigh in, so its logits and gate
+    weights were zeros and its class 0, without an error, from `forward` and `step` alike (the pipeline and evaluation
+    refuse such data; the model now does too)."""
+    batch = conversations(lengths=(3, 3))
+    speech_alone = torch.ones(2, 3, 2, dtype=torch.bool).index_put((torch.tensor([1]), torch.tensor([2]),
+                                                                     torch.tensor([1])), torch.tensor(False))
+    with pytest.raises(ValueError, match=r"Conversation 1, utterance 2 has speech alone \(`modality_mask`\), which no "
+                                         r"enabled expert of this model reads alone \(the experts read \{'text'"):
+        tiny_model(experts=["text"])(**batch, modality_mask=speech_alone)
+    with pytest.raises(ValueError, match="Only speech embeddings were given, which no enabled expert"):
+        tiny_model(experts=["text"])(**{**batch, "text_embeds": None})
+    with pytest.raises(ValueError, match="Only text embeddings were given"):
+        tiny_model(experts=["speech", "cross_modal"], causal=True).step(text_embeds=batch["text_embeds"][:, 0])
+    assert tiny_model()(**batch, modality_mask=speech_alone).logits[1, 2].any()  # the speech expert answers
+
+
 @pytest.mark.parametrize("experts, modality", [(["text"], "speech"), (["speech"], "text")])
 def test_config_refuses_an_encoder_no_expert_reads(experts, modality):
     """A backbone that no enabled expert reads was built, loaded and run for nothing; the other modality's passes."""

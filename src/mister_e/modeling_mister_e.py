@@ -16,15 +16,18 @@ from .configuration_mister_e import (
     EMBEDDINGS,
     EXPERT_MODALITIES,
     EXPERTS,
+    MODALITIES,
     MisterEConfig,
     contradicts_recorded_embedding,
     modalities_of,
+    modalities_read,
 )
 from .encoders_mister_e import HEAD_MODULES, MisterEFeatureStandardizer, MisterELayerMix, build_encoders
 from .experts_mister_e import (
     MisterEContextModule,
     MisterECrossModalExpert,
     MisterEGate,
+    answerable,
     available_experts,
     mix_experts,
     weigh_experts,
@@ -67,9 +70,11 @@ _GRID_SHAPES = {"speech_embeds": "(batch, utterances, width)", "text_embeds": "(
                 "modality_mask": "(batch, utterances, 2)"}  # any other input: "(batch, utterances)"
 
 
-def _check_grid(num_labels: int, **inputs) -> None:
+def _check_grid(config: MisterEConfig, **inputs) -> None:
     """Name the input at fault before torch fails deep inside an expert with a message that names none: every input
-    is a tensor on the same `(batch, utterances)` grid, and labels are class ids or -100."""
+    is a tensor on the same `(batch, utterances)` grid, labels are class ids or -100, and the masks are sound
+    (`_check_masks`)."""
+    num_labels = config.num_labels
     grid = None
     for name, value in inputs.items():
         if value is None:
@@ -91,14 +96,16 @@ def _check_grid(num_labels: int, **inputs) -> None:
     if labels is not None and ((labels != -100) & ((labels < 0) | (labels >= num_labels))).any():
         raise ValueError(f"`labels` must be class ids 0..{num_labels - 1} (or -100 for none), got "
                          f"{sorted(set(labels[labels != -100].tolist()) - set(range(num_labels)))[:5]}.")
-    _check_masks(inputs.get("attention_mask"), inputs.get("modality_mask"), inputs.get("speech_embeds") is not None,
-                 inputs.get("text_embeds") is not None)
+    _check_masks(config, inputs.get("attention_mask"), inputs.get("modality_mask"),
+                 inputs.get("speech_embeds") is not None, inputs.get("text_embeds") is not None)
 
 
-def _check_masks(attention_mask, modality_mask, has_speech_embeds: bool, has_text_embeds: bool) -> None:
+def _check_masks(config: MisterEConfig, attention_mask, modality_mask, has_speech_embeds: bool,
+                 has_text_embeds: bool) -> None:
     """Refuse masks that would give a silently wrong answer: padding before an utterance (the experts pack each
     conversation's first `sum(mask)` positions), a modality claimed without its embeddings (read as zeros), and a real
-    utterance with neither modality (no expert could answer it: its logits would be zeros, its argmax class 0)."""
+    utterance that no enabled expert can answer, having neither modality or only one no expert reads alone (a text-only
+    model given speech): the gate would have nothing to weigh, its logits would be zeros, its argmax class 0."""
     real = None
     if attention_mask is not None:
         real = attention_mask.bool()
@@ -108,18 +115,28 @@ def _check_masks(attention_mask, modality_mask, has_speech_embeds: bool, has_tex
         if late.any():
             raise ValueError(f"`attention_mask` must mark each conversation's utterances first and its padding after "
                              f"them; conversation {int(late.any(1).nonzero()[0])} has padding before an utterance.")
-    if modality_mask is None:
+    reads = f"no enabled expert of this model reads alone (the experts read {modalities_read(config.experts)})"
+    if modality_mask is None:  # every utterance has the modalities given
+        given = [modality for modality, has in zip(MODALITIES, (has_speech_embeds, has_text_embeds)) if has]
+        if not answerable(torch.tensor([has_speech_embeds, has_text_embeds]), config.expert_mask):
+            raise ValueError(f"Only {given[0]} embeddings were given, which {reads}: every answer would be arbitrary.")
         return
     claimed = modality_mask.bool() if real is None else modality_mask.bool() & real[..., None]
     for index, (modality, given) in enumerate((("speech", has_speech_embeds), ("text", has_text_embeds))):
         if not given and claimed[..., index].any():
             raise ValueError(f"`modality_mask` marks utterances as having {modality}, but no `{modality}_embeds` (or "
                              f"raw {modality} inputs) were given.")
-    neither = ~claimed.any(-1) if real is None else ~claimed.any(-1) & real
-    if neither.any():
-        conversation, utterance = (int(i) for i in neither.nonzero()[0])
-        raise ValueError(f"Conversation {conversation}, utterance {utterance} has neither speech nor text "
-                         "(`modality_mask`): no expert can answer it.")
+    unanswered = ~answerable(claimed, config.expert_mask)
+    if real is not None:
+        unanswered &= real
+    if unanswered.any():
+        conversation, utterance = (int(i) for i in unanswered.nonzero()[0])
+        has = [modality for modality, present in zip(MODALITIES, claimed[conversation, utterance].tolist()) if present]
+        if not has:
+            raise ValueError(f"Conversation {conversation}, utterance {utterance} has neither speech nor text "
+                             "(`modality_mask`): no expert can answer it.")
+        raise ValueError(f"Conversation {conversation}, utterance {utterance} has {has[0]} alone (`modality_mask`), "
+                         f"which {reads}: its answer would be arbitrary.")
 
 
 def _width_or_none(encoder, embedding: str) -> int | None:
@@ -274,8 +291,8 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
         reference = speech_embeds if speech_embeds is not None else text_embeds
         if reference is None:
             raise ValueError("MiSTER-E needs `speech_embeds`, `text_embeds` or both.")
-        _check_grid(speech_embeds=speech_embeds, text_embeds=text_embeds, attention_mask=attention_mask,
-                    modality_mask=modality_mask, labels=labels, num_labels=self.config.num_labels)
+        _check_grid(self.config, speech_embeds=speech_embeds, text_embeds=text_embeds, attention_mask=attention_mask,
+                    modality_mask=modality_mask, labels=labels)
         batch, length = reference.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.bool, device=reference.device)
@@ -333,7 +350,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
                 raise ValueError(f"`step` takes one utterance per conversation: `{name}` must have shape (batch, "
                                  f"{'2' if name == 'modality_mask' else 'width'}), got {tuple(value.shape)}.")
         # as a grid of one utterance each: the same checks as `forward`
-        _check_grid(self.config.num_labels, **{name: value[:, None] if isinstance(value, torch.Tensor) else value
+        _check_grid(self.config, **{name: value[:, None] if isinstance(value, torch.Tensor) else value
                                                for name, value in given.items()})
         if state and state.get("batch", reference.shape[0]) != reference.shape[0]:
             raise ValueError(f"`state` carries {state['batch']} conversations, the new utterances "
