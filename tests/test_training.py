@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 import transformers
-from datasets import DatasetDict, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, List, Value, concatenate_datasets, load_from_disk
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallback, Wav2Vec2FeatureExtractor
 from transformers.testing_utils import CaptureLogger
@@ -27,7 +27,7 @@ from mister_e.assembly import conversation_fingerprint, folder_kind
 from mister_e.configuration_mister_e import EXPERTS
 from mister_e.experts_mister_e import mix_experts
 from mister_e.data import make_dialogue_dataset
-from mister_e.data.checks import check_experts_can_answer
+from mister_e.data.checks import check_experts_can_answer, check_finite_embeddings
 from mister_e.data.schema import embedding_feature
 from mister_e.data.splits import warn_of_shared_dialogues
 from mister_e.evaluation import REPORT_FILES, load_erc_metric
@@ -1089,6 +1089,43 @@ def test_a_diverging_run_stops_and_nan_weights_are_never_answered_with(data, tmp
         model.text_expert.classifier.weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="dialogue .*: The model's predictions are not finite"):
         evaluate_model(model, data["test"], tmp_path / "evaluation", robustness=False)
+
+
+def test_embeddings_the_model_would_read_as_nan_or_inf_are_named_before_training(tmp_path):
+    """NaN that pandas stores as null (read back as NaN by the collator) and float64 values beyond float32's range
+    (inf once read) passed the finiteness check: training stopped later as 'diverged', naming no utterance, and
+    evaluation blamed the weights. Both are named, found over whole Arrow columns in a split taken by `select`."""
+    data = corpus(train=4, validation=2, test=2)
+    frame = data["train"].to_pandas()
+    frame.at[2, "speech_embeds"] = [vector if index != 1 else np.r_[vector[:-1], np.nan]
+                                    for index, vector in enumerate(frame.at[2, "speech_embeds"])]
+    nulls = Dataset.from_pandas(frame, features=data["train"].features)
+    with pytest.raises(ValueError, match=r"^split 'train': dialogue 'train2': utterance 'train2_1' has a missing value "
+                                         r"\(null: a NaN stored as null\?\) in speech_embeds; re-extract or drop it$"):
+        train_conversation_model(DatasetDict({**data, "train": nulls}), tmp_path, SIZES, FAST, report=False)
+    assert not list(tmp_path.iterdir())
+    wide = data["test"].cast_column("text_embeds", List(List(Value("float64"))))
+    huge = wide.map(lambda row, i: {"text_embeds": [[1e39] * TEXT_DIM] * 2 + row["text_embeds"][2:] if i == 1
+                                    else row["text_embeds"]}, with_indices=True).select([1, 0])
+    with pytest.raises(ValueError, match=r"^dialogue 'test1': utterance 'test1_0' has a value \(1e\+39\) too large "
+                                         r"for float32 \(inf as the model reads it\) in text_embeds; .* "
+                                         rf"\({2 * TEXT_DIM} such"):
+        check_finite_embeddings(huge)
+
+
+def test_inputs_that_overflow_the_model_are_told_apart_from_a_learning_rate_or_broken_weights(data, tmp_path):
+    """Finite embeddings far from unit scale (1e20) overflow the arithmetic: training said 'lower the learning rate' at
+    its first step, before any update, and evaluation that the finite weights held NaN, naming np.str_('test0')."""
+    scaled = lambda part, scale: part.map(lambda row: {"text_embeds": [(np.asarray(vector) * scale).tolist()
+                                                                       for vector in row["text_embeds"]]})
+    huge = DatasetDict({split: scaled(part, 1e20) for split, part in data.items()})
+    with pytest.raises(ValueError, match=r"The loss is nan at the first step, before any update \(so not the learning "
+                                         r"rate\): the inputs overflow .* set standardize_inputs=true"):
+        train_conversation_model(huge, tmp_path / "run", SIZES, FAST, report=False)
+    model = MisterEForEmotionRecognition(MisterEConfig(**{**data_config(data["train"]), **SIZES}))
+    with pytest.raises(ValueError, match=r"^dialogue 'test0', utterance 'test0_0': The model's predictions are not "
+                                         r"finite \(NaN or inf\), but its weights are: the inputs overflow"):
+        evaluate_model(model, scaled(data["test"], 1e30), tmp_path / "evaluation", robustness=False)
 
 
 def _strict_json(path):

@@ -45,9 +45,17 @@ from .segmentation_mister_e import (
 
 
 TASK = PIPELINE_TASK
-NON_FINITE = ("The model's predictions are not finite (NaN or inf): its weights hold NaN or inf (a training run that "
-              "diverged, or a damaged file)")
 logger = logging.get_logger(__name__)
+
+
+def non_finite(model) -> str:
+    """Why a model's predictions are not finite: weights holding NaN or inf, or, with finite weights, inputs so large
+    that its arithmetic overflows (embeddings of another scale than it was trained on): each has its own remedy."""
+    if all(torch.isfinite(tensor).all() for tensor in model.state_dict().values() if tensor.is_floating_point()):
+        return ("The model's predictions are not finite (NaN or inf), but its weights are: the inputs overflow its "
+                "arithmetic (embeddings far larger than those it was trained on?)")
+    return ("The model's predictions are not finite (NaN or inf): its weights hold NaN or inf (a training run that "
+            "diverged, or a damaged file)")
 
 
 class MisterEConversationPipeline(Pipeline):
@@ -355,7 +363,7 @@ class MisterEConversationPipeline(Pipeline):
 
     def _utterance_result(self, probabilities: torch.Tensor, gate_weights: torch.Tensor, top_k=None) -> dict:
         if not (torch.isfinite(probabilities).all() and torch.isfinite(gate_weights).all()):
-            raise ValueError(f"{NON_FINITE}.")
+            raise ValueError(f"{non_finite(self.model)}.")
         id2label = self.model.config.id2label
         order = probabilities.argsort(descending=True, stable=True).tolist()
         if top_k is not None:

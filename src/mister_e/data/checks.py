@@ -73,9 +73,10 @@ def validate_dialogues(dialogues: Dataset | DatasetDict | Iterable[Mapping], num
 
 
 def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
-    """Raise a ValueError naming the first utterance whose embedding holds NaN or inf: one such value turns every loss,
-    then every weight, into NaN without an error. Checked over whole Arrow columns at once; only a column that fails is
-    searched row by row for the utterance to name."""
+    """Raise a ValueError naming the first utterance whose embedding holds NaN or inf, a missing value inside a vector
+    (a NaN that pandas or Arrow stored as null, read back as NaN), or a value beyond float32's range (finite in a
+    float64 column, inf once the model reads it): one such value turns every loss, then every weight, into NaN
+    without an error. Checked, and the utterance found, over whole Arrow columns at once."""
     if isinstance(dialogues, DatasetDict):
         each_split(check_finite_embeddings, dialogues)
         return
@@ -83,17 +84,27 @@ def check_finite_embeddings(dialogues: Dataset | DatasetDict) -> None:
     for column in EMBED_COLUMNS:
         if column not in dialogues.column_names:
             continue
-        values = pa.chunked_array(dialogues.with_format("arrow")[column]).combine_chunks().flatten().flatten()
-        if np.isfinite(values.drop_null().to_numpy(zero_copy_only=False)).all():
+        table = pa.chunked_array(dialogues.with_format("arrow")[column]).combine_chunks()
+        vectors = table.flatten()  # one per utterance (null: the utterance lacks this modality)
+        values = vectors.flatten()
+        readable = np.abs(values.to_numpy(zero_copy_only=False)) <= np.finfo(np.float32).max  # null: NaN, False
+        if readable.all():
             continue
-        for position, row in enumerate(dialogues.select_columns([c for c in (DIALOGUE_ID, UTTERANCE_IDS, column)
-                                                                 if c in dialogues.column_names])):
-            for index, vector in enumerate(row[column]):
-                if vector is not None and not np.isfinite(np.asarray(vector, dtype=np.float64)).all():
-                    ids = row.get(UTTERANCE_IDS)
-                    utterance = ids[index] if ids else index
-                    raise ValueError(f"dialogue {row.get(DIALOGUE_ID, f'#{position}')!r}: utterance {utterance!r} has "
-                                     f"a non-finite value (NaN or inf) in {column}; re-extract or drop it")
+        first = int(np.argmin(readable))
+        utterance = pc.list_parent_indices(vectors)[first].as_py()
+        parents = pc.list_parent_indices(table).to_numpy(zero_copy_only=False)
+        row = int(parents[utterance])
+        position = utterance - int(np.searchsorted(parents, row))
+        named = dialogues.select_columns([c for c in (DIALOGUE_ID, UTTERANCE_IDS) if c in dialogues.column_names])[row]
+        ids = named.get(UTTERANCE_IDS)
+        value = values[first].as_py()
+        what = ("a missing value (null: a NaN stored as null?)" if value is None else
+                "a non-finite value (NaN or inf)" if not np.isfinite(value) else
+                f"a value ({value:.3g}) too large for float32 (inf as the model reads it)")
+        count = int((~readable).sum())
+        raise ValueError(f"dialogue {named.get(DIALOGUE_ID, f'#{row}')!r}: utterance "
+                         f"{ids[position] if ids else position!r} has {what} in {column}; re-extract or drop it"
+                         f"{f' ({count} such values in the column)' if count > 1 else ''}")
 
 
 def _check_one_row_per_utterance(dialogues: Dataset) -> None:

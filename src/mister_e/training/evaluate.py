@@ -21,7 +21,7 @@ from ..data.splits import check_across_splits
 from ..evaluation import clear_report, write_evaluation_report
 from ..experts_mister_e import answerable
 from ..modeling_mister_e import MisterEForEmotionRecognition
-from ..pipeline_mister_e import NON_FINITE
+from ..pipeline_mister_e import non_finite
 from ..robustness import DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, robustness_curve, write_robustness_report
 from .collator import MisterEDataCollator
 from .trainer import data_config, label_names
@@ -102,8 +102,9 @@ def evaluate_model(
     predicted = predict_split(model, dataset, collator, batch_size, "evaluate")
     broken = np.flatnonzero(~np.isfinite(predicted["logits"]).all(-1))
     if len(broken):
-        raise ValueError(f"dialogue {predicted['dialogue_ids'][broken[0]]!r}, utterance "
-                         f"{predicted['utterance_ids'][broken[0]]!r}: {NON_FINITE} ({len(broken)} such utterances).")
+        dialogue, utterance = (predicted[key][broken[0]].item() for key in ("dialogue_ids", "utterance_ids"))
+        raise ValueError(f"dialogue {dialogue!r}, utterance {utterance!r}: {non_finite(model)} ({len(broken)} such "
+                         "utterances).")
     logits = torch.from_numpy(predicted["logits"])
     clear_report(output_dir)  # a file this report does not write must not stay from another model's or split's
     curve = None

@@ -130,13 +130,20 @@ class MisterETrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         """Trainer's loss, refused when it is not finite: the logs would hide it (Trainer averages NaN away) and every
-        weight would be NaN from that update on, then selected, saved and reported as a trained model."""
+        weight would be NaN from that update on, then selected, saved and reported as a trained model. Before the first
+        update the learning rate cannot be the cause, and the message says what can."""
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         loss = result[0] if return_outputs else result
         if model.training and not torch.isfinite(loss.detach()).all():
-            raise ValueError(f"Training diverged: the loss is {loss.detach().float().mean().item()} at step "
-                             f"{self.state.global_step + 1} (epoch {int(self.state.epoch or 0) + 1}); lower the learning "
-                             f"rate ({self.args.learning_rate:g}) or check the inputs.")
+            value = loss.detach().float().mean().item()
+            if self.state.global_step == 0:  # no update yet: the learning rate is not the cause
+                raise ValueError(f"The loss is {value} at the first step, before any update (so not the learning "
+                                 "rate): the inputs overflow the model's arithmetic (finite, but far from unit scale: "
+                                 "rescale them, or for stage 2 set standardize_inputs=true), or its initial weights "
+                                 "hold NaN or inf.")
+            epoch = int(self.state.epoch or 0) + 1
+            raise ValueError(f"Training diverged: the loss is {value} at step {self.state.global_step + 1} (epoch "
+                             f"{epoch}); lower the learning rate ({self.args.learning_rate:g}) or check the inputs.")
         return result
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
