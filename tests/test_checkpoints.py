@@ -16,6 +16,8 @@ import torch
 
 from mister_e import MisterEConfig, MisterEForEmotionRecognition, MisterEProcessor
 
+from tiny import tiny_config
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
 SR = 16000
 
@@ -69,8 +71,6 @@ def test_every_fixture_was_found():
 def save_fixture(name: str) -> None:
     """Save the tiny end-to-end model (WavLM + BERT encoders, with processor) or a stage-2 model of the `small`
     recipe's kind (input standardisers, probability mixture), and the logits it gives now."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from tiny import tiny_config
     from tiny_end_to_end import tiny_model, tiny_processor
 
     folder = FIXTURES / name
@@ -125,3 +125,49 @@ EARLIER_PUBLIC_NAMES = {
 def test_earlier_public_import_paths_still_resolve(module):
     imported = __import__(module, fromlist=["_"])
     assert [name for name in EARLIER_PUBLIC_NAMES[module].split() if not hasattr(imported, name)] == []
+
+
+# --- loading options -------------------------------------------------------------------------------------------------
+
+def far_from_zero(rows: int, width: int) -> torch.Tensor:
+    """Features of unit spread around 1e5, as openSMILE's ComParE functionals have (spectral variances reach 1e11):
+    beyond float16's range (65504), and 512 apart in bfloat16 at that size."""
+    return 1e5 + torch.sin(torch.arange(rows * width, dtype=torch.float32) * 0.37).reshape(rows, width)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_load_keeps_the_input_statistics_in_float32(tmp_path, dtype):
+    """`from_pretrained(dtype=...)` casts every weight; it cast the input standardizers' mean and std with them, and the
+    inputs before them, so features far from zero lost their spread to rounding (bf16: every logit of the reloaded
+    model far off) or overflowed to inf (fp16: NaN logits). The statistics and the standardisation stay float32."""
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(tiny_config(standardize_inputs=True)).eval()
+    inputs = embeddings(model.config)
+    inputs["speech_embeds"] = far_from_zero(10, 6).reshape(2, 5, 6)
+    model.speech_standardizer.fit(inputs["speech_embeds"].reshape(-1, 6))
+    model.text_standardizer.fit(inputs["text_embeds"].reshape(-1, 5))
+    model.save_pretrained(tmp_path)
+    half = MisterEForEmotionRecognition.from_pretrained(tmp_path, dtype=dtype).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(half(**inputs).logits.float(), model(**inputs).logits, rtol=0.05, atol=0.05)
+    assert half.dtype == dtype and half.speech_standardizer.mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_load_of_a_functionals_encoder_standardizes_in_float32(tmp_path, dtype):
+    """The same for the openSMILE functionals encoder of stage 1, which standardises raw functionals."""
+    from mister_e import MisterEForUtteranceClassification
+
+    torch.manual_seed(0)
+    model = MisterEForUtteranceClassification.from_backbones(
+        speech="opensmile:eGeMAPSv02", speech_embed_dim=8, id2label={0: "a", 1: "b", 2: "c"}).eval()
+    features = far_from_zero(4, 88)
+    model.speech_encoder.standardizer.fit(features)
+    model.save_pretrained(tmp_path)
+    half = MisterEForUtteranceClassification.from_pretrained(tmp_path, dtype=dtype).eval()
+    batch = dict(attention_mask=torch.ones(1, 4, dtype=torch.long), input_features=features,
+                 modality_mask=torch.tensor([[[True, False]] * 4]))
+    with torch.no_grad():
+        torch.testing.assert_close(half(**batch).speech_logits.float(), model(**batch).speech_logits,
+                                   rtol=0.05, atol=0.05)
+    assert half.speech_encoder.standardizer.std.dtype == torch.float32

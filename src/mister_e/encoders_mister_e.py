@@ -182,7 +182,10 @@ class MisterEFeatureStandardizer(nn.Module):
         self.register_buffer("std", torch.ones(width))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.to(self.mean.dtype) - self.mean) / self.std
+        """The standardised features in float32 (or finer), whatever the model's dtype: in bf16 features far from zero
+        lose their spread to rounding, in fp16 they overflow. Callers cast the result to their weights' dtype."""
+        dtype = torch.promote_types(self.mean.dtype, torch.float32)
+        return (features.to(dtype) - self.mean.to(dtype)) / self.std.to(dtype)
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
@@ -228,7 +231,7 @@ class MisterEFunctionalsEncoder(nn.Module):
         """`(embeddings, utterance logits)`; the logits are `None` without a head."""
         if self.embedding != "projection":
             return self.pooled_states(inputs, attention_mask, self.embedding), None
-        embeds = self.projection(self.feature_dropout(self.standardizer(inputs)))
+        embeds = self.projection(self.feature_dropout(self.standardizer(inputs).to(self.projection.weight.dtype)))
         return embeds, self.classifier(embeds)
 
     def pooled_states(self, inputs, attention_mask, embedding: str) -> torch.Tensor:

@@ -417,10 +417,10 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
             return reference.new_zeros(*present.shape, self.config.expert_input_dim(modality), dtype=self.dtype)
         if embeds.shape[-1] != width:
             raise ValueError(f"Expected {modality} embeddings of width {width}, got shape {tuple(embeds.shape)}.")
-        embeds = embeds.to(self.dtype)  # float64 (numpy's default) or integers: the weights' dtype
         standardizer = getattr(self, f"{modality}_standardizer")
-        if standardizer is not None:
-            embeds = standardizer(embeds).to(embeds.dtype)
+        if standardizer is not None:  # before the cast: in bf16/fp16, inputs far from zero lose their spread
+            embeds = standardizer(embeds)
+        embeds = embeds.to(self.dtype)  # float64 (numpy's default), integers or the standardizer's float32
         if modality == "text" and self.text_layer_mix is not None:
             embeds = self.text_layer_mix(embeds)
         # masked_fill, not a product: a placeholder NaN in a padded or missing slot must not reach the real rows

@@ -48,6 +48,9 @@ class MisterEPreTrainedModel(PreTrainedModel):
     # `gradient_checkpointing_enable` walks every submodule, so it reaches the backbones' own checkpointed layers.
     supports_gradient_checkpointing = True
     _no_split_modules = ["MisterEContextModule", "MisterECoAttentionLayer"]
+    # The input statistics stay float32 under `from_pretrained(dtype=torch.bfloat16 / float16)`: features far from
+    # zero (openSMILE's reach 1e11) lose their spread to bf16 rounding and overflow fp16.
+    _keep_in_fp32_modules_strict = ["standardizer"]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
