@@ -17,8 +17,10 @@ pass (`timing.py`) and keep their best pass. bfloat16 rows run under CPU/CUDA au
 
 Also: inference (eval mode, no gradients) at 8 dialogues a batch and one at a time; FLOPs of our training step counted
 by FlopCounterMode against a dense matmul of the same dtype; peak memory of each model's training in a fresh process;
-our step over length-grouped batches of the same dialogues (Trainer's `group_by_length` grouping); and the time to
-write a checkpoint's weights and optimizer state, against a MELD epoch.
+our step over length-grouped batches of the same dialogues (Trainer's `group_by_length` grouping); the time to write
+a checkpoint's weights and optimizer state, against a MELD epoch; and where the fp32 training step's time goes
+(forward, backward, clipping, optimizer, for both; our GRUs' recurrences alone), with the ratio to the authors' code
+that our step could reach at best if the rest of it ran at the dense matmul rate (`..._ceiling_...`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -141,6 +144,43 @@ def train_step(contender, batch, dtype):
     loss.backward()
     contender.clip()
     contender.optimizer.step()
+
+
+def step_parts(contender, batches, device) -> dict[str, float]:
+    """Seconds of each part of the fp32 training step over `batches`: forward and loss, backward, clipping, optimizer."""
+    parts = dict.fromkeys(("forward", "backward", "clip", "optimizer"), 0.0)
+
+    def lap(part, work):
+        synchronize(device)
+        start = time.perf_counter()
+        result = work()
+        synchronize(device)
+        parts[part] += time.perf_counter() - start
+        return result
+
+    for batch in batches:
+        contender.optimizer.zero_grad()
+        lap("backward", lap("forward", lambda: contender.loss(batch)).backward)
+        lap("clip", contender.clip)
+        lap("optimizer", contender.optimizer.step)
+    return parts
+
+
+def recurrence_seconds(ours: Ours, batches, device) -> float:
+    """Seconds of our two context modules' GRUs alone, forward and backward, on the conversations of `batches` (their
+    real lengths; the inputs they get in a step: the convolutions' output width): the part of the step that runs
+    utterance after utterance, kept in fp32, already with its faster backward (`gru_packed`)."""
+    modules = (ours.model.speech_expert, ours.model.text_expert)
+    width = modules[0].gru.input_size
+    start = time.perf_counter()
+    for batch in batches:
+        lengths = batch["attention_mask"].sum(1).cpu()
+        for module in modules:
+            inputs = torch.randn(len(lengths), int(lengths.max()), width, device=device, requires_grad=True)
+            packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+            module._recur(packed)[0].data.sum().backward()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def timed(device):
@@ -250,9 +290,18 @@ def main() -> None:
 
     checkpoint_seconds = min(checkpoint_write(ours) for _ in range(passes))
 
+    # Where our fp32 step's time goes, and the parts no rewrite of the rest can remove: the GRUs' recurrences and the
+    # optimizer (fused AdamW reads and writes every parameter and both its moments: bound by memory bandwidth).
+    parts = {name: step_parts(contender, batches, device) for name, (contender, dtype) in contenders.items()
+             if dtype == torch.float32}
+    recurrences = min(recurrence_seconds(ours, batches, device) for _ in range(passes))
+
     with FlopCounterMode(display=False) as counter:
         train_step(ours, batches[0], torch.float32)
     flops_per_utterance = counter.get_total_flops() / utterances(batches[:1])
+    with FlopCounterMode(display=False) as counter:
+        recurrence_seconds(ours, batches[:1], device)
+    recurrence_flops_per_utterance = counter.get_total_flops() / utterances(batches[:1])
     rates = {"float32": matmul_flops_per_second(device, torch.float32),
              "bfloat16": matmul_flops_per_second(device, bf16)}
 
@@ -271,9 +320,12 @@ def main() -> None:
         "training_utterances_per_second_length_grouped_batches": {"ours": grouped_rate},
         "inference_utterances_per_second": {name: count / s for name, s in infer_best.items()},
         "seconds_per_meld_epoch": {name: sum(lengths) / (count / s) for name, s in train_best.items()},
+        "step_part_seconds_fp32": parts,
+        "ours_gru_recurrences_seconds": recurrences,
         "checkpoint_write_seconds": checkpoint_seconds,
         "checkpoint_write_over_meld_epoch": checkpoint_seconds / (sum(lengths) / (count / train_best["ours"])),
         "counted_training_flops_per_utterance": flops_per_utterance,
+        "counted_gru_recurrence_flops_per_utterance": recurrence_flops_per_utterance,
         "matmul_flops_per_second": rates,
         "fraction_of_matmul_rate": {
             "ours": flops_per_utterance * count / train_best["ours"] / rates["float32"],
@@ -288,6 +340,11 @@ def main() -> None:
             "training_fp32_over_authors_fp32": train_best["authors"] / train_best["ours"],
             "training_bf16_over_authors_fp32": train_best["authors"] / train_best["ours_bf16"],
             "training_bf16_over_authors_bf16": train_best["authors_bf16"] / train_best["ours_bf16"],
+            # What our fp32 step would reach if its GRUs, clipping and optimizer took what they take, every other
+            # counted FLOP ran at the dense matmul rate, and nothing else cost anything.
+            "training_fp32_ceiling_over_authors_fp32": sum(parts["authors"].values()) / (
+                recurrences + parts["ours"]["clip"] + parts["ours"]["optimizer"]
+                + (flops_per_utterance - recurrence_flops_per_utterance) * count / rates["float32"]),
             **{f"inference_batch{size}_{precision}_over_authors_fp32":
                infer_best[f"authors_batch{size}"] / infer_best[f"ours{suffix}_batch{size}"]
                for size in (8, 1) for precision, suffix in (("fp32", ""), ("bf16", "_bf16"))},
