@@ -129,12 +129,71 @@ def test_weights_a_config_has_no_place_for_are_refused(tmp_path):
         ("problem_type", "regression"),  # transformers' own fields that this model cannot honour
         ("output_attentions", True),
         ("output_hidden_states", True),
+        ("experts", None),  # a list where the config reads one: Python's TypeError, a traceback from the CLI
+        ("experts", 3),
+        ("conv_kernel_sizes", 3),
+        ("speech_prompt_ids", 5),
+        ("id2label", ["a", "b"]),
+        ("label2id", ["a", "b"]),  # was kept as it was, beside the default classes
+        ("text_config", 3),
     ],
 )
 def test_config_rejects_invalid_values_naming_the_field(field, value):
-    with pytest.raises((ValueError, TypeError, StrictDataclassError)) as error:
+    """The errors the CLI turns into one line and exit 2 (a TypeError would be a traceback), naming the field."""
+    with pytest.raises((ValueError, StrictDataclassError)) as error:
         tiny_config(**{field: value})
-    assert field in str(error.value)
+    assert field in str(error.value.__cause__ or error.value)
+
+
+@pytest.mark.parametrize("setting", [{"context_module": {"speech": "gru"}}, {"gru_layers": {"speech": 1}}])
+def test_a_per_modality_setting_for_an_expert_that_is_off_is_refused(setting):
+    """`context_module: {speech: gru}` with `experts: [text, cross_modal]` was taken and changed nothing (only the
+    speech and text experts have a context module)."""
+    with pytest.raises(StrictDataclassError) as error:
+        tiny_config(experts=["text", "cross_modal"], **setting)
+    field = next(iter(setting))
+    assert str(error.value.__cause__) == (f"`{field}` sets speech ({setting[field]['speech']!r}), but the speech "
+                                          "expert is off (`experts=['text', 'cross_modal']`): that entry would change "
+                                          "nothing.")
+    assert tiny_config(experts=["speech", "cross_modal"], **setting).context_settings("speech")[field] == \
+        setting[field]["speech"]
+
+
+def test_a_saved_per_modality_setting_for_an_expert_that_is_off_is_dropped_when_loaded(tmp_path, caplog):
+    """Such a setting saved by an earlier version (a text-only ablation of a recipe with one per modality) changed
+    nothing: the folder keeps loading, without it, and answers as before."""
+    model, inputs = tiny_model(experts=["text"], context_module={"text": "gru"}), conversations()
+    inputs.pop("labels")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["context_module"] = {"speech": "conv", "text": "gru"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        loaded = MisterEForEmotionRecognition.from_pretrained(tmp_path).eval()
+    finally:
+        hf_logging.disable_propagation()
+    assert loaded.config.context_module == {"text": "gru"}
+    assert "Dropping the saved `context_module` entry for speech: the speech expert is off" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("conv_kernel_sizes", 3, "`conv_kernel_sizes` must be a list of whole numbers, got 3"),
+    ("experts", None, "`experts` must be an expert's name or a list of them, got None"),
+    ("gate_temperature", 0, "`gate_temperature` must be positive, got 0"),
+    ("mixture_space", "probabilites", "`mixture_space` got 'probabilites'; expected one of"),
+])
+def test_a_hand_edited_config_json_is_refused_naming_the_field(field, value, named, tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, field: value}))
+    with pytest.raises((ValueError, StrictDataclassError)) as error:
+        MisterEConfig.from_pretrained(tmp_path)
+    assert named in str(error.value.__cause__ or error.value)
 
 
 @pytest.mark.parametrize("change, error, match", [

@@ -27,6 +27,25 @@ def test_training_that_would_train_nothing_is_refused(overrides, named):
         load_recipe("small", overrides)
 
 
+@pytest.mark.parametrize("overrides, named", [
+    ({"lr_scheduler_type": "bogus"}, "training.lr_scheduler_type must be one of ['linear', 'cosine'"),
+    ({"optim": "adamw"}, "training.optim must be one of ['adamw_torch', "),
+    ({"eval_strategy": "epochs"}, "training.eval_strategy must be one of ['no', 'steps', 'epoch'], got 'epochs'"),
+    ({"save_strategy": "sometimes"}, "training.save_strategy must be one of ["),
+    # torch's optimizer refused these as training began, naming no field
+    ({"adam_beta1": 2}, "training.adam_beta1 must be in [0, 1), got 2"),
+    ({"adam_beta2": -0.1}, "training.adam_beta2 must be in [0, 1), got -0.1"),
+    ({"adam_epsilon": -1e-8}, "training.adam_epsilon must be >= 0, got -1e-08"),
+])
+def test_training_values_the_trainer_would_refuse_late_are_refused_now(overrides, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_recipe("small", overrides)
+    good = {"lr_scheduler_type": "cosine", "optim": "adamw_torch", "eval_strategy": "epoch", "save_strategy": "best",
+            "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_epsilon": 0}
+    key = next(iter(overrides))
+    assert load_recipe("small", {key: good[key]})["training"][key] == good[key]
+
+
 def test_max_steps_stands_for_the_epochs_and_minus_one_unsets_it():
     """Trainer trains `max_steps` steps when it is > 0 whatever `num_train_epochs` says, and epochs when it is < 0."""
     assert load_recipe("small", {"max_steps": 5, "num_train_epochs": 0})["training"]["max_steps"] == 5
@@ -101,6 +120,10 @@ def test_training_values_of_a_compatible_type_are_taken():
     ("modalities", [], "a non-empty list of ['speech', 'text']"),
     ("modalities", "speech", "a non-empty list of ['speech', 'text']"),
     ("modalities", ["voice"], "a non-empty list of ['speech', 'text']"),
+    ("dataset", 3, "a path"),  # os.fspath's TypeError, a traceback from the CLI
+    ("output_dir", ["runs"], "a path"),
+    ("output_dir", "", "a path"),  # the working folder, written into
+    ("name", [1], "a string"),
 ])
 def test_recipe_keys_are_checked(key, value, expected):
     with pytest.raises(ValueError, match=re.escape(f"{key} must be {expected}") + ".*, got " + re.escape(repr(value))):
@@ -167,6 +190,15 @@ def test_empty_recipe_sections_are_empty(tmp_path):
     (["--set", "seed=3"], "training.seed cannot be set"),
     (["--set", "config.gate_temperature=.nan"], "`gate_temperature` must be a finite number"),
     (["--set", "experts=[speech"], "--set 'experts=[speech' is not valid YAML"),
+    # Python's TypeError from inside the config, a traceback:
+    (["--set", "conv_kernel_sizes=3"], "`conv_kernel_sizes` must be a list of whole numbers, got 3"),
+    (["--set", "experts=null"], "`experts` must be an expert's name or a list of them, got None"),
+    # taken, and changed nothing:
+    (["--set", "experts=[text]", "context_module={speech: gru}"], "`context_module` sets speech ('gru'), but the "
+                                                                  "speech expert is off"),
+    # refused by the Trainer after the data had loaded, naming no field:
+    (["--set", "lr_scheduler_type=cosin"], "training.lr_scheduler_type must be one of ['linear', 'cosine'"),
+    (["--set", "adam_beta2=1.5"], "training.adam_beta2 must be in [0, 1), got 1.5"),
 ])
 def test_bad_train_input_is_one_line_exit_2_and_touches_nothing(arguments, named, tmp_path, capsys):
     runs = tmp_path / "runs"
@@ -199,3 +231,41 @@ def test_a_recipe_file_reads_its_paths_under_the_home_folder(tmp_path, monkeypat
     path.write_text("dataset: ~/data\noutput_dir: ~/runs\nseeds: [0]\n")
     recipe = load_recipe(path)
     assert (recipe["dataset"], recipe["output_dir"]) == (str(tmp_path / "data"), str(tmp_path / "runs"))
+
+
+def test_an_ablation_that_switches_an_expert_off_takes_its_per_modality_settings_with_it():
+    """A recipe with one context module per modality: its text_only ablation would otherwise be refused for the
+    speech entry, which the ablation leaves with no expert to set."""
+    from mister_e import MisterEConfig
+    from mister_e.training import apply_ablation
+
+    recipe = load_recipe("small", parse_sets(["context_module={speech: conv, text: gru}", "gru_layers={speech: 1}"]))
+    text_only = apply_ablation(recipe, "text_only")["config"]
+    assert text_only["context_module"] == {"text": "gru"} and text_only["gru_layers"] == {}
+    assert MisterEConfig(**text_only).context_settings("text") == {"context_module": "gru", "gru_layers": 3}
+    assert apply_ablation(recipe, "full")["config"]["context_module"] == {"speech": "conv", "text": "gru"}
+
+
+def test_experts_left_out_for_data_without_their_modality_take_their_per_modality_settings_with_them(tmp_path):
+    """Trained on text alone, the speech expert is left out of the model; the recipe's speech entry went with it
+    into a config that refused it."""
+    import numpy as np
+
+    from mister_e.data import make_dialogue_dataset
+    from mister_e.training import train_conversation_model
+    from datasets import DatasetDict
+
+    rng = np.random.default_rng(0)
+
+    def split(name, count):
+        return make_dialogue_dataset([dict(dialogue_id=f"{name}{i}", labels=[0, 1, 0], speakers=["A", "B", "A"],
+                                           texts=["a", "b", "c"], text_embeds=list(rng.standard_normal((3, 4))))
+                                      for i in range(count)], ["calm", "angry"])
+
+    data = DatasetDict(train=split("train", 2), validation=split("validation", 1))
+    sizes = dict(context_dim=4, cross_modal_dim=4, coattention_layers=1, attention_dim=4, attention_heads=1,
+                 fusion_hidden_size=4, gate_hidden_size=2)
+    results = train_conversation_model(
+        data, tmp_path, {**sizes, "context_module": {"speech": "conv", "text": "gru"}},
+        {"num_train_epochs": 1, "disable_tqdm": True, "use_cpu": True, "report_to": []}, report=False)
+    assert results["config"]["experts"] == ["text"] and results["config"]["context_module"] == {"text": "gru"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Mapping
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
@@ -36,6 +37,17 @@ PIPELINE_TASK = "emotion-recognition-in-conversation"
 CUSTOM_PIPELINES = {PIPELINE_TASK: {"impl": "pipeline_mister_e.MisterEConversationPipeline", "pt": ["AutoModel"],
                                     "tf": [], "type": "multimodal"}}
 
+# Fields that `__post_init__` reads as containers, what each must be, and the types that are that: any other value
+# failed there with Python's TypeError, which names no field.
+_CONTAINERS = {
+    "experts": ("an expert's name or a list of them", (str, list, tuple)),
+    "conv_kernel_sizes": ("a list of whole numbers", (list, tuple)),
+    "speech_prompt_ids": ("a list of whole numbers or null", (list, tuple, type(None))),
+    "id2label": ("a mapping of class index to name, or null", (Mapping, type(None))),
+    "label2id": ("a mapping of class name to index, or null", (Mapping, type(None))),
+    "speech_config": ("a backbone config (a mapping), or null", (PreTrainedConfig, Mapping, type(None))),
+    "text_config": ("a backbone config (a mapping), or null", (PreTrainedConfig, Mapping, type(None))),
+}
 # Fields of earlier versions that nothing read; saved configs that have them still load.
 _RETIRED_FIELDS = ("initializer_range",)
 # Keyword arguments that `PreTrainedConfig` itself consumes or writes; anything else that is not a field is a typo.
@@ -78,6 +90,19 @@ def modalities_of(experts) -> list[str]:
 def modalities_read(experts) -> dict[str, list[str]]:
     """What each of `experts` reads, for the messages that refuse data no enabled expert can answer."""
     return {expert: list(EXPERT_MODALITIES[expert]) for expert in experts}
+
+
+def with_experts(settings: Mapping, experts) -> dict:
+    """Config `settings` with `experts`, less the per-modality entries (`context_module: {speech: ...}`) of a speech or
+    text expert not among them: an ablation, or data without a modality, that switches an expert off takes its settings
+    with it, where the config would refuse them as changing nothing."""
+    experts = [experts] if isinstance(experts, str) else list(experts)
+    settings = {**settings, "experts": experts}
+    for name in PER_MODALITY:
+        if isinstance(settings.get(name), Mapping):
+            settings[name] = {modality: value for modality, value in settings[name].items()
+                              if modality in experts or modality not in MODALITIES}  # a typo is refused as such
+    return settings
 
 
 def _unknown_fields(names) -> ValueError:
@@ -315,17 +340,28 @@ class MisterEConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        """As `PreTrainedConfig.from_dict`, but a backbone that no enabled expert reads, which earlier versions saved
-        (a text-only model joined with a two-encoder stage 1), is dropped with a warning rather than refused, so that
-        such checkpoints keep loading (its weights are then left unused)."""
+        """As `PreTrainedConfig.from_dict`, but what earlier versions saved for an expert that is off is dropped with a
+        warning rather than refused, so that such checkpoints keep loading as they answered: a backbone that no enabled
+        expert reads (a text-only model joined with a two-encoder stage 1; its weights are then left unused), and a
+        per-modality entry of a speech or text expert that is off (a text-only ablation of a recipe with one context
+        module per modality)."""
         config_dict = dict(config_dict)
         experts = config_dict.get("experts", EXPERTS)
+        if not isinstance(experts, (str, list, tuple)):  # refused, naming the field, by `__post_init__`
+            return super().from_dict(config_dict, **kwargs)
         for modality in MODALITIES:
             if config_dict.get(f"{modality}_config") is not None and modality not in modalities_of(
                     [experts] if isinstance(experts, str) else experts):
                 logger.warning(f"Dropping the saved `{modality}_config`: no expert reads {modality} (`experts="
                                f"{experts}`), so its encoder was never used.")
                 config_dict[f"{modality}_config"] = None
+        kept = with_experts(config_dict, experts)
+        for name in PER_MODALITY:
+            if isinstance(config_dict.get(name), Mapping):
+                for modality in config_dict[name].keys() - kept[name].keys():
+                    logger.warning(f"Dropping the saved `{name}` entry for {modality}: the {modality} expert is off "
+                                   f"(`experts={kept['experts']}`), so it changed nothing.")
+                config_dict[name] = kept[name]
         return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
@@ -338,6 +374,9 @@ class MisterEConfig(PreTrainedConfig):
         unknown = sorted(key for key in kwargs if key not in _BASE_KWARGS)
         if unknown:
             raise _unknown_fields(unknown)
+        for name, (expected, kinds) in _CONTAINERS.items():
+            if not isinstance(getattr(self, name), kinds):
+                raise ValueError(f"`{name}` must be {expected}, got {getattr(self, name)!r}.")
         if isinstance(self.id2label, dict) and isinstance(self.label2id, dict) and \
                 {label: int(index) for index, label in self.id2label.items()} != dict(self.label2id):
             raise ValueError(f"`id2label` {self.id2label} and `label2id` {self.label2id} disagree: give one of them.")
@@ -404,6 +443,10 @@ class MisterEConfig(PreTrainedConfig):
         for name in PER_MODALITY:  # one value, or one per named modality
             if isinstance(getattr(self, name), dict):
                 _check_choices(name, list(getattr(self, name)), MODALITIES)
+                for modality, value in getattr(self, name).items():  # only the speech and text experts read them
+                    if modality not in self.experts:
+                        raise ValueError(f"`{name}` sets {modality} ({value!r}), but the {modality} expert is off "
+                                         f"(`experts={self.experts}`): that entry would change nothing.")
         contexts = [self.context_settings(modality) for modality in MODALITIES]
         _check_choices("context_module", [context["context_module"] for context in contexts], CONTEXT_MODULES)
         if any(isinstance(layers, bool) or not isinstance(layers, int) or layers < 1

@@ -6,6 +6,7 @@ one loader that applies overrides to them. Light on purpose: the CLI reads the a
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 import os
@@ -38,7 +39,9 @@ SELECTION_METRICS = (*SCALAR_METRICS, "log_loss", "loss")
 _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # Training fields below these train nothing or fail deep inside the Trainer.
 _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
-                    "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0}
+                    "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0, "adam_epsilon": 0}
+# Training fields in [0, 1): torch's optimizer refuses others once training starts, naming no field.
+_TRAINING_FRACTIONS = ("adam_beta1", "adam_beta2")
 # `TrainingArguments` fields the recipe sets otherwise: each seed seeds its run (`seeds`), the loss is MiSTER-E's
 # (the Trainer's label smoother would silently replace it), and selection keeps the best validation epoch.
 _REFUSED_TRAINING = {"seed": "each run's seed is given by --seeds (train) or --seed (train-encoder)",
@@ -143,6 +146,12 @@ def _check_recipe_values(recipe: Mapping[str, Any]) -> None:
     even iterated as seeds)."""
     if "seeds" in recipe:  # else `train_seeds` is given them
         check_seeds(recipe["seeds"])
+    for key in ("dataset", "output_dir"):  # else the command line gives them
+        if key in recipe:
+            _require(isinstance(recipe[key], (str, os.PathLike)) and str(recipe[key]) != "", key,
+                     "a path (an empty one would be the working folder)" if key == "output_dir" else "a path",
+                     recipe[key])
+    _require(isinstance(recipe.get("name", ""), str), "name", "a string", recipe.get("name"))
     modalities = recipe["modalities"]
     _require(isinstance(modalities, (list, tuple)) and len(modalities) > 0 and all(m in MODALITIES for m in modalities),
              "modalities", f"a non-empty list of {list(MODALITIES)}", modalities)
@@ -170,6 +179,9 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
     for key, least in _TRAINING_MINIMA.items():
         if key in training:
             _require(training[key] >= least, f"training.{key}", f">= {least}", training[key])
+    for key in _TRAINING_FRACTIONS:
+        if key in training:
+            _require(0 <= training[key] < 1, f"training.{key}", "in [0, 1)", training[key])
     steps = training.get("max_steps", -1)  # Trainer: a negative `max_steps` is unset, 0 is zero steps
     _require(steps != 0, "training.max_steps", "> 0, or -1 to train for num_train_epochs", steps)
     if steps < 0:
@@ -200,6 +212,10 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
     if isinstance(value, bool) and str in basic and bool not in basic:  # YAML reads no/yes/off/on as booleans
         expected += " (YAML reads no, yes, off and on as false or true: quote the word, e.g. 'no')"
     _require(isinstance(value, accepted) and (bool in basic or not isinstance(value, bool)), name, expected, value)
+    for option in options:  # `SchedulerType | str` and the like: the str must name a member
+        if isinstance(option, type) and issubclass(option, enum.Enum):
+            choices = [member.value for member in option]
+            _require(isinstance(value, option) or value in choices, name, f"one of {choices}", value)
     return value
 
 

@@ -17,7 +17,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.utils import logging
 
 from ..assembly import WEIGHTS_KEY, conversation_fingerprint
-from ..configuration_mister_e import MODALITIES, MisterEConfig, modalities_of
+from ..configuration_mister_e import MODALITIES, MisterEConfig, modalities_of, with_experts
 from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..recipes import ABLATIONS, RECIPE_OPTIONS, check_seeds, load_recipe
 from ..summaries import SCALAR_METRICS, format_seed_table, summarize_seeds
@@ -99,7 +99,7 @@ def train_conversation_model(
             logger.warning(f"The {', '.join(unfed)} expert(s) would never be given what they read (given: "
                            f"{', '.join(given)}), so they are left out of the model: untrained, they would still "
                            "answer in `evaluate`, `predict` and the pipeline.")
-            settings["experts"] = [expert for expert in experts if expert not in unfed]
+            settings = with_experts(settings, [expert for expert in experts if expert not in unfed])
         model = MisterEForEmotionRecognition(MisterEConfig(**settings))
     elif unfed := experts_never_given(model.config.experts,
                                       modalities_given(dataset["train"], modalities, processor is not None)):
@@ -260,6 +260,8 @@ def apply_ablation(recipe: Mapping[str, Any], name: str) -> dict[str, Any]:
         raise ValueError(f"Unknown ablation {name!r}; expected one of {list(ABLATIONS)}.")
     recipe = copy.deepcopy(dict(recipe))
     recipe["config"] = {**recipe["config"], **ABLATIONS[name]}
+    if "experts" in ABLATIONS[name]:  # the recipe's per-modality settings of the experts it switches off go too
+        recipe["config"] = with_experts(recipe["config"], ABLATIONS[name]["experts"])
     recipe["ablation"] = name
     return recipe
 
