@@ -65,6 +65,10 @@ def root(tmp_path_factory):
         (root / name).mkdir()
         sf.write(root / name / "clip.wav", np.zeros(SR // 2, np.float32), SR)
     (root / "latin-1" / "transcripts.txt").write_bytes("clip\tcaf\u00e9\n".encode("latin-1"))
+    (root / "open-quote").mkdir()  # a quote left open, no quote after it: the rest of the file is one field (> 128 KB)
+    rows = ["Utterance,Emotion,Dialogue_ID,Utterance_ID", '"Hi there,joy,0,0',
+            *(f"fine number {i},neutral,{i},0" for i in range(1, 10000))]
+    (root / "open-quote" / "train_sent_emo.csv").write_text("\n".join(rows) + "\n")
     (root / "names-no-file" / "transcripts.txt").write_text("utt1\tnames no file here\n")
     (root / "no-tab" / "transcripts.txt").write_text("clip without a tab\n")
     MisterEForEmotionRecognition(tiny_config()).save_pretrained(root / "stage-2")
@@ -181,6 +185,9 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                                 "{root}/stage-1-text", "--encoder", "{root}/stage-1-text",
                                                 "{root}/hello.json"], "--encoder", "both encode text"),
     "missing release (prepare)": (["prepare", "meld", "{root}/no-release", "{out}", "--text-only"], "no-release", ""),
+    "a quote left open in a long release CSV (prepare)": (["prepare", "meld", "{root}/open-quote", "{out}",
+                                                           "--text-only"], "train_sent_emo.csv row 1",
+                                                          "a quote left open"),
     "unknown config field (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",
                                       "--set", "no_such_field=1"], "no_such_field", ""),
     "wrong config value (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",

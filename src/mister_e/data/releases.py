@@ -149,7 +149,11 @@ def read_csv(
     missing = [column for column in required if column not in (reader.fieldnames or ())]
     if missing:
         raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
-    rows = list(reader)
+    rows = []
+    try:
+        rows.extend(reader)
+    except csv.Error as error:  # a quote left open with none after it: the rest of the file is one field, too large
+        raise ValueError(f"{path} row {len(rows) + 1} could not be read ({error}): a quote left open?") from None
     for number, row in enumerate(rows, start=1):  # DictReader fills a short row with None, keeps extras under None
         if None in row or None in row.values():  # e.g. a quote left open, which takes in the rows after it as text
             fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, ()))
