@@ -659,3 +659,12 @@ def test_a_text_of_control_characters_is_no_text(processor):
     assert features["modality_mask"][0, :, 1].tolist() == [False, True]
     with pytest.raises(ValueError, match=re.escape("neither `audio` nor `text` (its text is empty)")):
         processor({"utterances": [{"text": "\x00"}]})
+
+
+def test_a_release_text_is_judged_blank_once_its_mojibake_is_repaired():
+    """The py2 pickles' cp1252 punctuation read as latin-1 is C1 control characters (`\x93\x85\x94`): judged blank
+    before the repair, an utterance of “…” was dropped as no text, though the processor reads it repaired."""
+    from mister_e.data.releases import clean_text
+
+    assert clean_text("\x93\x85\x94") == "\u201c\u2026\u201d" and clean_text("\x92") == "\u2019"
+    assert clean_text("\x00\x81 ") is None  # no character of cp1252 either: still no text

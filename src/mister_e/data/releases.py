@@ -77,19 +77,20 @@ def hold_out(dialogue_ids: Iterable[str], count: int, seed: int) -> set[str]:
 
 
 def clean_text(text: Any) -> str | None:
-    """Undo the mojibake of the public releases; None for a blank transcript (`blank_text`, as the processor reads it).
+    """Undo the mojibake of the public releases; None for a blank transcript (`blank_text`, as the processor reads it:
+    repaired, since the pickles' punctuation, ``\\x93\\x85\\x94`` for “…”, is C1 control characters before).
 
     MELD CSV copies carry UTF-8 read as cp1252 (``’``), the py2 pickles cp1252 bytes read as latin1 (``\\x92``).
     Each repair is a no-op on clean text. No-break spaces become spaces, as in the MELD CSVs.
     """
-    if not isinstance(text, str) or blank_text(text):
+    if not isinstance(text, str):
         return None
     for wrong, right in (("latin1", "cp1252"), ("cp1252", "utf-8")):
         try:
             text = text.encode(wrong).decode(right)
         except UnicodeError:
             pass
-    return text.replace("\xa0", " ")
+    return None if blank_text(text) else text.replace("\xa0", " ")
 
 
 def find_audio(folder: Path, stem: str) -> str | None:
