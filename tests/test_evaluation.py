@@ -306,6 +306,28 @@ def test_robustness_curve_follows_the_predictor(tmp_path):
     _assert_png(tmp_path / "robustness.png")
 
 
+def test_a_model_that_needs_both_modalities_gets_no_empty_robustness_report(tmp_path):
+    """A cross-modal-only model cannot answer after any condition drops a modality, so no curve is drawn: the report
+    was an empty robustness.json and a figure of bare axes (with matplotlib's warning of a legend of nothing)."""
+    from tiny import tiny_config
+
+    from mister_e import MisterEForEmotionRecognition
+    from mister_e.data import make_dialogue_dataset
+    from mister_e.training import evaluate_model
+
+    rng = np.random.default_rng(0)
+    labels = ["emotion_0", "emotion_1", "emotion_2"]
+    split = make_dialogue_dataset([{"dialogue_id": f"d{i}", "labels": [0, 1, 2],
+                                    "speech_embeds": rng.standard_normal((3, 6)).tolist(),
+                                    "text_embeds": rng.standard_normal((3, 5)).tolist()} for i in range(2)], labels)
+    model = MisterEForEmotionRecognition(tiny_config(experts=["cross_modal"])).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a figure with nothing to draw
+        result = evaluate_model(model, split, tmp_path, probabilities=(0.0, 0.5))
+    assert result["robustness"] is None and (tmp_path / "metrics.json").is_file()
+    assert not list(tmp_path.glob("robustness.*"))
+
+
 def test_summarize_seeds_matches_numpy():
     rng = np.random.default_rng(4)
     runs = [

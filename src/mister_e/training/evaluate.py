@@ -111,7 +111,7 @@ def evaluate_model(
     # Dropping never removes an utterance's only input: without an utterance that has both, the curve would be flat.
     if robustness and not predicted["modality_mask"].all(-1).any():
         logger.warning("No robustness curve: every utterance has one modality at most, so there is nothing to drop.")
-    elif robustness:
+    elif robustness and (conditions := _answerable_conditions(model.config.expert_mask)):  # none: no empty report
 
         def predict_fn(drop_speech_p: float, drop_text_p: float, seed: int):
             dropped = dataclasses.replace(collator, modality_dropout=(drop_speech_p, drop_text_p), seed=seed)
@@ -119,7 +119,7 @@ def evaluate_model(
             run = predict_split(model, dataset, dropped, batch_size, desc)
             return run["logits"].argmax(-1), run["labels"]
 
-        curve = robustness_curve(predict_fn, probabilities, seed, _answerable_conditions(model.config.expert_mask))
+        curve = robustness_curve(predict_fn, probabilities, seed, conditions)
         write_robustness_report(output_dir, curve)
     # After the curve: the report's metrics.json, written last, marks a finished evaluation.
     metrics = write_evaluation_report(
