@@ -351,7 +351,7 @@ class MisterEForEmotionRecognition(MisterEPreTrainedModel):
                                  f"{'2' if name == 'modality_mask' else 'width'}), got {tuple(value.shape)}.")
         # as a grid of one utterance each: the same checks as `forward`
         _check_grid(self.config, **{name: value[:, None] if isinstance(value, torch.Tensor) else value
-                                               for name, value in given.items()})
+                                    for name, value in given.items()})
         if state and state.get("batch", reference.shape[0]) != reference.shape[0]:
             raise ValueError(f"`state` carries {state['batch']} conversations, the new utterances "
                              f"{reference.shape[0]}: a stream keeps its batch; start a new state (`state=None`) for "
