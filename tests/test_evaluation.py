@@ -306,20 +306,26 @@ def test_robustness_curve_follows_the_predictor(tmp_path):
     _assert_png(tmp_path / "robustness.png")
 
 
+def embedded_split(scale: float = 1.0):
+    """Two conversations of three utterances with both embeddings, at `tiny_config`'s widths and labels."""
+    from mister_e.data import make_dialogue_dataset
+
+    rng = np.random.default_rng(0)
+    return make_dialogue_dataset([{"dialogue_id": f"d{i}", "labels": [0, 1, 2],
+                                   "speech_embeds": (scale * rng.standard_normal((3, 6))).tolist(),
+                                   "text_embeds": rng.standard_normal((3, 5)).tolist()} for i in range(2)],
+                                 ["emotion_0", "emotion_1", "emotion_2"])
+
+
 def test_a_model_that_needs_both_modalities_gets_no_empty_robustness_report(tmp_path):
     """A cross-modal-only model cannot answer after any condition drops a modality, so no curve is drawn: the report
     was an empty robustness.json and a figure of bare axes (with matplotlib's warning of a legend of nothing)."""
     from tiny import tiny_config
 
     from mister_e import MisterEForEmotionRecognition
-    from mister_e.data import make_dialogue_dataset
     from mister_e.training import evaluate_model
 
-    rng = np.random.default_rng(0)
-    labels = ["emotion_0", "emotion_1", "emotion_2"]
-    split = make_dialogue_dataset([{"dialogue_id": f"d{i}", "labels": [0, 1, 2],
-                                    "speech_embeds": rng.standard_normal((3, 6)).tolist(),
-                                    "text_embeds": rng.standard_normal((3, 5)).tolist()} for i in range(2)], labels)
+    split = embedded_split()
     model = MisterEForEmotionRecognition(tiny_config(experts=["cross_modal"])).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a figure with nothing to draw
@@ -455,3 +461,19 @@ def test_characters_a_figure_cannot_draw_are_named_once(tmp_path, caplog):
     assert not [str(warning.message) for warning in caught if "Glyph" in str(warning.message)]
     assert [record.getMessage() for record in caplog.records] == [
         f"{tmp_path / 'plot.png'}: the plot's font cannot draw \ue000 \ue001 (drawn as boxes)"]
+
+
+def test_non_finite_predictions_of_a_float16_model_say_so(tmp_path):
+    """Finite weights in float16 overflow beyond 65504 where float32 does not (embeddings of 1e6): the refusal blamed
+    the inputs' scale alone, where loading the model in bfloat16 or float32 answers them."""
+    from tiny import tiny_config
+
+    from mister_e import MisterEForEmotionRecognition
+    from mister_e.training import evaluate_model
+
+    torch.manual_seed(0)
+    model = MisterEForEmotionRecognition(tiny_config()).eval()
+    split = embedded_split(scale=1e6)
+    assert evaluate_model(model, split, tmp_path / "fp32", robustness=False)["metrics"]  # float32 answers them
+    with pytest.raises(ValueError, match=r"but its weights are: in float16 .* load it in bfloat16 or float32"):
+        evaluate_model(model.half(), split, tmp_path / "fp16", robustness=False)

@@ -49,13 +49,17 @@ logger = logging.get_logger(__name__)
 
 
 def non_finite(model) -> str:
-    """Why a model's predictions are not finite: weights holding NaN or inf, or, with finite weights, inputs so large
-    that its arithmetic overflows (embeddings of another scale than it was trained on): each has its own remedy."""
-    if all(torch.isfinite(tensor).all() for tensor in model.state_dict().values() if tensor.is_floating_point()):
-        return ("The model's predictions are not finite (NaN or inf), but its weights are: the inputs overflow its "
-                "arithmetic (embeddings far larger than those it was trained on?)")
-    return ("The model's predictions are not finite (NaN or inf): its weights hold NaN or inf (a training run that "
-            "diverged, or a damaged file)")
+    """Why a model's predictions are not finite: weights holding NaN or inf, or, with finite weights, arithmetic that
+    overflows: float16's (it ends at 65504, where float32 goes on) or inputs so large that any overflows (embeddings of
+    another scale than it was trained on). Each has its own remedy."""
+    if not all(torch.isfinite(tensor).all() for tensor in model.state_dict().values() if tensor.is_floating_point()):
+        return ("The model's predictions are not finite (NaN or inf): its weights hold NaN or inf (a training run that "
+                "diverged, or a damaged file)")
+    if model.dtype == torch.float16:
+        return ("The model's predictions are not finite (NaN or inf), but its weights are: in float16 its arithmetic "
+                "overflows beyond 65504; load it in bfloat16 or float32")
+    return ("The model's predictions are not finite (NaN or inf), but its weights are: the inputs overflow its "
+            "arithmetic (embeddings far larger than those it was trained on?)")
 
 
 class MisterEConversationPipeline(Pipeline):
