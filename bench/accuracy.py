@@ -47,6 +47,7 @@ from transformers.utils import logging as hf_logging
 
 from mister_e import MisterEForUtteranceClassification, MisterEProcessor
 from mister_e.backbones import packaged_minilm
+from mister_e.configuration_mister_e import PER_MODALITY, with_experts
 from mister_e.data import build_meld_csv, build_mosi, mosi_release_folds, save_dialogues
 from mister_e.evaluation import ROBUSTNESS_LABELS, summarize_seeds
 from mister_e.extraction import extract_embeddings
@@ -183,8 +184,15 @@ def subset(dataset: DatasetDict, dialogues: int) -> DatasetDict:
 
 
 def small_recipe(quick: bool, **overrides) -> dict:
-    """The stage-2 recipe of every table (one epoch for a harness check)."""
-    return load_recipe(RECIPE, {**overrides, **STAGE_TWO_SETS, **({"num_train_epochs": 1} if quick else {})})
+    """The stage-2 recipe of every table (one epoch for a harness check). A model given its experts (EmoDB's
+    speech-only) drops the `--set` per-modality entries of the others, as an ablation does: the config refuses an
+    entry that would change nothing."""
+    sets = {**overrides, **STAGE_TWO_SETS, **({"num_train_epochs": 1} if quick else {})}
+    if "config.experts" in sets:
+        per_modality = {key: key.removeprefix("config.") for key in sets if key.removeprefix("config.") in PER_MODALITY}
+        kept = with_experts({name: sets[key] for key, name in per_modality.items()}, sets["config.experts"])
+        sets.update({key: kept[name] for key, name in per_modality.items()})
+    return load_recipe(RECIPE, sets)
 
 
 def stage_two(dataset, output_dir: Path, config: dict, seed: int, modalities, quick: bool) -> dict:
