@@ -16,6 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# Loaded once the environment above is set: the training tests' `data`, `tokenizer` and `processor` fixtures.
+pytest_plugins = ["tiny_corpus"]
+
 
 @pytest.fixture
 def shared_data() -> Path:
@@ -24,3 +27,9 @@ def shared_data() -> Path:
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
 
+
+@pytest.fixture
+def offline_hf_home(monkeypatch, tmp_path) -> None:
+    """The data tests' HF_HOME in their own tmp_path, offline, for code that reads the environment when called."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))

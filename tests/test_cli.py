@@ -484,7 +484,7 @@ def test_a_write_through_a_temporary_name_fails_naming_the_file_written(tmp_path
 def test_prepare_on_a_full_disk_leaves_nothing_and_runs_again(tmp_path, capsys, monkeypatch):
     from datasets import DatasetDict
 
-    from test_data import make_meld
+    from test_data_releases import make_meld
 
     root, out = make_meld(tmp_path / "MELD"), tmp_path / "out" / "prepared"
     save = DatasetDict.save_to_disk
@@ -524,7 +524,7 @@ def test_two_commands_writing_one_folder_one_is_refused(tmp_path):
     """Two `train` into one run folder both trained it, over the same checkpoints; two `extract` sharing a cache could
     mix two encoders' shards. The second writer is now refused in one line; a lock its process left when killed is
     taken over."""
-    from test_data import make_meld
+    from test_data_releases import make_meld
 
     root, out = make_meld(tmp_path / "MELD"), tmp_path / "prepared"
     holder = subprocess.Popen(  # another mister-e, writing into the folder

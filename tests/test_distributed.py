@@ -37,7 +37,7 @@ from mister_e.training import load_recipe, train_encoder, train_seeds
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the worker runs this file as a script
-from test_training import LABELS, SIZES, SPEECH_DIM, TEXT_DIM, WORDS, dialogues  # noqa: E402
+from tiny_corpus import LABELS, SIZES, SPEECH_DIM, TEXT_DIM, WORDS, dialogues  # noqa: E402
 from tiny_end_to_end import tiny_model, tiny_processor, write_clips  # noqa: E402
 
 

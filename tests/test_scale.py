@@ -13,7 +13,7 @@ import pytest
 import torch
 from datasets import DatasetDict
 from test_encoders import SPEECH_BACKBONES, TEXT_BACKBONES, utterance_batch, utterance_model
-from test_training import FAST, corpus
+from tiny_corpus import FAST, corpus
 from tiny_end_to_end import tiny_processor
 from transformers import LlamaModel, TrainerCallback, WavLMModel
 

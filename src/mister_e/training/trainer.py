@@ -3,7 +3,7 @@
 Gradient accumulation: the models set `accepts_loss_kwargs = False`, so Trainer 5.23 divides every micro-batch loss by
 the number of micro-batches it accumulates (`training_step`) and never passes `num_items_in_batch`. The accumulated
 gradient is therefore the mean of the micro-batch means, equal to the full batch's when the micro-batches hold as many
-labelled utterances each (tests/test_training.py checks this); the authors' code divided twice.
+labelled utterances each (tests/test_training_runs.py checks this); the authors' code divided twice.
 
 Multi-process runs (`torchrun`, `accelerate launch`): Trainer does DDP, and DDP averages the per-process mean losses,
 which again equals the global batch mean when every process holds as many labelled utterances. Everything written after
