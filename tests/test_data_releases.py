@@ -508,13 +508,8 @@ def test_prepare_saves_and_reports(tmp_path, capsys):
 # --- real files (shared/data beside the repository) ---------------------------------------------------
 
 
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
-
-
-def test_real_meld_and_mosi():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    meld = build_meld_csv(SHARED_DATA / "meld")
+def test_real_meld_and_mosi(shared_data):
+    meld = build_meld_csv(shared_data / "meld")
     utterances = {split: sum(len(labels) for labels in meld[split]["labels"]) for split in SPLITS}
     assert utterances == {"train": 9989, "validation": 1109, "test": 2610}
     assert {split: len(meld[split]) for split in SPLITS} == {"train": 1038, "validation": 114, "test": 280}
@@ -523,25 +518,25 @@ def test_real_meld_and_mosi():
     train_counts = np.bincount([label for labels in meld["train"]["labels"] for label in labels], minlength=7)
     assert train_counts.tolist() == [4710, 1205, 268, 683, 1743, 271, 1109]
 
-    cosmic = build_cosmic_pickle(SHARED_DATA / "meld" / "cosmic_meld.pkl", trust_pickle=True)
+    cosmic = build_cosmic_pickle(shared_data / "meld" / "cosmic_meld.pkl", trust_pickle=True)
     for split in SPLITS:
         assert cosmic[split].select_columns(["dialogue_id", "texts", "labels"]).to_list() == (
             meld[split].select_columns(["dialogue_id", "texts", "labels"]).to_list()
         )
 
-    mosi = build_mosi(SHARED_DATA / "mosi", acoustic=True)
+    mosi = build_mosi(shared_data / "mosi", acoustic=True)
     assert {split: len(mosi[split]) for split in SPLITS} == {"train": 52, "validation": 10, "test": 31}
     counts = {split: np.bincount([l for labels in mosi[split]["labels"] for l in labels]).tolist() for split in SPLITS}
     assert counts == {"train": [552, 732], "validation": [92, 137], "test": [379, 307]}
     assert len(mosi["test"][0]["speech_embeds"][0]) == 73
-    release = mosi_release_folds(SHARED_DATA / "mosi")
+    release = mosi_release_folds(shared_data / "mosi")
     assert {fold: len(videos) for fold, videos in release.items()} == {"train": 51, "test": 31, "valid": 11}
 
 
-def test_real_emodb():
-    if not (SHARED_DATA / "emodb").is_dir():
-        pytest.skip(f"{SHARED_DATA / 'emodb'} not present")
-    dialogues = build_emodb(SHARED_DATA / "emodb")
+def test_real_emodb(shared_data):
+    if not (shared_data / "emodb").is_dir():
+        pytest.skip(f"{shared_data / 'emodb'} not present")
+    dialogues = build_emodb(shared_data / "emodb")
     labels = [label for split in SPLITS for label in flat(dialogues[split], "labels")]
     assert len(labels) == 339
     assert dict(zip(EMODB_LABELS, np.bincount(labels).tolist())) == {
@@ -552,7 +547,7 @@ def test_real_emodb():
     folds = emodb_folds(speakers)
     assert len(folds) == 7 and sorted(test for test, _ in folds) == speakers
     for test, validation in folds:
-        fold = build_emodb(SHARED_DATA / "emodb", test, validation)
+        fold = build_emodb(shared_data / "emodb", test, validation)
         seen = {split: set(flat(fold[split], "speakers")) for split in SPLITS}
         assert seen["test"] == {test} and seen["validation"] == {validation}
         assert seen["train"] == set(speakers) - {test, validation}
