@@ -545,3 +545,14 @@ def test_two_commands_writing_one_folder_one_is_refused(tmp_path):
     (tmp_path / ".again.lock").write_text(f"{dead.stdout.strip()}@{socket.gethostname()}")  # killed, lock left
     assert subprocess.run([*prepare[:-2], str(tmp_path / "again"), "--text-only"]).returncode == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["MELD", "again", "prepared"]
+
+
+def test_a_train_refused_for_its_missing_data_creates_no_folder(tmp_path, capsys, monkeypatch):
+    """`train --recipe small` without --dataset reads the recipe's placeholder `data/embedded`: it created the lock's
+    parent, the placeholder output folder's `runs/`, before the data set was found missing."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--recipe", "small"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "data/embedded" in error, error
+    assert list(tmp_path.iterdir()) == []

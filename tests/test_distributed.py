@@ -1,17 +1,21 @@
 """Multi-process runs: stage 2, stage 1 and `mister-e extract` under `torchrun` with 2 CPU processes (gloo).
 
 The module fixture makes the inputs and the single-process references in this process, then launches this file under
-`python -m torch.distributed.run --standalone --nproc_per_node 2`; `_worker` is what each of the two processes runs.
+`python -m torch.distributed.run --standalone --nproc_per_node 2`; `_worker` is what each of the two processes runs
+(`_locked_worker` for the locked output folder's test).
 Each process records (audit hook) the file operations it made under the run folder, in a report of its own outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -162,10 +166,17 @@ def runs(tmp_path_factory):
             shard.unlink()
     kept = (cache / KEPT_SHARD).stat().st_mtime_ns
 
+    reports = _launch(root)
+    return {"root": root, "reports": reports, "reference": reference, "kept": kept}
+
+
+def _launch(root: Path, *arguments: str) -> list[dict]:
+    """Run this file under torchrun with 2 gloo CPU processes (`__main__` below: `_worker`, or the worker that
+    `arguments` name) and return their reports."""
     (root / "reports").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
-               str(root)]
+               str(root), *arguments]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     try:
@@ -176,8 +187,7 @@ def runs(tmp_path_factory):
         pytest.fail(f"the 2-process run hung:\n{output[-4000:]}")
     lines = output.splitlines()  # a failure shows where it happened: the progress lines, then the end in full
     assert process.returncode == 0, "\n".join(line[:200] for line in lines[:-40]) + "\n" + "\n".join(lines[-40:])
-    reports = [json.loads((root / "reports" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    return {"root": root, "reports": reports, "reference": reference, "kept": kept}
+    return [json.loads((root / "reports" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_two_processes_train_stage_two_like_one_with_the_same_global_batch(runs):
@@ -245,6 +255,32 @@ def test_only_the_main_process_writes(runs):
     assert not list(root.rglob("checkpoint-*"))
 
 
+def _locked_worker(root: Path) -> None:
+    """`mister-e train` into a folder another mister-e holds: the command's exit status and error line, per rank."""
+    error = io.StringIO()
+    with contextlib.redirect_stderr(error):
+        code = main(["train", "--recipe", "small", "--dataset", str(root / "data"), "--output-dir",
+                     str(root / "locked"), "--seeds", "0"])
+    report = {"code": code, "error": error.getvalue().strip().splitlines()}
+    (root / "reports" / f"rank{os.environ['RANK']}.json").write_text(json.dumps(report))
+
+
+def test_a_locked_output_folder_refuses_every_process_in_one_line(tmp_path):
+    """The main process alone checked the output folder's lock: refused there, it exited with status 2, while the
+    others went on into the work (training into the locked folder) until torchrun stopped them. The main process's
+    verdict is now shared: every process exits with status 2 and the same line, and nothing is written."""
+    data = DatasetDict(train=dialogues(2, 0, "train"), validation=dialogues(2, 1, "validation"))
+    data.save_to_disk(tmp_path / "data")
+    holder = f"{os.getpid()}@{socket.gethostname()}"  # this process: alive, so the lock is not taken over
+    (tmp_path / ".locked.lock").write_text(holder)
+    reports = _launch(tmp_path, "locked")
+    line = (f"mister-e train: error: another mister-e (pid {os.getpid()} on {socket.gethostname()}) is writing into "
+            f"{tmp_path / 'locked'}; wait for it to finish, or remove {tmp_path / '.locked.lock'} if that process is "
+            "gone.")
+    assert reports == [{"code": 2, "error": [line]}] * 2
+    assert not (tmp_path / "locked").exists() and (tmp_path / ".locked.lock").read_text() == holder
+
+
 def test_the_process_group_is_destroyed_before_the_interpreter_tears_down(tmp_path):
     # The handler registered first runs last (atexit is last in, first out): it sees what mister_e left behind.
     script = textwrap.dedent(f"""
@@ -260,4 +296,4 @@ def test_the_process_group_is_destroyed_before_the_interpreter_tears_down(tmp_pa
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    (_locked_worker if sys.argv[2:] == ["locked"] else _worker)(Path(sys.argv[1]))

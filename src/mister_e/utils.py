@@ -100,12 +100,12 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     The lock is created with O_CREAT|O_EXCL and holds `<pid>@<host>`: a second mister-e writing into the same folder
     (two `train` trained one run folder twice over the same checkpoints; two `extract` with one cache could mix two
     encoders' shards) is refused in one line. One left by a process of this machine that is gone is taken over. Under
-    a launcher the main process (RANK 0) holds it for all; a folder whose parent this user cannot write is not locked
-    (a finished run or extraction read back from a read-only place)."""
+    a launcher the main process holds it for all (`_take_for_all`); a folder whose parent this user cannot write is
+    not locked (a finished run or extraction read back from a read-only place)."""
     folder = Path(os.path.abspath(folder))
     real = folder.resolve()  # one lock for one folder, whatever the `..` or symbolic links naming it
     lock = real.with_name(f".{real.name}.lock")
-    held = os.environ.get("RANK", "0").strip() in ("", "0") and _take(lock, folder)  # "" as unset
+    held = _take_for_all(lock, folder)
     try:
         yield
         _follow_umask(folder)
@@ -151,6 +151,27 @@ def owner_gone(tag: str) -> bool:
     machine's, on a shared disk, cannot be checked from here)."""
     pid, _, host = tag.partition("@")
     return host == socket.gethostname() and pid.isdigit() and not running(int(pid))
+
+
+def _take_for_all(lock: Path, folder: Path) -> bool:
+    """`_take` in the main process, whose verdict every process of a launched run (`torchrun`, `accelerate launch`)
+    then shares: a refusal ended the main process alone, and the others went on into the work (loading data, training
+    into the locked folder) until the launcher stopped them. Now each raises the same error, so each exits with status
+    2 and the same line. Every process of the run must come here (a collective)."""
+    if not launched():
+        return _take(lock, folder)
+    from accelerate.utils import broadcast_object_list
+
+    held, refusal = False, None
+    if process_state().is_main_process:
+        try:
+            held = _take(lock, folder)
+        except (OSError, RuntimeError) as error:  # what `_take` refuses with
+            refusal = error
+    refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise refusal
+    return held
 
 
 def _take(lock: Path, folder: Path) -> bool:
@@ -207,13 +228,18 @@ def running(pid: int) -> bool:
     return True
 
 
+def launched() -> bool:
+    """Whether a launcher (`torchrun`, `accelerate launch`) started this process among several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def launched_on_cpu() -> bool:
     """Whether a launcher (`torchrun`, `accelerate launch`) started this process among several on a machine without
     CUDA: accelerate, and so Trainer, then needs `cpu=True` (`use_cpu=True`) to join them into one gloo run; otherwise
     each process believes it is alone, trains alone and writes the same files as the others."""
     import torch  # here, not above: evaluation imports this module and stays free of torch
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return launched() and not torch.cuda.is_available()
 
 
 def process_state() -> PartialState:
@@ -250,6 +276,6 @@ def release_process_group() -> None:
         distributed.destroy_process_group()
 
 
-__all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched_on_cpu", "owner_gone", "owner_tag",
-           "process_state", "release_process_group", "reuse_freed_memory", "running", "save_figure", "umask",
-           "write_json", "write_text", "writing_into"]
+__all__ = ["PLOT_FORMATS", "atomic_path", "check_not_broken_link", "launched", "launched_on_cpu", "owner_gone",
+           "owner_tag", "process_state", "release_process_group", "reuse_freed_memory", "running", "save_figure",
+           "umask", "write_json", "write_text", "writing_into"]

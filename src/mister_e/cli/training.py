@@ -38,6 +38,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    from ..data.splits import require_splits
+    from ..data.storage import load_dialogues
     from ..summaries import format_seed_table
     from ..training import run_ablations, train_seeds
     from ..training.stage_two import SUMMARY_METRICS
@@ -51,12 +53,14 @@ def run_train(args: argparse.Namespace) -> None:
     if missing:  # a recipe file may leave them to the command line
         options = " ".join(f"--{key.replace('_', '-')}" for key in missing)
         raise ValueError(f"Recipe {args.recipe} names no {', '.join(missing)}: give {options}.")
+    dataset = load_dialogues(recipe["dataset"])  # before the lock: a refused run creates no output folder
+    require_splits(dataset, recipe["dataset"])
     with writing_into(recipe["output_dir"]):
         if args.ablation:
             names = list(ABLATIONS) if "all" in args.ablation else args.ablation
-            summaries = run_ablations(recipe, names, keep_checkpoints=args.keep_checkpoints)
+            summaries = run_ablations(recipe, names, dataset=dataset, keep_checkpoints=args.keep_checkpoints)
         else:
-            summaries = train_seeds(recipe, keep_checkpoints=args.keep_checkpoints)
+            summaries = train_seeds(recipe, dataset=dataset, keep_checkpoints=args.keep_checkpoints)
     print_once(format_seed_table(summaries, SUMMARY_METRICS))
 
 
@@ -191,8 +195,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from ..training import evaluate_model
     from ..utils import process_state
 
-    if not process_state().is_main_process:  # under a launcher: the others would score the same split again and
-        return  # write the same report into the folder the main process has locked
     require_kind(args.model, ("stage-2", "end-to-end"), "`evaluate --model`")
     output_dir = Path(args.output_dir or Path(args.model) / "evaluation" / args.split)
     if output_dir.exists() and not output_dir.is_dir():
@@ -210,7 +212,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
     check_unique_ids(DatasetDict({args.split: dataset[args.split]}))  # as `evaluate_model` does, naming the split
-    with writing_into(output_dir):
+    with writing_into(output_dir):  # under a launcher every process checks the input and shares the lock's verdict,
+        if not process_state().is_main_process:  # then the main one alone scores the split (the others would score
+            return  # it again and write the same report into the folder the main process has locked)
         result = evaluate_model(
             args.model, dataset[args.split], output_dir, robustness=args.robustness,
             probabilities=args.probabilities or DEFAULT_DROP_PROBABILITIES, modalities=args.modalities,
