@@ -69,6 +69,9 @@ def root(tmp_path_factory):
     rows = ["Utterance,Emotion,Dialogue_ID,Utterance_ID", '"Hi there,joy,0,0',
             *(f"fine number {i},neutral,{i},0" for i in range(1, 10000))]
     (root / "open-quote" / "train_sent_emo.csv").write_text("\n".join(rows) + "\n")
+    for name, size in (("open-quote-header", 10000), ("open-quote-short-header", 10)):  # past 128 KB, and short
+        (root / name).mkdir()
+        (root / name / "train_sent_emo.csv").write_text("\n".join(['"' + rows[0], *rows[2 : size + 1]]) + "\n")
     (root / "names-no-file" / "transcripts.txt").write_text("utt1\tnames no file here\n")
     (root / "no-tab" / "transcripts.txt").write_text("clip without a tab\n")
     MisterEForEmotionRecognition(tiny_config()).save_pretrained(root / "stage-2")
@@ -188,6 +191,13 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
     "a quote left open in a long release CSV (prepare)": (["prepare", "meld", "{root}/open-quote", "{out}",
                                                            "--text-only"], "train_sent_emo.csv row 1",
                                                           "a quote left open"),
+    "a quote left open in a long release CSV's header (prepare)": (["prepare", "meld", "{root}/open-quote-header",
+                                                                    "{out}", "--text-only"],
+                                                                   "train_sent_emo.csv header", "a quote left open"),
+    "a quote left open in a short release CSV's header (prepare)": (["prepare", "meld",
+                                                                     "{root}/open-quote-short-header", "{out}",
+                                                                     "--text-only"], "train_sent_emo.csv header runs "
+                                                                    "over several lines", "a quote left open"),
     "unknown config field (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",
                                       "--set", "no_such_field=1"], "no_such_field", ""),
     "wrong config value (train)": (["train", "--recipe", "small", "--dataset", "{root}/model", "--output-dir", "{out}",

@@ -140,21 +140,27 @@ def read_csv(
     path: Path, *, columns: Sequence[str] | None = None, required: Sequence[str] = ()
 ) -> list[dict[str, str]]:
     """Rows as dicts (``columns`` names a header-less file), failing with the file and missing column named, or with
-    the file and line named when it is not UTF-8 (`read_utf8`), or with the row named when its fields are not the
-    header's. Header names are read without surrounding spaces (``Utterance ,Speaker``, as spreadsheets export them)."""
+    the file and line named when it is not UTF-8 (`read_utf8`), or with the row (or header) named when its fields are
+    not the header's or cannot be read. Header names are read without surrounding spaces (``Utterance ,Speaker``, as
+    spreadsheets export them)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""), fieldnames=columns)
-    if columns is None and reader.fieldnames is not None:
-        reader.fieldnames = [name.strip() for name in reader.fieldnames]
-    missing = [column for column in required if column not in (reader.fieldnames or ())]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
-    rows = []
+    header, rows = None, []
     try:
+        header = reader.fieldnames  # the file's first row, unless `columns` names them
+        if columns is None and header is not None:
+            reader.fieldnames = header = [name.strip() for name in header]
+        missing = [column for column in required if column not in (header or ())]
+        if missing and any("\n" in name or "\r" in name for name in header or ()):  # it took in the rows after it
+            raise ValueError(f"{path} header runs over several lines, so it lacks column(s) {missing}: a quote left "
+                             "open?")
+        if missing:
+            raise ValueError(f"{path} lacks column(s) {missing}; it has {header}")
         rows.extend(reader)
     except csv.Error as error:  # a quote left open with none after it: the rest of the file is one field, too large
-        raise ValueError(f"{path} row {len(rows) + 1} could not be read ({error}): a quote left open?") from None
+        where = "header" if header is None else f"row {len(rows) + 1}"
+        raise ValueError(f"{path} {where} could not be read ({error}): a quote left open?") from None
     for number, row in enumerate(rows, start=1):  # DictReader fills a short row with None, keeps extras under None
         if None in row or None in row.values():  # e.g. a quote left open, which takes in the rows after it as text
             fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, ()))
