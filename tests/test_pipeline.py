@@ -310,3 +310,21 @@ def test_a_text_length_beyond_the_encoders_positions_is_refused_up_front(tmp_pat
     features = processor({"utterances": [{"text": " ".join(["hello"] * 700)}]})
     with pytest.raises(ValueError, match=r"`input_ids` hold 600 tokens an utterance, beyond the text encoder's 512"):
         model(**features)
+
+
+def test_non_finite_predictions_of_a_model_offloaded_to_disk_are_said_not_raised(wavs, tmp_path):
+    """With `device_map` offloading (what "auto" does to the encoders, last in the model, when memory runs short) the
+    offloaded weights are placeholders on the meta device: the check of the weights' finiteness raised on them
+    ("Tensor.item() cannot be called on meta tensors") instead of saying why the predictions are not finite."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.text_encoder.projection.weight.fill_(float("nan"))  # a damaged file, in the part offloaded
+    model.save_pretrained(tmp_path / "model")
+    device_map = {**{name: "cpu" for name, _ in model.named_children()}, "text_encoder": "disk"}
+    offloaded = MisterEForEmotionRecognition.from_pretrained(tmp_path / "model", device_map=device_map,
+                                                             offload_folder=tmp_path / "offload")
+    assert any(weight.device.type == "meta" for weight in offloaded.state_dict().values())
+    pipe = pipeline(TASK, model=offloaded, processor=tiny_processor())
+    with pytest.raises(ValueError, match=r"not finite .*, but its weights in memory are \(\d+ offloaded to disk were "
+                                         r"not checked\)"):
+        pipe(conversation(wavs, audio=False))

@@ -51,15 +51,21 @@ logger = logging.get_logger(__name__)
 def non_finite(model) -> str:
     """Why a model's predictions are not finite: weights holding NaN or inf, or, with finite weights, arithmetic that
     overflows: float16's (it ends at 65504, where float32 goes on) or inputs so large that any overflows (embeddings of
-    another scale than it was trained on). Each has its own remedy."""
-    if not all(torch.isfinite(tensor).all() for tensor in model.state_dict().values() if tensor.is_floating_point()):
+    another scale than it was trained on). Each has its own remedy. Weights offloaded to disk (`device_map="auto"`
+    offloads the encoders, last in the model, when memory runs short) are placeholders on the meta device, without
+    data: they are left out, and said to be unchecked (on them `torch.isfinite` raised instead of this message)."""
+    weights = [tensor for tensor in model.state_dict().values() if tensor.is_floating_point()]
+    held = [tensor for tensor in weights if tensor.device.type != "meta"]
+    if not all(torch.isfinite(tensor).all() for tensor in held):
         return ("The model's predictions are not finite (NaN or inf): its weights hold NaN or inf (a training run that "
                 "diverged, or a damaged file)")
+    finite = ("its weights are" if len(held) == len(weights) else
+              f"its weights in memory are ({len(weights) - len(held)} offloaded to disk were not checked)")
     if model.dtype == torch.float16:
-        return ("The model's predictions are not finite (NaN or inf), but its weights are: in float16 its arithmetic "
+        return (f"The model's predictions are not finite (NaN or inf), but {finite}: in float16 its arithmetic "
                 "overflows beyond 65504; load it in bfloat16 or float32")
-    return ("The model's predictions are not finite (NaN or inf), but its weights are: the inputs overflow its "
-            "arithmetic (embeddings far larger than those it was trained on?)")
+    return (f"The model's predictions are not finite (NaN or inf), but {finite}: the inputs overflow its arithmetic "
+            "(embeddings far larger than those it was trained on?)")
 
 
 class MisterEConversationPipeline(Pipeline):
