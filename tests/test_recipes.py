@@ -36,12 +36,26 @@ def test_training_that_would_train_nothing_is_refused(overrides, named):
     ({"adam_beta1": 2}, "training.adam_beta1 must be in [0, 1), got 2"),
     ({"adam_beta2": -0.1}, "training.adam_beta2 must be in [0, 1), got -0.1"),
     ({"adam_epsilon": -1e-8}, "training.adam_epsilon must be >= 0, got -1e-08"),
+    # the Trainer refused these once the data had loaded, or Python's TypeError at the first step, or took them and
+    # changed nothing (a save_total_limit below 1 keeps every checkpoint; the constant schedule takes no arguments)
+    ({"report_to": "bogus"}, "training.report_to must be one or a list of ['none', 'all', "),
+    ({"report_to": ["tensorboard", "bogus"]}, "training.report_to must be one or a list of ['none', 'all', "),
+    ({"save_total_limit": -3}, "training.save_total_limit must be >= 1, got -3"),
+    ({"dataloader_num_workers": -1}, "training.dataloader_num_workers must be >= 0, got -1"),
+    ({"lr_scheduler_kwargs": 3}, "training.lr_scheduler_kwargs must be a mapping of the schedule's arguments"),
+    ({"lr_scheduler_kwargs": {"num_cycles": 2}}, "training.lr_scheduler_kwargs {'num_cycles': 2}: the constant "
+                                                 "schedule takes no arguments"),
+    ({"lr_scheduler_kwargs": {"cycles": 2}, "lr_scheduler_type": "cosine"},
+     "training.lr_scheduler_kwargs {'cycles': 2} do not fit the cosine schedule: "),
+    ({"lr_scheduler_type": "cosine_with_min_lr"}, "training.lr_scheduler_kwargs {} do not fit the cosine_with_min_lr "
+                                                  "schedule: One of min_lr or min_lr_rate should be set"),
 ])
 def test_training_values_the_trainer_would_refuse_late_are_refused_now(overrides, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         load_recipe("small", overrides)
     good = {"lr_scheduler_type": "cosine", "optim": "adamw_torch", "eval_strategy": "epoch", "save_strategy": "best",
-            "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_epsilon": 0}
+            "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_epsilon": 0, "report_to": ["tensorboard"],
+            "save_total_limit": None, "dataloader_num_workers": 0, "lr_scheduler_kwargs": {}}
     key = next(iter(overrides))
     assert load_recipe("small", {key: good[key]})["training"][key] == good[key]
 
@@ -199,6 +213,8 @@ def test_empty_recipe_sections_are_empty(tmp_path):
     # refused by the Trainer after the data had loaded, naming no field:
     (["--set", "lr_scheduler_type=cosin"], "training.lr_scheduler_type must be one of ['linear', 'cosine'"),
     (["--set", "adam_beta2=1.5"], "training.adam_beta2 must be in [0, 1), got 1.5"),
+    (["--set", "training.report_to=bogus"], "training.report_to must be one or a list of"),
+    (["--set", "lr_scheduler_type=cosine", "lr_scheduler_kwargs=3"], "training.lr_scheduler_kwargs must be a mapping"),
 ])
 def test_bad_train_input_is_one_line_exit_2_and_touches_nothing(arguments, named, tmp_path, capsys):
     runs = tmp_path / "runs"

@@ -38,8 +38,13 @@ SELECTION_METRICS = (*SCALAR_METRICS, "log_loss", "loss")
 # The types a training field's value is checked against, and how a message names them.
 _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # Training fields below these train nothing or fail deep inside the Trainer.
+# A `save_total_limit` below 1 kept every checkpoint (null's meaning); a negative `dataloader_num_workers` failed
+# once the data had loaded.
 _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
-                    "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0, "adam_epsilon": 0}
+                    "gradient_accumulation_steps": 1, "learning_rate": 0, "weight_decay": 0, "adam_epsilon": 0,
+                    "save_total_limit": 1, "dataloader_num_workers": 0}
+# Schedules that `transformers.get_scheduler` builds without `lr_scheduler_kwargs`: any given would change nothing.
+_SCHEDULES_WITHOUT_ARGUMENTS = ("constant", "constant_with_warmup")
 # Training fields in [0, 1): torch's optimizer refuses others once training starts, naming no field.
 _TRAINING_FRACTIONS = ("adam_beta1", "adam_beta2")
 # `TrainingArguments` fields the recipe sets otherwise: each seed seeds its run (`seeds`), the loss is MiSTER-E's
@@ -177,7 +182,7 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
              "true (the run's model is the epoch selected on validation, the one results.json names)",
              training.get("load_best_model_at_end"))
     for key, least in _TRAINING_MINIMA.items():
-        if key in training:
+        if training.get(key) is not None:  # null where the field takes it (`save_total_limit`: keep every checkpoint)
             _require(training[key] >= least, f"training.{key}", f">= {least}", training[key])
     for key in _TRAINING_FRACTIONS:
         if key in training:
@@ -192,7 +197,45 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
              "training.metric_for_best_model", f"one of {list(SELECTION_METRICS)} or f1_<label>", metric)
     check_checkpoint_budget(training.get("checkpoint_budget", 0))
     check_half_life(training.get("weight_average_half_life", 0))
+    _check_report_to(training.get("report_to"))
+    schedule = training.get("lr_scheduler_type", PAPER_TRAINING["lr_scheduler_type"])  # both stages start from it
+    _check_scheduler_arguments(schedule, training.get("lr_scheduler_kwargs"))
     return training
+
+
+def _check_report_to(report_to: Any) -> None:
+    """`report_to` names logging integrations the Trainer knows: a name it does not was refused once the data had
+    loaded (naming no field)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else report_to
+    known = ["none", "all", *INTEGRATION_TO_CALLBACK]
+    _require(names is None or isinstance(names, list) and all(name in known for name in names), "training.report_to",
+             f"one or a list of {known}", report_to)
+
+
+def _check_scheduler_arguments(schedule: str, arguments: Any) -> None:
+    """`lr_scheduler_kwargs` are arguments of the `lr_scheduler_type` schedule: the schedule is built on a stand-in
+    optimizer, as `transformers.get_scheduler` builds it, since anything else (an argument it does not take or cannot
+    use, or none where it needs one) failed with Python's error at the first step or, for a schedule that takes none,
+    changed nothing."""
+    _require(arguments is None or isinstance(arguments, Mapping) and all(isinstance(key, str) for key in arguments),
+             "training.lr_scheduler_kwargs", "a mapping of the schedule's arguments (e.g. {num_cycles: 2})", arguments)
+    if schedule in _SCHEDULES_WITHOUT_ARGUMENTS:
+        if arguments:
+            raise ValueError(f"training.lr_scheduler_kwargs {dict(arguments)!r}: the {schedule} schedule takes no "
+                             "arguments.")
+        return
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:  # no warmup, so that the first step's factor reads the arguments
+        get_scheduler(schedule, optimizer, num_warmup_steps=0, num_training_steps=2,
+                      scheduler_specific_kwargs=dict(arguments or {}))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"training.lr_scheduler_kwargs {dict(arguments or {})!r} do not fit the {schedule} schedule: "
+                         f"{error}.") from None
 
 
 def _typed(name: str, value: Any, hint: Any) -> Any:
