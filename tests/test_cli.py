@@ -192,6 +192,11 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert encoder.stat().st_mtime_ns == trained
     results = json.loads((tmp_path / "qs" / "conversation-model" / "results.json").read_text())
     assert results["best_epoch"] <= 2 and rerun["test"] == results["test"]
+    # The same command again reads its stage 2 back (it was trained anew, as long as the first time).
+    weights = tmp_path / "qs" / "conversation-model" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    again = quickstart(tmp_path / "qs", epochs=2)
+    assert weights.stat().st_mtime_ns == written and again["test"] == rerun["test"]
 
 
 def test_each_verb_says_which_model_folder_it_needs(tmp_path, capsys):

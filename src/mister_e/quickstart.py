@@ -94,7 +94,8 @@ def quickstart(output_dir: str | Path = "mister-e-quickstart", epochs: int = 30,
     except ValueError:
         print(f"      (stage 2 in {stage_two_dir} was trained with other settings: training it again)")
         shutil.rmtree(stage_two_dir)
-    results = train_conversation_model(
+    # The same command again reads its finished stage 2 back, as it does the encoders.
+    results = finished_results(stage_two_dir, seed) or train_conversation_model(
         embedded, stage_two_dir, run_settings=settings, config_overrides={**recipe["config"], **STAGE_TWO_SIZES},
         seed=seed, gate_learning_rate=recipe["gate_learning_rate"], modality_dropout=recipe["modality_dropout"],
         training_overrides={**recipe["training"], "num_train_epochs": epochs, "learning_rate": 1e-3,
