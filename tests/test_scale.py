@@ -145,9 +145,23 @@ def test_quantized_loading_names_what_is_missing_before_loading(monkeypatch, tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_train_encoder_command_names_what_quantizing_needs_before_loading(monkeypatch, tmp_path, capsys):
+    """The command said it only after building the processor (a Hub download) and loading the data: offline, the
+    Hub's error came instead."""
+    monkeypatch.setattr("mister_e.training.quantization.find_spec", lambda name: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    arguments = ["train-encoder", "--dataset", str(tmp_path / "missing"), "--modality", "text", "--backbone",
+                 "owner/not-cached", "--output-dir", str(tmp_path / "run"), "--load-in-bits", "4"]
+    assert main(arguments) == 2
+    assert "needs the `bitsandbytes` package (pip install bitsandbytes) and a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_encoder_command_routes_memory_options(monkeypatch, tmp_path, capsys):
     from mister_e import training
 
+    monkeypatch.setattr("mister_e.training.quantization.find_spec", lambda name: object())  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     tiny_processor().save_pretrained(tmp_path / "processor")
     seen = {}
 

@@ -113,6 +113,10 @@ def run_train_encoder(args: argparse.Namespace) -> None:
     from ..training import check_run, data_identity, finished_results, record_run, save_frozen_encoder, train_encoder
     from ..training.stage_one import processor_for
 
+    if args.load_in_bits:  # before the processor (a Hub download) and the data load
+        from ..training.quantization import require_quantization
+
+        require_quantization(args.load_in_bits)
     default = DEFAULT_SPEECH_BACKBONE if args.modality == "speech" else DEFAULT_TEXT_BACKBONE
     backbone = resolve_backbone(args.backbone or default)
     processor = (MisterEProcessor.from_pretrained(args.processor) if args.processor

@@ -12,11 +12,8 @@ from transformers import BitsAndBytesConfig
 from ..modeling_mister_e import MisterEForUtteranceClassification
 
 
-def quantization_kwargs(bits: int, compute_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """`from_pretrained` arguments that load a backbone in 4-bit NF4 (QLoRA) or 8-bit on this process's GPU.
-
-    Raises, naming what is missing, before any weight loads: bitsandbytes quantizes on CUDA GPUs only.
-    """
+def require_quantization(bits: int) -> None:
+    """Raise, naming what is missing, before anything loads: bitsandbytes quantizes on CUDA GPUs only."""
     if bits not in (4, 8):
         raise ValueError(f"Quantized loading takes 4 or 8 bits, got {bits!r}.")
     missing = [what for what, present in (("the `bitsandbytes` package (pip install bitsandbytes)",
@@ -25,6 +22,11 @@ def quantization_kwargs(bits: int, compute_dtype: torch.dtype | None = None) -> 
     if missing:
         raise ValueError(f"{bits}-bit loading of the backbone (QLoRA) needs {' and '.join(missing)}; "
                          "load it in bfloat16 instead (`--dtype bfloat16`).")
+
+
+def quantization_kwargs(bits: int, compute_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """`from_pretrained` arguments that load a backbone in 4-bit NF4 (QLoRA) or 8-bit on this process's GPU."""
+    require_quantization(bits)
     from accelerate import PartialState
 
     if bits == 4:
@@ -49,4 +51,4 @@ def prepare_quantized_backbones(model: MisterEForUtteranceClassification) -> Mis
     return model
 
 
-__all__ = ["prepare_quantized_backbones", "quantization_kwargs"]
+__all__ = ["prepare_quantized_backbones", "quantization_kwargs", "require_quantization"]
