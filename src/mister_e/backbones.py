@@ -8,6 +8,8 @@ from pathlib import Path
 
 from huggingface_hub import constants, try_to_load_from_cache
 
+from .configuration_mister_e import OPENSMILE_PREFIX
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -27,21 +29,25 @@ def packaged_minilm() -> str | None:
 def resolve_backbone(name_or_path: str | Path) -> str:
     """A local directory or a Hub id that `from_pretrained` can load now.
 
-    Local directories and cached Hub ids pass through. The default text backbone falls back to its packaged copy when
-    the Hub is off (`HF_HUB_OFFLINE=1`) or unreachable; any other id is left for `from_pretrained` to fetch.
+    Local directories, openSMILE feature sets and cached Hub ids pass through. The default text backbone falls back to
+    its packaged copy when the Hub is off (`HF_HUB_OFFLINE=1`) or unreachable; any other id is left for
+    `from_pretrained` to fetch, or refused here when the Hub is off (transformers' own "Can't load feature extractor"
+    said nothing of offline mode).
     """
     name = str(name_or_path)
     if not Path(name).is_dir() and (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1):
         raise FileNotFoundError(f"Backbone folder not found: {name} (a Hub id is `owner/name`).")
-    if Path(name).is_dir() or name != DEFAULT_TEXT_BACKBONE:
+    if Path(name).is_dir() or name.startswith(OPENSMILE_PREFIX) or isinstance(
+            try_to_load_from_cache(name, "config.json"), str):
         return name
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return name
-    packaged = packaged_minilm()
+    packaged = packaged_minilm() if name == DEFAULT_TEXT_BACKBONE else None
+    if constants.HF_HUB_OFFLINE:
+        if packaged is None:
+            raise OSError(f"Backbone {name!r} is neither a local folder nor in the Hugging Face cache, and offline "
+                          "mode (HF_HUB_OFFLINE) is on: it needs the network, or a local copy.")
+        return packaged
     if packaged is None:
         return name
-    if constants.HF_HUB_OFFLINE:
-        return packaged
     try:
         from transformers import AutoConfig
 
