@@ -54,10 +54,23 @@ def test_training_values_the_trainer_would_refuse_late_are_refused_now(overrides
     with pytest.raises(ValueError, match=re.escape(named)):
         load_recipe("small", overrides)
     good = {"lr_scheduler_type": "cosine", "optim": "adamw_torch", "eval_strategy": "epoch", "save_strategy": "best",
-            "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_epsilon": 0, "report_to": ["tensorboard"],
+            "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_epsilon": 0, "report_to": "all",
             "save_total_limit": None, "dataloader_num_workers": 0, "lr_scheduler_kwargs": {}}
     key = next(iter(overrides))
     assert load_recipe("small", {key: good[key]})["training"][key] == good[key]
+
+
+def test_report_to_a_logger_not_installed_is_refused_naming_its_package(monkeypatch):
+    """The Trainer refused it once the data had loaded; whether it is installed is read without importing it."""
+    import mister_e.recipes as recipes
+
+    installed = {"tensorboardX"}
+    monkeypatch.setattr(recipes, "find_spec", lambda name: object() if name in installed else None)
+    for report_to, package in (("wandb", "wandb"), (["tensorboard", "comet_ml"], "comet_ml"), ("flyte", "flytekit")):
+        with pytest.raises(ValueError, match=re.escape(f"`{package}` is not installed")):
+            load_recipe("small", {"report_to": report_to})
+    for report_to in ("tensorboard", "all", "none", []):  # tensorboardX serves TensorBoard; `all`: the installed ones
+        assert load_recipe("small", {"report_to": report_to})["training"]["report_to"] == report_to
 
 
 def test_max_steps_stands_for_the_epochs_and_minus_one_unsets_it():

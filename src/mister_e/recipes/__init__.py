@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ RECIPE_OPTIONS = {"modality_dropout": 0.0, "gate_learning_rate": None, "early_st
 SELECTION_METRICS = (*SCALAR_METRICS, "log_loss", "loss")
 # The types a training field's value is checked against, and how a message names them.
 _BASIC_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+# The packages (any one of them) the Trainer's logging integrations need, by `report_to` name: `none`, `all` (the
+# installed ones) and kubeflow (an environment variable, no package) need none.
+_LOGGER_PACKAGES = {"azure_ml": ("azureml",), "comet_ml": ("comet_ml",), "mlflow": ("mlflow",),
+                    "neptune": ("neptune",), "tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",),
+                    "wandb": ("wandb",), "codecarbon": ("codecarbon",), "clearml": ("clearml",),
+                    "dagshub": ("dagshub",), "flyte": ("flytekit",), "dvclive": ("dvclive",), "swanlab": ("swanlab",)}
 # Training fields below these train nothing or fail deep inside the Trainer.
 # A `save_total_limit` below 1 kept every checkpoint (null's meaning); a negative `dataloader_num_workers` failed
 # once the data had loaded.
@@ -204,14 +211,20 @@ def check_training(training: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_report_to(report_to: Any) -> None:
-    """`report_to` names logging integrations the Trainer knows: a name it does not was refused once the data had
-    loaded (naming no field)."""
+    """`report_to` names logging integrations the Trainer knows, whose packages are installed: a name it does not
+    know, or one whose package is missing, was refused once the data had loaded (naming no field). Their packages are
+    looked up, not imported (transformers' `is_wandb_available` imports wandb)."""
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     names = [report_to] if isinstance(report_to, str) else report_to
     known = ["none", "all", *INTEGRATION_TO_CALLBACK]
     _require(names is None or isinstance(names, list) and all(name in known for name in names), "training.report_to",
              f"one or a list of {known}", report_to)
+    for name in names or ():
+        packages = _LOGGER_PACKAGES.get(name, ())
+        if packages and all(find_spec(package) is None for package in packages):
+            raise ValueError(f"training.report_to names {name}, but its package `{packages[0]}` is not installed: "
+                             "install it, or leave it out.")
 
 
 def _check_scheduler_arguments(schedule: str, arguments: Any) -> None:
