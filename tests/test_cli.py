@@ -470,6 +470,22 @@ def test_a_full_disk_is_one_line_naming_the_output_folder(tmp_path, error):
     assert not (tmp_path / ".out.lock").exists()
 
 
+def test_a_refused_command_removes_the_parent_folders_its_lock_created(tmp_path):
+    """The lock sits beside the output folder, so it creates the folder's missing parents (`runs/`): a command refused
+    inside it left them behind, empty. Folders that were there, or that hold something now, stay."""
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError), writing_into(tmp_path / "kept" / "runs" / "a" / "out"):
+        raise ValueError("a data check inside training")
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and not list((tmp_path / "kept").iterdir())
+    with pytest.raises(ValueError), writing_into(tmp_path / "runs" / "a" / "out"):
+        (tmp_path / "runs" / "notes.txt").write_text("written meanwhile")
+        raise ValueError("refused")
+    assert not (tmp_path / "runs" / "a").exists() and (tmp_path / "runs" / "notes.txt").exists()
+    with writing_into(tmp_path / "done" / "out"):  # a command that finished keeps its folders
+        pass
+    assert (tmp_path / "done").is_dir()
+
+
 def test_a_write_through_a_temporary_name_fails_naming_the_file_written(tmp_path):
     """`atomic_path`'s errors named `.summary.json.<pid>.<random>.tmp`, a file no user asked for (nor can find)."""
     from mister_e.utils import atomic_path
@@ -502,7 +518,7 @@ def test_prepare_on_a_full_disk_leaves_nothing_and_runs_again(tmp_path, capsys, 
     assert main(["prepare", "meld", str(root), str(out), "--text-only"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"mister-e prepare: error: [Errno 28] No space left on device: '{out}'"
-    assert list((tmp_path / "out").iterdir()) == []  # no staging folder, no lock
+    assert not (tmp_path / "out").exists()  # no staging folder, no lock, nor the parent the lock created
     monkeypatch.setattr(DatasetDict, "save_to_disk", save)
     assert main(["prepare", "meld", str(root), str(out), "--text-only"]) == 0
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["prepared"]

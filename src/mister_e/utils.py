@@ -101,14 +101,18 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     (two `train` trained one run folder twice over the same checkpoints; two `extract` with one cache could mix two
     encoders' shards) is refused in one line. One left by a process of this machine that is gone is taken over. Under
     a launcher the main process holds it for all (`_take_for_all`); a folder whose parent this user cannot write is
-    not locked (a finished run or extraction read back from a read-only place)."""
+    not locked (a finished run or extraction read back from a read-only place). The parents the lock creates are
+    removed again, if still empty, when the command is refused (an empty `runs/` was left behind)."""
     folder = Path(os.path.abspath(folder))
     real = folder.resolve()  # one lock for one folder, whatever the `..` or symbolic links naming it
     lock = real.with_name(f".{real.name}.lock")
+    missing = [parent for parent in (lock.parent, *lock.parent.parents) if not parent.exists()]  # deepest first
     held = _take_for_all(lock, folder)
+    finished = False
     try:
         yield
         _follow_umask(folder)
+        finished = True
     except Exception as error:
         code = _write_error(error)
         if code is None:
@@ -120,6 +124,17 @@ def writing_into(folder: str | os.PathLike) -> Iterator[None]:
     finally:
         if held:
             lock.unlink(missing_ok=True)
+            if not finished:
+                _remove_empty(missing)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders`, deepest first, up to the first that holds something (or is gone)."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def _follow_umask(folder: Path) -> None:
