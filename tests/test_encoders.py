@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -285,3 +287,22 @@ def test_lora_names_a_modality_it_cannot_adapt():
     functionals = MisterEForUtteranceClassification.from_backbones(speech="opensmile:eGeMAPSv02", speech_embed_dim=8)
     with pytest.raises(ValueError, match="openSMILE functionals: it has no network for LoRA"):
         apply_lora(functionals, "speech")
+
+
+def test_offline_a_backbone_id_is_resolved_only_when_cached(monkeypatch):
+    """Offline, a Hub id passes when its config, or a tokenizer's alone (a `--tokenizer` repo), is in the cache, and
+    anything else is refused in one line naming offline mode, before any data loads."""
+    from huggingface_hub import constants
+
+    from mister_e.backbones import resolve_backbone
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = Path(constants.HF_HUB_CACHE) / "models--tiny-owner--tokenizer-only"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "tokenizer_config.json").write_text("{}")
+    assert resolve_backbone("tiny-owner/tokenizer-only") == "tiny-owner/tokenizer-only"
+    with pytest.raises(OSError, match="neither a local folder nor in the Hugging Face cache.*HF_HUB_OFFLINE"):
+        resolve_backbone("tiny-owner/not-cached")

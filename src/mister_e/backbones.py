@@ -13,6 +13,9 @@ from .configuration_mister_e import OPENSMILE_PREFIX
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+# A Hub id is in the cache when one of these is: a model's config, or a tokenizer's or feature extractor's alone (a
+# `--tokenizer` repo need not hold a model).
+CACHED_MARKERS = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
 # The paper's ablation shows conventional SSL encoders do about as well as speech LLMs on IEMOCAP.
 DEFAULT_SPEECH_BACKBONE = "microsoft/wavlm-base-plus"
 
@@ -37,8 +40,8 @@ def resolve_backbone(name_or_path: str | Path) -> str:
     name = str(name_or_path)
     if not Path(name).is_dir() and (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1):
         raise FileNotFoundError(f"Backbone folder not found: {name} (a Hub id is `owner/name`).")
-    if Path(name).is_dir() or name.startswith(OPENSMILE_PREFIX) or isinstance(
-            try_to_load_from_cache(name, "config.json"), str):
+    if Path(name).is_dir() or name.startswith(OPENSMILE_PREFIX) or any(
+            isinstance(try_to_load_from_cache(name, file), str) for file in CACHED_MARKERS):
         return name
     packaged = packaged_minilm() if name == DEFAULT_TEXT_BACKBONE else None
     if constants.HF_HUB_OFFLINE:
