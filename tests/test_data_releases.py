@@ -216,12 +216,17 @@ def test_meld_pre_extracted_wavs(tmp_path):
     assert [Path(path).name for path in paths] == ["dia0_utt0.flac", "dia0_utt1.wav"]
 
 
-def test_meld_clips_need_ffmpeg(tmp_path, monkeypatch):
-    root = make_meld(tmp_path / "MELD")
+def write_meld_clips(root: Path, content: bytes) -> None:
+    """An `.mp4` of `content` for every utterance of `make_meld`'s CSVs, in MELD.Raw's clip folder of its split."""
     for split, folder in data._MELD_CLIP_FOLDERS.items():
         for stem in meld_stems({"validation": "dev"}.get(split, split)):
             (root / folder).mkdir(exist_ok=True)
-            (root / folder / f"{stem}.mp4").write_bytes(b"not really a video")
+            (root / folder / f"{stem}.mp4").write_bytes(content)
+
+
+def test_meld_clips_need_ffmpeg(tmp_path, monkeypatch):
+    root = make_meld(tmp_path / "MELD")
+    write_meld_clips(root, b"not really a video")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="needs FFmpeg.*audio_dir"):
         build_meld(root)
@@ -239,10 +244,7 @@ def test_meld_test_split_takes_the_recut_final_videos_clip(tmp_path, monkeypatch
     # MELD.Raw's output_repeated_splits_test holds re-cut `final_videos_testdia{D}_utt{U}.mp4` clips beside
     # plain-named twins that are the wrong cut: the re-cut clip must be the one converted and used.
     root = make_meld(tmp_path / "MELD")
-    for split, folder in data._MELD_CLIP_FOLDERS.items():
-        for stem in meld_stems({"validation": "dev"}.get(split, split)):
-            (root / folder).mkdir(exist_ok=True)
-            (root / folder / f"{stem}.mp4").write_bytes(b"plain")
+    write_meld_clips(root, b"plain")
     test_clips = root / data._MELD_CLIP_FOLDERS["test"]
     (test_clips / "final_videos_testdia0_utt0.mp4").write_bytes(b"recut")
     write_wav(root / "wav16k" / "test" / "dia0_utt0.wav")  # converted from the wrong twin by an earlier build

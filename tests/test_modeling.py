@@ -164,17 +164,8 @@ def test_a_saved_per_modality_setting_for_an_expert_that_is_off_is_dropped_when_
     nothing: the folder keeps loading, without it, and answers as before."""
     model, inputs = tiny_model(experts=["text"], context_module={"text": "gru"}), conversations()
     inputs.pop("labels")
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    saved["context_module"] = {"speech": "conv", "text": "gru"}
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.enable_propagation()
-    try:
-        loaded = MisterEForEmotionRecognition.from_pretrained(tmp_path).eval()
-    finally:
-        hf_logging.disable_propagation()
+    _save_edited(model, tmp_path, context_module={"speech": "conv", "text": "gru"})
+    loaded = _load_logged(tmp_path)
     assert loaded.config.context_module == {"text": "gru"}
     assert "Dropping the saved `context_module` entry for speech: the speech expert is off" in caplog.text
     with torch.no_grad():
@@ -188,9 +179,7 @@ def test_a_saved_per_modality_setting_for_an_expert_that_is_off_is_dropped_when_
     ("mixture_space", "probabilites", "`mixture_space` got 'probabilites'; expected one of"),
 ])
 def test_a_hand_edited_config_json_is_refused_naming_the_field(field, value, named, tmp_path):
-    tiny_config().save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**saved, field: value}))
+    _save_edited(tiny_config(), tmp_path, **{field: value})
     with pytest.raises((ValueError, StrictDataclassError)) as error:
         MisterEConfig.from_pretrained(tmp_path)
     assert named in str(error.value.__cause__ or error.value)
@@ -320,21 +309,30 @@ def test_a_saved_backbone_no_expert_reads_is_dropped_when_loaded(tmp_path, caplo
     1): such a folder keeps loading, without the backbone, and answers as before."""
     model, inputs = tiny_model(experts=["text"]), conversations()
     inputs.pop("labels")
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    saved["speech_config"] = {"model_type": "wav2vec2", "hidden_size": 8, "num_hidden_layers": 1}
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.enable_propagation()
-    try:
-        loaded = MisterEForEmotionRecognition.from_pretrained(tmp_path).eval()
-    finally:
-        hf_logging.disable_propagation()
+    _save_edited(model, tmp_path, speech_config={"model_type": "wav2vec2", "hidden_size": 8, "num_hidden_layers": 1})
+    loaded = _load_logged(tmp_path)
     assert loaded.config.speech_config is None and loaded.speech_encoder is None
     assert "Dropping the saved `speech_config`: no expert reads speech" in caplog.text
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def _save_edited(saved, folder, **fields) -> None:
+    """`saved` (a model or config) into `folder`, then its config.json edited by hand to hold `fields`."""
+    saved.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+def _load_logged(folder) -> MisterEForEmotionRecognition:
+    """The model in `folder`, with transformers' log propagated for `caplog` to read."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        return MisterEForEmotionRecognition.from_pretrained(folder).eval()
+    finally:
+        hf_logging.disable_propagation()
 
 
 def _assert_initialised(model: MisterEForEmotionRecognition):
