@@ -25,7 +25,7 @@ from mister_e.cli import main
 from mister_e.processing_mister_e import MisterEProcessor
 from mister_e.recipes import parse_sets
 import mister_e.training.trainer as trainer_module
-from mister_e.training.trainer import data_config
+from mister_e.training.fitting import data_config
 from mister_e.training import (
     ABLATIONS,
     MisterEDataCollator,

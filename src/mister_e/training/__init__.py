@@ -1,7 +1,9 @@
 """Training and evaluation of MiSTER-E with the 🤗 `Trainer`.
 
 - `collator`: dialogue rows -> batches, for both stages (stage 1 sees one-utterance conversations).
-- `trainer`: the Trainer class and factory, resuming, finishing a run (`results.json`, then checkpoints deleted).
+- `trainer`: the Trainer class and its arguments.
+- `fitting`: building and running it for a data set: the stages' defaults, resuming, scoring the splits, finishing a
+  run (`results.json`, then checkpoints deleted), and the config fields the data decides.
 - `stage_one`: an utterance encoder fine-tuned as an emotion classifier (`lora`, `quantization` beside it;
   `functionals`: the openSMILE functionals encoder's statistics and full-batch head fit).
 - `stage_two`: MiSTER-E on dialogues of embeddings; over seeds; the ablations of `mister_e.recipes`.
@@ -28,13 +30,8 @@ from .stage_two import (
     with_gate_holdout,
 )
 from .runs import check_run, data_identity, finished_results, last_checkpoint, record_run
-from .trainer import (
-    CONVERSATION_TRAINING_DEFAULTS,
-    ENCODER_TRAINING_DEFAULTS,
-    MisterETrainer,
-    build_trainer,
-    label_names,
-)
+from .fitting import CONVERSATION_TRAINING_DEFAULTS, ENCODER_TRAINING_DEFAULTS, build_trainer, label_names
+from .trainer import MisterETrainer
 
 __all__ = [
     "ABLATIONS",

@@ -24,7 +24,7 @@ from ..modeling_mister_e import MisterEForEmotionRecognition
 from ..pipeline_mister_e import non_finite
 from ..robustness import DEFAULT_DROP_PROBABILITIES, ROBUSTNESS_CONDITIONS, robustness_curve, write_robustness_report
 from .collator import MisterEDataCollator
-from .trainer import data_config, label_names
+from .fitting import data_config, label_names
 
 logger = logging.get_logger(__name__)
 

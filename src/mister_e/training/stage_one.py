@@ -22,7 +22,7 @@ from ..modeling_mister_e import MisterEForUtteranceClassification
 from .collator import MisterEDataCollator, flatten_utterances
 from .functionals import FUNCTIONALS_L2, check_l2, fit_functionals_head, fit_functionals_statistics, train_labels
 from .runs import record_run
-from .trainer import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names, selected_evaluation
+from .fitting import ENCODER_TRAINING_DEFAULTS, _finish, _fit, _score, build_trainer, label_names, selected_evaluation
 
 
 def train_encoder(

@@ -29,7 +29,7 @@ from ..data.storage import load_dialogues
 from .collator import GATE_HOLDOUT_COLUMN, MisterEDataCollator
 from .evaluate import evaluate_model
 from .runs import check_run, data_identity, finished_results, record_run
-from .trainer import (
+from .fitting import (
     CONVERSATION_TRAINING_DEFAULTS, _finish, _fit, build_trainer, data_config, label_names, selected_evaluation,
 )
 
