@@ -30,6 +30,7 @@ EXPECTED_FILES = {
     "README.md", "config.json", "model.safetensors", "configuration_mister_e.py", "modeling_mister_e.py",
     "processing_mister_e.py", "audio_mister_e.py", "pipeline_mister_e.py", "segmentation_mister_e.py",
     "experts_mister_e.py", "encoders_mister_e.py", "losses_mister_e.py", "modeling_utterance_mister_e.py",
+    "input_checks_mister_e.py",
     "processor_config.json", "tokenizer.json", "tokenizer_config.json",
 }
 
