@@ -156,22 +156,49 @@ def far_from_zero(rows: int, width: int) -> torch.Tensor:
     return 1e5 + torch.sin(torch.arange(rows * width, dtype=torch.float32) * 0.37).reshape(rows, width)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_load_keeps_the_input_statistics_in_float32(tmp_path, dtype):
-    """`from_pretrained(dtype=...)` casts every weight; it cast the input standardizers' mean and std with them, and the
-    inputs before them, so features far from zero lost their spread to rounding (bf16: every logit of the reloaded
-    model far off) or overflowed to inf (fp16: NaN logits). The statistics and the standardisation stay float32."""
+def standardized_far_from_zero() -> tuple[MisterEForEmotionRecognition, dict]:
+    """A float32 model standardising its inputs, and inputs whose speech vectors lie far from zero (its statistics')."""
     torch.manual_seed(0)
     model = MisterEForEmotionRecognition(tiny_config(standardize_inputs=True)).eval()
     inputs = embeddings(model.config)
     inputs["speech_embeds"] = far_from_zero(10, 6).reshape(2, 5, 6)
     model.speech_standardizer.fit(inputs["speech_embeds"].reshape(-1, 6))
     model.text_standardizer.fit(inputs["text_embeds"].reshape(-1, 5))
+    return model, inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_load_keeps_the_input_statistics_in_float32(tmp_path, dtype):
+    """`from_pretrained(dtype=...)` casts every weight; it cast the input standardizers' mean and std with them, and the
+    inputs before them, so features far from zero lost their spread to rounding (bf16: every logit of the reloaded
+    model far off) or overflowed to inf (fp16: NaN logits). The statistics and the standardisation stay float32."""
+    model, inputs = standardized_far_from_zero()
     model.save_pretrained(tmp_path)
     half = MisterEForEmotionRecognition.from_pretrained(tmp_path, dtype=dtype).eval()
     with torch.no_grad():
         torch.testing.assert_close(half(**inputs).logits.float(), model(**inputs).logits, rtol=0.05, atol=0.05)
     assert half.dtype == dtype and half.speech_standardizer.mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype, cast", [(torch.bfloat16, lambda model: model.to(torch.bfloat16)),
+                                         (torch.float16, lambda model: model.half())])
+def test_a_cast_after_loading_keeps_the_input_statistics_in_float32(tmp_path, dtype, cast):
+    """`model.to(torch.bfloat16)` / `.half()` after loading cast the statistics too (every bf16 logit far off, fp16
+    NaN): cast, the model now answers as `from_pretrained(dtype=...)` loads it, saves the same keys and dtypes, and
+    still moves to another device with its statistics."""
+    model, inputs = standardized_far_from_zero()
+    model.save_pretrained(tmp_path / "float32")
+    loaded = MisterEForEmotionRecognition.from_pretrained(tmp_path / "float32", dtype=dtype).eval()
+    cast(model)
+    assert model.dtype == dtype and model.speech_standardizer.mean.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, loaded(**inputs).logits, rtol=0, atol=0)
+    assert {key: value.dtype for key, value in model.state_dict().items()} == {
+        key: value.dtype for key, value in loaded.state_dict().items()}
+    model.to("meta")
+    assert {buffer.device.type for buffer in model.speech_standardizer.buffers()} == {"meta"}
+    assert model.float().text_standardizer.std.dtype == torch.float32  # and back, or finer: as any buffer
+    assert model.double().text_standardizer.std.dtype == torch.float64
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -161,9 +161,13 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                         "no-utterances.json", "utterances"),
     "two utterances with one id": (["predict", "--model", "{root}/model", "{root}/one-id-twice.json"],
                                    "one-id-twice.json", "utterances 0 and 2 have the same id, 7"),
-    "blank text only": (["predict", "--model", "{root}/model", "{root}/blank.json"], "utterance 1", "empty"),
-    "broken audio file": (["predict", "--model", "{root}/model", "{root}/broken-audio.json"], "broken.wav", ""),
-    "missing audio file": (["predict", "--model", "{root}/model", "{root}/missing-audio.json"], "gone.wav", ""),
+    # the conversation file, then the utterance (the pipeline names only the utterance)
+    "blank text only": (["predict", "--model", "{root}/model", "{root}/blank.json"],
+                        "blank.json: conversation 0, utterance 1", "empty"),
+    "broken audio file": (["predict", "--model", "{root}/model", "{root}/broken-audio.json"],
+                          "broken-audio.json: conversation 0, utterance 0", "broken.wav"),
+    "missing audio file": (["predict", "--model", "{root}/model", "{root}/missing-audio.json"],
+                           "missing-audio.json: conversation 0, utterance 0", "gone.wav"),
     "transcripts not UTF-8": (["predict", "--model", "{root}/model", "{root}/latin-1"], "transcripts.txt", "UTF-8"),
     "transcripts name no file": (["predict", "--model", "{root}/model", "{root}/names-no-file"], "transcripts.txt",
                                  "audio files"),
@@ -268,6 +272,9 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                 "0", "--output-dir", "{out}"], "--shard-size", "positive"),
     "stage-2 model, no embeddings (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
                                                  "{root}/raw", "--output-dir", "{out}"], "extract", "stage-2"),
+    "a backbone in a recipe (train)": (["train", "--recipe", "small", "--set", "text_config={{model_type: bert}}",
+                                        "--dataset", "{root}/embedded", "--output-dir", "{out}", "--seeds", "0"],
+                                       "config.text_config", "random weights"),
     "recipe without a dataset (train)": (["train", "--recipe", "{root}/bare.yaml", "--output-dir", "{out}"],
                                          "--dataset", "bare.yaml"),
     "a split saved empty (train)": (["train", "--recipe", "small", "--dataset", "{root}/empty-split", "--output-dir",
@@ -276,8 +283,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                         "--output-dir", "{out}"], "empty-split", "no rows"),
     "no GPU in the plan (plan)": (["plan", "--gpus", "0"], "--gpus", "positive"),
     "a dialogue id twice in a split (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
-                                                   "{root}/same-id", "--output-dir", "{out}"], "split 'test'",
-                                                  "dialogue 'test0' appears twice"),
+                                                   "{root}/same-id", "--output-dir", "{out}"], "dialogue 'test0'",
+                                                  "appears twice"),
     "a dialogue id twice in a split (train)": (["train", "--recipe", "small", "--dataset", "{root}/same-id",
                                                 "--output-dir", "{out}", "--seeds", "0"], "split 'test'",
                                                "dialogue 'test0' appears twice"),
@@ -320,6 +327,17 @@ def test_evaluate_into_a_model_folder_that_takes_no_files_says_to_pass_output_di
         assert len(error.splitlines()) == 1 and f"{folder} takes no new files ({reason})" in error, error
         assert "pass --output-dir" in error, error
     assert (tmp_path / "stage-2" / "evaluation").is_file() and not list(tmp_path.rglob("*.probe"))
+
+
+def test_evaluate_checks_the_split_s_ids_once(root, tmp_path, monkeypatch):
+    """The CLI checked the split's ids, then `evaluate_model` checked them again: one home, `evaluate_model`'s."""
+    import mister_e.data.splits as splits
+
+    calls, check = [], splits.check_unique_ids
+    monkeypatch.setattr(splits, "check_unique_ids", lambda dialogues: calls.append(1) or check(dialogues))
+    assert main(["evaluate", "--model", str(root / "stage-2"), "--dataset", str(root / "embedded"), "--output-dir",
+                 str(tmp_path / "report"), "--no-robustness"]) == 0
+    assert len(calls) == 1
 
 
 def test_debug_gives_the_traceback_instead(root):

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import transformers
 from datasets import load_from_disk
 from transformers import AutoTokenizer, BertConfig, BertTokenizerFast, Wav2Vec2FeatureExtractor, WavLMConfig
+from transformers.testing_utils import CaptureLogger
 
 import mister_e.extraction as extraction
 from mister_e import MisterEConfig, MisterEForUtteranceClassification, MisterEProcessor
@@ -95,6 +97,18 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_result(dataset, mod
     resumed = extract_embeddings(dataset, model, processor, tmp_path / "resumed", batch_size=3, shard_size=4)
     for column in ("speech_embeds", "text_embeds"):
         assert resumed[column] == reference[column]
+
+
+def test_texts_cut_at_max_text_length_are_said_once_a_run(dataset, model, processor, tmp_path):
+    """Extraction warned of cut texts once per batch that held one, each naming a batch's conversation; it says it
+    once, naming the first utterance cut by its ids and how many of the run's texts were."""
+    shorter = copy.deepcopy(processor)
+    shorter.max_text_length = 5  # [CLS], four words, [SEP]: every text is cut
+    with CaptureLogger(transformers.logging.get_logger("mister_e")) as captured:
+        extract_embeddings(dataset, model, shorter, tmp_path / "cache", batch_size=3, shard_size=4)
+    assert captured.out == ("utterance 'd0/d0_0' (and 16 more of the 17 texts): the text is longer than "
+                            "max_text_length (5 tokens), so only its first tokens are read; cut long turns into "
+                            "utterances.\n")
 
 
 def test_a_cache_of_another_model_is_refused(dataset, model, processor, tmp_path):

@@ -17,7 +17,7 @@ from transformers import AutoProcessor, BertTokenizerFast, Wav2Vec2FeatureExtrac
 from transformers.testing_utils import CaptureLogger
 
 from mister_e.audio_mister_e import resample
-from mister_e.processing_mister_e import MisterEProcessor
+from mister_e.processing_mister_e import MisterEProcessor, normalize_text
 from mister_e.segmentation_mister_e import load_recording
 
 
@@ -659,6 +659,15 @@ def test_a_text_of_control_characters_is_no_text(processor):
     assert features["modality_mask"][0, :, 1].tolist() == [False, True]
     with pytest.raises(ValueError, match=re.escape("neither `audio` nor `text` (its text is empty)")):
         processor({"utterances": [{"text": "\x00"}]})
+
+
+def test_control_characters_inside_a_text_read_as_spaces(processor):
+    """A control character inside a text reached the tokenizer as it was: MiniLM's drops it, so `oh\x00no` read as
+    one unknown word `ohno`. C0/C1 controls read as a space; the tab and the line breaks stay as they are."""
+    texts = ["oh\x00no", "oh no", "\x1boh\x1bno\x7f", "oh\x92no", "ohno"]
+    ids = processor({"utterances": [{"text": text} for text in texts]})["input_ids"].tolist()
+    assert ids[0] == ids[1] == ids[2] == ids[3] != ids[4]
+    assert normalize_text("a\tb\r\nc\x00d\x85e\x0cf") == "a\tb\r\nc d e f"
 
 
 def test_a_release_text_is_judged_blank_once_its_mojibake_is_repaired():

@@ -171,6 +171,15 @@ def test_the_data_s_classes_are_not_renamed_by_a_recipe(key):
         load_recipe("small", {key: {0: "a", 1: "b"}})
 
 
+@pytest.mark.parametrize("key", ["speech_config", "config.text_config"])
+def test_a_backbone_config_is_refused_by_a_recipe(key):
+    """A stage-2 model trains on embeddings: a backbone config in a recipe built it an encoder of random weights,
+    saved with the run and never read (the model then looked end to end)."""
+    with pytest.raises(ValueError, match=rf"sets config\.{key.split('.')[-1]}: stage 2 reads embeddings, so a \w+ "
+                                         r"backbone would have random weights"):
+        load_recipe("small", {key: {"model_type": "bert"}})
+
+
 def test_good_recipe_keys_are_taken():
     recipe = load_recipe("small", {"seeds": [3, 4], "gate_learning_rate": None, "modality_dropout": 0,
                                    "early_stopping_patience": None, "modalities": ["text"]})

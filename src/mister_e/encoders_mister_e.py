@@ -187,6 +187,19 @@ class MisterEFeatureStandardizer(nn.Module):
         dtype = torch.promote_types(self.mean.dtype, torch.float32)
         return (features.to(dtype) - self.mean.to(dtype)) / self.std.to(dtype)
 
+    def _apply(self, fn, recurse=True):
+        """A cast of the model to 16 bits after loading (`model.to(torch.bfloat16)`, `.half()`) keeps the statistics
+        float32, as `from_pretrained(dtype=...)` does (`_keep_in_fp32_modules_strict`): cast, a mean near 1e5 lost its
+        spread to bf16 rounding. Device moves, and casts to float32 or finer, apply as to any buffer."""
+
+        def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+            applied = fn(tensor)
+            if applied.is_floating_point() and torch.finfo(applied.dtype).bits < 32:
+                return tensor.to(applied.device, torch.promote_types(tensor.dtype, torch.float32))
+            return applied
+
+        return super()._apply(at_least_float32, recurse)
+
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
         """Take the statistics of `features` `(rows, width)`; a constant column gets std 1 (it is only shifted)."""

@@ -31,6 +31,7 @@ from .data.schema import (
 )
 from .configuration_mister_e import EMBEDDINGS
 from .modeling_mister_e import MisterEForUtteranceClassification
+from .processing_mister_e import cut_texts_warning
 from .utils import atomic_path, process_state
 
 logger = logging.get_logger(__name__)
@@ -101,6 +102,7 @@ def extract_embeddings(
     done = len(utterances) - sum(sizes[start] for start in missing)
     if done and missing and state.is_main_process:
         logger.warning(f"Resuming the extraction in {cache_dir}: {done} of {len(utterances)} utterances are done.")
+    cut, texts = [], 0  # the utterances whose text is cut at max_text_length, said once for the run
     with tqdm(total=len(utterances), initial=done, desc=f"extract {'+'.join(modalities)}", unit="utt",
               disable=None if state.is_main_process else True) as progress:  # no bar when not a terminal
         for first in range(0, len(missing), state.num_processes):
@@ -109,10 +111,13 @@ def extract_embeddings(
             embedded = gather_object([_embed(utterances[start : start + shard_size], model, processor, modalities,
                                              batch_size, embedding, device) for start in own])
             if state.is_main_process:
-                for start, tensors in zip(round_starts, embedded):
+                for start, (tensors, shard_cut, shard_texts) in zip(round_starts, embedded):
                     with atomic_path(_shard_path(cache_dir, start)) as temporary:
                         save_file(tensors, str(temporary))
+                    cut, texts = cut + shard_cut, texts + shard_texts
             progress.update(sum(sizes[start] for start in round_starts))
+    if cut:
+        logger.warning(cut_texts_warning(f"utterance {cut[0]!r}", len(cut), texts, processor.max_text_length))
     state.wait_for_everyone()
 
     shard_tensors = [load_file(_shard_path(cache_dir, start)) for start in shards]
@@ -155,14 +160,16 @@ def _flatten(dataset: Dataset, modalities) -> list[dict]:
 
 
 @torch.no_grad()
-def _embed(rows, model, processor, modalities, batch_size, embedding, device) -> dict[str, torch.Tensor]:
+def _embed(rows, model, processor, modalities, batch_size, embedding, device) -> tuple[dict, list[str], int]:
+    """The shard's tensors, the ids of its utterances whose text was cut at `max_text_length`, and its text count."""
     outputs = {m: [] for m in modalities}
     present = {m: [] for m in modalities}
+    cut = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         # An utterance without any extracted modality (text-only row during speech extraction) is kept as a hole.
         usable = [row for row in chunk if len(row) > 1]
-        batch = processor([{"id": row["id"], "utterances": [row]} for row in usable]) if usable else None
+        batch = processor([{"id": row["id"], "utterances": [row]} for row in usable], cut_texts=cut) if usable else None
         for modality in modalities:
             has = [UTTERANCE_KEYS[modality] in row for row in chunk]
             present[modality].extend(has)
@@ -176,7 +183,7 @@ def _embed(rows, model, processor, modalities, batch_size, embedding, device) ->
             outputs[modality].append(filled)
     tensors = {m: torch.cat(outputs[m]).contiguous() for m in modalities}
     tensors.update({f"{m}_present": torch.tensor(present[m], dtype=torch.bool) for m in modalities})
-    return tensors
+    return tensors, [utterance["id"] for utterance in cut], sum(UTTERANCE_KEYS["text"] in row for row in rows)
 
 
 def _modality_vectors(model, batch, modality, embedding, device) -> torch.Tensor:

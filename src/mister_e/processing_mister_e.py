@@ -62,9 +62,30 @@ def blank_text(text: str) -> bool:
     return all(character.isspace() or unicodedata.category(character) in ("Cc", "Cf") for character in text)
 
 
+# C0 and C1 control characters (NUL, ESC, DEL, a stray `\x92` of cp1252 read as latin-1) but the tab and the line
+# breaks, which every tokenizer reads as the whitespace they are.
+_CONTROLS_AS_SPACES = {code: " " for code in (*range(0x20), *range(0x7F, 0xA0)) if chr(code) not in "\t\n\r"}
+
+
+def normalize_text(text: str) -> str:
+    """The text the tokenizer reads, one encoding for one text: Unicode NFC (a decomposed `café`, e + U+0301 as macOS
+    file names and some editors write it, tokenized apart from the composed one wherever the tokenizer keeps accents)
+    with each control character but the tab and the line breaks a space (BERT-family tokenizers drop them, which
+    joined the words around them: `oh\\x00no` read as `ohno`; byte-level ones made tokens of them)."""
+    return unicodedata.normalize("NFC", text).translate(_CONTROLS_AS_SPACES)
+
+
 # `blank_text` as an RE2 pattern, for whole Arrow columns: the spaces `str.isspace` counts are Unicode spaces (`\p{Z}`)
 # or control characters (`\p{Cc}`: the tab, the line breaks, the information separators, NEL).
 BLANK_TEXT = r"^[\p{Z}\p{Cc}\p{Cf}]*$"
+
+
+def cut_texts_warning(first: str, cut: int, texts: int, max_text_length: int) -> str:
+    """The warning of `cut` of `texts` texts cut at `max_text_length` tokens, naming the `first` such utterance: a user
+    learns which utterances lost words, and how many."""
+    more = f" (and {cut - 1} more of the {texts} texts)" if cut > 1 else ""
+    return (f"{first}{more}: the text is longer than max_text_length ({max_text_length} tokens), so only its first "
+            "tokens are read; cut long turns into utterances.")
 
 
 def _check_options(max_audio_seconds, min_audio_seconds, train_crop_seconds, max_text_length) -> None:
@@ -137,6 +158,7 @@ class MisterEProcessor(ProcessorMixin):
         train_crop_seconds: float | None = None,
         max_text_length: int | None = None,
         return_tensors: str | None = "pt",
+        cut_texts: list | None = None,
     ) -> BatchFeature:
         r"""
         Prepares one conversation or a batch of conversations for the model.
@@ -159,6 +181,10 @@ class MisterEProcessor(ProcessorMixin):
                 Override the processor's options for this call.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 Tensor type of the outputs (`"pt"`, `"np"`, or `None` for NumPy arrays).
+            cut_texts (`list`, *optional*):
+                Collects the utterances (the dicts given) whose text is longer than `max_text_length` tokens instead
+                of warning of them: a caller of many batches (extraction) says it once for them all
+                (`cut_texts_warning`).
 
         Returns:
             [`BatchFeature`] with, for B conversations of at most N utterances:
@@ -194,7 +220,7 @@ class MisterEProcessor(ProcessorMixin):
         attention_mask = np.zeros((len(batch), num_utterances), dtype=np.int64)
         modality_mask = np.zeros((len(batch), num_utterances, 2), dtype=bool)
         waveforms, texts = [], []
-        text_utterances = []  # each text's utterance, for the truncation warning
+        text_utterances = []  # each text's utterance and its name, for the truncation warning
         waveform_utterances = []  # each waveform's utterance, for the feature extractor's errors
         silent = []  # utterances whose audio holds no speech
         misnamed = {}  # a key that reads nothing (`transcript` for `text`): where it first came
@@ -242,10 +268,8 @@ class MisterEProcessor(ProcessorMixin):
                     except UnicodeEncodeError as error:  # a lone surrogate (`"\ud83d"` in JSON): no tokenizer reads it
                         raise ValueError(f"{where}: `text` is not valid Unicode ({error.reason} at character "
                                          f"{error.start}).") from None
-                    # one text, one encoding: a decomposed `café` (e + U+0301, as macOS file names and some
-                    # editors write it) tokenized apart from the composed one wherever the tokenizer keeps accents
-                    texts.append(unicodedata.normalize("NFC", text))
-                    text_utterances.append(where)
+                    texts.append(normalize_text(text))
+                    text_utterances.append((utterance, where))
                     modality_mask[b, i, 1] = True
 
         if silent:
@@ -277,28 +301,25 @@ class MisterEProcessor(ProcessorMixin):
             )
             data["input_ids"] = encoding["input_ids"].astype(np.int64)
             data["text_attention_mask"] = encoding["attention_mask"].astype(np.int64)
-            self._say_cut_texts(texts, text_utterances, data["text_attention_mask"], max_text_length, training)
+            cut = self._cut_texts(texts, data["text_attention_mask"], max_text_length)
+            if cut_texts is not None:
+                cut_texts.extend(text_utterances[j][0] for j in cut)
+            elif cut and training:  # shuffled batches: once a process
+                logger.warning_once(f"An utterance's text is longer than max_text_length ({max_text_length} tokens): "
+                                    "training reads its first tokens only.")
+            elif cut:  # the same message once, as evaluation repeats its batches each epoch
+                logger.warning_once(cut_texts_warning(text_utterances[cut[0]][1], len(cut), len(texts),
+                                                      max_text_length))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _say_cut_texts(self, texts, utterances, mask, max_text_length, training) -> None:
-        """Warn of texts longer than `max_text_length` tokens, which are cut there: outside training naming the first
-        and how many of the call's texts (a user learns which utterances lost words, and how many; the same message is
-        said once, as evaluation repeats its batches each epoch); in training, whose batches are shuffled, once a
-        process. Only a text that fills the limit is tokenized again, whole."""
+    def _cut_texts(self, texts, mask, max_text_length) -> list[int]:
+        """The positions of the texts longer than `max_text_length` tokens, which are cut there. Only a text that fills
+        the limit is tokenized again, whole (one of exactly `max_text_length` tokens is whole)."""
         full = np.flatnonzero(mask.sum(-1) >= max_text_length)
         if not full.size:
-            return
+            return []
         whole = self.tokenizer([texts[j] for j in full], truncation=False, verbose=False)["input_ids"]
-        cut = [utterances[j] for j, ids in zip(full, whole) if len(ids) > max_text_length]
-        if not cut:  # a text of exactly max_text_length tokens is whole
-            return
-        if training:
-            logger.warning_once(f"An utterance's text is longer than max_text_length ({max_text_length} tokens): "
-                                "training reads its first tokens only.")
-            return
-        more = f" (and {len(cut) - 1} more of the {len(texts)} texts)" if len(cut) > 1 else ""
-        logger.warning_once(f"{cut[0]}{more}: the text is longer than max_text_length ({max_text_length} tokens), so "
-                            "only its first tokens are read; cut long turns into utterances.")
+        return [int(j) for j, ids in zip(full, whole) if len(ids) > max_text_length]
 
     @property
     def model_input_names(self) -> list[str]:

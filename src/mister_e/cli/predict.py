@@ -79,7 +79,10 @@ def run_predict(args: argparse.Namespace) -> None:
     if recording:
         predict_recording(pipe, args, segmentation)
         return
-    predictions = pipe(conversation, top_k=args.top_k)
+    try:
+        predictions = pipe(conversation, top_k=args.top_k)
+    except (ValueError, FileNotFoundError) as error:  # they name the utterance (`conversation 0, utterance 2: ...`)
+        raise type(error)(f"{args.conversation}: {error}") from None
     # `index`, the utterance's position, always; `id` where the conversation gives one (a position in its place
     # could equal another utterance's numeric id).
     ids = [{"id": u["id"]} if isinstance(u, dict) and u.get("id") is not None else {}

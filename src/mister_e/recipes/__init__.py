@@ -54,6 +54,16 @@ _TRAINING_MINIMA = {"per_device_train_batch_size": 1, "per_device_eval_batch_siz
 _SCHEDULES_WITHOUT_ARGUMENTS = ("constant", "constant_with_warmup")
 # Training fields in [0, 1): torch's optimizer refuses others once training starts, naming no field.
 _TRAINING_FRACTIONS = ("adam_beta1", "adam_beta2")
+# `MisterEConfig` fields a recipe cannot set: the classes come with the data (a renaming would train and report under
+# the wrong names), and a stage-2 model reads embeddings (a backbone config gave it an encoder of random weights, built
+# and saved but never read).
+_REFUSED_CONFIG = {
+    **dict.fromkeys(("id2label", "label2id", "num_labels"), "the classes come with the data (its label names, in "
+                    "order); build the data with the names you want instead"),
+    **{f"{modality}_config": f"stage 2 reads embeddings, so a {modality} backbone would have random weights and read "
+                             "nothing: train it with `train-encoder`, `extract` its embeddings, and join it to the "
+                             "trained model (`predict --encoder`)" for modality in MODALITIES},
+}
 # `TrainingArguments` fields the recipe sets otherwise: each seed seeds its run (`seeds`), the loss is MiSTER-E's
 # (the Trainer's label smoother would silently replace it), and selection keeps the best validation epoch.
 _REFUSED_TRAINING = {"seed": "each run's seed is given by --seeds (train) or --seed (train-encoder)",
@@ -126,10 +136,9 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | 
         for section in sections:
             target = target.setdefault(section, {})
         target[field] = value
-    from_data = sorted(set(recipe["config"]) & {"id2label", "label2id", "num_labels"})
-    if from_data:  # a renaming of the data's classes would train and report under the wrong names
-        raise ValueError(f"Recipe {name_or_path!s} sets config.{from_data[0]}: the classes come with the data (its "
-                         "label names, in order); build the data with the names you want instead.")
+    refused = sorted(set(recipe["config"]) & _REFUSED_CONFIG.keys())
+    if refused:
+        raise ValueError(f"Recipe {name_or_path!s} sets config.{refused[0]}: {_REFUSED_CONFIG[refused[0]]}.")
     unknown = sorted(set(recipe) - set(RECIPE_KEYS) - {"ablation"}, key=str)
     unknown += sorted(f"training.{key}" for key in set(recipe["training"]) - training_fields())
     unknown += sorted(f"config.{key}" for key in set(recipe["config"]) - set(MisterEConfig.__dataclass_fields__))
