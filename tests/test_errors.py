@@ -283,8 +283,8 @@ CASES = {  # name -> (arguments, culprit the line must name, what it must say)
                                         "--output-dir", "{out}"], "empty-split", "no rows"),
     "no GPU in the plan (plan)": (["plan", "--gpus", "0"], "--gpus", "positive"),
     "a dialogue id twice in a split (evaluate)": (["evaluate", "--model", "{root}/stage-2", "--dataset",
-                                                   "{root}/same-id", "--output-dir", "{out}"], "dialogue 'test0'",
-                                                  "appears twice"),
+                                                   "{root}/same-id", "--output-dir", "{out}"], "split 'test'",
+                                                  "dialogue 'test0' appears twice"),
     "a dialogue id twice in a split (train)": (["train", "--recipe", "small", "--dataset", "{root}/same-id",
                                                 "--output-dir", "{out}", "--seeds", "0"], "split 'test'",
                                                "dialogue 'test0' appears twice"),
@@ -327,17 +327,6 @@ def test_evaluate_into_a_model_folder_that_takes_no_files_says_to_pass_output_di
         assert len(error.splitlines()) == 1 and f"{folder} takes no new files ({reason})" in error, error
         assert "pass --output-dir" in error, error
     assert (tmp_path / "stage-2" / "evaluation").is_file() and not list(tmp_path.rglob("*.probe"))
-
-
-def test_evaluate_checks_the_split_s_ids_once(root, tmp_path, monkeypatch):
-    """The CLI checked the split's ids, then `evaluate_model` checked them again: one home, `evaluate_model`'s."""
-    import mister_e.data.splits as splits
-
-    calls, check = [], splits.check_unique_ids
-    monkeypatch.setattr(splits, "check_unique_ids", lambda dialogues: calls.append(1) or check(dialogues))
-    assert main(["evaluate", "--model", str(root / "stage-2"), "--dataset", str(root / "embedded"), "--output-dir",
-                 str(tmp_path / "report"), "--no-robustness"]) == 0
-    assert len(calls) == 1
 
 
 def test_debug_gives_the_traceback_instead(root):

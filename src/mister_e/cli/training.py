@@ -192,6 +192,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from datasets import DatasetDict
 
     from ..assembly import require_kind
+    from ..data.splits import check_unique_ids
     from ..data.storage import load_dialogues
     from ..robustness import DEFAULT_DROP_PROBABILITIES
     from ..summaries import SCALAR_METRICS
@@ -214,6 +215,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if not isinstance(dataset, DatasetDict) or args.split not in dataset:
         splits = list(dataset) if isinstance(dataset, DatasetDict) else "none (a single Dataset)"
         raise ValueError(f"--split {args.split!r}: {args.dataset} has splits {splits}.")
+    check_unique_ids(DatasetDict({args.split: dataset[args.split]}))  # as `evaluate_model` does, naming the split
     with writing_into(output_dir):  # under a launcher every process checks the input and shares the lock's verdict,
         if not process_state().is_main_process:  # then the main one alone scores the split (the others would score
             return  # it again and write the same report into the folder the main process has locked)
