@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from tiny_end_to_end import LABELS, TASK, tiny_model, tiny_processor, write_clips
+import transformers
+from tiny_end_to_end import LABELS, SR, TASK, tiny_model, tiny_processor, write_clips
 from transformers import pipeline
+from transformers.testing_utils import CaptureLogger
 
 from mister_e import MisterEForEmotionRecognition, MisterEProcessor
 import mister_e  # noqa: F401  (registers the model classes)
@@ -226,6 +229,26 @@ def test_stream_keeps_the_pipelines_utterance_windows(model_dirs):
     alone = windowed({"utterances": texts["utterances"][2:4]})  # the second window, as its own conversation
     for got, expected in [*zip(streamed, whole), *zip(streamed[2:4], alone)]:
         assert got["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+
+
+def test_warnings_name_the_callers_conversation_and_utterance(pipe, causal_pipe, wavs):
+    """The processor's warnings named an utterance by its place in one processor call: a batch's third conversation,
+    run in a chunk of two, was `conversation 0`, a window's utterance was numbered in its window, and every streamed
+    utterance was `conversation 0, utterance 0`. They name it as the caller does, as errors do."""
+    logger = transformers.logging.get_logger("mister_e.processing_mister_e")
+    silent = {"audio": np.zeros(SR // 2, np.float32), "sampling_rate": SR, "text": "oh no"}
+    cases = [
+        (lambda: pipe([conversation(wavs)] * 2 + [{"utterances": [{"text": "yes"}, silent]}], batch_size=2),
+         "conversation 2, utterance 1: the audio is silent"),
+        (lambda: pipe({"utterances": [{"text": "yes"}] * 3 + [silent]}, max_utterances=2),
+         "conversation 0, utterance 3: the audio is silent"),
+        (lambda: list(causal_pipe.stream([{"text": "yes"}, {"text": "no"}, silent])),
+         "streamed utterance 2: the audio is silent"),
+    ]
+    for run, said in cases:
+        with CaptureLogger(logger) as captured:
+            run()
+        assert captured.out.startswith(said), captured.out
 
 
 def test_stream_needs_causal_model(pipe, wavs):

@@ -33,7 +33,7 @@ from transformers.utils import logging
 
 from .configuration_mister_e import EXPERTS, PIPELINE_TASK, modalities_read
 from .experts_mister_e import answerable
-from .processing_mister_e import LEVELS_JUDGED, _describe
+from .processing_mister_e import CALLERS_NAME, LEVELS_JUDGED, _describe
 from .segmentation_mister_e import (
     SAMPLING_RATE,
     as_segmentation,
@@ -280,8 +280,10 @@ class MisterEConversationPipeline(Pipeline):
         if not conversations:
             raise ValueError("Got an empty batch: expected at least one conversation.")
         self._checked(lambda: self.processor._as_batch(conversations), conversations, first_index)
-        conversations = [{**conversation, "utterances": [self._readable(u) for u in conversation["utterances"]]}
-                         for conversation in conversations]
+        conversations = [{**conversation, "utterances": [
+            _named(self._readable(u), f"{_describe('conversation', first_index + c, conversation)}, "
+                                      f"{_describe('utterance', i, u)}")
+            for i, u in enumerate(conversation["utterances"])]} for c, conversation in enumerate(conversations)]
         windows, counts = [], []
         for conversation in conversations:
             utterances = list(conversation["utterances"])
@@ -443,7 +445,8 @@ class MisterEConversationPipeline(Pipeline):
                 raise ValueError(f"streamed utterance {index} is a conversation (it has `utterances`): `stream` takes "
                                  "one conversation's utterances, or one conversation dict; stream each conversation "
                                  "on its own.")
-            conversation = {"utterances": [self._readable(utterance)]}
+            conversation = {"utterances": [_named(self._readable(utterance),
+                                                  f"streamed {_describe('utterance', index, utterance)}")]}
             try:
                 model_inputs = dict(self.processor(conversation, return_tensors="pt"))
             except (ValueError, TypeError, FileNotFoundError) as error:
@@ -471,6 +474,11 @@ def _renamed(error: Exception, old: str, new: str) -> Exception:
     """`error` again, its message starting with `new` where it started with `old`."""
     message = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
     return type(error)(new + message[len(old):] if message.startswith(old) else message)
+
+
+def _named(utterance, name: str):
+    """The utterance with the name its caller knows it by (`CALLERS_NAME`), for the processor's warnings and errors."""
+    return {**utterance, CALLERS_NAME: name} if isinstance(utterance, Mapping) else utterance
 
 
 def _as_input(utterance: Mapping) -> dict:

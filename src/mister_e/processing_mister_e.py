@@ -53,6 +53,10 @@ _MIN_SPEECH_SECONDS = 0.025
 # An utterance key the pipeline sets on the utterances it cuts from a recording: their level (clipping, float peaks)
 # was judged, and said naming the file, as the recording was read, so it is not said again for each of them.
 LEVELS_JUDGED = "levels_judged"
+# An utterance key the pipeline sets to the name its caller knows the utterance by ("conversation 5, utterance 7", or
+# "streamed utterance 3"): it processes chunks of a batch, windows of a conversation and streamed utterances one by one,
+# whose positions in a processor call are not the caller's, and warnings, unlike errors, cannot be renamed afterwards.
+CALLERS_NAME = "callers_name"
 
 
 def blank_text(text: str) -> bool:
@@ -226,7 +230,8 @@ class MisterEProcessor(ProcessorMixin):
         misnamed = {}  # a key that reads nothing (`transcript` for `text`): where it first came
         for b, conversation in enumerate(batch):
             for i, utterance in enumerate(conversation["utterances"]):
-                where = f"{_describe('conversation', b, conversation)}, {_describe('utterance', i, utterance)}"
+                where = (utterance.get(CALLERS_NAME) if isinstance(utterance, Mapping) else None) or (
+                    f"{_describe('conversation', b, conversation)}, {_describe('utterance', i, utterance)}")
                 if not isinstance(utterance, Mapping):
                     raise ValueError(f"{where}: an utterance must be a dict, got {type(utterance).__name__}.")
                 audio, text = utterance.get("audio"), utterance.get("text")
