@@ -66,6 +66,8 @@ RECIPE = "small"
 STAGE_TWO_SETS: dict = {}  # `--set`: overrides of every stage-2 recipe
 TEXT_ONLY = dict(experts=["text"])
 NO_CONTEXT = dict(context_module="conv", conv_kernel_sizes=[1])
+# MiSTER-E on text-only conversations, without and with context (MELD's tables; the BiGRU baseline runs beside them).
+TEXT_MODELS = {"no_context": {**TEXT_ONLY, **NO_CONTEXT}, "context": TEXT_ONLY}
 # Stage 1: LoRA r=8/alpha=32 on MiniLM (the spec's text settings), 256-d projection, batches of 32 utterances, the
 # best validation epoch kept. Its schedule per data set is chosen on validation by `search_stage_one.py` (lr 1e-5 in
 # the spec is for 8B LLMs over 20 epochs; an epoch of MELD takes 2-8 min here).
@@ -202,6 +204,15 @@ def stage_two(dataset, output_dir: Path, config: dict, seed: int, modalities, qu
     return train_recipe(recipe, dataset, output_dir, seed)
 
 
+def text_models(embedded: DatasetDict, run_dir: Path, seed: int, quick: bool) -> dict[str, dict]:
+    """One seed of the text-only models of every MELD table (each reused when finished): the BiGRU baseline, then
+    `TEXT_MODELS`."""
+    results = {"bigru": baselines.run_bigru(embedded, run_dir / "bigru" / f"seed_{seed}", seed, quick)}
+    for name, config in TEXT_MODELS.items():
+        results[name] = stage_two(embedded, run_dir / name / f"seed_{seed}", config, seed, ["text"], quick)
+    return results
+
+
 def summary(runs: list[dict]) -> dict:
     return summarize_seeds([{split: run[split] for split in ("validation", "test")} for run in runs])
 
@@ -240,16 +251,12 @@ def meld(root: Path, work: Path, minilm: str, seeds, quick: bool, lora: bool) ->
         dialogues = subset(dialogues, 12)
     id2label = dict(enumerate(dialogues["train"].features["labels"].feature.names))
     processor = text_processor(minilm)
-    models = {"no_context": {**TEXT_ONLY, **NO_CONTEXT}, "context": TEXT_ONLY}
     encoders = ("frozen", "lora") if lora else ("frozen",)
-    runs = {f"{encoder}/{name}": [] for encoder in encoders for name in ("bigru", *models)}
+    runs = {f"{encoder}/{name}": [] for encoder in encoders for name in ("bigru", *TEXT_MODELS)}
 
     def train_all(embedded, encoder: str, run_dir: Path, seed: int) -> None:
-        baseline = baselines.run_bigru(embedded, run_dir / "bigru" / f"seed_{seed}", seed, quick)
-        runs[f"{encoder}/bigru"].append(baseline)
-        for name, config in models.items():
-            runs[f"{encoder}/{name}"].append(
-                stage_two(embedded, run_dir / name / f"seed_{seed}", config, seed, ["text"], quick))
+        for name, result in text_models(embedded, run_dir, seed, quick).items():
+            runs[f"{encoder}/{name}"].append(result)
 
     embedding, frozen_model = FROZEN_TEXT_EMBEDDING["meld"], frozen_minilm(minilm, id2label)
     frozen_dir = work / ("frozen" if embedding == "backbone_mean" else f"frozen-{embedding}")

@@ -24,12 +24,10 @@ from datasets import ClassLabel, DatasetDict, List, disable_progress_bars
 from transformers.utils import logging as hf_logging
 
 import accuracy
-import baselines
 from mister_e.data import build_meld_csv
 
 SENTIMENTS = ("neutral", "positive", "negative")
 CSV_FILES = {"train": "train_sent_emo.csv", "validation": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
-MODELS = {"no_context": {**accuracy.TEXT_ONLY, **accuracy.NO_CONTEXT}, "context": accuracy.TEXT_ONLY}
 
 
 def sentiments(root: Path) -> dict[str, dict[str, int]]:
@@ -63,11 +61,10 @@ def run(data: Path, work: Path, seeds, quick: bool) -> dict:
     embedded = accuracy.embed_text(dialogues, accuracy.frozen_minilm(minilm, id2label),
                                    accuracy.text_processor(minilm), work / f"frozen-{embedding}", embedding)
     dataset = relabelled(embedded, data)
-    runs = {name: [] for name in ("bigru", *MODELS)}
+    runs = {name: [] for name in ("bigru", *accuracy.TEXT_MODELS)}
     for seed in seeds:
-        runs["bigru"].append(baselines.run_bigru(dataset, work / "bigru" / f"seed_{seed}", seed, quick))
-        for name, config in MODELS.items():
-            runs[name].append(accuracy.stage_two(dataset, work / name / f"seed_{seed}", config, seed, ["text"], quick))
+        for name, result in accuracy.text_models(dataset, work, seed, quick).items():
+            runs[name].append(result)
     return {"seeds": list(seeds), "quick": quick, "embedding": embedding,
             "labels": {split: [sum(row.count(k) for row in part["labels"]) for k in range(len(SENTIMENTS))]
                        for split, part in dataset.items()},
@@ -81,7 +78,7 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|"]
     for metric in ("test/weighted_f1", "test/accuracy", "validation/weighted_f1"):
         lines.append(f"| {metric} | " + " | ".join(accuracy.cell(summaries[name], metric)
-                                                   for name in ("bigru", *MODELS)) + " |")
+                                                   for name in ("bigru", *accuracy.TEXT_MODELS)) + " |")
     return "\n".join(lines) + "\n"
 
 
